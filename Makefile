@@ -1,0 +1,39 @@
+# Everything here works on a fresh Debian 12 machine as root (it installs what
+# is missing) and as a normal user with PostgreSQL 15 and python3-venv present.
+#   make demo   archive -> backup -> restore to a timestamp on a local directory repository
+#   make test   lint, type-check and the full test suite (what CI runs)
+
+VENV    ?= /opt/pitr-venv
+PY      := $(VENV)/bin/python
+PGBIN   ?= /usr/lib/postgresql/15/bin
+PGUSER_OS ?= pgtest
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint unit demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(shell find pitr -name '*.py')
+	@./scripts/setup-host.sh "$(VENV)" "$(PGUSER_OS)"
+	$(PY) -m pip install --quiet --disable-pip-version-check ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check pitr tests bench
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test: setup lint
+	PITR_TEST_PGUSER=$(PGUSER_OS) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: setup
+	PITR_TEST_PGUSER=$(PGUSER_OS) $(PY) scripts/demo.py
+
+bench: setup
+	$(PY) bench/archive.py
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

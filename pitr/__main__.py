@@ -1,0 +1,3 @@
+from pitr.entry import main
+
+raise SystemExit(main())

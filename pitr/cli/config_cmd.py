@@ -1,0 +1,34 @@
+"""`pitr config show|check`."""
+
+from __future__ import annotations
+
+import typer
+
+from pitr import config as config_mod
+from pitr.cli.app import JsonFlag, app, load_config, print_json
+
+config_app = typer.Typer(help="Show or check the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def show(json_out: JsonFlag = False) -> None:
+    """Print every effective value and where it came from (secrets masked)."""
+    cfg = load_config(command="config show")
+    rows = config_mod.effective(cfg)
+    if json_out:
+        print_json({key: {"value": value, "source": source} for key, value, source in rows})
+        return
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        typer.echo(f"{key:<{width}}  {value!r:<40}  ({source})")
+
+
+@config_app.command("check")
+def check(json_out: JsonFlag = False) -> None:
+    """Validate the configuration; lists every problem at once (exit 3 if any)."""
+    load_config(command="config check")
+    if json_out:
+        print_json({"ok": True, "problems": []})
+    else:
+        typer.echo("configuration OK")

@@ -1,0 +1,393 @@
+"""Configuration: TOML file, then ``PITR_<TABLE>_<KEY>`` environment, then flags.
+
+The schema is the dataclasses below; each field's metadata carries its doc
+text and whether it is secret, so `config show`, `config check` and the
+README reference are all generated from this one place. Loading collects every
+problem before failing, so a user fixes a file in one pass.
+
+This module must stay cheap to import (stdlib only): archive-push's fast path
+loads the config on every WAL segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pitr.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/pitr/pitr.toml")
+ENV_PREFIX = "PITR_"
+MASK = "********"
+
+
+def _f(default: Any, doc: str, *, secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret, "choices": choices})
+
+
+class Duration(float):
+    """Seconds; written in TOML/env as a number or as '90s', '15m', '26h', '7d'."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")
+    if isinstance(value, int | float):
+        return Duration(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like 90s, 15m, 26h or 7d, got {value!r}")
+    return Duration(float(m.group(1)) * _UNIT[m.group(2)])
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    url: str = _f("file:///var/lib/pitr/repo",
+                  "where backups and WAL go: file:///path or s3://bucket/prefix")
+    endpoint_url: str = _f("", "S3 endpoint for non-AWS servers, e.g. http://127.0.0.1:8333")
+    region: str = _f("", "S3 region (default: from the AWS credential chain, else us-east-1)")
+    path_style: bool = _f(False, "use path-style S3 addressing (most non-AWS servers need it)")
+    access_key_id: str = _f("", "S3 access key; empty means the standard AWS credential chain",
+                            secret=True)
+    secret_access_key: str = _f("", "S3 secret key; empty means the standard AWS credential chain",
+                                secret=True)
+    session_token: str = _f("", "S3 session token for temporary credentials", secret=True)
+    verify_tls: bool = _f(True, "verify the S3 server's TLS certificate")
+    ca_bundle: str = _f("", "path of a CA bundle to verify the S3 server's certificate with")
+    storage_class: str = _f("", "S3 storage class for new objects (empty: the bucket default)")
+    sse: str = _f("", "S3 server-side encryption", choices=("", "AES256", "aws:kms"))
+    sse_kms_key_id: str = _f("", "KMS key id when sse = 'aws:kms'")
+    timeout: Duration = _f(Duration(60), "retry budget of one repository operation before "
+                           "giving up (archive-push then exits so PostgreSQL retries later)")
+    request_timeout: Duration = _f(Duration(15), "timeout of one S3 request (connect and read)")
+    upload_concurrency: int = _f(4, "parallel part uploads for large S3 objects")
+    part_size_mib: int = _f(16, "S3 multipart part size in MiB (5..5120)")
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    pgdata: str = _f("", "data directory of the cluster pitr protects")
+    dsn: str = _f("", "libpq connection string for checks and backups, e.g. "
+                  "'host=/var/run/postgresql port=5432 user=postgres'")
+    bindir: str = _f("/usr/lib/postgresql/15/bin", "directory of pg_basebackup, pg_ctl, initdb")
+    user: str = _f("postgres", "OS user that runs PostgreSQL (owner of restored data)")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    level: int = _f(3, "zstd level, 1 (fastest) to 19 (smallest)")
+    threads: int = _f(0, "zstd worker threads for base backups (0: single-threaded)")
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    spool_dir: str = _f("/var/lib/pitr/spool", "local spool for the agent's receipts and "
+                        "archive-get prefetch (outside pg_wal; per stanza below it)")
+    prefetch: int = _f(8, "WAL segments archive-get fetches ahead in the background")
+    fast_path_wait: Duration = _f(Duration(2), "how long archive-push waits for a running agent "
+                                  "to store a segment before pushing it itself")
+    workers: int = _f(4, "agent: segments pushed in parallel")
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    expire_after: bool = _f(True, "run `pitr expire` after each successful scheduled backup")
+    server_compression: bool = _f(False, "compress on the server (pg_basebackup "
+                                  "--compress=server-zstd) instead of in pitr")
+    lock_stale_after: Duration = _f(Duration(6 * 3600), "a backup lock older than this whose "
+                                    "holder is gone is taken over")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    daily: int = _f(7, "keep the newest backup of each of the last N days")
+    weekly: int = _f(4, "keep the first backup of each of the last N ISO weeks")
+    monthly: int = _f(12, "keep the first backup of each of the last N months")
+    min_backups: int = _f(1, "never keep fewer completed backups than this")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    scratch_dir: str = _f("", "where the restore drill builds its scratch cluster "
+                          "(empty: a temporary directory)")
+    timeout: Duration = _f(Duration(3600), "give up on a drill after this long")
+    checks: tuple[dict[str, Any], ...] = _f((), "user checks: [[verify.check]] tables with "
+                                            "database, query, and min/max/equals")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    listen: str = _f("127.0.0.1", "address of the health/metrics HTTP endpoint")
+    port: int = _f(9187, "port of the health/metrics HTTP endpoint (0: disabled)")
+    max_backup_age: Duration = _f(Duration(26 * 3600), "unhealthy when the newest backup is older")
+    max_archive_lag: Duration = _f(Duration(900), "unhealthy when the newest archived WAL is older")
+    max_backlog: int = _f(64, "alert when more WAL segments than this wait to be archived")
+    webhook_url: str = _f("", "Slack-compatible webhook for alerts (empty: no alerts)",
+                          secret=True)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = _f("auto", "log format", choices=("auto", "text", "json"))
+    level: str = _f("info", "log level", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    stanza: str = _f("main", "name of this cluster's area in the repository")
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    # key ("stanza", "repository.url") -> where its value came from
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.archive.spool_dir) / self.stanza
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name not in ("stanza", "sources")
+}
+# TOML writes the verify checks as [[verify.check]]; the model calls them `checks`.
+_ALIASES = {("verify", "check"): "checks"}
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    section: str  # "" for top-level keys
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    secret: bool
+    choices: tuple[str, ...]
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dotted.replace(".", "_").upper()
+
+
+def schema() -> list[KeyInfo]:
+    """Every configurable key, in file order: the source of docs, env names, masking."""
+    keys: list[KeyInfo] = []
+    top_hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name == "sources":
+            continue
+        if f.name in SECTIONS:
+            cls = SECTIONS[f.name]
+            hints = typing.get_type_hints(cls)
+            for sf in dataclasses.fields(cls):
+                keys.append(KeyInfo(f.name, sf.name, hints[sf.name], sf.default,
+                                    sf.metadata["doc"], sf.metadata["secret"],
+                                    sf.metadata["choices"]))
+        else:
+            keys.append(KeyInfo("", f.name, top_hints[f.name], f.default, f.metadata["doc"],
+                                f.metadata["secret"], f.metadata["choices"]))
+    return keys
+
+
+def _coerce(info: KeyInfo, raw: Any, from_text: bool) -> Any:
+    t = info.type
+    if t is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_text and str(raw).strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_text and str(raw).strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if t is int:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        if from_text:
+            try:
+                return int(str(raw).strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {raw!r}")
+    if t is Duration:
+        return parse_duration(raw)
+    if t is str:
+        if isinstance(raw, str):
+            return raw
+        raise ValueError(f"expected a string, got {raw!r}")
+    if typing.get_origin(t) is tuple:
+        if from_text:
+            raise ValueError("can only be set in the config file")
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise ValueError("expected an array of tables")
+        return tuple(raw)
+    raise ValueError(f"unsupported type {t!r}")  # pragma: no cover - schema bug
+
+
+def _validate(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    url = cfg.repository.url
+    if not (url.startswith("file:///") or re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/|$)", url)):
+        problems.append(f"repository.url: expected file:///absolute/path or s3://bucket/prefix, "
+                        f"got {url!r}")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", cfg.stanza):
+        problems.append(f"stanza: use letters, digits, '-', '_' or '.', got {cfg.stanza!r}")
+    if not 1 <= cfg.compression.level <= 22:
+        problems.append(f"compression.level: must be 1..22, got {cfg.compression.level}")
+    if not 5 <= cfg.repository.part_size_mib <= 5120:
+        problems.append("repository.part_size_mib: must be 5..5120")
+    if cfg.repository.timeout <= 0:
+        problems.append("repository.timeout: must be positive")
+    if (cfg.repository.access_key_id == "") != (cfg.repository.secret_access_key == ""):
+        problems.append("repository.access_key_id/secret_access_key: set both or neither")
+    if cfg.archive.prefetch < 0 or cfg.archive.workers < 1:
+        problems.append("archive.prefetch must be >= 0 and archive.workers >= 1")
+    for name in ("daily", "weekly", "monthly", "min_backups"):
+        if getattr(cfg.retention, name) < 0:
+            problems.append(f"retention.{name}: must be >= 0")
+    if cfg.retention.min_backups < 1:
+        problems.append("retention.min_backups: must be at least 1")
+    for i, check in enumerate(cfg.verify.checks):
+        if not isinstance(check.get("query"), str):
+            problems.append(f"verify.check[{i}]: needs a query (SQL returning one value)")
+        if not set(check) & {"min", "max", "equals"}:
+            problems.append(f"verify.check[{i}]: needs a condition: min, max or equals")
+    return problems
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective configuration.
+
+    ``path``: explicit file (must exist); else ``$PITR_CONFIG``; else the default
+    path if it exists; else defaults only. ``overrides``: dotted key -> value from flags.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    source_name = ""
+    explicit = path is not None or bool(env.get("PITR_CONFIG"))
+    file = Path(path) if path is not None else Path(env.get("PITR_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+        source_name = f"file {file}"
+    except FileNotFoundError:
+        if explicit:
+            problems.append(f"config file {file} does not exist")
+    except PermissionError:
+        problems.append(f"config file {file} is not readable by this user")
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"config file {file}: {exc}")
+
+    keys = schema()
+    by_section = {(k.section, k.name): k for k in keys}
+    values: dict[tuple[str, str], Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(info: KeyInfo, raw: Any, origin: str, from_text: bool) -> None:
+        try:
+            value = _coerce(info, raw, from_text)
+        except ValueError as exc:
+            problems.append(f"{info.dotted} ({origin}): {exc}")
+            return
+        if info.choices and value not in info.choices:
+            problems.append(f"{info.dotted} ({origin}): must be one of "
+                            f"{', '.join(repr(c) for c in info.choices)}, got {value!r}")
+            return
+        values[(info.section, info.name)] = value
+        sources[info.dotted] = origin
+
+    for name, raw in data.items():
+        if isinstance(raw, dict) and name in SECTIONS:
+            for key, sub in raw.items():
+                key = _ALIASES.get((name, key), key)
+                info = by_section.get((name, key))
+                if info is None:
+                    problems.append(f"{name}.{key} ({source_name}): unknown key")
+                else:
+                    put(info, sub, source_name, False)
+        elif ("", name) in by_section:
+            put(by_section[("", name)], raw, source_name, False)
+        else:
+            problems.append(f"{name} ({source_name}): unknown key")
+
+    known_env = {k.env: k for k in keys}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var in ("PITR_CONFIG", "PITR_DEBUG"):
+            continue
+        info = known_env.get(var)
+        if info is None:
+            problems.append(f"{var} (environment): not a pitr setting")
+        else:
+            put(info, raw, f"env {var}", True)
+
+    for dotted, raw in (overrides or {}).items():
+        section, _, name = dotted.rpartition(".")
+        info = by_section.get((section, name))
+        if info is None:  # pragma: no cover - programming error in the CLI
+            raise KeyError(dotted)
+        if raw is not None:
+            put(info, raw, "flag", False)
+
+    top_kwargs: dict[str, Any] = {}
+    section_kwargs: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for (section, name), value in values.items():
+        (section_kwargs[section] if section else top_kwargs)[name] = value
+    cfg = Config(**top_kwargs, **{s: SECTIONS[s](**kw) for s, kw in section_kwargs.items()},
+                 sources=sources)
+    problems.extend(_validate(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def effective(cfg: Config, *, reveal: bool = False) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, source) for every key; secrets masked unless ``reveal``."""
+    rows = []
+    for info in schema():
+        section = getattr(cfg, info.section) if info.section else cfg
+        value = getattr(section, info.name)
+        if info.secret and value and not reveal:
+            value = MASK
+        rows.append((info.dotted, value, cfg.sources.get(info.dotted, "default")))
+    return rows
+
+
+def secrets_of(cfg: Config) -> list[str]:
+    """Every non-empty secret value, so output and logs can be scrubbed of them."""
+    out = []
+    for info in schema():
+        if info.secret:
+            section = getattr(cfg, info.section) if info.section else cfg
+            value = getattr(section, info.name)
+            if value:
+                out.append(str(value))
+    return out

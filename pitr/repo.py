@@ -1,0 +1,126 @@
+"""Repository layout and identity.
+
+::
+
+    <stanza>/repo.json                      system id, PG version, segment size, format
+    <stanza>/wal/<tli+log, 16 hex>/<segment>.zst      (also .partial.zst, .backup.zst)
+    <stanza>/wal/<tli>.history.zst
+    <stanza>/backups/<id>/base.tar.zst      ... other objects of the backup
+    <stanza>/backups/<id>/manifest.json     written LAST: no manifest, no backup
+    <stanza>/locks/<name>.json
+    <stanza>/verify/<time>.json
+
+Every WAL object is compressed with the header from :mod:`pitr.codec`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from pitr.errors import AlreadyExists, IntegrityError, NotFound, SystemIdMismatch
+from pitr.pg.names import WalKind, classify
+from pitr.storage.base import Storage, put_bytes, read_bytes
+
+REPO_FORMAT = 1
+WAL_SUFFIX = ".zst"
+
+
+@dataclass(frozen=True)
+class RepoIdentity:
+    system_id: str  # decimal string: JSON numbers lose precision past 2**53
+    pg_version: int | None
+    segment_size: int
+    format: int = REPO_FORMAT
+    created: str = ""
+
+
+class Repo:
+    """Keys and identity of one stanza inside a storage."""
+
+    def __init__(self, storage: Storage, stanza: str) -> None:
+        self.storage = storage
+        self.stanza = stanza
+
+    # -- keys -------------------------------------------------------------
+    @property
+    def identity_key(self) -> str:
+        return f"{self.stanza}/repo.json"
+
+    @property
+    def wal_prefix(self) -> str:
+        return f"{self.stanza}/wal/"
+
+    def wal_key(self, name: str) -> str:
+        """Object key of a WAL file name PostgreSQL hands us (%f)."""
+        if classify(name) is WalKind.HISTORY:
+            return f"{self.wal_prefix}{name}{WAL_SUFFIX}"
+        return f"{self.wal_prefix}{name[:16]}/{name}{WAL_SUFFIX}"
+
+    @staticmethod
+    def wal_name_of(key: str) -> str | None:
+        """Inverse of :meth:`wal_key` (None for keys that are not WAL objects)."""
+        base = key.rsplit("/", 1)[-1]
+        if not base.endswith(WAL_SUFFIX):
+            return None
+        name = base[: -len(WAL_SUFFIX)]
+        try:
+            classify(name)
+        except ValueError:
+            return None
+        return name
+
+    @property
+    def backups_prefix(self) -> str:
+        return f"{self.stanza}/backups/"
+
+    def backup_prefix(self, backup_id: str) -> str:
+        return f"{self.backups_prefix}{backup_id}/"
+
+    def manifest_key(self, backup_id: str) -> str:
+        return f"{self.backup_prefix(backup_id)}manifest.json"
+
+    def lock_key(self, name: str) -> str:
+        return f"{self.stanza}/locks/{name}.json"
+
+    @property
+    def verify_prefix(self) -> str:
+        return f"{self.stanza}/verify/"
+
+    # -- identity ---------------------------------------------------------
+    def read_identity(self) -> RepoIdentity | None:
+        try:
+            doc = json.loads(read_bytes(self.storage, self.identity_key))
+        except NotFound:
+            return None
+        except ValueError as exc:
+            raise IntegrityError(f"{self.identity_key}: not valid JSON") from exc
+        return RepoIdentity(**doc)
+
+    def ensure_identity(self, system_id: int, pg_version: int | None,
+                        segment_size: int) -> RepoIdentity:
+        """Claim the stanza for this cluster, or prove it is already ours.
+
+        The first writer wins through a conditional create, so two clusters
+        racing to claim one stanza cannot both succeed.
+        """
+        current = self.read_identity()
+        if current is None:
+            mine = RepoIdentity(str(system_id), pg_version, segment_size,
+                                created=datetime.now(UTC).isoformat(timespec="seconds"))
+            try:
+                put_bytes(self.storage, self.identity_key,
+                          json.dumps(asdict(mine), indent=2).encode(), if_absent=True)
+                return mine
+            except AlreadyExists:
+                current = self.read_identity()
+                assert current is not None
+        if current.system_id != str(system_id):
+            raise SystemIdMismatch(
+                f"stanza {self.stanza!r} belongs to the cluster with system identifier "
+                f"{current.system_id}, but this WAL comes from cluster {system_id}",
+                hint="give each cluster its own stanza (`stanza` in pitr.toml); after "
+                     "initdb/pg_upgrade a cluster needs a new stanza",
+            )
+        return current

@@ -1,0 +1,185 @@
+"""Local-directory repository (``file:///path``): the embedded default.
+
+Durability: data goes to a temp file in the destination directory, is fsynced,
+then renamed (or hard-linked for ``if_absent``, since link(2) fails when the
+name exists, which rename(2) would silently replace), and the directory is
+fsynced so the new name itself survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
+from pitr.storage.base import ObjectInfo
+
+_TMP_MARK = ".pitr-tmp-"
+_CHUNK = 1 << 20
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.EIO}
+
+
+def _translate(exc: OSError, key: str) -> StorageError:
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"{key}: not found in the repository")
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return TransientStorageError(f"{key}: {exc.strerror}")
+    if isinstance(exc, PermissionError):
+        return StorageError(
+            f"{key}: permission denied ({exc.filename})",
+            hint="the repository directory must be writable by the user running pitr",
+        )
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"{key}: no space left on the repository device")
+    return StorageError(f"{key}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FsStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        parts = [p for p in key.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise StorageError(f"invalid object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def _makedirs(self, directory: Path) -> None:
+        missing: list[Path] = []
+        d = directory
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A new directory entry is only durable once its parent is fsynced.
+        for made in reversed(missing):
+            _fsync_dir(made.parent)
+
+    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
+        dest = self._path(key)
+        try:
+            self._makedirs(dest.parent)
+            if if_absent and dest.exists():
+                raise AlreadyExists(f"{key}: already exists")
+            tmp = dest.parent / f"{_TMP_MARK}{dest.name}.{uuid.uuid4().hex}"
+            written = 0
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=True) as out:
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+                        written += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if if_absent:
+                    try:
+                        os.link(tmp, dest)
+                    except FileExistsError:
+                        raise AlreadyExists(f"{key}: already exists") from None
+                    finally:
+                        os.unlink(tmp)
+                else:
+                    os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(dest.parent)
+            return written
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the directory the prefix names (plus name filtering in it),
+        # so listing one timeline's WAL doesn't scan the whole repository.
+        head, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*[p for p in head.split("/") if p]) if head else self.root
+        if not start.is_dir():
+            return
+        found: list[ObjectInfo] = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames.sort()
+                rel_dir = os.path.relpath(dirpath, self.root)
+                for name in filenames:
+                    if name.startswith(_TMP_MARK):
+                        continue
+                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                    key = key.replace(os.sep, "/")
+                    if not key.startswith(prefix):
+                        continue
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue  # deleted while listing
+                    found.append(
+                        ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+                    )
+        except OSError as exc:
+            raise _translate(exc, prefix) from exc
+        found.sort(key=lambda o: o.key)
+        yield from found
+
+    def delete(self, keys: Iterable[str]) -> int:
+        removed = 0
+        dirs: set[Path] = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink()
+                removed += 1
+                dirs.add(path.parent)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _translate(exc, key) from exc
+        for d in dirs:
+            _fsync_dir(d)
+        return removed
+
+    def cleanup_incomplete(self, prefix: str = "") -> int:
+        start = self.root / prefix if prefix else self.root
+        if not start.exists():
+            return 0
+        removed = 0
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if name.startswith(_TMP_MARK):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+        return removed
+
+    def destroy(self) -> None:
+        """Remove the whole repository directory (tests and scratch repositories)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+

@@ -1,0 +1,136 @@
+"""Shared fixtures: work directories the cluster user can reach, PostgreSQL clusters,
+pitr config files and the pitr executable as PostgreSQL will run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir, run_as  # noqa: E402
+
+PITR_EXE = Path(sys.executable).parent / "pitr"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> Path:
+    """Write a pitr.toml from {"stanza": .., "repository": {...}, ...}; readable by PG_USER."""
+    top = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    lines = [*top]
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)
+    return path
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    """A directory every test user can traverse (pytest's tmp_path is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="pitr-tests-", dir=os.environ.get("PITR_TEST_TMP", "/tmp")))
+    base.chmod(0o755)
+    yield base
+    if not os.environ.get("PITR_KEEP_TEST_DIRS"):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def testdir(workdir: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh per-test directory below workdir, owned by the cluster user."""
+    name = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("/", "_")
+    for ch in "[]: ":
+        name = name.replace(ch, "_")
+    return make_user_dir(workdir / name, mode=0o755)
+
+
+@pytest.fixture(scope="session")
+def pitr_exe() -> Path:
+    """The pitr console script, proven runnable by the cluster user (DESIGN.md §5 trap)."""
+    if not (PG_BINDIR / "initdb").exists():
+        pytest.skip(f"PostgreSQL binaries not found in {PG_BINDIR}")
+    if not PITR_EXE.exists():
+        pytest.fail(f"{PITR_EXE} missing: install the package into this virtualenv")
+    proc = run_as([str(PITR_EXE), "--version"], check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"the cluster user {PG_USER!r} cannot run {PITR_EXE}: {proc.stderr}\n"
+                    "Create the virtualenv and checkout where that user can read them "
+                    "(see README, Development).")
+    return PITR_EXE
+
+
+@pytest.fixture
+def pg_factory(testdir: Path, pitr_exe: Path) -> Iterator[Any]:
+    """Make clusters: ``pg_factory(name, conf={...})`` -> initdb'ed, not started."""
+    made: list[PgCluster] = []
+
+    def make(name: str = "pg", conf: dict[str, Any] | None = None,
+             init: bool = True) -> PgCluster:
+        cluster = PgCluster(testdir, name)
+        if init:
+            cluster.initdb(conf=conf)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for c in made:
+        c.stop("immediate")
+
+
+@pytest.fixture
+def local_repo(testdir: Path) -> Path:
+    return make_user_dir(testdir / "repo", mode=0o700)
+
+
+@pytest.fixture
+def pitr_config(testdir: Path, local_repo: Path) -> Any:
+    """Write a config file for a test; defaults to the local repository."""
+
+    def make(name: str = "pitr.toml", **sections: Any) -> Path:
+        settings: dict[str, Any] = {
+            "stanza": "test",
+            "repository": {"url": f"file://{local_repo}", "timeout": 20},
+            "archive": {"spool_dir": str(testdir / "spool")},
+            "postgres": {"bindir": str(PG_BINDIR), "user": PG_USER},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                settings.setdefault(key, {}).update(value)
+            else:
+                settings[key] = value
+        return write_config(testdir / name, settings)
+
+    return make
+
+
+def run_pitr(config: Path, *args: str, user: str | None = PG_USER, check: bool = True,
+             env: dict[str, str] | None = None, timeout: float = 600) -> Any:
+    """Run the installed pitr CLI (as the cluster user by default)."""
+    argv = [str(PITR_EXE), "--config", str(config), *args]
+    if user is None:
+        import subprocess
+
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pitr {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+    return run_as(argv, user=user, check=check, env=env, timeout=timeout)
