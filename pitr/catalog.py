@@ -10,6 +10,7 @@ and reads only the small objects it must: manifests and history files.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -124,10 +125,10 @@ class Catalog:
         return out
 
     def gaps(self, tli: int | None = None) -> list[WalGap]:
-        out = []
+        out: list[WalGap] = []
         for t in [tli] if tli is not None else sorted(self.segments):
             rs = self.ranges(t)
-            out.extend(WalGap(t, a.last + 1, b.first - 1) for a, b in zip(rs, rs[1:], strict=False))
+            out.extend(WalGap(t, a.last + 1, b.first - 1) for a, b in itertools.pairwise(rs))
         return out
 
 

@@ -95,7 +95,7 @@ class CompressingReader:
         self._src = src
         self._cctx = zstandard.ZstdCompressor(level=level, threads=threads or 0)
         self._chunks: Iterator[bytes] = self._cctx.read_to_iter(
-            _Tee(src, self), read_size=CHUNK, write_size=CHUNK)
+            _Tee(src, self), read_size=CHUNK, write_size=CHUNK)  # type: ignore[arg-type]
         self._buf = bytearray()
         self._raw = hashlib.sha256()
         self._stored = hashlib.sha256()

@@ -328,7 +328,7 @@ def load(
     for name, raw in data.items():
         if isinstance(raw, dict) and name in SECTIONS:
             for key, sub in raw.items():
-                key = _ALIASES.get((name, key), key)
+                key = _ALIASES.get((name, str(key)), str(key))
                 info = by_section.get((name, key))
                 if info is None:
                     problems.append(f"{name}.{key} ({source_name}): unknown key")

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir, run_as  # noqa: E402
+from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir, run_as
 
 PITR_EXE = Path(sys.executable).parent / "pitr"
 

@@ -53,7 +53,8 @@ def test_lsn_lies_in_its_segment(lsn: int, seg_size: int) -> None:
 def test_known_names() -> None:
     assert segment_name(1, 0x1FF) == "0000000100000001000000FF"
     assert history_name(0x1A) == "0000001A.history"
-    assert backup_history_name(1, parse_lsn("0/2000028")) == "000000010000000000000002.00000028.backup"
+    backup = backup_history_name(1, parse_lsn("0/2000028"))
+    assert backup == "000000010000000000000002.00000028.backup"
     assert classify("00000002.history") is WalKind.HISTORY
     assert classify("000000010000000000000003.partial") is WalKind.PARTIAL
     assert classify("000000010000000000000002.00000028.backup") is WalKind.BACKUP
