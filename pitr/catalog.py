@@ -94,6 +94,9 @@ class WalGap:
 class Timeline:
     tli: int
     history: tuple[HistoryEntry, ...] = ()  # from NNNNNNNN.history (empty for timeline 1)
+    # When the timeline came into being: the archive time of its .history object
+    # (None: unknown; the planner then uses its earliest archived segment).
+    created_at: datetime | None = None
 
     @property
     def parent(self) -> int | None:
