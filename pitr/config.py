@@ -132,7 +132,16 @@ class MonitorConfig:
     port: int = _f(9187, "port of the health/metrics HTTP endpoint (0: disabled)")
     max_backup_age: Duration = _f(Duration(26 * 3600), "unhealthy when the newest backup is older")
     max_archive_lag: Duration = _f(Duration(900), "unhealthy when the newest archived WAL is older")
-    max_backlog: int = _f(64, "alert when more WAL segments than this wait to be archived")
+    max_backlog: int = _f(64, "unhealthy (and alert) when more WAL segments than this wait "
+                          "to be archived")
+    max_archive_failures: int = _f(3, "unhealthy (and alert) after this many archive attempts "
+                                   "in a row failed (0: never)")
+    max_verify_age: Duration = _f(Duration(35 * 86400), "warn when the last restore drill is "
+                                  "older (0: never)")
+    refresh: Duration = _f(Duration(15), "the HTTP endpoint re-reads the repository at most "
+                           "this often; ages are always computed at request time")
+    alert_interval: Duration = _f(Duration(60), "`pitr serve`/agent: how often archive "
+                                  "backlog and failure streaks are checked for alerts")
     webhook_url: str = _f("", "Slack-compatible webhook for alerts (empty: no alerts)",
                           secret=True)
 

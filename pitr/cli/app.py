@@ -79,6 +79,11 @@ def print_json(doc: Any) -> None:
 
 
 def report_error(exc: PitrError) -> None:
+    if log.json_enabled() or OPTS.log_format == "json":
+        # One JSON object per line, errors included, so a log shipper never chokes.
+        sys.stderr.write(log.error_line(exc.message, exc.hint, exc.exit_code) + "\n")
+        sys.stderr.flush()
+        return
     sys.stderr.write(log.scrub(f"ERROR: {exc.message}") + "\n")
     if exc.hint:
         sys.stderr.write(log.scrub(f"HINT: {exc.hint}") + "\n")

@@ -1,0 +1,345 @@
+"""PURE health evaluation: (catalog, agent status, last verify, thresholds, now) -> report.
+
+No I/O and no clock here, so every threshold decision is unit-tested on
+catalogs built in memory. ``collect.py`` gathers the inputs; the HTTP server,
+``pitr status`` and the alert watcher all present the same :class:`HealthReport`.
+
+Archive lag is the age of the oldest WAL segment PostgreSQL has finished but
+pitr has not stored yet, when the agent reports it (fresh status file);
+otherwise it falls back to the age of the newest archived segment, which on an
+idle cluster grows without anything being wrong (set ``archive_timeout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pitr.catalog import BackupRecord, Catalog
+from pitr.pg.names import lsn_to_segno, segment_name
+
+CRITICAL = "critical"  # flips /health/backup to 503
+WARNING = "warning"  # reported, still 200
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_backup_age: float  # seconds
+    max_archive_lag: float  # seconds
+    max_backlog: int  # segments waiting to be archived
+    max_archive_failures: int  # consecutive failed attempts
+    max_verify_age: float  # seconds; 0 disables the "drill overdue" warning
+
+    @classmethod
+    def from_config(cls, monitor: Any) -> Thresholds:
+        return cls(float(monitor.max_backup_age), float(monitor.max_archive_lag),
+                   int(monitor.max_backlog), int(monitor.max_archive_failures),
+                   float(monitor.max_verify_age))
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """What ``pitr agent`` writes to ``<spool>/<stanza>/agent-status.json``."""
+
+    updated_at: datetime
+    backlog: int  # .ready files waiting
+    oldest_ready_age: float | None  # seconds, None when nothing waits
+    last_stored: str | None  # WAL name
+    last_stored_at: datetime | None
+    consecutive_failures: int
+    total_failures: int
+    last_error: str | None = None
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> AgentStatus:
+        """Parse the agent's file; tolerant of absent optional keys (older agents)."""
+        def ts(v: Any) -> datetime | None:
+            return datetime.fromisoformat(v) if isinstance(v, str) and v else None
+
+        updated = ts(doc.get("updated_at"))
+        if updated is None:
+            raise ValueError("agent status without updated_at")
+        backlog = doc.get("backlog", {})
+        if not isinstance(backlog, dict):  # a bare count
+            backlog = {"ready": backlog}
+        failures = doc.get("failures", {})
+        if not isinstance(failures, dict):
+            failures = {"consecutive": failures}
+        last = doc.get("last_stored") or {}
+        if isinstance(last, str):
+            last = {"name": last}
+        oldest = backlog.get("oldest_age_seconds")
+        return cls(
+            updated_at=updated,
+            backlog=int(backlog.get("ready", 0) or 0),
+            oldest_ready_age=float(oldest) if oldest is not None else None,
+            last_stored=last.get("name"),
+            last_stored_at=ts(last.get("at")),
+            consecutive_failures=int(failures.get("consecutive", 0) or 0),
+            total_failures=int(failures.get("total", 0) or 0),
+            last_error=failures.get("last_error"),
+        )
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """The part of the newest verify report (``<stanza>/verify/<time>.json``) health needs."""
+
+    finished_at: datetime
+    ok: bool
+    backup_id: str
+    rto_seconds: float | None
+    failed_checks: tuple[str, ...] = ()
+    key: str = ""
+
+    @classmethod
+    def from_report(cls, doc: dict[str, Any], key: str = "") -> VerifySummary:
+        failed = tuple(c.get("name", "?") for c in doc.get("checks", []) if not c.get("ok"))
+        rto = doc.get("rto_seconds")
+        return cls(datetime.fromisoformat(doc["finished_at"]), bool(doc["ok"]),
+                   str(doc.get("backup_id", "")), float(rto) if rto is not None else None,
+                   failed, key)
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str  # stable identifier, used by alerts and tests
+    severity: str  # CRITICAL or WARNING
+    message: str
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    stanza: str
+    now: datetime
+    findings: tuple[Finding, ...]
+    last_backup: dict[str, Any] | None
+    backups: int
+    wal: dict[str, Any]
+    archive: dict[str, Any]
+    verify: dict[str, Any] | None
+    recovery_window: dict[str, Any] | None
+    location: str = ""
+    retention: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(f.severity == CRITICAL for f in self.findings)
+
+    @property
+    def status(self) -> str:
+        return "healthy" if self.healthy else "unhealthy"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "stanza": self.stanza,
+            "checked_at": _iso(self.now),
+            "problems": [asdict(f) for f in self.findings],
+            "location": self.location,
+            "retention": self.retention,
+            "backups": self.backups,
+            "last_backup": self.last_backup,
+            "recovery_window": self.recovery_window,
+            "wal": self.wal,
+            "archive": self.archive,
+            "last_verify": self.verify,
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") if t else None
+
+
+def _age(now: datetime, t: datetime | None) -> float | None:
+    return round((now - t).total_seconds(), 3) if t else None
+
+
+def _fmt_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def recovery_window(catalog: Catalog) -> tuple[datetime, datetime] | None:
+    """Earliest and latest restorable time, as far as the catalog shows.
+
+    Start: the end of the oldest backup (a restore must replay past it).
+    End: the newest archived segment of the unbroken WAL range that continues
+    the newest backup on its timeline, or of a later timeline (after a restore
+    branched off); never earlier than that backup's end.
+    """
+    if not catalog.backups:
+        return None
+    oldest, newest = catalog.backups[0], catalog.backups[-1]
+    end = newest.stop_time
+    stop_seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
+    for r in catalog.ranges(newest.timeline):
+        if r.first <= stop_seg <= r.last:
+            end = max(end, r.last_archived_at)
+    for tli in sorted(catalog.segments):
+        if tli > newest.timeline:
+            ranges = catalog.ranges(tli)
+            if ranges:
+                end = max(end, ranges[-1].last_archived_at)
+    return oldest.stop_time, end
+
+
+def _newest_segment(catalog: Catalog) -> tuple[str, datetime] | None:
+    best: tuple[str, datetime] | None = None
+    for tli, segs in catalog.segments.items():
+        for s in segs:
+            if best is None or s.archived_at > best[1]:
+                best = (segment_name(tli, s.segno, catalog.segment_size), s.archived_at)
+    return best
+
+
+def _backup_doc(b: BackupRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "label": b.label,
+        "start_time": _iso(b.start_time),
+        "stop_time": _iso(b.stop_time),
+        "age_seconds": _age(now, b.stop_time),
+        "duration_seconds": round((b.stop_time - b.start_time).total_seconds(), 3),
+        "db_size": b.db_size,
+        "raw_bytes": b.raw_bytes,
+        "stored_bytes": b.stored_bytes,
+        "timeline": b.timeline,
+    }
+
+
+def evaluate(
+    catalog: Catalog,
+    agent: AgentStatus | None,
+    last_verify: VerifySummary | None,
+    thresholds: Thresholds,
+    now: datetime,
+    *,
+    location: str = "",
+    retention: dict[str, Any] | None = None,
+) -> HealthReport:
+    """Decide health. ``now`` is timezone-aware UTC, as are all catalog times."""
+    findings: list[Finding] = []
+    crit = lambda n, m: findings.append(Finding(n, CRITICAL, m))  # noqa: E731
+    warn = lambda n, m: findings.append(Finding(n, WARNING, m))  # noqa: E731
+
+    last_backup = None
+    if catalog.backups:
+        newest = catalog.backups[-1]
+        last_backup = _backup_doc(newest, now)
+        age = (now - newest.stop_time).total_seconds()
+        if age > thresholds.max_backup_age:
+            crit("backup_age", f"newest backup {newest.id} is {_fmt_age(age)} old "
+                 f"(limit {_fmt_age(thresholds.max_backup_age)})")
+    else:
+        crit("no_backup", "the repository holds no completed backup")
+
+    newest_seg = _newest_segment(catalog)
+    wal = {
+        "last_archived": newest_seg[0] if newest_seg else None,
+        "last_archived_at": _iso(newest_seg[1]) if newest_seg else None,
+        "last_archived_age_seconds": _age(now, newest_seg[1]) if newest_seg else None,
+        "gaps": [{"timeline": g.timeline,
+                  "first": segment_name(g.timeline, g.first, catalog.segment_size),
+                  "last": segment_name(g.timeline, g.last, catalog.segment_size)}
+                 for g in catalog.gaps()],
+    }
+    archive = _archive_health(agent, newest_seg, thresholds, now, crit, warn)
+    if wal["gaps"] and catalog.backups:
+        _gap_findings(catalog, warn)
+
+    verify_doc = None
+    if last_verify is not None:
+        verify_doc = {
+            "finished_at": _iso(last_verify.finished_at),
+            "age_seconds": _age(now, last_verify.finished_at),
+            "ok": last_verify.ok,
+            "backup_id": last_verify.backup_id,
+            "rto_seconds": last_verify.rto_seconds,
+            "failed_checks": list(last_verify.failed_checks),
+            "report": last_verify.key,
+        }
+        if not last_verify.ok:
+            crit("verify_failed", f"the last restore drill ({_iso(last_verify.finished_at)}) "
+                 f"failed: {', '.join(last_verify.failed_checks) or 'see its report'}")
+        elif thresholds.max_verify_age and \
+                (now - last_verify.finished_at).total_seconds() > thresholds.max_verify_age:
+            warn("verify_overdue", f"the last restore drill ran "
+                 f"{_fmt_age((now - last_verify.finished_at).total_seconds())} ago")
+    elif catalog.backups:
+        warn("never_verified", "no restore drill has run yet (`pitr verify`)")
+
+    window = recovery_window(catalog)
+    return HealthReport(
+        stanza=catalog.stanza,
+        now=now,
+        findings=tuple(findings),
+        last_backup=last_backup,
+        backups=len(catalog.backups),
+        wal=wal,
+        archive=archive,
+        verify=verify_doc,
+        recovery_window={"start": _iso(window[0]), "end": _iso(window[1])} if window else None,
+        location=location,
+        retention=retention or {},
+    )
+
+
+def _archive_health(agent: AgentStatus | None, newest_seg: tuple[str, datetime] | None,
+                    th: Thresholds, now: datetime, crit: Any, warn: Any) -> dict[str, Any]:
+    fresh = agent is not None and \
+        (now - agent.updated_at).total_seconds() <= max(th.max_archive_lag, 60.0)
+    doc: dict[str, Any] = {"agent": None, "backlog": None, "lag_seconds": None,
+                           "lag_source": None}
+    if agent is not None:
+        doc["agent"] = {
+            "updated_at": _iso(agent.updated_at),
+            "fresh": fresh,
+            "backlog": agent.backlog,
+            "oldest_ready_age_seconds": agent.oldest_ready_age,
+            "last_stored": agent.last_stored,
+            "consecutive_failures": agent.consecutive_failures,
+            "total_failures": agent.total_failures,
+            "last_error": agent.last_error,
+        }
+        if not fresh:
+            stale = (now - agent.updated_at).total_seconds()
+            warn("agent_stale", f"the agent's status is {_fmt_age(stale)} old: "
+                 "is `pitr agent` running?")
+    if agent is not None and fresh:
+        doc["backlog"] = agent.backlog
+        doc["lag_seconds"] = agent.oldest_ready_age or 0.0
+        doc["lag_source"] = "oldest .ready segment"
+        if agent.backlog > th.max_backlog:
+            crit("archive_backlog", f"{agent.backlog} WAL segments wait to be archived "
+                 f"(limit {th.max_backlog})")
+        if th.max_archive_failures and agent.consecutive_failures >= th.max_archive_failures:
+            crit("archive_failing", f"the last {agent.consecutive_failures} archive attempts "
+                 f"failed: {agent.last_error or 'see the agent log'}")
+    elif newest_seg is not None:
+        doc["lag_seconds"] = _age(now, newest_seg[1])
+        doc["lag_source"] = "newest archived segment"
+    if doc["lag_seconds"] is not None and doc["lag_seconds"] > th.max_archive_lag:
+        crit("archive_lag", f"WAL archiving lags {_fmt_age(doc['lag_seconds'])} "
+             f"({doc['lag_source']}; limit {_fmt_age(th.max_archive_lag)})")
+    elif doc["lag_seconds"] is None:
+        warn("no_wal", "no WAL has been archived yet")
+    return doc
+
+
+def _gap_findings(catalog: Catalog, warn: Any) -> None:
+    """A gap after the newest backup cuts the recovery window short: say which segments."""
+    newest = catalog.backups[-1]
+    stop_seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
+    for g in catalog.gaps(newest.timeline):
+        if g.last >= stop_seg:
+            warn("wal_gap", f"WAL {segment_name(g.timeline, g.first, catalog.segment_size)}"
+                 f"..{segment_name(g.timeline, g.last, catalog.segment_size)} is missing: "
+                 "restores after that point are impossible")
+
+
+__all__ = ["CRITICAL", "WARNING", "AgentStatus", "Finding", "HealthReport", "Thresholds",
+           "VerifySummary", "evaluate", "recovery_window"]
