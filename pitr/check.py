@@ -1,0 +1,158 @@
+"""`pitr check`: is this cluster really being archived where the config says?
+
+Each check yields one :class:`CheckResult`; later checks that depend on a
+failed one are reported as skipped instead of failing with a confusing reason.
+The last check is end-to-end: switch WAL and wait until that very segment is
+in the repository, which proves archive_command, pitr and the repository work
+together as the PostgreSQL user.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pitr.errors import ConfigError, NotFound, PitrError
+
+if TYPE_CHECKING:
+    from pitr.config import Config
+    from pitr.repo import Repo
+
+Status = Literal["ok", "FAIL", "skip"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fail(name: str, err: PitrError | str, hint: str = "") -> CheckResult:
+    if isinstance(err, PitrError):
+        return CheckResult(name, "FAIL", " ".join(err.message.split()), hint or err.hint or "")
+    return CheckResult(name, "FAIL", err, hint)
+
+
+def check_repository(repo: Repo) -> CheckResult:
+    """Write, read back and delete a probe object."""
+    from pitr.storage.base import put_bytes, read_bytes
+
+    key = f"{repo.stanza}/check/probe-{uuid.uuid4().hex}"
+    payload = b"pitr check probe\n"
+    try:
+        put_bytes(repo.storage, key, payload, if_absent=True)
+        try:
+            if read_bytes(repo.storage, key) != payload:
+                return _fail("repository", f"{repo.storage.url}: probe object read back "
+                             "different bytes", "the storage is not returning what was stored")
+        finally:
+            repo.storage.delete([key])
+    except PitrError as exc:
+        return _fail("repository", exc, "check repository.url, credentials and permissions")
+    return CheckResult("repository", "ok", f"{repo.storage.url} is reachable and writable")
+
+
+def check_settings(s: dict[str, str]) -> list[CheckResult]:
+    """Pure: judge wal_level, archive_mode and archive_command values."""
+    out = []
+    level = s.get("wal_level", "?")
+    out.append(CheckResult("wal_level", "ok", level) if level in ("replica", "logical") else
+               CheckResult("wal_level", "FAIL", f"wal_level is {level!r}",
+                           "set wal_level = replica and restart PostgreSQL"))
+    mode = s.get("archive_mode", "?")
+    out.append(CheckResult("archive_mode", "ok", mode) if mode in ("on", "always") else
+               CheckResult("archive_mode", "FAIL", f"archive_mode is {mode!r}",
+                           "set archive_mode = on and restart PostgreSQL"))
+    cmd = s.get("archive_command", "")
+    if "pitr" in cmd and "archive-push" in cmd and "%p" in cmd:
+        out.append(CheckResult("archive_command", "ok", cmd))
+    else:
+        out.append(CheckResult("archive_command", "FAIL", f"archive_command is {cmd!r}",
+                               "set archive_command = '/path/to/pitr archive-push %p' "
+                               "(add --config FILE if not /etc/pitr/pitr.toml) and reload"))
+    return out
+
+
+def check_archiving(repo: Repo, conn: Any, *, timeout: float,
+                    sleep: Callable[[float], None] = time.sleep) -> CheckResult:
+    """pg_switch_wal(), then wait until that segment is in the repository."""
+    from pitr.pg import conn as pgconn
+
+    name = "archive"
+    try:
+        if pgconn.scalar(conn, "select pg_is_in_recovery()"):
+            return CheckResult(name, "skip", "server is in recovery: pg_switch_wal() is not "
+                               "possible here; run pitr check on the primary")
+        segment = str(pgconn.scalar(conn, "select pg_walfile_name(pg_switch_wal())"))
+    except PitrError as exc:
+        return _fail(name, exc, "pg_switch_wal() needs superuser or an explicit GRANT")
+    key = repo.wal_key(segment)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            repo.storage.stat(key)
+            return CheckResult(name, "ok", f"switched to a new segment; {segment} arrived "
+                               "in the repository")
+        except NotFound:
+            pass
+        except PitrError as exc:
+            return _fail(name, exc)
+        if time.monotonic() >= deadline:
+            break
+        sleep(0.5)
+    hint = "see the PostgreSQL server log for archive_command errors"
+    try:
+        row = pgconn.query(conn, "select last_failed_wal, last_failed_time from pg_stat_archiver")
+        if row and row[0][0]:
+            hint = (f"pg_stat_archiver: last failure was {row[0][0]} at {row[0][1]}; " + hint)
+    except PitrError:
+        pass
+    return _fail(name, f"{segment} did not reach the repository within {timeout:g}s", hint)
+
+
+def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[CheckResult]:
+    """Every check, in order; never raises for a failed check."""
+    from pitr.pg import conn as pgconn
+    from pitr.repo import Repo
+    from pitr.storage import open_storage
+
+    results: list[CheckResult] = []
+    try:
+        cfg = load()
+    except ConfigError as exc:
+        return [_fail("config", "; ".join(exc.problems), exc.hint or "")]
+    results.append(CheckResult("config", "ok", f"stanza {cfg.stanza!r}, {cfg.repository.url}"))
+
+    try:
+        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    except PitrError as exc:
+        return [*results, _fail("repository", exc)]
+    results.append(check_repository(repo))
+    repo_ok = results[-1].status == "ok"
+
+    try:
+        conn = pgconn.connect(cfg.postgres.dsn)
+    except PitrError as exc:
+        results.append(_fail("postgres", exc))
+        results += [CheckResult(n, "skip", "PostgreSQL not reachable")
+                    for n in ("wal_level", "archive_mode", "archive_command", "archive")]
+        return results
+    with conn:
+        version = pgconn.scalar(conn, "show server_version")
+        results.append(CheckResult("postgres", "ok", f"connected, server version {version}"))
+        settings = check_settings(pgconn.settings(
+            conn, ["wal_level", "archive_mode", "archive_command"]))
+        results += settings
+        if repo_ok and all(r.status == "ok" for r in settings):
+            results.append(check_archiving(repo, conn, timeout=archive_timeout))
+        else:
+            results.append(CheckResult("archive", "skip", "fix the failures above first"))
+    return results

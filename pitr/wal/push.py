@@ -1,0 +1,130 @@
+"""Archive one WAL file (archive_command's job): check, compress, store once, never overwrite.
+
+The file is read once. Segments and partial segments carry a WAL long page
+header: its system identifier must match the stanza's ``repo.json`` (created
+by the first push), so two clusters can never mix WAL under one name. The
+object is written with a conditional put; when the name is taken, the stored
+header's sha256 decides between "already archived" (a retry or a standby
+pushing the same bytes: success) and a conflict (different bytes: error, the
+stored object stays as it is).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pitr import codec
+from pitr.errors import AlreadyExists, IntegrityError, UsageError, WalConflict
+from pitr.log import event
+from pitr.pg.names import WalKind, classify, parse_segment_name
+from pitr.pg.walheader import parse_header
+from pitr.repo import Repo
+from pitr.retry import call_with_budget
+from pitr.storage.base import put_bytes, read_bytes
+
+log = logging.getLogger("pitr.wal.push")
+
+# Enough to hold any header codec.encode_header writes.
+HEADER_PROBE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    status: Literal["stored", "already-archived"]
+    sha256: str  # of the raw (uncompressed) bytes
+    raw_bytes: int
+    stored_bytes: int
+    seconds: float
+
+
+class _Deadline:
+    """One budget shared by every repository call of a push."""
+
+    def __init__(self, budget: float) -> None:
+        self.end = time.monotonic() + budget
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+
+def read_wal_file(path: Path) -> tuple[str, WalKind, bytes]:
+    name = path.name
+    try:
+        kind = classify(name)
+    except ValueError:
+        raise UsageError(f"{path}: not a WAL file name PostgreSQL would archive",
+                         hint="archive_command must pass %p (the path of the file)") from None
+    try:
+        return name, kind, path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}",
+                         hint="archive_command runs in the data directory; pass %p unchanged "
+                              "and run pitr as the PostgreSQL user") from exc
+
+
+def _check_segment(name: str, kind: WalKind, raw: bytes) -> dict[str, Any]:
+    """Validate a (partial) segment against its own header; returns its identity fields."""
+    header = parse_header(raw, name)
+    _tli, segno = parse_segment_name(name[:24], header.seg_size)
+    if kind is WalKind.SEGMENT and len(raw) != header.seg_size:
+        raise IntegrityError(f"{name}: {len(raw)} bytes, but its header says segments are "
+                             f"{header.seg_size} bytes", hint="the file is truncated")
+    # The first page of a segment always starts at the segment's own LSN; a
+    # mismatch means the file under this name holds some other segment.
+    if header.pageaddr != segno * header.seg_size:
+        raise IntegrityError(f"{name}: first page is for LSN {header.pageaddr:#x}, not for this "
+                             f"segment", hint="the file is not the segment its name says")
+    return {"system_id": header.system_id, "pg_version": header.pg_version,
+            "seg_size": header.seg_size}
+
+
+def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult:
+    """Store the WAL file at ``path``; return only once it is durable in the repository."""
+    started = time.monotonic()
+    deadline = _Deadline(budget)
+    name, kind, raw = read_wal_file(path)
+    extra: dict[str, Any] = {"name": name}
+    if kind in (WalKind.SEGMENT, WalKind.PARTIAL):
+        ident = _check_segment(name, kind, raw)
+        call_with_budget(
+            lambda: repo.ensure_identity(ident["system_id"], ident["pg_version"],
+                                         ident["seg_size"]),
+            budget=deadline.left(), what=f"archive-push {name}: reading repo.json")
+        extra["system_id"] = str(ident["system_id"])
+
+    blob, digest = codec.compress_blob(raw, level, **extra)
+    key = repo.wal_key(name)
+    status: Literal["stored", "already-archived"] = "stored"
+    try:
+        call_with_budget(lambda: put_bytes(repo.storage, key, blob, if_absent=True),
+                         budget=deadline.left(), what=f"archive-push {name}: storing")
+    except AlreadyExists:
+        stored = stored_sha256(repo, name, budget=deadline.left())
+        if stored != digest:
+            raise WalConflict(
+                f"{name} is already archived with different content: repository sha256 "
+                f"{stored}, this file sha256 {digest}",
+                hint="the archived copy was left untouched. Two clusters may share this "
+                     "stanza, or a restored cluster reused the timeline; inspect both "
+                     "before removing anything") from None
+        status = "already-archived"
+        event(log, logging.WARNING, f"{name} was already archived with the same content",
+              sha256=digest)
+    seconds = time.monotonic() - started
+    event(log, logging.DEBUG, f"archived {name}", status=status, raw_bytes=len(raw),
+          stored_bytes=len(blob), seconds=round(seconds, 3))
+    return PushResult(name, status, digest, len(raw), len(blob), seconds)
+
+
+def stored_sha256(repo: Repo, name: str, *, budget: float) -> str:
+    """sha256 of the raw bytes of the archived ``name``, from its object header only."""
+    prefix = call_with_budget(
+        lambda: read_bytes(repo.storage, repo.wal_key(name), HEADER_PROBE_BYTES),
+        budget=budget, what=f"{name}: reading the stored header")
+    header, _ = codec.decode_header(prefix, name)
+    return header.sha256

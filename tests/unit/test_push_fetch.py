@@ -1,0 +1,334 @@
+"""push_wal / fetch_wal / call_with_budget and the archive-get exit-code contract,
+against the real local-directory driver (S3 runs in tests/integration)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+import zstandard
+
+from pitr import codec
+from pitr.cli import main as cli_main
+from pitr.cli.archive import archive_get_exit_code, is_standby
+from pitr.errors import (
+    RECOVERY_ABORT_OFFSET,
+    AlreadyExists,
+    IntegrityError,
+    SystemIdMismatch,
+    TransientStorageError,
+    UsageError,
+    WalConflict,
+    WalNotFound,
+)
+from pitr.repo import Repo
+from pitr.retry import call_with_budget
+from pitr.storage.fs import FsStorage
+from pitr.wal.fetch import fetch_to_bytes, fetch_wal
+from pitr.wal.push import push_wal
+
+SEG = 1 << 20  # 1 MiB segments (initdb --wal-segsize=1) keep these tests fast
+SYSID = 7301234567890123456
+
+
+def segment_bytes(name: str, *, sysid: int = SYSID, fill: bytes = b"\x00") -> bytes:
+    """A plausible WAL segment: a PG 15 long page header for the segment ``name``."""
+    segno = int(name[8:16], 16) * (0x100000000 // SEG) + int(name[16:24], 16)
+    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, int(name[:8], 16), segno * SEG, 0,
+                         sysid, SEG, 8192)
+    return header + (fill * (SEG - len(header)))[: SEG - len(header)]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(FsStorage(tmp_path / "repo"), "t")
+
+
+def write_wal(dirpath: Path, name: str, data: bytes) -> Path:
+    dirpath.mkdir(parents=True, exist_ok=True)
+    p = dirpath / name
+    p.write_bytes(data)
+    return p
+
+
+# -- push -------------------------------------------------------------------------
+def test_push_then_fetch_round_trip(repo: Repo, tmp_path: Path) -> None:
+    name = "000000010000000000000003"
+    data = segment_bytes(name, fill=b"pitr")
+    res = push_wal(repo, write_wal(tmp_path / "wal", name, data), level=3, budget=5)
+    assert (res.status, res.raw_bytes) == ("stored", SEG)
+    assert res.stored_bytes < SEG // 10
+    ident = repo.read_identity()
+    assert ident is not None and ident.system_id == str(SYSID) and ident.pg_version == 15
+    dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
+    dest.parent.mkdir()
+    got = fetch_wal(repo, name, dest, budget=5)
+    assert dest.read_bytes() == data and got.sha256 == res.sha256
+    assert fetch_to_bytes(repo, name, budget=5) == data
+    assert [p.name for p in dest.parent.iterdir()] == ["RECOVERYXLOG"]  # no temp left
+
+
+def test_duplicate_push_same_bytes_is_success(repo: Repo, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    name = "000000010000000000000004"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name))
+    first = push_wal(repo, p, level=3, budget=5)
+    again = push_wal(repo, p, level=9, budget=5)  # another level: same raw bytes still match
+    assert again.status == "already-archived" and again.sha256 == first.sha256
+    assert "already archived" in caplog.text
+
+
+def test_conflicting_push_fails_and_keeps_original(repo: Repo, tmp_path: Path) -> None:
+    name = "000000010000000000000005"
+    original = segment_bytes(name, fill=b"a")
+    first = push_wal(repo, write_wal(tmp_path / "a", name, original), level=3, budget=5)
+    stored_before = (repo.storage.root / repo.wal_key(name)).read_bytes()  # type: ignore[attr-defined]
+    other = write_wal(tmp_path / "b", name, segment_bytes(name, fill=b"b"))
+    with pytest.raises(WalConflict) as err:
+        push_wal(repo, other, level=3, budget=5)
+    assert first.sha256 in err.value.message
+    assert codec.decompress_blob(stored_before, name) == original
+    assert (repo.storage.root / repo.wal_key(name)).read_bytes() == stored_before  # type: ignore[attr-defined]
+    assert err.value.exit_code <= 125
+
+
+def test_history_backup_and_partial_files_are_protected_too(repo: Repo, tmp_path: Path) -> None:
+    hist = write_wal(tmp_path / "a", "00000002.history", b"1\t0/3000000\tno recovery target\n")
+    assert push_wal(repo, hist, level=3, budget=5).status == "stored"
+    assert push_wal(repo, hist, level=3, budget=5).status == "already-archived"
+    other = write_wal(tmp_path / "b", "00000002.history", b"1\t0/4000000\tother\n")
+    with pytest.raises(WalConflict):
+        push_wal(repo, other, level=3, budget=5)
+    backup = write_wal(tmp_path / "a", "000000010000000000000002.00000028.backup",
+                       b"START WAL LOCATION: 0/2000028\n")
+    assert push_wal(repo, backup, level=3, budget=5).status == "stored"
+    partial_name = "000000010000000000000006.partial"
+    partial = write_wal(tmp_path / "a", partial_name,
+                        segment_bytes("000000010000000000000006"))
+    assert push_wal(repo, partial, level=3, budget=5).status == "stored"
+    assert fetch_to_bytes(repo, partial_name, budget=5) == partial.read_bytes()
+
+
+def test_second_cluster_is_refused(repo: Repo, tmp_path: Path) -> None:
+    a = "000000010000000000000001"
+    push_wal(repo, write_wal(tmp_path / "a", a, segment_bytes(a)), level=3, budget=5)
+    b = "000000010000000000000002"
+    with pytest.raises(SystemIdMismatch) as err:
+        push_wal(repo, write_wal(tmp_path / "b", b, segment_bytes(b, sysid=SYSID + 1)),
+                 level=3, budget=5)
+    assert str(SYSID) in err.value.message and str(SYSID + 1) in err.value.message
+    assert not (repo.storage.root / repo.wal_key(b)).exists()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mangle", ["truncate", "wrong-segment", "not-wal"])
+def test_bad_files_are_refused(repo: Repo, tmp_path: Path, mangle: str) -> None:
+    name = "000000010000000000000007"
+    data = segment_bytes(name)
+    if mangle == "truncate":
+        data = data[: SEG // 2]
+    elif mangle == "wrong-segment":
+        data = segment_bytes("000000010000000000000008")
+    else:
+        data = b"\x00" * SEG
+    with pytest.raises(IntegrityError):
+        push_wal(repo, write_wal(tmp_path / "x", name, data), level=3, budget=5)
+
+
+def test_bad_names_and_missing_files_are_usage_errors(repo: Repo, tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        push_wal(repo, write_wal(tmp_path, "postgresql.conf", b"x"), level=3, budget=5)
+    with pytest.raises(UsageError):
+        push_wal(repo, tmp_path / "000000010000000000000009", level=3, budget=5)
+    with pytest.raises(UsageError):
+        fetch_wal(repo, "../etc/passwd", tmp_path / "x", budget=5)
+
+
+# -- fetch ------------------------------------------------------------------------
+def test_fetch_missing_is_wal_not_found(repo: Repo, tmp_path: Path) -> None:
+    with pytest.raises(WalNotFound):
+        fetch_wal(repo, "0000000100000000000000AA", tmp_path / "dest", budget=5)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_fetch_corrupt_object_leaves_no_dest(repo: Repo, tmp_path: Path) -> None:
+    name = "00000001000000000000000A"
+    push_wal(repo, write_wal(tmp_path / "a", name, segment_bytes(name, fill=b"xyz")),
+             level=3, budget=5)
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    header, offset = codec.decode_header(path.read_bytes(), name)
+    # Same header, other content: only the sha256 check can notice.
+    forged = codec.encode_header(header.sha256, header.size) + zstandard.ZstdCompressor(
+    ).compress(segment_bytes(name, fill=b"xyZ"))
+    path.write_bytes(forged)
+    dest_dir = tmp_path / "pg_wal"
+    dest_dir.mkdir()
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        fetch_wal(repo, name, dest_dir / "RECOVERYXLOG", budget=5)
+    assert list(dest_dir.iterdir()) == []
+    path.write_bytes(path.read_bytes()[: offset + 100])  # truncated body
+    with pytest.raises(IntegrityError):
+        fetch_wal(repo, name, dest_dir / "RECOVERYXLOG", budget=5)
+    assert list(dest_dir.iterdir()) == []
+
+
+# -- retry ------------------------------------------------------------------------
+class FlakyStorage(FsStorage):
+    """The local driver, failing the first ``failures`` calls as a network would."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+        self.calls = 0
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise TransientStorageError("simulated timeout")
+
+    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
+        self._maybe_fail()
+        return super().put(key, src, if_absent=if_absent)
+
+    def open(self, key: str) -> BinaryIO:
+        self._maybe_fail()
+        return super().open(key)
+
+
+def test_transient_errors_are_retried(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "repo", failures=3)
+    repo = Repo(storage, "t")
+    name = "00000001000000000000000B"
+    res = push_wal(repo, write_wal(tmp_path / "a", name, segment_bytes(name)), level=1, budget=30)
+    assert res.status == "stored" and storage.calls > 3
+
+
+def test_budget_is_bounded_and_named() -> None:
+    calls = 0
+
+    def always_down() -> None:
+        nonlocal calls
+        calls += 1
+        raise TransientStorageError("connection refused")
+
+    t0 = time.monotonic()
+    with pytest.raises(TransientStorageError) as err:
+        call_with_budget(always_down, budget=1.5, what="fetching X")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.6 and calls >= 2
+    assert "fetching X" in err.value.message and "gave up after" in err.value.message
+
+
+def test_non_transient_errors_are_not_retried() -> None:
+    calls = 0
+
+    def taken() -> None:
+        nonlocal calls
+        calls += 1
+        raise AlreadyExists("k")
+
+    with pytest.raises(AlreadyExists):
+        call_with_budget(taken, budget=5, what="x")
+    assert calls == 1
+
+
+def test_zero_budget_means_one_attempt() -> None:
+    seen: list[int] = []
+
+    def once() -> int:
+        seen.append(1)
+        return 42
+
+    assert call_with_budget(once, budget=0, what="x") == 42 and seen == [1]
+
+
+# -- archive-get exit codes -------------------------------------------------------
+def test_exit_code_mapping() -> None:
+    assert archive_get_exit_code(WalNotFound("x"), standby=False) == 1
+    assert archive_get_exit_code(IntegrityError("x"), standby=False) == RECOVERY_ABORT_OFFSET + 9
+    assert archive_get_exit_code(TransientStorageError("x"), standby=False) > 125
+    assert archive_get_exit_code(TransientStorageError("x"), standby=True) == 1
+
+
+def test_is_standby_uses_the_data_dir_of_dest(tmp_path: Path) -> None:
+    (tmp_path / "pg_wal").mkdir()
+    dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
+    assert not is_standby(dest, "")
+    (tmp_path / "standby.signal").touch()
+    assert is_standby(dest, "")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert not is_standby(other / "x", str(other))
+    assert is_standby(other / "x", str(tmp_path))
+
+
+def _config(tmp_path: Path, **repo: Any) -> Path:
+    cfg = tmp_path / "pitr.toml"
+    url = repo.pop("url", f"file://{tmp_path / 'repo'}")
+    cfg.write_text(f'stanza = "t"\n[repository]\nurl = "{url}"\ntimeout = 2\n')
+    return cfg
+
+
+def _get(cfg: Path, name: str, dest: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(["--config", str(cfg), "archive-get", name, str(dest)])
+    return code, capsys.readouterr().err
+
+
+def test_cli_archive_get_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path)
+    pgdata = tmp_path / "data"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    name = "00000001000000000000000C"
+    seg = write_wal(tmp_path / "src", name, segment_bytes(name))
+    assert cli_main(["--config", str(cfg), "archive-push", str(seg)]) == 0
+    assert _get(cfg, name, dest, capsys)[0] == 0 and dest.read_bytes() == seg.read_bytes()
+    dest.unlink()
+
+    code, err = _get(cfg, "00000001000000000000000D", dest, capsys)
+    assert code == 1 and "ERROR" in err and not dest.exists()
+    code, err = _get(cfg, "00000005.history", dest, capsys)
+    assert code == 1 and err == ""  # PostgreSQL probes history files all the time
+
+    key = tmp_path / "repo" / Repo(FsStorage(tmp_path), "t").wal_key(name)
+    key.write_bytes(key.read_bytes()[:-50])
+    code, err = _get(cfg, name, dest, capsys)
+    assert code == RECOVERY_ABORT_OFFSET + IntegrityError.exit_code and not dest.exists()
+    assert "ERROR" in err
+    (pgdata / "standby.signal").touch()
+    code, err = _get(cfg, name, dest, capsys)
+    assert code == 1 and "standby" in err and not dest.exists()
+
+
+def test_cli_archive_get_config_error_aborts(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _get(tmp_path / "missing.toml", "00000001000000000000000C",
+                     tmp_path / "x", capsys)
+    assert code == RECOVERY_ABORT_OFFSET + 3 and "does not exist" in err
+    bad = _config(tmp_path, url="ftp://nowhere")
+    code, _ = _get(bad, "00000001000000000000000C", tmp_path / "x", capsys)
+    assert code == RECOVERY_ABORT_OFFSET + 3
+
+
+def test_cli_archive_push_never_exceeds_125(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path)
+    codes = [
+        cli_main(["--config", str(tmp_path / "nope.toml"), "archive-push", "x"]),
+        cli_main(["--config", str(cfg), "archive-push", str(tmp_path / "000000010000000000000001")]),
+        cli_main(["--config", str(cfg), "archive-push"]),
+    ]
+    capsys.readouterr()
+    assert all(1 <= c <= 125 for c in codes), codes
+
+
+def test_unreadable_dest_dir_is_reported(tmp_path: Path, repo: Repo) -> None:
+    name = "00000001000000000000000E"
+    push_wal(repo, write_wal(tmp_path / "a", name, segment_bytes(name)), level=1, budget=5)
+    with pytest.raises(Exception) as err:
+        fetch_wal(repo, name, tmp_path / "no" / "such" / "dir", budget=5)
+    assert getattr(err.value, "exit_code", 0) > 0
+    assert not os.path.exists(tmp_path / "no")
