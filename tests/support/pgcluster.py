@@ -39,7 +39,7 @@ def run_as(argv: Sequence[str], *, user: str = PG_USER, check: bool = True,
            env: dict[str, str] | None = None, timeout: float = 300,
            cwd: str | Path = "/", **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run argv as the cluster user, capturing text output."""
-    full_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})}
+    full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
     proc = subprocess.run(as_user_cmd(argv, user), capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd, **kw)
     if check and proc.returncode != 0:
