@@ -1,0 +1,97 @@
+"""`pitr status [--json]` and `pitr serve`: backup health for people and for monitors."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from pitr.cli.app import JsonFlag, app, load_config, print_json
+from pitr.errors import CheckFailed
+
+
+def _line(label: str, value: Any) -> str:
+    return f"{label:<18} {value if value not in (None, '') else '-'}"
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return str(n)  # pragma: no cover
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    lb = doc["last_backup"] or {}
+    wal, arch, ver, win = doc["wal"], doc["archive"], doc["last_verify"], doc["recovery_window"]
+    agent = arch.get("agent") or {}
+    out = [
+        _line("status", doc["status"].upper()),
+        _line("stanza", doc["stanza"]),
+        _line("repository", doc["location"]),
+        _line("retention", ", ".join(f"{k}={v}" for k, v in doc["retention"].items())),
+        _line("backups", doc["backups"]),
+        _line("last backup", f"{lb['id']} at {lb['stop_time']} ({lb['age_seconds']:.0f}s ago, "
+              f"{_human_bytes(lb['stored_bytes'])} stored, {_human_bytes(lb['db_size'])} "
+              f"database, took {lb['duration_seconds']:.0f}s)" if lb else None),
+        _line("recovery window", f"{win['start']} .. {win['end']}" if win else None),
+        _line("last WAL", f"{wal['last_archived']} at {wal['last_archived_at']} "
+              f"({wal['last_archived_age_seconds']:.0f}s ago)" if wal["last_archived"] else None),
+        _line("archive lag", f"{arch['lag_seconds']:.0f}s ({arch['lag_source']})"
+              if arch["lag_seconds"] is not None else None),
+        _line("archive backlog", f"{agent['backlog']} segments, "
+              f"{agent['consecutive_failures']} failures in a row" if agent else
+              "unknown (no agent status)"),
+        _line("last verify", (f"{'passed' if ver['ok'] else 'FAILED'} at {ver['finished_at']} "
+                              f"(backup {ver['backup_id']}, RTO {ver['rto_seconds']}s)")
+              if ver else "never"),
+    ]
+    for p in doc["problems"]:
+        out.append(f"{p['severity'].upper():<8} {p['name']}: {p['message']}")
+    return "\n".join(out)
+
+
+@app.command("status")
+def status(json_out: JsonFlag = False) -> None:
+    """Backup health: last backup, WAL archiving, recovery window, last restore drill.
+
+    Exits 14 (CheckFailed) when unhealthy, like /health/backup returning 503.
+    """
+    from pitr.monitor.collect import health_report
+
+    cfg = load_config(command="status")
+    report = health_report(cfg)
+    doc = report.to_dict()
+    if json_out:
+        print_json(doc)
+    else:
+        typer.echo(render_text(doc))
+    if not report.healthy:
+        raise CheckFailed("unhealthy: " + "; ".join(
+            f.message for f in report.findings if f.severity == "critical"))
+
+
+@app.command("serve")
+def serve(
+    port: Annotated[int | None, typer.Option(help="port (default: monitor.port)")] = None,
+    listen: Annotated[str | None, typer.Option(help="address (default: monitor.listen)")] = None,
+) -> None:
+    """Serve GET /health/backup and GET /metrics until stopped (SIGTERM/SIGINT)."""
+    from pitr.monitor.server import start_server
+
+    cfg = load_config({"monitor.port": port, "monitor.listen": listen}, command="serve")
+    handle = start_server(cfg)
+    typer.echo(f"serving {handle.url}/health/backup and {handle.url}/metrics", err=True)
+
+    def _stop(*_: Any) -> None:
+        handle._stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    handle.wait()
+    handle.stop()
