@@ -1,0 +1,137 @@
+"""Security basics: who may run a command, and private modes for what pitr writes.
+
+Root over another user's data directory is refused for the commands that
+write next to PostgreSQL (archive-push/get, backup): files root creates in
+``pg_wal``, the spool or a local repository would later be unreadable or
+undeletable for the PostgreSQL user, and the failure would surface hours later
+as a stuck archiver. ``restore`` as root is allowed: it chowns what it writes
+to ``postgres.user``.
+
+Everything pitr creates is private to its owner (0600 files, 0700
+directories): WAL and backups hold the whole database, spool receipts name
+it. Stdlib only: archive-push calls this on every segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pitr.errors import PermissionRefused
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+PRIVATE_UMASK = 0o077
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def data_dir_candidates(pgdata: str | os.PathLike[str] | None,
+                        cwd: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The data directory a command acts on: the configured one, else the working
+    directory when it is a data directory (PostgreSQL runs archive_command and
+    restore_command there with a relative ``%p``)."""
+    out: list[Path] = []
+    if pgdata:
+        out.append(Path(pgdata))
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    if (here / "PG_VERSION").exists():
+        out.append(here)
+    return out
+
+
+def refuse_root_over_foreign_data(command: str, paths: Iterable[str | os.PathLike[str]],
+                                  *, euid: int | None = None) -> None:
+    """Raise :class:`PermissionRefused` when running as root over a directory
+    that belongs to another user. Paths that do not exist are skipped."""
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_uid != 0:
+            owner = _owner_name(st.st_uid)
+            raise PermissionRefused(
+                f"refusing to run {command} as root: the data directory {path} belongs to "
+                f"{owner!r}; files root creates there would be unusable for PostgreSQL",
+                hint=f"run it as that user, e.g. `runuser -u {owner} -- pitr {command} ...` "
+                     "(systemd units set User=postgres)",
+            )
+
+
+def check_command_user(command: str, pgdata: str | os.PathLike[str] | None) -> None:
+    """The one call archive-push/archive-get/backup make before touching anything."""
+    refuse_root_over_foreign_data(command, data_dir_candidates(pgdata))
+
+
+def set_private_umask() -> int:
+    """Make every file and directory this process creates private; returns the old mask."""
+    return os.umask(PRIVATE_UMASK)
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    old = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mkdir_private(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) as 0700; tighten it if it already exists and is ours."""
+    p = Path(path)
+    with private_umask():
+        p.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    st = p.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        p.chmod(DIR_MODE)
+    return p
+
+
+def write_private(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (temp + fsync + rename) as a 0600 file."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def loose_modes(root: str | os.PathLike[str]) -> list[tuple[Path, int]]:
+    """Files and directories below ``root`` readable or writable by group/others
+    (what `pitr check` and the tests report as a leak)."""
+    found: list[tuple[Path, int]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath, name)
+            try:
+                mode = p.lstat().st_mode & 0o777
+            except OSError:
+                continue
+            if mode & 0o077 and not p.is_symlink():
+                found.append((p, mode))
+    st_mode = Path(root).stat().st_mode & 0o777
+    if st_mode & 0o077:
+        found.insert(0, (Path(root), st_mode))
+    return found
