@@ -1,0 +1,417 @@
+"""PURE retention policy: (catalog, policy, now) -> what to keep, what to delete, and why.
+
+No I/O here; :mod:`pitr.expire` applies a :class:`RetentionDecision` to storage.
+
+Which backups are kept
+======================
+All periods are UTC calendar periods of a backup's **stop time** (when it became
+usable). "The last N periods" are the period containing ``now`` and the N-1
+before it; a backup that stops after ``now`` (clock skew) counts as in the
+current period. A tier with N = 0 is off.
+
+``daily = N``    the NEWEST backup of each of the last N calendar days.
+``weekly = N``   the FIRST backup of each of the last N ISO weeks (Monday-Sunday).
+``monthly = N``  the FIRST backup of each of the last N calendar months.
+``min_backups``  the newest ``min_backups`` backups are always kept, so there are
+                 never fewer completed backups than that (nor fewer than exist).
+``pinned``       a pinned backup is kept until it is unpinned.
+``newest``       the newest completed backup is always kept.
+
+A backup is kept if any rule keeps it; each kept backup carries every reason.
+
+Why these definitions: each rule only ever *loses* a backup as time passes
+(a day's newest, a week's first and the newest-N set can only be taken over by
+backups that existed before it, or be left behind by the moving window), and
+it never depends on backups that are not kept. Two facts follow, both tested:
+
+* **idempotence** — deciding again on the catalog left after applying a
+  decision keeps every remaining backup and deletes nothing;
+* **convergence** — with the same pins, expiring daily (or at any schedule)
+  leaves exactly the backups that one expiry at the end would keep over the
+  full history: for any set S with keep(all) ⊆ S ⊆ all, keep(S) = keep(all).
+
+Which WAL is kept
+=================
+A kept backup B on timeline ``tb`` (start LSN ``s``) can restore onto every
+timeline T whose history path contains ``tb`` with ``s`` before the point the
+path leaves ``tb``. For each such T, every segment of the path from B's start
+segment on is kept: on ``tb`` from segno(s), on each later timeline of the path
+from segno(its begin) to segno(its end) inclusive, and the last timeline without
+an upper bound. Taken over all kept backups this keeps everything from the OLDEST
+kept backup's start onward on every timeline reachable from it: so every point
+in time from the oldest kept backup's stop time to the newest archived WAL stays
+restorable, each kept backup reaches consistency, and between two kept backups
+nothing is missing. Everything else (WAL before the oldest kept backup, WAL of
+timelines no kept backup can reach) is deleted.
+
+Guards: no segment (of any timeline) at or after the newest completed backup's
+start segment is ever deleted — a backup in progress started later and needs it;
+a timeline without a history file is treated as a root (as PostgreSQL does), and
+its segments from the oldest kept backup's start segment on are kept. With no
+completed backup nothing but stale incomplete backups is deleted.
+
+History files: ``T.history`` is kept while T >= the lowest timeline of a kept
+backup (PostgreSQL probes ``T+1.history``, ``T+2.history``... to find the newest
+timeline and pick a fresh one at promotion, so that chain must stay unbroken) or
+while any kept WAL lies on T. ``.backup`` files go with their backup; orphaned
+ones (and ``.partial`` files) go with their segment.
+
+Incomplete backups (objects, no manifest) are deleted unless named in
+``in_progress``; :mod:`pitr.expire` holds the stanza lock, so none can be running.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pitr.catalog import BackupRecord, Catalog, WalRange, WalSegment, contiguous_ranges
+from pitr.pg.names import (
+    backup_history_name,
+    lsn_to_segno,
+    parse_segment_name,
+    segment_name,
+)
+
+REASONS = ("newest", "min_backups", "pinned", "daily", "weekly", "monthly")
+_INF = 1 << 64
+
+
+@dataclass(frozen=True)
+class Policy:
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 12
+    min_backups: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("daily", "weekly", "monthly", "min_backups"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"retention.{name} must be >= 0")
+
+    @classmethod
+    def from_config(cls, retention: Any) -> Policy:
+        return cls(retention.daily, retention.weekly, retention.monthly, retention.min_backups)
+
+
+@dataclass(frozen=True)
+class KeptBackup:
+    backup: BackupRecord
+    reasons: tuple[str, ...]  # in REASONS order
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    now: datetime
+    policy: Policy
+    kept: tuple[KeptBackup, ...] = ()  # oldest first
+    deleted: tuple[BackupRecord, ...] = ()  # oldest first
+    incomplete_deleted: tuple[str, ...] = ()
+    incomplete_kept: tuple[str, ...] = ()
+    wal_deleted: tuple[WalSegment, ...] = ()  # by timeline, segno
+    wal_kept: int = 0  # segments
+    partial_deleted: tuple[str, ...] = ()  # WAL file names
+    backup_files_deleted: tuple[str, ...] = ()  # ".backup" WAL file names
+    history_kept: tuple[int, ...] = ()
+    history_deleted: tuple[int, ...] = ()
+    restorable_from: datetime | None = None  # stop time of the oldest kept backup
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def kept_ids(self) -> frozenset[str]:
+        return frozenset(k.backup.id for k in self.kept)
+
+    @property
+    def deleted_ids(self) -> frozenset[str]:
+        return frozenset(b.id for b in self.deleted)
+
+    @property
+    def bytes_freed(self) -> int:
+        """Stored bytes of deleted backups and segments (small files not counted)."""
+        return (sum(b.stored_bytes for b in self.deleted)
+                + sum(s.stored_bytes for s in self.wal_deleted))
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.deleted or self.incomplete_deleted or self.wal_deleted
+                    or self.partial_deleted or self.backup_files_deleted
+                    or self.history_deleted)
+
+    def wal_deleted_ranges(self) -> list[WalRange]:
+        by_tli: dict[int, list[WalSegment]] = {}
+        for s in self.wal_deleted:
+            by_tli.setdefault(s.timeline, []).append(s)
+        return [r for t in sorted(by_tli) for r in contiguous_ranges(by_tli[t])]
+
+    def to_json(self, segment_size: int) -> dict[str, Any]:
+        def seg(tli: int, n: int) -> str:
+            return segment_name(tli, n, segment_size)
+
+        return {
+            "now": self.now.isoformat(),
+            "policy": {"daily": self.policy.daily, "weekly": self.policy.weekly,
+                       "monthly": self.policy.monthly, "min_backups": self.policy.min_backups},
+            "kept": [{"id": k.backup.id, "stop_time": k.backup.stop_time.isoformat(),
+                      "reasons": list(k.reasons), "stored_bytes": k.backup.stored_bytes}
+                     for k in self.kept],
+            "deleted": [{"id": b.id, "stop_time": b.stop_time.isoformat(),
+                         "stored_bytes": b.stored_bytes} for b in self.deleted],
+            "incomplete_deleted": list(self.incomplete_deleted),
+            "incomplete_kept": list(self.incomplete_kept),
+            "wal_deleted": {"segments": len(self.wal_deleted),
+                            "bytes": sum(s.stored_bytes for s in self.wal_deleted),
+                            "ranges": [{"first": seg(r.timeline, r.first),
+                                        "last": seg(r.timeline, r.last), "count": r.count}
+                                       for r in self.wal_deleted_ranges()]},
+            "wal_kept_segments": self.wal_kept,
+            "partial_deleted": list(self.partial_deleted),
+            "backup_files_deleted": list(self.backup_files_deleted),
+            "history_kept": list(self.history_kept),
+            "history_deleted": list(self.history_deleted),
+            "restorable_from": self.restorable_from.isoformat() if self.restorable_from else None,
+            "bytes_freed": self.bytes_freed,
+            "notes": list(self.notes),
+        }
+
+
+# -- backups -------------------------------------------------------------------
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _day(d: date) -> int:
+    return d.toordinal()
+
+
+def _week(d: date) -> int:
+    # ISO weeks start on Monday; the ordinal of that Monday, // 7, numbers weeks consecutively.
+    return (d.toordinal() - d.weekday()) // 7
+
+
+def _month(d: date) -> int:
+    return d.year * 12 + d.month - 1
+
+
+def _tier(backups: list[BackupRecord], today: date, n: int, period: Any,
+          newest: bool) -> set[str]:
+    """Ids chosen by one tier: first/newest backup of each of the last ``n`` periods."""
+    if n <= 0:
+        return set()
+    lowest = period(today) - n + 1
+    chosen: dict[int, BackupRecord] = {}
+    for b in backups:  # sorted by stop time, id
+        p = period(_utc(b.stop_time).date())
+        if p < lowest:
+            continue
+        if newest or p not in chosen:
+            chosen[p] = b
+    return {b.id for b in chosen.values()}
+
+
+def _order(backups: Iterable[BackupRecord]) -> list[BackupRecord]:
+    # The id breaks ties so equal stop times give one deterministic answer.
+    return sorted(backups, key=lambda b: (_utc(b.stop_time), b.id))
+
+
+def choose_backups(backups: Iterable[BackupRecord], policy: Policy,
+                   now: datetime) -> dict[str, tuple[str, ...]]:
+    """Kept backup id -> reasons. Backups not in the result are to be deleted."""
+    ordered = _order(backups)
+    if not ordered:
+        return {}
+    today = _utc(now).date()
+    by_reason: dict[str, set[str]] = {
+        "newest": {ordered[-1].id},
+        "min_backups": {b.id for b in ordered[-policy.min_backups:]} if policy.min_backups
+        else set(),
+        "pinned": {b.id for b in ordered if b.pinned},
+        "daily": _tier(ordered, today, policy.daily, _day, newest=True),
+        "weekly": _tier(ordered, today, policy.weekly, _week, newest=False),
+        "monthly": _tier(ordered, today, policy.monthly, _month, newest=False),
+    }
+    out: dict[str, tuple[str, ...]] = {}
+    for b in ordered:
+        reasons = tuple(r for r in REASONS if b.id in by_reason[r])
+        if reasons:
+            out[b.id] = reasons
+    return out
+
+
+# -- WAL -----------------------------------------------------------------------
+
+TlPath = list[tuple[int, int, int]]  # (timeline, begin LSN, end LSN or _INF)
+
+
+def timeline_paths(catalog: Catalog) -> dict[int, TlPath]:
+    """Every known timeline -> its history path, oldest ancestor first."""
+    tlis = set(catalog.segments) | set(catalog.timelines) | {b.timeline for b in catalog.backups}
+    tlis |= {1}
+    paths: dict[int, TlPath] = {}
+    for t in sorted(tlis):
+        tl = catalog.timelines.get(t)
+        path: TlPath = []
+        begin = 0
+        for entry in tl.history if tl else ():
+            path.append((entry.parent, begin, entry.switch_lsn))
+            begin = entry.switch_lsn
+        path.append((t, begin, _INF))
+        paths[t] = path
+    return paths
+
+
+def needed_intervals(catalog: Catalog, kept: Iterable[BackupRecord]) -> dict[int, list[
+        tuple[int, int]]]:
+    """Timeline -> merged [lo, hi] segno intervals some kept backup can restore through."""
+    seg = catalog.segment_size
+    raw: dict[int, list[tuple[int, int]]] = {}
+    paths = timeline_paths(catalog)
+    for b in kept:
+        for path in paths.values():
+            idx = next((i for i, (t, _, end) in enumerate(path)
+                        if t == b.timeline and b.start_lsn < end), None)
+            if idx is None:
+                continue
+            for j in range(idx, len(path)):
+                t, begin, end = path[j]
+                lo = lsn_to_segno(b.start_lsn if j == idx else begin, seg)
+                hi = _INF if end == _INF else lsn_to_segno(end, seg)
+                raw.setdefault(t, []).append((lo, hi))
+    return {t: _merge(iv) for t, iv in raw.items()}
+
+
+def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+class _WalKeeper:
+    """Answers "is segment (tli, segno) kept?" for one decision."""
+
+    def __init__(self, catalog: Catalog, kept: list[BackupRecord], newest: BackupRecord) -> None:
+        seg = catalog.segment_size
+        self.intervals = needed_intervals(catalog, kept)
+        self.starts = {t: [lo for lo, _ in iv] for t, iv in self.intervals.items()}
+        self.guard = lsn_to_segno(newest.start_lsn, seg)
+        self.oldest_start = min(lsn_to_segno(b.start_lsn, seg) for b in kept)
+        self.rootless = {t for t in set(catalog.segments) | {b.timeline for b in kept}
+                         if t > 1 and t not in catalog.timelines}
+
+    def keeps(self, tli: int, segno: int) -> bool:
+        if segno >= self.guard:
+            return True
+        if tli in self.rootless and segno >= self.oldest_start:
+            return True
+        iv = self.intervals.get(tli)
+        if not iv:
+            return False
+        i = bisect.bisect_right(self.starts[tli], segno) - 1
+        return i >= 0 and segno <= iv[i][1]
+
+
+# -- the decision ----------------------------------------------------------------
+
+def decide(catalog: Catalog, policy: Policy, now: datetime, *,
+           in_progress: Collection[str] = ()) -> RetentionDecision:
+    """What expiry keeps and deletes at ``now`` (see the module docstring for the rules)."""
+    now = _utc(now)
+    incomplete_kept = tuple(sorted(i for i in catalog.incomplete_backups if i in in_progress))
+    incomplete_deleted = tuple(sorted(i for i in catalog.incomplete_backups
+                                      if i not in in_progress))
+    ordered = _order(catalog.backups)
+    if not ordered:
+        return RetentionDecision(now, policy, incomplete_deleted=incomplete_deleted,
+                                 incomplete_kept=incomplete_kept,
+                                 wal_kept=sum(len(s) for s in catalog.segments.values()),
+                                 history_kept=_history_tlis(catalog),
+                                 notes=("no completed backup: WAL is left alone",))
+    reasons = choose_backups(ordered, policy, now)
+    kept = [b for b in ordered if b.id in reasons]
+    deleted = tuple(b for b in ordered if b.id not in reasons)
+    keeper = _WalKeeper(catalog, kept, ordered[-1])
+
+    wal_deleted: list[WalSegment] = []
+    wal_kept = 0
+    kept_tlis: set[int] = set()
+    for tli in sorted(catalog.segments):
+        for s in catalog.segments[tli]:
+            if keeper.keeps(tli, s.segno):
+                wal_kept += 1
+                kept_tlis.add(tli)
+            else:
+                wal_deleted.append(s)
+
+    partial_deleted = []
+    for name in catalog.partial_files:
+        tli, segno = parse_segment_name(name[:24], catalog.segment_size)
+        if keeper.keeps(tli, segno):
+            kept_tlis.add(tli)
+        else:
+            partial_deleted.append(name)
+
+    seg = catalog.segment_size
+    deleted_names = {backup_history_name(b.timeline, b.start_lsn, seg) for b in deleted}
+    kept_names = {backup_history_name(b.timeline, b.start_lsn, seg) for b in kept}
+    backup_files_deleted = []
+    for name in catalog.backup_history_files:
+        if name in kept_names:
+            continue
+        tli, segno = parse_segment_name(name[:24], seg)
+        if name in deleted_names or not keeper.keeps(tli, segno):
+            backup_files_deleted.append(name)
+
+    lowest = min(b.timeline for b in kept)
+    history_kept: list[int] = []
+    history_deleted: list[int] = []
+    for t in _history_tlis(catalog):
+        (history_kept if t >= lowest or t in kept_tlis else history_deleted).append(t)
+
+    notes = []
+    if deleted and not kept:  # pragma: no cover - newest is always kept
+        notes.append("BUG: no backup kept")
+    return RetentionDecision(
+        now=now, policy=policy,
+        kept=tuple(KeptBackup(b, reasons[b.id]) for b in kept),
+        deleted=deleted,
+        incomplete_deleted=incomplete_deleted, incomplete_kept=incomplete_kept,
+        wal_deleted=tuple(wal_deleted), wal_kept=wal_kept,
+        partial_deleted=tuple(sorted(partial_deleted)),
+        backup_files_deleted=tuple(sorted(backup_files_deleted)),
+        history_kept=tuple(history_kept), history_deleted=tuple(history_deleted),
+        restorable_from=_utc(kept[0].stop_time), notes=tuple(notes),
+    )
+
+
+def _history_tlis(catalog: Catalog) -> tuple[int, ...]:
+    """Timelines that have a history file (every timeline but 1 that the catalog knows)."""
+    return tuple(sorted(t for t in catalog.timelines if t > 1))
+
+
+def apply_to_catalog(catalog: Catalog, decision: RetentionDecision) -> Catalog:
+    """The catalog as it will be once ``decision`` is applied (for tests and dry runs)."""
+    from dataclasses import replace
+
+    gone = {(s.timeline, s.segno) for s in decision.wal_deleted}
+    segments = {t: tuple(s for s in segs if (t, s.segno) not in gone)
+                for t, segs in catalog.segments.items()}
+    return replace(
+        catalog,
+        backups=tuple(b for b in catalog.backups if b.id not in decision.deleted_ids),
+        segments={t: s for t, s in segments.items() if s},
+        timelines={t: tl for t, tl in catalog.timelines.items()
+                   if t not in decision.history_deleted},
+        incomplete_backups=tuple(i for i in catalog.incomplete_backups
+                                 if i not in decision.incomplete_deleted),
+        backup_history_files=tuple(n for n in catalog.backup_history_files
+                                   if n not in decision.backup_files_deleted),
+        partial_files=tuple(n for n in catalog.partial_files
+                            if n not in decision.partial_deleted),
+    )
