@@ -318,7 +318,8 @@ def test_cli_archive_push_never_exceeds_125(tmp_path: Path,
     cfg = _config(tmp_path)
     codes = [
         cli_main(["--config", str(tmp_path / "nope.toml"), "archive-push", "x"]),
-        cli_main(["--config", str(cfg), "archive-push", str(tmp_path / "000000010000000000000001")]),
+        cli_main(["--config", str(cfg), "archive-push",
+                  str(tmp_path / "000000010000000000000001")]),
         cli_main(["--config", str(cfg), "archive-push"]),
     ]
     capsys.readouterr()
