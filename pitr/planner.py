@@ -1,0 +1,387 @@
+"""PURE restore planning: (catalog, target, now) -> RestorePlan, or a PlanError that explains.
+
+The planner proves, before any byte is downloaded or any cluster started, that
+the archive holds what PostgreSQL will ask for:
+
+* the **timeline** to recover along (a time target uses the branch that
+  existed at that time; ``Target.timeline`` pins one), and its **path** of
+  ancestor timelines from the ``.history`` files;
+* the **backup**: the newest completed one on that path that finished at or
+  before the target (stop time, or stop LSN for an LSN target);
+* the **WAL**: every segment from the backup's start segment to the segment
+  covering the target, present and contiguous along the path. PostgreSQL
+  reads each segment from the newest timeline of the path that had begun by
+  then, so the segment holding a switch point comes from the child timeline.
+
+A time target is located with segment archive times: a segment is archived
+after every commit inside it, so the first segment archived at or after the
+target covers it. If no segment was archived that late, the archive is behind
+and PostgreSQL 15 would stop with "recovery ended before configured recovery
+target was reached"; the planner says how far behind instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pitr.catalog import BackupRecord, Catalog, WalSegment
+from pitr.errors import PlanError
+from pitr.pg.names import format_lsn, history_name, lsn_to_segno, segment_name
+from pitr.targets import Target, TargetKind, format_time
+
+
+@dataclass(frozen=True, slots=True)
+class PathStep:
+    """Timeline ``tli`` is on the recovery path from ``begin_lsn`` up to ``end_lsn``."""
+
+    tli: int
+    begin_lsn: int
+    end_lsn: int | None  # None: the target timeline itself (open-ended)
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    backup: BackupRecord
+    target: Target
+    timeline: int  # recovery_target_timeline
+    path: tuple[PathStep, ...]
+    segments: tuple[str, ...]  # WAL PostgreSQL will fetch, in replay order
+    wal_bytes: int  # stored (compressed) bytes of those segments
+    recovery_settings: dict[str, str]  # recovery_target_* (values unquoted)
+    end_lsn: int  # start LSN of the segment after the last planned one (upper bound)
+    wal_end_time: datetime | None  # archive time of the last planned segment
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def segment_count(self) -> int:
+        return len(self.segments)
+
+    @property
+    def backup_bytes(self) -> int:
+        return self.backup.stored_bytes
+
+    def to_json(self) -> dict[str, object]:
+        b = self.backup
+        return {
+            "target": self.target.to_json(),
+            "backup": {"id": b.id, "timeline": b.timeline, "start_lsn": format_lsn(b.start_lsn),
+                       "stop_lsn": format_lsn(b.stop_lsn),
+                       "start_time": b.start_time.isoformat(), "stop_time": b.stop_time.isoformat(),
+                       "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes},
+            "timeline": self.timeline,
+            "timeline_path": [{"timeline": s.tli, "begin_lsn": format_lsn(s.begin_lsn),
+                               "end_lsn": None if s.end_lsn is None else format_lsn(s.end_lsn)}
+                              for s in self.path],
+            "wal": {"first": self.segments[0] if self.segments else None,
+                    "last": self.segments[-1] if self.segments else None,
+                    "count": self.segment_count, "stored_bytes": self.wal_bytes,
+                    "end_time": self.wal_end_time.isoformat() if self.wal_end_time else None,
+                    "segments": list(self.segments)},
+            "recovery_settings": dict(self.recovery_settings),
+            "notes": list(self.notes),
+        }
+
+
+# -- timelines ---------------------------------------------------------------
+
+def timeline_path(catalog: Catalog, tli: int) -> tuple[PathStep, ...]:
+    """Ancestors of ``tli`` from its history file, oldest first, ending with ``tli``."""
+    if tli == 1:
+        return (PathStep(1, 0, None),)
+    tl = catalog.timelines.get(tli)
+    if tl is None or not tl.history:
+        raise PlanError(
+            f"timeline {tli} has no history file ({history_name(tli)}) in the archive, so its "
+            "ancestry is unknown",
+            hint="restore along another timeline (--timeline N), or put the history file back")
+    steps: list[PathStep] = []
+    begin = 0
+    for entry in tl.history:
+        steps.append(PathStep(entry.parent, begin, entry.switch_lsn))
+        begin = entry.switch_lsn
+    steps.append(PathStep(tli, begin, None))
+    return tuple(steps)
+
+
+def _known_timelines(catalog: Catalog) -> list[int]:
+    """Timelines whose path can be built, newest first."""
+    tlis = {1, *catalog.segments, *catalog.timelines, *(b.timeline for b in catalog.backups)}
+    return sorted((t for t in tlis if t == 1 or (t in catalog.timelines
+                                                 and catalog.timelines[t].history)),
+                  reverse=True)
+
+
+def _created_at(catalog: Catalog, tli: int) -> datetime | None:
+    """When ``tli`` began (None: timeline 1, there from the start)."""
+    if tli == 1:
+        return None
+    tl = catalog.timelines.get(tli)
+    if tl is not None and tl.created_at is not None:
+        return tl.created_at
+    segs = catalog.segments.get(tli, ())
+    return min((s.archived_at for s in segs), default=None)
+
+
+def segment_timeline(path: tuple[PathStep, ...], segno: int, seg_size: int) -> int:
+    """Timeline PostgreSQL reads segment ``segno`` from: the newest one begun by then."""
+    tli = path[0].tli
+    for step in path:
+        if lsn_to_segno(step.begin_lsn, seg_size) <= segno:
+            tli = step.tli
+    return tli
+
+
+def _path_segments(catalog: Catalog, path: tuple[PathStep, ...]) -> dict[int, WalSegment]:
+    """segno -> the segment on the path that PostgreSQL would read."""
+    size = catalog.segment_size
+    out: dict[int, WalSegment] = {}
+    for i, step in enumerate(path):
+        lo = lsn_to_segno(step.begin_lsn, size)
+        hi = lsn_to_segno(path[i + 1].begin_lsn, size) if i + 1 < len(path) else None
+        for seg in catalog.segments.get(step.tli, ()):
+            if seg.segno >= lo and (hi is None or seg.segno < hi):
+                out[seg.segno] = seg
+    return out
+
+
+def _on_path(b: BackupRecord, path: tuple[PathStep, ...]) -> bool:
+    """A backup is usable when it was taken on the path, before the path left its timeline."""
+    return any(s.tli == b.timeline and s.begin_lsn <= b.start_lsn
+               and (s.end_lsn is None or b.stop_lsn <= s.end_lsn) for s in path)
+
+
+def choose_timeline(catalog: Catalog, target: Target) -> int:
+    """The timeline to recover along when the target does not pin one.
+
+    A time target uses the newest timeline that already existed at that time and
+    whose archived WAL reaches it (a branch created later, or abandoned earlier,
+    is not "the history at that time"). Other targets follow the newest timeline,
+    as PostgreSQL's recovery_target_timeline = 'latest' does.
+    """
+    if target.timeline is not None:
+        return target.timeline
+    tlis = _known_timelines(catalog)
+    if target.kind is TargetKind.TIME:
+        assert target.time is not None
+        t = target.time
+        existing = [tli for tli in tlis if (c := _created_at(catalog, tli)) is None or c <= t]
+        for tli in existing:
+            segs = _path_segments(catalog, timeline_path(catalog, tli))
+            if any(s.archived_at >= t for s in segs.values()):
+                return tli
+        return existing[0] if existing else 1
+    if target.kind is TargetKind.LSN:
+        assert target.lsn is not None
+        want = lsn_to_segno(target.lsn, catalog.segment_size)
+        for tli in tlis:
+            if want in _path_segments(catalog, timeline_path(catalog, tli)):
+                return tli
+    return tlis[0]
+
+
+# -- backups -----------------------------------------------------------------
+
+def _backup_before(b: BackupRecord, target: Target) -> bool:
+    if target.kind is TargetKind.TIME:
+        assert target.time is not None
+        return b.stop_time <= target.time
+    if target.kind is TargetKind.LSN:
+        assert target.lsn is not None
+        return b.stop_lsn <= target.lsn
+    return True
+
+
+def choose_backup(catalog: Catalog, target: Target, tli: int, path: tuple[PathStep, ...],
+                  backup_id: str | None = None) -> BackupRecord:
+    if not catalog.backups:
+        raise PlanError(f"stanza {catalog.stanza!r} has no completed backup",
+                        hint="take one with `pitr backup`")
+    if backup_id is not None:
+        found = [b for b in catalog.backups if b.id == backup_id]
+        if not found:
+            known = ", ".join(b.id for b in catalog.backups[-5:])
+            raise PlanError(f"no completed backup {backup_id!r} in stanza {catalog.stanza!r}",
+                            hint=f"`pitr list` shows the backups (newest: {known})")
+        b = found[0]
+        if not _on_path(b, path):
+            raise PlanError(
+                f"backup {b.id} was taken on timeline {b.timeline} at "
+                f"{format_lsn(b.stop_lsn)}, which is not in the history of timeline {tli}",
+                hint="pick a backup of this timeline's history, or another --timeline")
+        if not _backup_before(b, target):
+            raise PlanError(f"backup {b.id} finished at {_stop_of(b, target)}, after the target "
+                            f"({target}); a backup restores only to points after it finished",
+                            hint="choose an older backup, or a later target")
+        return b
+    on_path = [b for b in catalog.backups if _on_path(b, path)]
+    if not on_path:
+        others = sorted({b.timeline for b in catalog.backups})
+        raise PlanError(
+            f"no backup on timeline {tli} or its ancestors "
+            f"({' -> '.join(str(s.tli) for s in path)}); backups exist on timeline(s) "
+            f"{', '.join(map(str, others))}",
+            hint="take a backup on this timeline (`pitr backup`), or restore along a timeline "
+                 "that has one (--timeline N)")
+    usable = [b for b in on_path if _backup_before(b, target)]
+    if not usable:
+        first = min(on_path, key=lambda b: (b.stop_time, b.stop_lsn))
+        raise PlanError(
+            f"target {target} is before the earliest restorable point on timeline {tli}: "
+            f"backup {first.id} finished at {_stop_of(first, target)}",
+            hint=f"the earliest target is {_stop_of(first, target)}; older history is gone "
+                 "(retention) or was never backed up")
+    key = (lambda b: (b.stop_lsn, b.stop_time)) if target.kind is TargetKind.LSN \
+        else (lambda b: (b.stop_time, b.stop_lsn))
+    return max(usable, key=key)
+
+
+def _stop_of(b: BackupRecord, target: Target) -> str:
+    if target.kind is TargetKind.LSN:
+        return f"LSN {format_lsn(b.stop_lsn)}"
+    return format_time(b.stop_time)
+
+
+# -- WAL ---------------------------------------------------------------------
+
+def _fmt_age(seconds: float) -> str:
+    s = round(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def plan(catalog: Catalog, target: Target, now: datetime,
+         backup_id: str | None = None) -> RestorePlan:
+    """Plan a restore to ``target``; raises PlanError naming the cause and the way out."""
+    if target.kind is TargetKind.TIME:
+        assert target.time is not None
+        if target.time > now:
+            raise PlanError(f"target {target} is in the future (now is {format_time(now)})",
+                            hint="use --latest to restore everything archived so far")
+    if target.kind is TargetKind.IMMEDIATE and target.timeline is None and catalog.backups:
+        # "the end of a backup" lives on that backup's own timeline
+        pick = [b for b in catalog.backups if backup_id in (None, b.id)]
+        tli = max(pick, key=lambda b: (b.stop_time, b.stop_lsn)).timeline if pick else 1
+    else:
+        tli = choose_timeline(catalog, target)
+    path = timeline_path(catalog, tli)
+    backup = choose_backup(catalog, target, tli, path, backup_id)
+    size = catalog.segment_size
+    segs = _path_segments(catalog, path)
+    start = lsn_to_segno(backup.start_lsn, size)
+    stop = lsn_to_segno(backup.stop_lsn, size)
+    last_on_path = max(segs, default=start - 1)
+    notes: list[str] = []
+
+    def name(segno: int) -> str:
+        return segment_name(segment_timeline(path, segno, size), segno, size)
+
+    def missing(segno: int, why: str) -> PlanError:
+        prev = segs.get(segno - 1)
+        reach = (f"; with this backup the WAL reaches {format_time(prev.archived_at)} at most"
+                 if prev is not None and segno - 1 >= stop else "")
+        return PlanError(
+            f"WAL segment {name(segno)} is missing from the archive: {why}{reach}",
+            hint="restore to an earlier target, use a backup taken after the gap, or put the "
+                 "segment back if a copy exists (pg_wal of the primary)")
+
+    if target.kind is TargetKind.TIME:
+        assert target.time is not None
+        on_path_after = [s for n, s in segs.items() if n >= start]
+        newest = max(on_path_after, key=lambda s: s.archived_at, default=None)
+        if newest is None or newest.archived_at < target.time:
+            have = (f"the newest archived WAL on timeline {tli} ({name(newest.segno)}) was "
+                    f"archived at {format_time(newest.archived_at)}: the archive is "
+                    f"{_fmt_age((target.time - newest.archived_at).total_seconds())} behind the "
+                    f"target and {_fmt_age((now - newest.archived_at).total_seconds())} behind now"
+                    ) if newest else f"no WAL after backup {backup.id} is archived"
+            raise PlanError(
+                f"target {target} is later than the archived WAL: {have}",
+                hint="if the primary still runs, its newest WAL is not archived yet: run "
+                     "`select pg_switch_wal()` there and wait for archiving (`pitr check`), then "
+                     "plan again; or restore to --latest")
+    elif target.kind is TargetKind.LSN:
+        assert target.lsn is not None
+        if lsn_to_segno(target.lsn, size) > last_on_path:
+            raise PlanError(
+                f"target {target} is beyond the archived WAL on timeline {tli}: the newest "
+                f"archived segment is {name(last_on_path) if segs else 'none'}",
+                hint="wait for archiving to catch up (`select pg_switch_wal()` on the primary), "
+                     "or choose an earlier LSN")
+
+    chosen: list[WalSegment] = []
+    k = start
+    while True:
+        seg = segs.get(k)
+        if seg is None:
+            if k <= stop:
+                raise missing(k, f"backup {backup.id} needs WAL up to its end "
+                                 f"{format_lsn(backup.stop_lsn)} to be consistent")
+            if target.kind in (TargetKind.TIME, TargetKind.LSN):
+                raise missing(k, f"it lies between backup {backup.id} and the target")
+            if k <= last_on_path:  # LATEST / XID / NAME: stop at the gap, but say so
+                later = min(n for n in segs if n > k)
+                notes.append(f"WAL stops at a gap: {name(k)} is missing, so the archived WAL "
+                             f"from {name(later)} on cannot be replayed")
+            break
+        chosen.append(seg)
+        if k >= stop and _covers(seg, k, target, size):
+            break
+        k += 1
+
+    last = chosen[-1]
+    if target.kind in (TargetKind.XID, TargetKind.NAME):
+        notes.append(f"the archive cannot locate {target}: this plan replays all contiguous WAL "
+                     f"after backup {backup.id} (to {name(last.segno)}); if the target was "
+                     "committed before that backup finished, pass an older --backup")
+    if target.kind is TargetKind.TIME and last.segno == last_on_path:
+        notes.append("the target lies in the newest archived segment: if no transaction "
+                     "committed after the target in it, PostgreSQL stops with \"recovery ended "
+                     "before configured recovery target was reached\"; switch WAL on the "
+                     "primary first")
+    return RestorePlan(
+        backup=backup, target=target, timeline=tli, path=path,
+        segments=tuple(segment_name(s.timeline, s.segno, size) for s in chosen),
+        wal_bytes=sum(s.stored_bytes for s in chosen),
+        recovery_settings=recovery_settings(target, tli),
+        end_lsn=(last.segno + 1) * size, wal_end_time=last.archived_at, notes=tuple(notes))
+
+
+def _covers(seg: WalSegment, segno: int, target: Target, size: int) -> bool:
+    """Whether replaying up to and including ``seg`` reaches the target."""
+    if target.kind is TargetKind.TIME:
+        assert target.time is not None
+        return seg.archived_at >= target.time
+    if target.kind is TargetKind.LSN:
+        assert target.lsn is not None
+        return segno >= lsn_to_segno(target.lsn, size)
+    # IMMEDIATE ends with the backup; the rest replay all contiguous WAL
+    return target.kind is TargetKind.IMMEDIATE
+
+
+def recovery_settings(target: Target, tli: int) -> dict[str, str]:
+    """The recovery_target_* settings for ``target`` (values unquoted)."""
+    out: dict[str, str] = {}
+    inclusive = "on" if target.inclusive else "off"
+    if target.kind is TargetKind.TIME:
+        assert target.time is not None
+        out["recovery_target_time"] = format_time(target.time)
+        out["recovery_target_inclusive"] = inclusive
+    elif target.kind is TargetKind.LSN:
+        assert target.lsn is not None
+        out["recovery_target_lsn"] = format_lsn(target.lsn)
+        out["recovery_target_inclusive"] = inclusive
+    elif target.kind is TargetKind.XID:
+        out["recovery_target_xid"] = str(target.xid)
+        out["recovery_target_inclusive"] = inclusive
+    elif target.kind is TargetKind.NAME:
+        assert target.name is not None
+        out["recovery_target_name"] = target.name
+    elif target.kind is TargetKind.IMMEDIATE:
+        out["recovery_target"] = "immediate"
+    # an explicit number, not 'latest': the planner chose the branch on purpose
+    out["recovery_target_timeline"] = str(tli)
+    return out
