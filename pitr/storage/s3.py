@@ -1,0 +1,457 @@
+"""S3 repository (``s3://bucket/prefix``) through boto3.
+
+The never-overwrite rule rests on conditional writes: ``If-None-Match: *`` on
+PutObject and on CompleteMultipartUpload (AWS since 2024, SeaweedFS, MinIO);
+the server answers 412 when the key exists. Both are atomic on the server, so
+there is no check-then-write race.
+
+Large or unknown-length streams go up as multipart uploads with bounded memory:
+at most ``upload_concurrency + 1`` parts are held at once. A failed upload is
+aborted; if even the abort fails (server gone), ``cleanup_incomplete`` removes
+the leftover later.
+
+boto3 is imported when a driver is built, never at module import, so importing
+this module stays cheap. Retries inside botocore are limited to one extra attempt
+per request: callers own the retry budget (``repository.timeout``), so the worst
+case of one call here is about ``2 × request_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
+
+from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
+from pitr.storage.base import ObjectInfo
+
+if TYPE_CHECKING:
+    from pitr.config import RepositoryConfig
+
+T = TypeVar("T")
+
+MIB = 1 << 20
+MIN_PART = 5 * MIB  # S3's minimum for every part but the last
+MAX_PART = 5 * 1024 * MIB
+MAX_PARTS = 10_000
+# A stream up to part_size + this goes up as one PutObject: an incompressible 16 MiB
+# WAL segment plus its codec header must not turn into a two-part upload.
+SINGLE_PUT_SLACK = 1 * MIB
+# Parts double in size every this many parts, so a stream can exceed
+# part_size × 10000 (e.g. 16 MiB parts reach ~1 TB) while small objects keep small parts.
+PARTS_PER_SIZE_STEP = 2000
+DELETE_BATCH = 1000
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_TRANSIENT = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+    "RequestLimitExceeded", "ProvisionedThroughputExceededException", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "503", "500",
+    "OperationAborted", "PriorRequestNotComplete", "BandwidthLimitExceeded",
+}
+_AUTH = {
+    "AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled",
+    "AuthorizationHeaderMalformed", "InvalidClientTokenId", "AccountProblem",
+}
+_CREDENTIALS_HINT = (
+    "check repository.access_key_id / secret_access_key (or the AWS credential chain: "
+    "AWS_ACCESS_KEY_ID, ~/.aws/credentials, instance role) and that the IAM policy allows "
+    "s3:GetObject, s3:PutObject, s3:DeleteObject, s3:ListBucket and "
+    "s3:AbortMultipartUpload / s3:ListBucketMultipartUploads on the bucket and prefix"
+)
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix/"); the prefix may be empty."""
+    if not url.startswith("s3://"):
+        raise StorageError(f"not an S3 URL: {url!r}")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"repository.url {url!r} names no bucket",
+                           hint="use s3://bucket/prefix")
+    prefix = "/".join(p for p in prefix.split("/") if p)
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"invalid object key {key!r}")
+    return key
+
+
+class S3Storage:
+    def __init__(self, cfg: RepositoryConfig) -> None:
+        self.url = cfg.url
+        self.bucket, self._prefix = parse_url(cfg.url)
+        self._secrets = [s for s in (cfg.secret_access_key, cfg.session_token,
+                                     cfg.access_key_id) if s]
+        self.part_size = min(max(cfg.part_size_mib * MIB, MIN_PART), MAX_PART)
+        self.concurrency = max(1, cfg.upload_concurrency)
+        self._put_args: dict[str, str] = {}
+        if cfg.storage_class:
+            self._put_args["StorageClass"] = cfg.storage_class
+        if cfg.sse:
+            self._put_args["ServerSideEncryption"] = cfg.sse
+            if cfg.sse == "aws:kms" and cfg.sse_kms_key_id:
+                self._put_args["SSEKMSKeyId"] = cfg.sse_kms_key_id
+        self._client = self._make_client(cfg)
+
+    def _make_client(self, cfg: RepositoryConfig) -> Any:
+        try:
+            import boto3.session
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - boto3 is a dependency
+            raise StorageError("boto3 is not installed", hint="pip install boto3") from exc
+        # A private session: boto3's default session is not thread-safe to create clients from.
+        session = boto3.session.Session()
+        region = cfg.region or session.region_name or "us-east-1"
+        timeout = float(cfg.request_timeout)
+        config = Config(
+            region_name=region,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 2, "mode": "standard"},
+            max_pool_connections=max(10, self.concurrency + 4),
+            s3={"addressing_style": "path" if cfg.path_style else "auto"},
+            # Non-AWS servers reject or mishandle the newer default CRC checksums.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="pitr",
+        )
+        verify: bool | str | None = None
+        if not cfg.verify_tls:
+            verify = False
+        elif cfg.ca_bundle:
+            verify = cfg.ca_bundle
+        kwargs: dict[str, Any] = {}
+        if cfg.access_key_id:
+            kwargs.update(aws_access_key_id=cfg.access_key_id,
+                          aws_secret_access_key=cfg.secret_access_key,
+                          aws_session_token=cfg.session_token or None)
+        try:
+            return session.client("s3", endpoint_url=cfg.endpoint_url or None, config=config,
+                                  verify=verify, **kwargs)
+        except Exception as exc:
+            raise self._translate(exc, "", "connect") from None
+
+    # -- error boundary ----------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    def _translate(self, exc: BaseException, key: str, op: str) -> StorageError:
+        err = _classify(exc, key, op, f"s3://{self.bucket}/{self._prefix}")
+        err.message = self._scrub(err.message)
+        err.args = (err.message,)
+        if err.hint:
+            err.hint = self._scrub(err.hint)
+        return err
+
+    def _call(self, op: str, key: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        try:
+            return fn(**kwargs)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, key, op) from None
+
+    def _full(self, key: str) -> str:
+        return self._prefix + _check_key(key)
+
+    # -- primitives --------------------------------------------------------------
+
+    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
+        full = self._full(key)
+        reader = _Chunker(src)
+        head = reader.take(self.part_size + SINGLE_PUT_SLACK)
+        if len(head) < self.part_size + SINGLE_PUT_SLACK:
+            self._put_single(key, full, head, if_absent)
+            return len(head)
+        if if_absent:
+            # Cheap early refusal before uploading gigabytes; the conditional
+            # CompleteMultipartUpload below is what actually guarantees it.
+            with contextlib.suppress(NotFound):
+                self.stat(key)
+                raise AlreadyExists(f"{key}: already exists in {self.url}")
+        reader.unread(head[self.part_size:])
+        # Handed over in a list the callee empties, so no frame here pins a part in memory.
+        first = [head[:self.part_size]]
+        del head
+        return self._put_multipart(key, full, first, reader, if_absent)
+
+    def _put_single(self, key: str, full: str, data: bytes, if_absent: bool) -> None:
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
+                   Body=data, **self._put_args, **extra)
+
+    def _put_multipart(self, key: str, full: str, first: list[bytes], reader: _Chunker,
+                       if_absent: bool) -> int:
+        upload = self._call("put", key, self._client.create_multipart_upload,
+                            Bucket=self.bucket, Key=full, **self._put_args)
+        upload_id: str = upload["UploadId"]
+        etags: dict[int, str] = {}
+        total = 0
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="pitr-s3-part") as pool:
+                pending: set[Future[None]] = set()
+                chunk: bytes | None = first.pop()
+                part = 1
+                while True:
+                    if chunk is None:
+                        chunk = reader.take(self._part_size(part))
+                    if not chunk:
+                        break
+                    if part > MAX_PARTS:
+                        raise StorageError(
+                            f"{key}: stream exceeds {MAX_PARTS} multipart parts",
+                            hint="raise repository.part_size_mib")
+                    # Bounded memory: wait for a slot before reading more of the stream.
+                    while len(pending) >= self.concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            f.result()
+                    pending.add(pool.submit(self._upload_part, key, full, upload_id, part,
+                                            chunk, etags))
+                    total += len(chunk)
+                    chunk = None
+                    part += 1
+                for f in pending:
+                    f.result()
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            extra = {"IfNoneMatch": "*"} if if_absent else {}
+            self._call("put", key, self._client.complete_multipart_upload,
+                       Bucket=self.bucket, Key=full, UploadId=upload_id,
+                       MultipartUpload={"Parts": parts}, **extra)
+        except BaseException:
+            # Runs after the pool drained, so no part lands after the abort.
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full,
+                                                    UploadId=upload_id)
+            raise
+        return total
+
+    def _part_size(self, part: int) -> int:
+        return min(self.part_size << ((part - 1) // PARTS_PER_SIZE_STEP), MAX_PART)
+
+    def _upload_part(self, key: str, full: str, upload_id: str, part: int, data: bytes,
+                     etags: dict[int, str]) -> None:
+        resp = self._call("put", key, self._client.upload_part, Bucket=self.bucket, Key=full,
+                          UploadId=upload_id, PartNumber=part, Body=data)
+        etags[part] = resp["ETag"]  # distinct keys per thread: safe under the GIL
+
+    def open(self, key: str) -> BinaryIO:
+        resp = self._call("open", key, self._client.get_object, Bucket=self.bucket,
+                          Key=self._full(key))
+        return cast(BinaryIO, _Body(resp["Body"], key, self._translate))
+
+    def stat(self, key: str) -> ObjectInfo:
+        resp = self._call("stat", key, self._client.head_object, Bucket=self.bucket,
+                          Key=self._full(key))
+        return ObjectInfo(key, int(resp["ContentLength"]),
+                          resp["LastModified"].astimezone(UTC))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Not every server returns S3's byte order (SeaweedFS walks its directory tree:
+        # "a/b" before "a-c"), so collect and sort, as the contract promises sorted keys.
+        # Memory is O(keys under prefix): callers list narrow prefixes.
+        found = list(self._list_unsorted(prefix))
+        found.sort(key=lambda o: o.key)
+        yield from found
+
+    def _list_unsorted(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._prefix + prefix)
+        cut = len(self._prefix)
+        it = iter(pages)
+        while True:
+            try:
+                page = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise self._translate(exc, prefix or "/", "list") from None
+            for obj in page.get("Contents", ()):
+                name: str = obj["Key"]
+                if name.endswith("/"):
+                    continue  # a "directory" marker some tools create, not an object
+                yield ObjectInfo(name[cut:], int(obj["Size"]),
+                                 obj["LastModified"].astimezone(UTC))
+
+    def delete(self, keys: Iterable[str]) -> int:
+        """Delete in batches of 1000. Returns how many keys were processed: S3 does not say
+        whether a key existed, and an absent key is not an error."""
+        done = 0
+        failed: list[tuple[str, str, str]] = []
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal done
+            if not batch:
+                return
+            resp = self._call(
+                "delete", batch[0], self._client.delete_objects, Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True})
+            errors = resp.get("Errors", [])
+            cut = len(self._prefix)
+            for e in errors:
+                failed.append((e.get("Key", "?")[cut:], e.get("Code", "?"),
+                               e.get("Message", "")))
+            done += len(batch) - len(errors)
+            batch.clear()
+
+        for key in keys:
+            _check_key(key)
+            batch.append(key)
+            if len(batch) >= DELETE_BATCH:
+                flush()
+        flush()
+        if failed:
+            shown = "; ".join(f"{k}: {c} {m}".strip() for k, c, m in failed[:5])
+            more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+            msg = self._scrub(f"{len(failed)} object(s) not deleted from {self.url}: "
+                              f"{shown}{more}")
+            if all(c in _TRANSIENT for _k, c, _m in failed):
+                raise TransientStorageError(msg)
+            hint = _CREDENTIALS_HINT if any(c in _AUTH for _k, c, _m in failed) else None
+            raise StorageError(msg, hint=hint)
+        return done
+
+    def cleanup_incomplete(self, prefix: str = "") -> int:
+        """Abort unfinished multipart uploads under ``prefix``. Run it only when no writer
+        is active under that prefix: S3 cannot tell an abandoned upload from a live one."""
+        full_prefix = self._prefix + prefix
+        found: list[tuple[str, str]] = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", ())]
+        except Exception as exc:
+            raise self._translate(exc, prefix or "/", "list uploads") from None
+        removed = 0
+        for full, upload_id in found:
+            with contextlib.suppress(NotFound):  # finished or aborted meanwhile
+                self._call("cleanup", full[len(self._prefix):],
+                           self._client.abort_multipart_upload, Bucket=self.bucket,
+                           Key=full, UploadId=upload_id)
+                removed += 1
+        return removed
+
+
+class _Chunker:
+    """Reads exact-size chunks from a stream whose ``read`` may return short counts."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._pending = b""
+        self._eof = False
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
+
+    def take(self, n: int) -> bytes:
+        parts = [self._pending] if self._pending else []
+        have = len(self._pending)
+        self._pending = b""
+        while have < n and not self._eof:
+            data = self._src.read(n - have)
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            have += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _Body(io.RawIOBase):
+    """The GetObject stream with errors translated (a read can time out or be cut off)."""
+
+    def __init__(self, stream: Any, key: str,
+                 translate: Callable[[BaseException, str, str], StorageError]) -> None:
+        super().__init__()
+        self._stream = stream
+        self._key = key
+        self._translate = translate
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read from a closed S3 object stream")
+        try:
+            data: bytes = self._stream.read(None if size is None or size < 0 else size)
+            return data
+        except Exception as exc:
+            raise self._translate(exc, self._key, "read") from None
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._stream.close()
+        super().close()
+
+
+def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError:
+    """Map a boto/urllib3/socket error to the storage contract's errors."""
+    from botocore import exceptions as bx
+
+    what = f"{key}: S3 {op} failed"
+    if isinstance(exc, bx.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "?"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        text = f"{what}: {code} {err.get('Message', '')}".strip()
+        if code == "NoSuchBucket":
+            return StorageError(f"{what}: the bucket of {where} does not exist",
+                                hint="create the bucket, or fix repository.url")
+        if code in _NOT_FOUND or (status == 404 and code not in _AUTH):
+            return NotFound(f"{key}: not found in the repository ({where})")
+        if code in _CONFLICT or status == 412:
+            return AlreadyExists(f"{key}: already exists in the repository ({where})")
+        if code in _TRANSIENT or status == 429 or status >= 500:
+            return TransientStorageError(text)
+        if code in _AUTH or status in (401, 403):
+            return StorageError(f"{what}: access denied ({code})", hint=_CREDENTIALS_HINT)
+        if code == "RequestTimeTooSkewed":
+            return StorageError(text, hint="the clock of this host is off: run NTP")
+        return StorageError(text)
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return StorageError(f"{what}: no S3 credentials found", hint=_CREDENTIALS_HINT)
+    if isinstance(exc, bx.SSLError):
+        return StorageError(f"{what}: TLS error talking to the S3 endpoint: {exc}",
+                            hint="check repository.endpoint_url and repository.ca_bundle "
+                                 "(verify_tls = false only for testing)")
+    if isinstance(exc, bx.ConnectionError | bx.HTTPClientError | bx.IncompleteReadError
+                  | bx.ResponseStreamingError | bx.ReadTimeoutError | bx.ConnectTimeoutError):
+        return TransientStorageError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, bx.ParamValidationError):
+        return StorageError(f"{what}: invalid request: {exc}")
+    if isinstance(exc, bx.BotoCoreError):
+        return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+    try:
+        import urllib3.exceptions as ux
+
+        if isinstance(exc, ux.HTTPError):
+            return TransientStorageError(f"{what}: {type(exc).__name__}: {exc}")
+    except ImportError:  # pragma: no cover - urllib3 ships with botocore
+        pass
+    if isinstance(exc, OSError):
+        return TransientStorageError(f"{what}: {exc}")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc}")
