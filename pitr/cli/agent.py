@@ -1,0 +1,38 @@
+"""`pitr agent` (the archiving daemon) and the hidden `pitr prefetch-worker`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pitr.cli.app import app, load_config
+
+
+@app.command("agent")
+def agent(
+    rescan: Annotated[float, typer.Option(
+        "--rescan", help="seconds between full rescans of archive_status "
+                         "(events from watchdog wake it sooner)")] = 1.0,
+) -> None:
+    """Push .ready WAL segments ahead of PostgreSQL so archive-push answers at once.
+
+    Runs until SIGTERM; writes receipts and agent-status.json under
+    archive.spool_dir. Run it as the PostgreSQL OS user (systemd/pitr-agent.service).
+    """
+    from pitr.wal.agent import Agent
+
+    cfg = load_config(command="agent")
+    raise typer.Exit(Agent(cfg, rescan_interval=rescan).run())
+
+
+@app.command("prefetch-worker", hidden=True)
+def prefetch_worker(
+    idle_exit: Annotated[float, typer.Option(
+        "--idle-exit", help="exit after this many seconds without a request")] = 20.0,
+) -> None:
+    """Background fetcher started by archive-get (not meant to be run by hand)."""
+    from pitr.wal.prefetch import run_worker
+
+    cfg = load_config(command="prefetch-worker")
+    raise typer.Exit(run_worker(cfg, idle_exit=idle_exit))

@@ -1,0 +1,380 @@
+"""``pitr agent``: push ``.ready`` WAL segments ahead of PostgreSQL's archiver.
+
+PostgreSQL calls archive_command one segment at a time, and a cold Python
+process costs far more than the upload. The agent is one long-lived process
+per cluster that watches ``pg_wal/archive_status`` (watchdog/inotify, plus a
+periodic rescan so a missed event cannot stall it) and pushes every ``.ready``
+segment, oldest name first, through a pool of threads that each keep a warm
+repository client. After each durable store it writes a receipt into the spool
+(:mod:`pitr.wal.spool`); ``archive-push`` answers from that receipt in a few
+milliseconds.
+
+What the agent never does: rename ``.ready`` files or tell PostgreSQL anything.
+PostgreSQL still runs archive-push for every segment, and only that marks a
+segment done, so stopping or killing the agent can only make archiving slower,
+never lose a segment.
+
+Failures: push_wal already retries transient errors within its budget; a
+segment that still fails gets an ``.error`` file and an exponential per-segment
+backoff (capped), so an S3 outage costs no busy loop. After a crash, a segment
+stored just before it is recognised by push_wal's "already archived" path
+(same sha256), which is not a conflict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pitr.config import Config
+from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageError
+from pitr.log import event
+from pitr.repo import Repo, RepoIdentity
+from pitr.wal.spool import WAL_NAME_RE, FileIdentity, Receipt, Spool, rotate_if_big, try_lock
+
+log = logging.getLogger("pitr.wal.agent")
+
+STATUS_FORMAT = 1
+BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed segment
+BACKOFF_MAX = 60.0
+RECEIPT_KEEP = 30.0  # seconds a receipt outlives its .ready (a crashed archiver may ask again)
+_STOP = "~stop"  # sorts after every WAL name, so workers finish queued work first
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts else None
+
+
+def backoff_delay(attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the ``attempts``-th failure of one segment (jittered, capped)."""
+    base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, attempts - 1))
+    return base * (0.5 + (rng or random).random() / 2)
+
+
+class WarmRepo(Repo):
+    """A Repo that remembers the identity check it already passed.
+
+    push_wal proves repo.json matches every segment's system id; against an
+    unchanged repository that is one GET per segment for a known answer.
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._known: tuple[tuple[int, int | None, int], RepoIdentity] | None = None
+
+    def ensure_identity(self, system_id: int, pg_version: int | None,
+                        segment_size: int) -> RepoIdentity:
+        key = (system_id, pg_version, segment_size)
+        if self._known is not None and self._known[0] == key:
+            return self._known[1]
+        ident = super().ensure_identity(system_id, pg_version, segment_size)
+        self._known = (key, ident)
+        return ident
+
+
+@dataclass
+class Counters:
+    stored: int = 0
+    already_archived: int = 0
+    failed: int = 0
+    consecutive_failures: int = 0
+    last_stored: str | None = None
+    last_stored_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class Backoff:
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+@dataclass
+class AgentState:
+    """Everything the scheduler and the workers share (guarded by ``lock``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    queued: set[str] = field(default_factory=set)  # waiting or being pushed
+    in_flight: set[str] = field(default_factory=set)
+    stored: set[str] = field(default_factory=set)  # have a receipt in the spool
+    backoff: dict[str, Backoff] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+
+
+class Agent:
+    def __init__(self, cfg: Config, *, rescan_interval: float = 1.0,
+                 budget: float | None = None) -> None:
+        if not cfg.postgres.pgdata:
+            raise ConfigError(["postgres.pgdata: the agent needs the cluster's data directory"])
+        self.cfg = cfg
+        self.wal_dir = Path(cfg.postgres.pgdata) / "pg_wal"
+        self.status_dir = self.wal_dir / "archive_status"
+        if not self.status_dir.is_dir():
+            raise ConfigError([f"postgres.pgdata: {self.status_dir} is not a directory"])
+        self.spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+        self.workers = cfg.archive.workers
+        self.rescan_interval = rescan_interval
+        self.budget = float(cfg.repository.timeout if budget is None else budget)
+        self.state = AgentState()
+        self.queue: queue.PriorityQueue[str] = queue.PriorityQueue()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.started_at = time.time()
+        self._last_cleanup = 0.0
+
+    # -- lifecycle ----------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        lock_fd = try_lock(self.spool.agent_lock)
+        if lock_fd is None:
+            raise LockedError(f"another pitr agent is running for stanza {self.cfg.stanza!r} "
+                              f"(lock {self.spool.agent_lock})")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        self._load_receipts()
+        observer = self._watch()
+        threads = [threading.Thread(target=self._worker, name=f"push-{i}", daemon=True)
+                   for i in range(self.workers)]
+        for t in threads:
+            t.start()
+        event(log, logging.INFO, "agent started", pgdata=str(self.wal_dir.parent),
+              workers=self.workers, spool=str(self.spool.base))
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                self.scan()
+                self.write_status("running")
+                self.wake.wait(self.rescan_interval)
+        finally:
+            observer.stop()
+            for _ in threads:
+                self.queue.put(_STOP)
+            # In-flight pushes are safe to abandon (no receipt without a durable
+            # store), but give quick ones a moment so their receipts land.
+            deadline = time.monotonic() + 5
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            self.write_status("stopped")
+            os.close(lock_fd)
+            event(log, logging.INFO, "agent stopped", stored=self.state.counters.stored)
+        return 0
+
+    def _watch(self) -> Any:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        wake = self.wake
+
+        class OnReady(FileSystemEventHandler):
+            def on_any_event(self, ev: FileSystemEvent) -> None:
+                if str(ev.src_path).endswith(".ready") or str(
+                        getattr(ev, "dest_path", "")).endswith(".ready"):
+                    wake.set()
+
+        observer = Observer()
+        observer.schedule(OnReady(), str(self.status_dir), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    # -- scheduling ---------------------------------------------------------
+    def ready_names(self) -> list[tuple[str, float]]:
+        """(name, .ready mtime) of every segment PostgreSQL waits to archive, by name."""
+        out = []
+        with os.scandir(self.status_dir) as it:
+            for entry in it:
+                if entry.name.endswith(".ready"):
+                    name = entry.name[:-6]
+                    if WAL_NAME_RE.match(name):
+                        with contextlib.suppress(FileNotFoundError):
+                            out.append((name, entry.stat().st_mtime))
+        out.sort()
+        return out
+
+    def scan(self) -> list[tuple[str, float]]:
+        ready = self.ready_names()
+        now = time.time()
+        st = self.state
+        with st.lock:
+            for name, _ in ready:
+                if name in st.queued or name in st.stored:
+                    continue
+                if st.backoff.get(name, Backoff()).not_before > now:
+                    continue
+                st.queued.add(name)
+                self.queue.put(name)
+        self._last_ready = ready
+        if now - self._last_cleanup > 10:
+            self._last_cleanup = now
+            self.cleanup({n for n, _ in ready}, now)
+        return ready
+
+    def _load_receipts(self) -> None:
+        """Receipts from an earlier run still count, if they still prove their file."""
+        url = self.cfg.repository.url
+        for name, _ in self.ready_names():
+            try:
+                st = os.stat(self.wal_dir / name)
+            except FileNotFoundError:
+                continue
+            if self.spool.receipt_proves(name, st, url):
+                self.state.stored.add(name)
+
+    def cleanup(self, ready: set[str], now: float) -> None:
+        """Drop receipts and errors of segments PostgreSQL has finished with."""
+        with os.scandir(self.spool.archive_dir) as it:
+            for entry in it:
+                name, _, ext = entry.name.rpartition(".")
+                if ext not in ("ok", "error") or name in ready:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if now - entry.stat().st_mtime > RECEIPT_KEEP:
+                        os.unlink(entry.path)
+                        with self.state.lock:
+                            self.state.stored.discard(name)
+                            self.state.backoff.pop(name, None)
+        rotate_if_big(self.spool.fastpath_log)
+
+    # -- workers ------------------------------------------------------------
+    def _make_repo(self) -> Repo:
+        from pitr.storage import open_storage
+
+        return WarmRepo(open_storage(self.cfg.repository), self.cfg.stanza)
+
+    def _worker(self) -> None:
+        repo: Repo | None = None
+        while True:
+            name = self.queue.get()
+            if name == _STOP:
+                return
+            if self.stop.is_set():
+                with self.state.lock:
+                    self.state.queued.discard(name)
+                continue
+            with self.state.lock:
+                self.state.in_flight.add(name)
+            try:
+                if repo is None:
+                    repo = self._make_repo()
+                self.push_one(repo, name)
+            except Exception as exc:  # a worker must survive anything one segment does
+                self._failed(name, f"unexpected {type(exc).__name__}: {exc}")
+                log.exception("agent: pushing %s failed unexpectedly", name)
+                repo = None  # rebuild the client in case it is what broke
+            finally:
+                with self.state.lock:
+                    self.state.in_flight.discard(name)
+                    self.state.queued.discard(name)
+                self.wake.set()
+
+    def push_one(self, repo: Repo, name: str) -> None:
+        from pitr.wal.push import push_wal
+
+        path = self.wal_dir / name
+        try:
+            before = os.stat(path)
+        except FileNotFoundError:
+            return  # archived by PostgreSQL's own archive-push and already recycled
+        try:
+            result = push_wal(repo, path, level=self.cfg.compression.level, budget=self.budget)
+        except PitrError as exc:
+            if not (self.status_dir / f"{name}.ready").exists():
+                return  # PostgreSQL finished with it meanwhile (e.g. the file was recycled)
+            self._failed(name, exc.message, transient=isinstance(exc, TransientStorageError))
+            return
+        after = os.stat(path)
+        ident = FileIdentity.of(before)
+        if FileIdentity.of(after) != ident:
+            # Not expected for a .ready segment; without a stable identity there is
+            # nothing a receipt could prove, so archive-push will push it itself.
+            event(log, logging.WARNING, f"{name} changed while it was pushed; no receipt")
+            return
+        self.spool.write_receipt(Receipt(
+            name=name, repository=self.cfg.repository.url, identity=ident,
+            sha256=result.sha256, stored_at=time.time(),
+            already_archived=result.status == "already-archived"))
+        with self.state.lock:
+            self.state.stored.add(name)
+            self.state.backoff.pop(name, None)
+            c = self.state.counters
+            c.consecutive_failures = 0
+            if result.status == "already-archived":
+                c.already_archived += 1
+            else:
+                c.stored += 1
+            c.bytes_in += result.raw_bytes
+            c.bytes_out += result.stored_bytes
+            if c.last_stored is None or name > c.last_stored:
+                c.last_stored, c.last_stored_at = name, time.time()
+
+    def _failed(self, name: str, message: str, *, transient: bool = False) -> None:
+        with contextlib.suppress(OSError):
+            self.spool.write_error(name, message)
+        now = time.time()
+        with self.state.lock:
+            b = self.state.backoff.setdefault(name, Backoff())
+            b.attempts += 1
+            delay = backoff_delay(b.attempts)
+            b.not_before = now + delay
+            c = self.state.counters
+            c.failed += 1
+            c.consecutive_failures += 1
+            c.last_error, c.last_error_at = f"{name}: {message}", now
+        event(log, logging.WARNING, f"agent: {name} not archived, retrying in {delay:.1f}s",
+              error=message, transient=transient, attempts=b.attempts)
+
+    # -- metrics ------------------------------------------------------------
+    def status_doc(self, state: str) -> dict[str, Any]:
+        now = time.time()
+        ready = getattr(self, "_last_ready", [])
+        with self.state.lock:
+            c = self.state.counters
+            pending = [n for n, _ in ready if n not in self.state.stored]
+            doc: dict[str, Any] = {
+                "format": STATUS_FORMAT,
+                "state": state,
+                "pid": os.getpid(),
+                "stanza": self.cfg.stanza,
+                "pgdata": str(self.wal_dir.parent),
+                "workers": self.workers,
+                "started_at": iso(self.started_at),
+                "updated_at": iso(now),
+                "backlog": {
+                    "ready": len(ready),
+                    "pending": len(pending),
+                    "in_flight": len(self.state.in_flight),
+                    "oldest_ready": ready[0][0] if ready else None,
+                    "oldest_age_seconds": round(now - min(m for _, m in ready), 3)
+                    if ready else None,
+                    "oldest_pending": pending[0] if pending else None,
+                },
+                "last_stored": {"name": c.last_stored, "at": iso(c.last_stored_at)}
+                if c.last_stored else None,
+                "totals": {"stored": c.stored, "already_archived": c.already_archived,
+                           "bytes_in": c.bytes_in, "bytes_out": c.bytes_out},
+                "failures": {"consecutive": c.consecutive_failures, "total": c.failed,
+                             "last_error": c.last_error, "last_error_at": iso(c.last_error_at)},
+            }
+        return doc
+
+    def write_status(self, state: str) -> None:
+        try:
+            self.spool.write_status(self.status_doc(state))
+        except OSError as exc:  # metrics must never stop archiving
+            log.warning("agent: cannot write %s: %s", self.spool.status_path, exc)

@@ -1,0 +1,192 @@
+"""The prefetch worker behind ``archive-get``: fetch the next segments before they are asked for.
+
+restore_command asks for one segment at a time and PostgreSQL replays it
+before asking for the next, so a plain per-segment fetch leaves replay idle
+during every download. ``archive-get NAME`` (in :mod:`pitr.entry`) records NAME
+in ``<spool>/<stanza>/prefetch.want`` and starts this worker detached if none
+runs. The worker keeps ``NAME+1 .. NAME+k`` (same timeline, k =
+``archive.prefetch``) in ``<spool>/<stanza>/prefetch/``, each fetched with
+:func:`pitr.wal.fetch.fetch_wal` (sha256-verified, decompressed, fsynced and
+renamed into place only when complete), several in parallel with one warm
+client per thread. A later request for a prefetched segment is a rename.
+
+* Only one worker runs per stanza (flock on ``prefetch.lock``).
+* Stale files (another timeline, before the requested segment, beyond the
+  window) are removed whenever the position moves.
+* A segment missing ahead is the end of the archive, not an error: it is
+  tried again a little later (a standby's archive keeps growing).
+* The worker exits after ``idle_exit`` seconds without a new request; after
+  dropping its lock it looks at the request file once more, so a request that
+  raced with the exit is never stranded (archive-get writes the request
+  before it checks for a worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from pitr.config import Config
+from pitr.errors import WalNotFound
+from pitr.log import event
+from pitr.pg.names import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
+from pitr.repo import Repo
+from pitr.wal.spool import SEGMENT_RE, Spool, rotate_if_big, try_lock
+
+log = logging.getLogger("pitr.wal.prefetch")
+
+ABSENT_RETRY = 2.0  # seconds before asking again for a segment that was not there
+MAX_THREADS = 8
+
+
+def plan_window(want: str, k: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> list[str]:
+    """The k segment names after ``want`` on its timeline.
+
+    >>> plan_window("0000000100000000000000FE", 3)
+    ['0000000100000000000000FF', '000000010000000100000000', '000000010000000100000001']
+    """
+    tli, segno = parse_segment_name(want, seg_size)
+    return [segment_name(tli, segno + i, seg_size) for i in range(1, k + 1)]
+
+
+def is_stale(name: str, want: str, k: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> bool:
+    """A prefetched file nobody will ask for: other timeline, before ``want``, beyond the window.
+
+    >>> is_stale("000000010000000000000005", "000000010000000000000006", 4)
+    True
+    >>> is_stale("000000020000000000000007", "000000010000000000000006", 4)
+    True
+    >>> is_stale("000000010000000000000007", "000000010000000000000006", 4)
+    False
+    """
+    tli, segno = parse_segment_name(name, seg_size)
+    wtli, wsegno = parse_segment_name(want, seg_size)
+    return tli != wtli or segno < wsegno or segno > wsegno + k
+
+
+class Prefetcher:
+    def __init__(self, cfg: Config, *, idle_exit: float = 20.0, poll: float = 0.01) -> None:
+        self.cfg = cfg
+        self.spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+        self.k = cfg.archive.prefetch
+        self.budget = float(cfg.repository.timeout)
+        self.idle_exit = idle_exit
+        self.poll = poll
+        self.seg_size = DEFAULT_SEGMENT_SIZE
+        self.absent: dict[str, float] = {}
+        self.inflight: set[str] = set()
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.fetched = 0
+
+    def _repo(self) -> Repo:
+        repo = getattr(self.local, "repo", None)
+        if repo is None:
+            from pitr.storage import open_storage
+
+            repo = self.local.repo = Repo(open_storage(self.cfg.repository), self.cfg.stanza)
+        return repo
+
+    def _want_sig(self) -> tuple[str, int, int] | None:
+        try:
+            st = os.stat(self.spool.prefetch_want)
+        except OSError:
+            return None
+        want = self.spool.read_want()
+        return (want, st.st_ino, st.st_mtime_ns) if want else None
+
+    def run(self) -> int:
+        if self.k <= 0:
+            return 0
+        fd = try_lock(self.spool.prefetch_lock)
+        if fd is None:
+            return 0  # another worker serves this stanza
+        self._remove_leftovers()
+        ident = self._repo().read_identity()
+        if ident is not None:
+            self.seg_size = ident.segment_size
+        event(log, logging.INFO, "prefetch worker started", window=self.k)
+        last_sig = None
+        last_activity = last_plan = time.monotonic()
+        with ThreadPoolExecutor(max_workers=min(self.k, MAX_THREADS),
+                                thread_name_prefix="prefetch") as pool:
+            while True:
+                now = time.monotonic()
+                sig = self._want_sig()
+                if sig is not None and (sig != last_sig or now - last_plan > 0.5):
+                    if sig != last_sig:
+                        last_activity = now
+                    last_sig, last_plan = sig, now
+                    self.plan(sig[0], pool)
+                with self.lock:
+                    busy = bool(self.inflight)
+                if busy:
+                    last_activity = now
+                elif now - last_activity > self.idle_exit:
+                    os.close(fd)  # from here on, archive-get starts a new worker
+                    if self._want_sig() == last_sig:
+                        break
+                    fd = try_lock(self.spool.prefetch_lock)
+                    if fd is None:
+                        break  # a new worker took over
+                    last_activity = now
+                time.sleep(self.poll)
+        event(log, logging.INFO, "prefetch worker idle, exiting", fetched=self.fetched)
+        rotate_if_big(self.spool.prefetch_log)
+        return 0
+
+    def _remove_leftovers(self) -> None:
+        with os.scandir(self.spool.prefetch_dir) as it:
+            for entry in it:
+                if not SEGMENT_RE.match(entry.name):  # temp files, markers of a dead worker
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def plan(self, want: str, pool: ThreadPoolExecutor) -> None:
+        window = plan_window(want, self.k, self.seg_size)
+        with os.scandir(self.spool.prefetch_dir) as it:
+            present = {e.name for e in it if SEGMENT_RE.match(e.name)}
+        for name in present:
+            if is_stale(name, want, self.k, self.seg_size):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.spool.prefetched(name))
+        now = time.monotonic()
+        for name in window:
+            with self.lock:
+                if (name in present or name in self.inflight
+                        or now - self.absent.get(name, -1e9) < ABSENT_RETRY):
+                    continue
+                self.inflight.add(name)
+            self.spool.inflight(name).touch()
+            pool.submit(self.fetch_one, name)
+
+    def fetch_one(self, name: str) -> None:
+        from pitr.wal.fetch import fetch_wal
+
+        started = time.monotonic()
+        try:
+            fetch_wal(self._repo(), name, self.spool.prefetched(name), budget=self.budget)
+            with self.lock:
+                self.fetched += 1
+            ms = (time.monotonic() - started) * 1000
+            self.spool.note_prefetch("fetched", name, f"{ms:.0f}ms")
+        except WalNotFound:
+            with self.lock:
+                self.absent[name] = time.monotonic()  # the end of the archive, for now
+        except Exception as exc:  # the foreground archive-get reports real errors
+            with self.lock:
+                self.absent[name] = time.monotonic()
+            event(log, logging.WARNING, f"prefetch of {name} failed", error=str(exc))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool.inflight(name))
+            with self.lock:
+                self.inflight.discard(name)
+
+
+def run_worker(cfg: Config, *, idle_exit: float = 20.0) -> int:
+    return Prefetcher(cfg, idle_exit=idle_exit).run()

@@ -1,0 +1,246 @@
+"""The local spool: the agent's receipts and archive-get's prefetched segments.
+
+Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
+
+    <spool>/<stanza>/agent.lock          flock'ed (exclusive) while an agent runs; holds its pid
+    <spool>/<stanza>/agent-status.json   backlog metrics, rewritten atomically by the agent
+    <spool>/<stanza>/archive/<name>.ok     receipt: <name> is durably in the repository
+    <spool>/<stanza>/archive/<name>.error  the agent's last failure for <name> (text)
+    <spool>/<stanza>/archive/fastpath.log  one line per archive-push answered from a receipt
+    <spool>/<stanza>/prefetch.lock       flock'ed while a prefetch worker runs
+    <spool>/<stanza>/prefetch.want       the newest segment restore_command asked for
+    <spool>/<stanza>/prefetch.log        hit/miss/fetched lines (proof that prefetch works)
+    <spool>/<stanza>/prefetch/<name>     verified, decompressed segment, renamed into place
+    <spool>/<stanza>/prefetch/<name>.inflight   a worker is fetching <name>
+
+Why a receipt may answer archive-push. A receipt is written only after the
+repository acknowledged the object (push_wal returned), and it records the
+identity of the file the agent read: device, inode, size, mtime_ns and
+ctime_ns, stat'ed before *and* after reading (a file that changed meanwhile
+gets no receipt). archive-push trusts a receipt only when the file PostgreSQL
+hands it has the same name and the same identity, and the receipt names the
+same repository. That is sound because:
+
+* PostgreSQL never writes a segment again once it is ``.ready``;
+* recycling renames a segment file to a *future* name, so the old inode never
+  reappears under an archived name (and the rename plus the rewrite change its
+  ctime anyway);
+* any other way of putting different bytes under that name (restoring a file
+  system copy, re-creating the cluster) makes a new inode or at least a new
+  ctime; ctime cannot be set from user space, unlike mtime (``cp -p``, ``tar``).
+
+Hashing the 16 MiB file again would also be sound but costs tens of
+milliseconds per segment, which is the whole budget of the fast path.
+
+This module is imported by the fast paths of :mod:`pitr.entry`: stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RECEIPT_FORMAT = 1
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+# Names PostgreSQL hands to archive_command (segment, partial, history, backup label).
+WAL_NAME_RE = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
+LOG_ROTATE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What identifies one version of a file on this host (see the module doc)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    name: str
+    repository: str
+    identity: FileIdentity
+    sha256: str
+    stored_at: float  # unix time the repository acknowledged the object
+    already_archived: bool = False
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["format"] = RECEIPT_FORMAT
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Receipt:
+        doc = json.loads(text)
+        if doc.pop("format", None) != RECEIPT_FORMAT:
+            raise ValueError("unknown receipt format")
+        doc["identity"] = FileIdentity(**doc["identity"])
+        return cls(**doc)
+
+
+def atomic_write(path: Path, text: str, *, fsync: bool = False) -> None:
+    """Replace ``path`` so readers see the old or the new content, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, text.encode())
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def lock_held(path: Path) -> bool:
+    """True when another process holds the exclusive flock on ``path``.
+
+    flock dies with its holder (even on kill -9), so unlike a pid file this
+    cannot be fooled by a stale file or a recycled pid.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also drops our shared lock if we got it
+    return False
+
+
+def try_lock(path: Path) -> int | None:
+    """Take the exclusive flock on ``path``; the open fd (keep it) or None if taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one short line; O_APPEND keeps concurrent writers' lines whole."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def rotate_if_big(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+
+
+class Spool:
+    """Paths and small atomic operations of one stanza's spool."""
+
+    def __init__(self, spool_dir: str | Path, stanza: str) -> None:
+        self.base = Path(spool_dir) / stanza
+        self.archive_dir = self.base / "archive"
+        self.prefetch_dir = self.base / "prefetch"
+        self.agent_lock = self.base / "agent.lock"
+        self.status_path = self.base / "agent-status.json"
+        self.fastpath_log = self.archive_dir / "fastpath.log"
+        self.prefetch_lock = self.base / "prefetch.lock"
+        self.prefetch_want = self.base / "prefetch.want"
+        self.prefetch_log = self.base / "prefetch.log"
+
+    def ensure(self) -> Spool:
+        for d in (self.base, self.archive_dir, self.prefetch_dir):
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return self
+
+    # -- archive receipts --------------------------------------------------
+    def ok_path(self, name: str) -> Path:
+        return self.archive_dir / f"{name}.ok"
+
+    def error_path(self, name: str) -> Path:
+        return self.archive_dir / f"{name}.error"
+
+    def write_receipt(self, receipt: Receipt) -> None:
+        # No fsync: a receipt lost in a crash only sends archive-push down the
+        # synchronous path, which finds the object already archived.
+        atomic_write(self.ok_path(receipt.name), receipt.to_json())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.error_path(receipt.name))
+
+    def read_receipt(self, name: str) -> Receipt | None:
+        try:
+            return Receipt.from_json(self.ok_path(name).read_text())
+        except (OSError, ValueError, TypeError, KeyError):
+            return None  # absent, or unreadable after a crash: not proof of anything
+
+    def receipt_proves(self, name: str, st: os.stat_result, repository: str) -> bool:
+        """Does a receipt prove that THIS file's content is stored in ``repository``?"""
+        r = self.read_receipt(name)
+        return (r is not None and r.name == name and r.repository == repository
+                and r.identity == FileIdentity.of(st))
+
+    def write_error(self, name: str, message: str) -> None:
+        atomic_write(self.error_path(name), message.rstrip("\n") + "\n")
+
+    def has_error(self, name: str) -> bool:
+        return self.error_path(name).exists()
+
+    def agent_running(self) -> bool:
+        return lock_held(self.agent_lock)
+
+    def note_fast_path(self, name: str, ms: float) -> None:
+        append_line(self.fastpath_log, f"{time.time():.3f} {name} fast-path {ms:.2f}ms")
+
+    # -- prefetch ----------------------------------------------------------
+    def prefetched(self, name: str) -> Path:
+        return self.prefetch_dir / name
+
+    def inflight(self, name: str) -> Path:
+        return self.prefetch_dir / f"{name}.inflight"
+
+    def prefetcher_running(self) -> bool:
+        return lock_held(self.prefetch_lock)
+
+    def set_want(self, name: str) -> None:
+        atomic_write(self.prefetch_want, name + "\n")
+
+    def read_want(self) -> str | None:
+        try:
+            text = self.prefetch_want.read_text().strip()
+        except OSError:
+            return None
+        return text if SEGMENT_RE.match(text) else None
+
+    def note_prefetch(self, what: str, name: str, extra: str = "") -> None:
+        append_line(self.prefetch_log, f"{time.time():.3f} {what} {name} {extra}".rstrip())
+
+    # -- agent status ------------------------------------------------------
+    def write_status(self, doc: dict[str, Any]) -> None:
+        atomic_write(self.status_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None

@@ -1,0 +1,171 @@
+"""Spool receipts, locks, the archive-push/archive-get fast paths and prefetch planning.
+
+The fast-path tests run the real entry point in a fresh interpreter, because
+what matters is what that process imports and how it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pitr.entry import fast_path, split_args
+from pitr.pg.names import parse_segment_name, segment_name
+from pitr.wal.agent import BACKOFF_MAX, backoff_delay
+from pitr.wal.prefetch import is_stale, plan_window
+from pitr.wal.spool import FileIdentity, Receipt, Spool, lock_held, try_lock
+
+SEG = "000000010000000000000003"
+HEAVY = ("boto3", "botocore", "zstandard", "typer", "click", "pydantic", "psycopg", "watchdog")
+
+
+def receipt_for(path: Path, url: str) -> Receipt:
+    return Receipt(name=path.name, repository=url, identity=FileIdentity.of(path.stat()),
+                   sha256="ab" * 32, stored_at=time.time())
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Spool, Path, Path]:
+    spool = Spool(tmp_path / "spool", "main").ensure()
+    wal = tmp_path / "pg_wal"
+    wal.mkdir()
+    seg = wal / SEG
+    seg.write_bytes(os.urandom(4096))
+    cfg = tmp_path / "pitr.toml"
+    cfg.write_text(f'stanza = "main"\n[repository]\nurl = "file://{tmp_path}/repo"\n'
+                   f'[archive]\nspool_dir = "{tmp_path}/spool"\nfast_path_wait = 0\n')
+    return spool, seg, cfg
+
+
+def test_receipt_round_trip_and_proof(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    url = "file:///r"
+    spool.write_receipt(receipt_for(seg, url))
+    assert spool.read_receipt(SEG) == receipt_for(seg, url).__class__.from_json(
+        spool.ok_path(SEG).read_text())
+    assert spool.receipt_proves(SEG, seg.stat(), url)
+    assert not spool.receipt_proves(SEG, seg.stat(), "file:///other-repo")
+
+
+def test_rewritten_file_is_not_proved(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    spool.write_receipt(receipt_for(seg, "u"))
+    before = seg.stat()
+    time.sleep(0.01)
+    with open(seg, "r+b") as fh:  # same inode, same size, other bytes
+        fh.write(b"x")
+    os.utime(seg, ns=(before.st_atime_ns, before.st_mtime_ns))  # even with mtime forged
+    assert not spool.receipt_proves(SEG, seg.stat(), "u")  # ctime gives it away
+
+
+def test_recycled_file_under_the_name_is_not_proved(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    spool.write_receipt(receipt_for(seg, "u"))
+    other = seg.with_name("000000010000000000000001")
+    other.write_bytes(os.urandom(4096))
+    os.replace(other, seg)  # what recycling (or a restored copy) would look like
+    assert not spool.receipt_proves(SEG, seg.stat(), "u")
+
+
+def test_torn_receipt_proves_nothing(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    spool.ok_path(SEG).write_text('{"format": 1, "name": ')
+    assert spool.read_receipt(SEG) is None
+    assert not spool.receipt_proves(SEG, seg.stat(), "u")
+
+
+def test_flock_shows_a_live_holder_only(tmp_path: Path) -> None:
+    lock = tmp_path / "agent.lock"
+    assert not lock_held(lock)
+    fd = try_lock(lock)
+    assert fd is not None
+    assert lock_held(lock)
+    assert try_lock(lock) is None
+    os.close(fd)
+    assert not lock_held(lock)  # a stale file is not a running agent
+
+
+def test_split_args_takes_only_the_exact_fast_forms() -> None:
+    assert split_args(["archive-push", "pg_wal/x"]) == (None, ["archive-push", "pg_wal/x"])
+    assert split_args(["--config", "c", "archive-push", "p"]) == ("c", ["archive-push", "p"])
+    assert split_args(["--config=c", "archive-get", "a", "b"]) == ("c", ["archive-get", "a", "b"])
+    assert split_args(["--debug", "archive-push", "p"]) is None
+    assert split_args(["archive-push", "--help"]) is None
+    assert split_args(["backup"]) is None
+
+
+def test_fast_path_declines_without_proof(setup: tuple[Spool, Path, Path],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    spool, seg, cfg = setup
+    monkeypatch.chdir(seg.parent.parent)
+    monkeypatch.delenv("PITR_CONFIG", raising=False)
+    assert fast_path(["--config", str(cfg), "archive-push", f"pg_wal/{SEG}"]) is None
+    spool.write_receipt(receipt_for(seg, "file:///somewhere-else"))
+    assert fast_path(["--config", str(cfg), "archive-push", f"pg_wal/{SEG}"]) is None
+
+
+def run_entry(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    code = ("import sys\nfrom pitr.entry import main\nrc = main(sys.argv[1:])\n"
+            f"print(','.join(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+            "sys.exit(rc)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITR_")}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_fast_path_answers_from_a_receipt_without_heavy_imports(
+        setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, cfg = setup
+    spool.write_receipt(receipt_for(seg, f"file://{cfg.parent}/repo"))
+    proc = run_entry(cfg.parent, "--config", str(cfg), "archive-push", f"pg_wal/{SEG}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"fast path imported {proc.stdout.strip()}"
+    assert f"{SEG} fast-path" in spool.fastpath_log.read_text()
+
+
+def test_archive_get_fast_path_renames_a_prefetched_segment(
+        setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, cfg = setup
+    data = os.urandom(8192)
+    spool.prefetched(SEG).write_bytes(data)
+    # Pretend a worker runs, so the fast path does not start a real one.
+    fd = try_lock(spool.prefetch_lock)
+    try:
+        proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
+                         "pg_wal/RECOVERYXLOG")
+    finally:
+        assert fd is not None
+        os.close(fd)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"fast path imported {proc.stdout.strip()}"
+    assert (seg.parent / "RECOVERYXLOG").read_bytes() == data
+    assert not spool.prefetched(SEG).exists()
+    assert spool.read_want() == SEG
+    assert f"hit {SEG}" in spool.prefetch_log.read_text()
+
+
+names = st.builds(lambda tli, segno: segment_name(tli, segno),
+                  st.integers(1, 0xFFFF), st.integers(0, 2**32))
+
+
+@given(names, st.integers(1, 64))
+def test_window_is_next_k_on_the_same_timeline_and_never_stale(want: str, k: int) -> None:
+    window = plan_window(want, k)
+    tli, segno = parse_segment_name(want)
+    assert [parse_segment_name(n) for n in window] == [(tli, segno + i) for i in range(1, k + 1)]
+    assert not any(is_stale(n, want, k) for n in window)
+    assert is_stale(want, plan_window(want, 1)[0], k)  # older than the request
+
+
+@given(st.integers(1, 100))
+def test_backoff_grows_and_is_capped(attempts: int) -> None:
+    d = backoff_delay(attempts)
+    assert 0 < d <= BACKOFF_MAX
+    assert d >= min(BACKOFF_MAX, 2 ** (attempts - 1)) / 2
