@@ -124,6 +124,12 @@ class VerifyConfig:
     timeout: Duration = _f(Duration(3600), "give up on a drill after this long")
     checks: tuple[dict[str, Any], ...] = _f((), "user checks: [[verify.check]] tables with "
                                             "database, query, and min/max/equals")
+    dbuser: str = _f("", "database role the drill's checks connect as (empty: the user in "
+                     "postgres.dsn, else 'postgres')")
+    amcheck: bool = _f(True, "run amcheck's bt_index_check on every btree index when the "
+                       "extension is available")
+    heapallindexed: bool = _f(False, "amcheck also verifies every heap tuple is indexed "
+                              "(thorough, much slower)")
 
 
 @dataclass(frozen=True)
