@@ -63,9 +63,14 @@ def archive_get(
             log.exception("archive-get failed")
         standby = is_standby(Path(dest), pgdata)
         code = archive_get_exit_code(err, standby=standby)
-        if not (isinstance(err, WalNotFound) and walname.endswith(".history")):
+        if isinstance(err, WalNotFound):
+            # Normal at the end of the archive and polled by standbys: one plain line
+            # in the server log, not an ERROR; history files are probed constantly.
+            if not walname.endswith(".history"):
+                typer.echo(f"pitr archive-get: {err.message}", err=True)
+        else:
             report_error(err)
-            if code == 1 and not isinstance(err, WalNotFound):
+            if code == 1:
                 typer.echo("HINT: standby.signal is present: answering 'not found' so the "
                            "standby keeps polling", err=True)
         raise typer.Exit(code) from None

@@ -289,7 +289,8 @@ def test_cli_archive_get_contract(tmp_path: Path, capsys: pytest.CaptureFixture[
     dest.unlink()
 
     code, err = _get(cfg, "00000001000000000000000D", dest, capsys)
-    assert code == 1 and "ERROR" in err and not dest.exists()
+    assert code == 1 and "not in the repository" in err and "ERROR" not in err
+    assert not dest.exists()
     code, err = _get(cfg, "00000005.history", dest, capsys)
     assert code == 1 and err == ""  # PostgreSQL probes history files all the time
 
