@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Entry point of the pitr image. Every mode runs pitr and PostgreSQL as the
+# `postgres` user (pitr refuses root over postgres's data directory).
+#
+#   postgres       initdb on first start, `pitr setup --apply`, restart, `pitr check`,
+#                  then run PostgreSQL in the foreground (the default)
+#   agent          `pitr agent`: pushes .ready segments ahead of the archiver
+#   backup-loop    `pitr backup` now and then every $PITR_BACKUP_INTERVAL seconds
+#   make-bucket    create the repository's S3 bucket if it does not exist
+#   pitr ARGS...   any pitr command, e.g. `pitr list`, `pitr restore --to ...`
+set -euo pipefail
+
+PGDATA=${PGDATA:-/var/lib/postgresql/data}
+PGBIN=/usr/lib/postgresql/15/bin
+SOCKDIR=/var/run/postgresql
+
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+own_dirs() {
+  # Named volumes start out root-owned; pitr and PostgreSQL need them private to postgres.
+  if [ "$(id -u)" -eq 0 ]; then
+    install -d -o postgres -g postgres -m 0700 "$(dirname "$PGDATA")" /var/lib/pitr
+    install -d -o postgres -g postgres -m 0755 "$SOCKDIR"
+  fi
+}
+
+wait_for_postgres() {
+  until as_pg "$PGBIN/pg_isready" -q -h "$SOCKDIR"; do sleep 1; done
+}
+
+init_cluster() {
+  echo "pitr-entrypoint: initdb $PGDATA"
+  as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+    --auth-local=peer --auth-host=scram-sha-256
+  # The other containers of compose.yaml reach the server through the shared socket.
+  printf "\nlisten_addresses = '*'\nunix_socket_directories = '%s'\n" "$SOCKDIR" \
+    >>"$PGDATA/postgresql.conf"
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -w -l "$PGDATA/setup.log" start
+  # Writes archive_mode, archive_command, ... with ALTER SYSTEM and claims the stanza.
+  as_pg pitr setup --apply
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -w -m fast restart -l "$PGDATA/setup.log"
+  as_pg pitr check
+  as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -w -m fast stop
+}
+
+mode=${1:-postgres}
+if [ $# -gt 0 ]; then shift; fi
+case "$mode" in
+  postgres)
+    own_dirs
+    [ -s "$PGDATA/PG_VERSION" ] || init_cluster
+    exec runuser -u postgres -- "$PGBIN/postgres" -D "$PGDATA" "$@"
+    ;;
+  agent)
+    own_dirs
+    wait_for_postgres
+    exec runuser -u postgres -- pitr agent "$@"
+    ;;
+  backup-loop)
+    own_dirs
+    interval=${PITR_BACKUP_INTERVAL:-86400}
+    wait_for_postgres
+    while true; do
+      # A failed backup is reported (and alerted on by pitr) and retried next round.
+      as_pg pitr backup "$@" || echo "pitr-entrypoint: backup failed (exit $?)" >&2
+      sleep "$interval"
+    done
+    ;;
+  make-bucket)
+    exec /opt/pitr-venv/bin/python - <<'PY'
+import time
+import boto3
+from pitr import config
+
+cfg = config.load()
+r = cfg.repository
+bucket = r.url[len("s3://"):].split("/", 1)[0]
+client = boto3.client("s3", endpoint_url=r.endpoint_url or None, region_name=r.region or None,
+                      aws_access_key_id=r.access_key_id or None,
+                      aws_secret_access_key=r.secret_access_key or None)
+for attempt in range(60):
+    try:
+        names = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+        if bucket not in names:
+            client.create_bucket(Bucket=bucket)
+        print(f"bucket {bucket} ready")
+        break
+    except Exception as exc:  # S3 still starting
+        print(f"waiting for S3 ({type(exc).__name__})")
+        time.sleep(1)
+else:
+    raise SystemExit("S3 did not come up")
+PY
+    ;;
+  pitr)
+    own_dirs
+    exec runuser -u postgres -- pitr "$@"
+    ;;
+  *)
+    exec "$mode" "$@"
+    ;;
+esac
