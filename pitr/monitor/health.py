@@ -50,6 +50,7 @@ class AgentStatus:
     consecutive_failures: int
     total_failures: int
     last_error: str | None = None
+    state: str = "running"  # "stopped" once the agent exits
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> AgentStatus:
@@ -79,6 +80,7 @@ class AgentStatus:
             consecutive_failures=int(failures.get("consecutive", 0) or 0),
             total_failures=int(failures.get("total", 0) or 0),
             last_error=failures.get("last_error"),
+            state=str(doc.get("state") or "running"),
         )
 
 
@@ -290,7 +292,7 @@ def evaluate(
 
 def _archive_health(agent: AgentStatus | None, newest_seg: tuple[str, datetime] | None,
                     th: Thresholds, now: datetime, crit: Any, warn: Any) -> dict[str, Any]:
-    fresh = agent is not None and \
+    fresh = agent is not None and agent.state != "stopped" and \
         (now - agent.updated_at).total_seconds() <= max(th.max_archive_lag, 60.0)
     doc: dict[str, Any] = {"agent": None, "backlog": None, "lag_seconds": None,
                            "lag_source": None}
@@ -304,11 +306,12 @@ def _archive_health(agent: AgentStatus | None, newest_seg: tuple[str, datetime] 
             "consecutive_failures": agent.consecutive_failures,
             "total_failures": agent.total_failures,
             "last_error": agent.last_error,
+            "state": agent.state,
         }
         if not fresh:
             stale = (now - agent.updated_at).total_seconds()
-            warn("agent_stale", f"the agent's status is {_fmt_age(stale)} old: "
-                 "is `pitr agent` running?")
+            warn("agent_stale", "the agent has stopped" if agent.state == "stopped" else
+                 f"the agent's status is {_fmt_age(stale)} old: is `pitr agent` running?")
     if agent is not None and fresh:
         doc["backlog"] = agent.backlog
         doc["lag_seconds"] = agent.oldest_ready_age or 0.0

@@ -149,6 +149,11 @@ def test_agent_status_parses_documented_format() -> None:
     assert bare.backlog == 2 and bare.oldest_ready_age is None
 
 
+def test_stopped_agent_is_not_trusted() -> None:
+    r = evaluate(healthy_catalog(), agent(state="stopped", backlog=500), None, TH, NOW)
+    assert "agent_stale" in names(r) and "archive_backlog" not in names(r)
+
+
 def test_gap_after_newest_backup_is_named() -> None:
     b = backup("b1", NOW - timedelta(hours=2))
     cat = catalog((b,), {1: segs(1, 2, 12, NOW - timedelta(hours=2), timedelta(minutes=10),
