@@ -331,7 +331,9 @@ def load(
         try:
             value = _coerce(info, raw, from_text)
         except ValueError as exc:
-            problems.append(f"{info.dotted} ({origin}): {exc}")
+            # A mistyped secret must not be echoed back in the problem list.
+            reason = "invalid value (not shown: secret)" if info.secret else str(exc)
+            problems.append(f"{info.dotted} ({origin}): {reason}")
             return
         if info.choices and value not in info.choices:
             problems.append(f"{info.dotted} ({origin}): must be one of "
