@@ -1,0 +1,168 @@
+"""`pitr plan` and `pitr restore`: plan a point-in-time restore, then carry it out."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
+
+if TYPE_CHECKING:
+    from pitr.config import Config
+    from pitr.planner import RestorePlan
+    from pitr.restore import RestoreResult
+    from pitr.storage.base import Storage
+
+To = Annotated[str | None, typer.Option(
+    "--to", help="recover to this time: ISO 8601, a time without zone is UTC "
+                 "(e.g. '2025-02-15 01:30' or 2025-02-15T01:30:00+01:00)", show_default=False)]
+Lsn = Annotated[str | None, typer.Option("--lsn", help="recover to this WAL location, "
+                                         "e.g. 0/3000028", show_default=False)]
+Xid = Annotated[str | None, typer.Option("--xid", help="recover to the commit of this "
+                                         "transaction id", show_default=False)]
+Name = Annotated[str | None, typer.Option("--name", help="recover to this restore point "
+                                          "(pg_create_restore_point)", show_default=False)]
+Immediate = Annotated[bool, typer.Option("--immediate", help="stop as soon as the backup is "
+                                         "consistent (the end of the backup)")]
+Latest = Annotated[bool, typer.Option("--latest", help="replay all archived WAL")]
+TimelineOpt = Annotated[int | None, typer.Option(
+    "--timeline", help="recover along this timeline (default: for --to, the branch that existed "
+                       "at that time; else the newest)", show_default=False)]
+BackupOpt = Annotated[str | None, typer.Option("--backup", help="restore this backup id instead "
+                                               "of the one the planner picks",
+                                               show_default=False)]
+Exclusive = Annotated[bool, typer.Option(
+    "--exclusive", help="stop just before the target (recovery_target_inclusive = off)")]
+
+
+def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, immediate: bool,
+          latest: bool, timeline: int | None, backup: str | None, exclusive: bool,
+          command: str) -> tuple[Config, Storage, RestorePlan]:
+    from pitr import planner, targets
+    from pitr.catalog import load_catalog
+    from pitr.repo import Repo
+    from pitr.storage import open_storage
+
+    target = targets.from_options(to=to, lsn=lsn, xid=xid, name=name, immediate=immediate,
+                                  latest=latest, timeline=timeline, exclusive=exclusive)
+    cfg = load_config(command=command)
+    storage = open_storage(cfg.repository)
+    catalog = load_catalog(Repo(storage, cfg.stanza))
+    return cfg, storage, planner.plan(catalog, target, datetime.now(UTC), backup_id=backup)
+
+
+@app.command("plan")
+def plan_cmd(to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
+             immediate: Immediate = False, latest: Latest = False,
+             timeline: TimelineOpt = None, backup: BackupOpt = None, exclusive: Exclusive = False,
+             json_out: JsonFlag = False) -> None:
+    """Show which backup and WAL a restore to the target would use (exit 11 if none can)."""
+    cfg, _storage, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
+                                exclusive, "plan")
+    if json_out:
+        print_json({"stanza": cfg.stanza, **plan.to_json()})
+    else:
+        _print_plan(cfg.stanza, plan)
+
+
+@app.command("restore")
+def restore_cmd(
+    pgdata: Annotated[Path, typer.Option("--pgdata", "-D", help="data directory to restore into",
+                                         show_default=False)],
+    to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
+    immediate: Immediate = False, latest: Latest = False, timeline: TimelineOpt = None,
+    backup: BackupOpt = None, exclusive: Exclusive = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="DIR is not empty: move its contents aside to DIR.pitr-old-<time> "
+                        "(never deleted)")] = False,
+    start: Annotated[bool, typer.Option(
+        "--start", help="start the restored server and wait until it reaches the target")] = False,
+    target_action: Annotated[str, typer.Option(
+        "--target-action", help="at the target: promote, pause or shutdown")] = "promote",
+    archive_mode: Annotated[str, typer.Option(
+        "--archive-mode", help="off: the restored copy archives nothing (default); preserve: "
+                               "keep the backup's archive settings (it archives into the "
+                               "stanza, on a new timeline)")] = "off",
+    port: Annotated[int | None, typer.Option("--port", help="port of the restored server",
+                                             show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask before restoring over "
+                                      "the configured postgres.pgdata")] = False,
+    wait_timeout: Annotated[float, typer.Option(
+        "--wait-timeout", help="with --start: seconds to wait for the target")] = 3600.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Restore the cluster into DIR as of the target: backup + WAL + recovery settings."""
+    from pitr.restore import RestoreOptions, restore
+
+    cfg, storage, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
+                               exclusive, "restore")
+    if not json_out:
+        _print_plan(cfg.stanza, plan)
+    opts = RestoreOptions(pgdata=pgdata, force=force, start=start, target_action=target_action,
+                          archive_mode=archive_mode, port=port, yes=yes, wait_timeout=wait_timeout)
+    result = restore(cfg, storage, plan, opts, config_path=OPTS.config_path, confirm=_confirm)
+    if json_out:
+        print_json({"stanza": cfg.stanza, "plan": plan.to_json(), "restore": result.to_json()})
+    else:
+        _print_result(result)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm(question, default=False)
+
+
+def _mib(n: int) -> str:
+    from pitr.progress import human_bytes
+
+    return human_bytes(n)
+
+
+def _print_plan(stanza: str, plan: RestorePlan) -> None:
+    from pitr.pg.names import format_lsn
+
+    b = plan.backup
+    echo = typer.echo
+    echo(f"Restore plan for stanza {stanza!r}, target {plan.target}:")
+    echo(f"  backup      {b.id} (timeline {b.timeline}, finished {b.stop_time.isoformat()}, "
+         f"LSN {format_lsn(b.start_lsn)} .. {format_lsn(b.stop_lsn)}, "
+         f"{_mib(b.stored_bytes)} stored)")
+    path = " -> ".join(f"{s.tli}" + (f" (until {format_lsn(s.end_lsn)})"
+                                    if s.end_lsn is not None else "") for s in plan.path)
+    echo(f"  timelines   {path}; recovery_target_timeline = {plan.timeline}")
+    if plan.segments:
+        echo(f"  WAL         {plan.segments[0]} .. {plan.segments[-1]} "
+             f"({plan.segment_count} segments, {_mib(plan.wal_bytes)} stored)")
+    if plan.wal_end_time is not None:
+        echo(f"  WAL ends    archived {plan.wal_end_time.isoformat()}")
+    echo("  recovery settings:")
+    for k, v in plan.recovery_settings.items():
+        echo(f"    {k} = '{v}'")
+    for note in plan.notes:
+        echo(f"  note: {note}")
+
+
+def _print_result(result: RestoreResult) -> None:
+    echo = typer.echo
+    if result.moved_aside:
+        echo(f"The old contents of {result.pgdata} are in {result.moved_aside}.")
+    echo(f"Restored {result.files} files ({_mib(result.extracted_bytes)}, "
+         f"{_mib(result.downloaded_bytes)} downloaded) into {result.pgdata} in "
+         f"{result.extract_seconds:.1f}s.")
+    if result.recovery is None:
+        echo("Recovery settings and recovery.signal are written. Start the server to recover:")
+        echo(f"  {result.start_command}")
+        return
+    r = result.recovery
+    echo(f"Recovery reached its target in {r.seconds:.1f}s; the server is {r.state}.")
+    echo(f"  last replayed transaction: {r.replay_timestamp or 'none'}")
+    echo(f"  replayed up to LSN:        {r.replay_lsn or 'unknown'}")
+    echo(f"  timeline:                  {r.timeline}")
+    for line in r.log_lines:
+        if "recovery stopping" in line or "selected new timeline" in line:
+            echo(f"  server log: {line}")

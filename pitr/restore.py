@@ -1,0 +1,413 @@
+"""Carry out a restore plan: prepare the directory, stream the base backup in,
+write the recovery settings, and (optionally) start the server and wait.
+
+Safety rules, each one a past disaster somewhere:
+* a non-empty target directory is refused; ``--force`` moves it aside
+  (``DIR.pitr-old-<time>``), nothing is deleted;
+* a directory where a server is running is refused even with ``--force``;
+* the configured production data directory needs a confirmation (``--yes``);
+* extraction uses tarfile's ``data`` filter: no absolute paths, no ``..``,
+  no links leaving the directory, no device files;
+* the stored sha256 of the backup object is checked while streaming; a
+  mismatch fails loudly and no recovery settings are written, so nobody can
+  start a half-extracted or corrupt copy by accident;
+* the restored copy gets ``archive_mode = off`` unless ``--archive-mode
+  preserve``: a test restore must never push WAL into the production stanza.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pwd
+import shlex
+import shutil
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pitr import log as pitr_log
+from pitr.catalog import BackupObject
+from pitr.config import Config
+from pitr.errors import (
+    ConfigError,
+    IntegrityError,
+    NotFound,
+    PermissionRefused,
+    TargetDirError,
+)
+from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
+from pitr.planner import RestorePlan
+from pitr.setup import pitr_executable
+from pitr.storage.base import Storage
+from pitr.targets import TargetKind
+
+log = logging.getLogger("pitr.restore")
+
+CHUNK = 1 << 20
+TARGET_ACTIONS = ("promote", "pause", "shutdown")
+ARCHIVE_MODES = ("off", "preserve")
+_DROP_AFTER_EXTRACT = ("postmaster.pid", "postmaster.opts", "recovery.signal", "standby.signal")
+
+
+@dataclass
+class RestoreOptions:
+    pgdata: Path
+    force: bool = False
+    start: bool = False
+    target_action: str = "promote"
+    archive_mode: str = "off"
+    port: int | None = None
+    yes: bool = False
+    wait_timeout: float = 3600.0
+
+
+@dataclass
+class RestoreResult:
+    pgdata: Path
+    moved_aside: Path | None = None
+    downloaded_bytes: int = 0
+    extracted_bytes: int = 0
+    files: int = 0
+    extract_seconds: float = 0.0
+    settings: dict[str, str] = field(default_factory=dict)
+    start_command: str = ""
+    recovery: RecoveryOutcome | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pgdata": str(self.pgdata),
+                "moved_aside": str(self.moved_aside) if self.moved_aside else None,
+                "downloaded_bytes": self.downloaded_bytes, "extracted_bytes": self.extracted_bytes,
+                "files": self.files, "extract_seconds": round(self.extract_seconds, 2),
+                "recovery_settings": self.settings, "start_command": self.start_command,
+                "started": self.recovery is not None,
+                "reached": self.recovery.to_json() if self.recovery else None}
+
+
+# -- who owns the restored cluster ----------------------------------------------
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> Owner:
+        """postgres.user when we are root (we chown to it), else ourselves."""
+        name = cfg.postgres.user if os.geteuid() == 0 else current_user()
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError([f"postgres.user: no OS user named {name!r}"]) from None
+        return cls(name, pw.pw_uid, pw.pw_gid)
+
+    def chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            os.lchown(path, self.uid, self.gid)
+
+
+# -- the target directory ---------------------------------------------------------
+
+def check_destination(cfg: Config, opts: RestoreOptions,
+                      confirm: Callable[[str], bool]) -> None:
+    """Refuse what would destroy or corrupt something; ask before touching production."""
+    d = opts.pgdata
+    if d.exists() and not d.is_dir():
+        raise TargetDirError(f"{d} exists and is not a directory")
+    pid_file = d / "postmaster.pid"
+    if pid_file.exists():
+        ctl = PgCtl(d, bindir=Path(cfg.postgres.bindir), user=None)
+        info = ctl.postmaster()
+        if info is not None:
+            raise TargetDirError(
+                f"a PostgreSQL server (pid {info.pid}) is running in {d}",
+                hint="stop it first; pitr never restores over a running server")
+    if d.exists() and any(d.iterdir()) and not opts.force:
+        raise TargetDirError(
+            f"{d} is not empty",
+            hint="restore into an empty or new directory, or pass --force to move the current "
+                 f"contents aside to {d}.pitr-old-<time> (nothing is deleted)")
+    prod = cfg.postgres.pgdata
+    if prod and _same_path(d, Path(prod)) and not opts.yes:
+        question = (f"{d} is the production data directory (postgres.pgdata). "
+                    "Restore over it?")
+        if not confirm(question):
+            raise TargetDirError(f"not confirmed: restore over the production data directory {d}",
+                                 hint="pass --yes to confirm without a prompt")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def prepare_directory(opts: RestoreOptions, owner: Owner, now: datetime) -> Path | None:
+    """Create DIR 0700 for the owner; move old contents aside first. Returns where to."""
+    d = opts.pgdata
+    moved: Path | None = None
+    if d.exists() and any(d.iterdir()):
+        moved = d.with_name(f"{d.name}.pitr-old-{now.strftime('%Y%m%dT%H%M%SZ')}")
+        try:
+            d.rename(moved)
+        except OSError:
+            # a mount point cannot be renamed: move its entries instead
+            moved.mkdir(mode=0o700)
+            for entry in d.iterdir():
+                shutil.move(str(entry), str(moved / entry.name))
+        pitr_log.event(log, logging.WARNING, "moved the old contents aside",
+                       pgdata=str(d), moved_to=str(moved))
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d.chmod(0o700)
+    owner.chown(d)
+    return moved
+
+
+# -- streaming the base backup in -------------------------------------------------
+
+class _HashingReader:
+    """Counts and hashes the stored bytes as they are read; reports progress."""
+
+    def __init__(self, src: BinaryIO, total: int, what: str) -> None:
+        self._src = src
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+        self._total = total
+        self._what = what
+        self._began = time.monotonic()
+        self._next_report = self._began + 5
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self._hash.update(data)
+        self.bytes += len(data)
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + 5
+            rate = self.bytes / max(now - self._began, 1e-6) / 2**20
+            pct = 100.0 * self.bytes / self._total if self._total else 0.0
+            pitr_log.event(log, logging.INFO, f"downloading {self._what}",
+                           done_mib=round(self.bytes / 2**20, 1),
+                           total_mib=round(self._total / 2**20, 1),
+                           percent=round(pct, 1), mib_per_s=round(rate, 1))
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _extract_root(obj: BackupObject, pgdata: Path) -> Path:
+    if obj.name == "base.tar.zst":
+        return pgdata
+    if obj.name == "pg_wal.tar.zst":
+        return pgdata / "pg_wal"
+    raise IntegrityError(f"backup object {obj.name} is of a kind this pitr cannot restore",
+                         hint="restore it with the pitr version that made the backup")
+
+
+def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: Path,
+                   owner: Owner, result: RestoreResult) -> None:
+    """Stream each tar object through zstd into ``pgdata``, verifying its checksums."""
+    from pitr.codec import DecompressingReader
+
+    tars = [o for o in objects if o.name.endswith(".tar.zst")]
+    if not any(o.name == "base.tar.zst" for o in tars):
+        raise IntegrityError("the backup manifest lists no base.tar.zst",
+                             hint="the backup is damaged; restore from another backup (--backup)")
+    began = time.monotonic()
+    for obj in sorted(tars, key=lambda o: o.name != "base.tar.zst"):
+        root = _extract_root(obj, pgdata)
+        root.mkdir(mode=0o700, exist_ok=True)
+        owner.chown(root)
+        try:
+            src = storage.open(obj.key)
+        except NotFound:
+            raise IntegrityError(f"backup object {obj.key} is missing from the repository",
+                                 hint="restore from another backup (--backup ID)") from None
+        with src:
+            hashed = _HashingReader(src, obj.stored_bytes, obj.name)
+            raw = DecompressingReader(hashed)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=raw, mode="r|") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    safe_member(member, root, obj.name)
+                    tar.extract(member, root, **_EXTRACT_KW)
+                    owner.chown(root / member.name)
+                    result.files += 1
+            raw.read()  # the rest of the stream after the tar's end-of-archive blocks
+            hashed.drain()
+        _verify(obj, hashed.sha256, raw.sha256, hashed.bytes)
+        result.downloaded_bytes += hashed.bytes
+        result.extracted_bytes += raw.raw_bytes
+    result.extract_seconds = time.monotonic() - began
+    for name in _DROP_AFTER_EXTRACT:
+        (pgdata / name).unlink(missing_ok=True)
+
+
+# Python >= 3.11.4 has tarfile's "data" filter; safe_member enforces the same rules
+# on every version (Debian 12 ships 3.11.2), so a hostile or damaged tar cannot
+# write outside the data directory either way.
+_EXTRACT_KW: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def safe_member(member: tarfile.TarInfo, root: Path, what: str) -> None:
+    """Refuse members that would land outside ``root``; drop dangerous mode bits."""
+    base = os.path.realpath(root)
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == base or real.startswith(base + os.sep)
+
+    def refuse(why: str) -> IntegrityError:
+        return IntegrityError(f"{what}: refusing unsafe tar member {member.name!r}: {why}",
+                              hint="the backup object is damaged or was tampered with")
+
+    name = member.name
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise refuse("absolute path or '..'")
+    dest = os.path.join(base, name)
+    if not inside(dest):
+        raise refuse("it leads outside the data directory")
+    if member.issym():
+        if os.path.isabs(member.linkname) or not inside(
+                os.path.join(os.path.dirname(dest), member.linkname)):
+            raise refuse(f"symlink to {member.linkname!r} outside the data directory")
+    elif member.islnk():
+        if os.path.isabs(member.linkname) or not inside(os.path.join(base, member.linkname)):
+            raise refuse(f"hard link to {member.linkname!r} outside the data directory")
+    elif not (member.isreg() or member.isdir()):
+        raise refuse("device files and FIFOs do not belong in a data directory")
+    member.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
+
+
+def _verify(obj: BackupObject, stored_sha: str, raw_sha: str, stored_bytes: int) -> None:
+    if obj.sha256 and stored_sha != obj.sha256:
+        raise IntegrityError(
+            f"{obj.key}: checksum mismatch: the manifest says sha256 {obj.sha256} "
+            f"({obj.stored_bytes} bytes), the repository returned sha256 {stored_sha} "
+            f"({stored_bytes} bytes)",
+            hint="the backup object is damaged; this directory holds an unusable partial "
+                 "restore (no recovery settings were written): restore another backup")
+    if obj.raw_sha256 and raw_sha != obj.raw_sha256:
+        raise IntegrityError(f"{obj.key}: the decompressed tar has sha256 {raw_sha}, the "
+                             f"manifest says {obj.raw_sha256}",
+                             hint="the backup object is damaged: restore another backup")
+
+
+# -- recovery settings --------------------------------------------------------------
+
+def config_path_for_postgres(explicit: str | None, owner: Owner) -> Path:
+    """The config file restore_command will read: absolute, existing, readable by the owner."""
+    path = Path(explicit or os.environ.get("PITR_CONFIG") or "/etc/pitr/pitr.toml").absolute()
+    if not path.is_file():
+        raise ConfigError([f"restore needs a config file for restore_command to read; {path} "
+                           "does not exist"],
+                          hint="pass --config PATH (settings from the environment do not "
+                               "reach the restored server's restore_command)")
+    if os.geteuid() == 0 and owner.name != "root":
+        import subprocess
+
+        proc = subprocess.run(as_user(["test", "-r", str(path)], owner.name), cwd="/",
+                              capture_output=True)
+        if proc.returncode != 0:
+            raise PermissionRefused(
+                f"the config file {path} is not readable by {owner.name!r}, so the restored "
+                "server's restore_command could not read it",
+                hint=f"e.g. chgrp {owner.name} {path} && chmod 640 {path}")
+    return path
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
+                  config_path: Path) -> dict[str, str]:
+    """Every setting appended to postgresql.auto.conf (values unquoted)."""
+    restore_cmd = f"{' '.join(shlex.quote(p) for p in exe.split(' '))} --config " \
+                  f"{shlex.quote(str(config_path))} archive-get %f %p"
+    out = {"restore_command": restore_cmd, **plan.recovery_settings}
+    if plan.target.kind is not TargetKind.LATEST:
+        out["recovery_target_action"] = opts.target_action
+    # answering "where is recovery" needs connections during recovery
+    out["hot_standby"] = "on"
+    if opts.archive_mode == "off":
+        out["archive_mode"] = "off"
+    if opts.port is not None:
+        out["port"] = str(opts.port)
+    return out
+
+
+def write_recovery_settings(pgdata: Path, settings: dict[str, str], plan: RestorePlan,
+                            owner: Owner, now: datetime) -> None:
+    auto = pgdata / "postgresql.auto.conf"
+    lines = [f"\n# pitr restore {now.isoformat(timespec='seconds')}: backup {plan.backup.id}, "
+             f"target {plan.target}, timeline {plan.timeline}"]
+    lines += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
+    with open(auto, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    auto.chmod(0o600)
+    owner.chown(auto)
+    signal = pgdata / "recovery.signal"
+    signal.touch(mode=0o600)
+    owner.chown(signal)
+
+
+# -- the whole restore --------------------------------------------------------------
+
+def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptions, *,
+            config_path: str | None, confirm: Callable[[str], bool],
+            now: datetime | None = None) -> RestoreResult:
+    now = now or datetime.now(UTC)
+    if opts.target_action not in TARGET_ACTIONS:
+        raise ConfigError([f"--target-action must be one of {', '.join(TARGET_ACTIONS)}"])
+    if opts.archive_mode not in ARCHIVE_MODES:
+        raise ConfigError([f"--archive-mode must be one of {', '.join(ARCHIVE_MODES)}"])
+    opts.pgdata = opts.pgdata.absolute()
+    owner = Owner.for_config(cfg)
+    cfg_file = config_path_for_postgres(config_path, owner)
+    check_destination(cfg, opts, confirm)
+    result = RestoreResult(opts.pgdata)
+    result.moved_aside = prepare_directory(opts, owner, now)
+    pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,
+                   stored_mib=round(plan.backup.stored_bytes / 2**20, 1),
+                   pgdata=str(opts.pgdata))
+    extract_backup(storage, plan.backup.objects, opts.pgdata, owner, result)
+    pitr_log.event(log, logging.INFO, "base backup extracted", files=result.files,
+                   seconds=round(result.extract_seconds, 1),
+                   mib=round(result.extracted_bytes / 2**20, 1))
+    result.settings = recovery_conf(plan, opts, pitr_executable(), cfg_file)
+    write_recovery_settings(opts.pgdata, result.settings, plan, owner, now)
+    ctl = PgCtl(opts.pgdata, bindir=Path(cfg.postgres.bindir), user=owner.name,
+                db_user=_dsn_user(cfg.postgres.dsn))
+    result.start_command = shlex.join(ctl.start_command())
+    if opts.start:
+        pitr_log.event(log, logging.INFO, "starting the restored server; recovery runs now",
+                       log_file=str(ctl.log_file))
+        ctl.start()
+        result.recovery = ctl.wait_for_recovery(opts.target_action, timeout=opts.wait_timeout)
+        if result.recovery.timeline is None:
+            result.recovery.timeline = plan.timeline
+    return result
+
+
+def _dsn_user(dsn: str) -> str | None:
+    """The role in postgres.dsn (the restored copy has the same roles), else the OS user."""
+    for part in dsn.split():
+        key, _, value = part.partition("=")
+        if key.strip() == "user" and value:
+            return value.strip("'\"")
+    return None
