@@ -1,0 +1,433 @@
+"""The restore drill: restore a backup into a scratch cluster, check it, report, clean up.
+
+Steps (``run_verify``):
+
+1. plan with the pure planner (newest backup, target ``latest`` by default;
+   ``--backup``, ``--to`` or ``--random-point``); a plan that cannot be made
+   (missing WAL, no backup) is a failed drill, not a crash;
+2. restore with :mod:`pitr.restore` (the same code path as ``pitr restore``)
+   into a scratch directory, as ``postgres.user`` when running as root, with
+   ``archive_mode = off`` so the copy can never push into the production
+   archive, listening only on a private Unix socket on a free port, with a
+   drill-only ``pg_hba.conf`` (local trust) so its checks can log in;
+3. wait until recovery reached the target and the copy was promoted;
+4. run the checks (:mod:`pitr.verify_checks`) and measure RTO (drill start to a
+   usable cluster), restored size and WAL replayed;
+5. write the JSON report to ``<stanza>/verify/<time>.json`` and the log; stop
+   and delete the scratch cluster unless ``--keep``; alert and raise
+   :class:`CheckFailed` (exit 14) when any check failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import pwd
+import random
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pitr import __version__, log
+from pitr.catalog import Catalog
+from pitr.config import Config
+from pitr.errors import AlreadyExists, PitrError, PlanError, UsageError
+from pitr.monitor.health import recovery_window
+from pitr.pg.names import format_lsn, lsn_to_segno, parse_lsn, segment_name
+from pitr.repo import Repo
+from pitr.targets import Target, TargetKind
+from pitr.verify_checks import CheckResult, ClusterProbe, run_builtin, run_user_checks
+
+logger = logging.getLogger("pitr.verify")
+REPORT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    backup_id: str | None = None
+    target: Target | None = None  # None: latest (all archived WAL after the backup)
+    random_point: bool = False
+    seed: int | None = None
+    keep: bool = False
+
+
+@dataclass
+class DrillReport:
+    stanza: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    backup_id: str | None = None
+    target: dict[str, Any] | None = None
+    seed: int | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+    measures: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+    recovery: dict[str, Any] | None = None
+    scratch: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "stanza": self.stanza,
+            "ok": self.ok,
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "finished_at": (self.finished_at or self.started_at).isoformat(timespec="seconds"),
+            "backup_id": self.backup_id,
+            "target": self.target,
+            "random_seed": self.seed,
+            **self.measures,
+            "checks": [c.to_json() for c in self.checks],
+            "plan": self.plan,
+            "recovery": self.recovery,
+            "scratch": self.scratch,
+            "host": platform.node(),
+            "pitr_version": __version__,
+            "report": self.key,
+        }
+
+
+# -- pure decisions -----------------------------------------------------------------
+
+def random_point(catalog: Catalog, rng: random.Random,
+                 backup_id: str | None = None) -> datetime:
+    """A uniformly random restore time inside the recovery window (whole seconds).
+
+    The upper bound is the archive time of the second-newest segment of the
+    WAL that continues the newest backup: a target in the newest segment
+    could lie after its last commit, which PostgreSQL 15 reports as "recovery
+    ended before configured recovery target was reached" — a false alarm.
+    """
+    window = recovery_window(catalog)
+    if window is None:
+        raise PlanError("no completed backup: there is no recovery window to pick from",
+                        hint="run `pitr backup` first")
+    low, end = window
+    if backup_id is not None:
+        match = [b for b in catalog.backups if b.id == backup_id]
+        if not match:
+            raise PlanError(f"backup {backup_id!r} is not in the repository",
+                            hint="`pitr list` shows the completed backups")
+        low = match[0].stop_time
+    newest = catalog.backups[-1]
+    high = newest.stop_time
+    stop_seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
+    for r in catalog.ranges(newest.timeline):
+        if r.first <= stop_seg <= r.last:
+            times = sorted(s.archived_at for s in catalog.segments[newest.timeline]
+                           if stop_seg <= s.segno <= r.last)
+            if len(times) >= 2:
+                high = max(high, times[-2])
+    high = min(high, end)
+    first = low.replace(microsecond=0) + timedelta(seconds=1)
+    span = int((high - first).total_seconds())
+    if span <= 0:
+        return first
+    return first + timedelta(seconds=rng.randint(0, span))
+
+
+def wal_gap_after(catalog: Catalog, timeline: int, from_segno: int) -> str | None:
+    """Names of the first missing WAL after ``from_segno`` on ``timeline``, or None.
+
+    ``latest`` plans stop quietly at a gap; a drill must call it a failure, because
+    every point after it is unrestorable."""
+    for g in catalog.gaps(timeline):
+        if g.last >= from_segno:
+            first = segment_name(timeline, max(g.first, from_segno), catalog.segment_size)
+            last = segment_name(timeline, g.last, catalog.segment_size)
+            return first if first == last else f"{first}..{last}"
+    return None
+
+
+def report_key(repo: Repo, started: datetime) -> str:
+    return f"{repo.verify_prefix}{started.astimezone(UTC):%Y%m%dT%H%M%SZ}.json"
+
+
+# -- I/O edges ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _db_user(cfg: Config) -> str:
+    if cfg.verify.dbuser:
+        return cfg.verify.dbuser
+    for part in cfg.postgres.dsn.split():
+        if part.startswith("user="):
+            return part[5:].strip("'")
+    return "postgres"
+
+
+def _make_scratch(cfg: Config) -> Path:
+    """A private directory for the copy, owned by the cluster user when we are root."""
+    parent = cfg.verify.scratch_dir or None
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"pitr-verify-{cfg.stanza}-", dir=parent))
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(cfg.postgres.user)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    path.chmod(0o700)
+    return path
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):  # a file vanished while walking
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def write_report(repo: Repo, report: DrillReport) -> str:
+    """Store the report; never overwrites an earlier drill's report."""
+    from pitr.storage.base import put_bytes
+
+    key = report_key(repo, report.started_at)
+    for n in range(100):
+        candidate = key if n == 0 else key.replace(".json", f"-{n}.json")
+        report.key = candidate
+        body = json.dumps(report.to_json(), indent=2, default=str).encode()
+        try:
+            put_bytes(repo.storage, candidate, body, if_absent=True)
+            return candidate
+        except AlreadyExists:
+            continue
+    raise AlreadyExists(f"{key}: too many verify reports with this timestamp")
+
+
+def _scratch_settings(scratch: Path, port: int, hba: Path) -> dict[str, str]:
+    """What makes the copy a private throwaway: no network, no archiving, no replicas."""
+    return {
+        "port": str(port),
+        "listen_addresses": "",
+        "unix_socket_directories": str(scratch / "sock"),
+        "hba_file": str(hba),
+        "archive_mode": "off",
+        "archive_command": "",
+        "synchronous_standby_names": "",  # a commit (CREATE EXTENSION) must not wait
+        "primary_conninfo": "",
+        "cluster_name": "pitr-verify",
+    }
+
+
+def _write_private(path: Path, text: str, owner: Any) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
+    owner.chown(path)
+
+
+def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any) -> None:
+    sock = scratch / "sock"
+    sock.mkdir(mode=0o700, exist_ok=True)
+    owner.chown(sock)
+    hba = scratch / "pg_hba.verify.conf"
+    # Only the private socket directory (0700, the cluster user and root) can reach
+    # the copy, so trust is safe here and lets the checks log in as any role.
+    _write_private(hba, "# pitr verify: scratch cluster only\nlocal all all trust\n", owner)
+    lines = ["", "# pitr verify: scratch cluster settings (override the restored ones)"]
+    lines += [f"{k} = '{v}'" for k, v in _scratch_settings(scratch, port, hba).items()]
+    auto = pgdata / "postgresql.auto.conf"
+    with open(auto, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _recovery_check(plan: Any, outcome: Any, seg_size: int) -> CheckResult:
+    from pitr.pg.names import segno_to_lsn
+
+    replay = parse_lsn(outcome.replay_lsn) if outcome.replay_lsn else None
+    if outcome.state != "promoted" or outcome.in_recovery:
+        return CheckResult("recovery", False, f"the copy did not leave recovery "
+                           f"(state {outcome.state})")
+    need = plan.backup.stop_lsn
+    if plan.target.kind is TargetKind.LATEST and plan.segments:
+        last = plan.segments[-1]
+        from pitr.pg.names import parse_segment_name
+
+        need = max(need, segno_to_lsn(parse_segment_name(last, seg_size)[1], seg_size))
+    if replay is None or replay < need:
+        got = outcome.replay_lsn or "nothing"
+        return CheckResult("recovery", False, f"replay ended at {got}, before "
+                           f"{format_lsn(need)}: archived WAL was not replayed",
+                           data={"log": outcome.log_lines})
+    return CheckResult("recovery", True, f"reached {plan.target}: replayed to "
+                       f"{outcome.replay_lsn}, last transaction {outcome.replay_timestamp}",
+                       data={"log": outcome.log_lines})
+
+
+def _choose_target(catalog: Catalog, opts: DrillOptions, report: DrillReport) -> Target:
+    if opts.random_point:
+        if opts.target is not None:
+            raise UsageError("--to and --random-point exclude each other")
+        seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
+        report.seed = seed
+        return Target.at_time(random_point(catalog, random.Random(seed), opts.backup_id))
+    return opts.target or Target.latest()
+
+
+def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> DrillReport:
+    """The whole drill; returns the report (ok or not). Raises only for bad usage."""
+    from pitr.catalog import load_catalog
+    from pitr.storage import open_storage
+
+    t0 = time.monotonic()
+    report = DrillReport(cfg.stanza, datetime.now(UTC))
+    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    catalog = load_catalog(repo)
+    try:
+        target = _choose_target(catalog, opts, report)
+        report.target = target.to_json()
+        _drill(cfg, opts, repo, catalog, target, report, t0, config_path)
+    except UsageError:
+        raise
+    except PlanError as exc:
+        report.checks.append(CheckResult("plan", False, exc.message))
+    finally:
+        if report.scratch.get("path") and not opts.keep:
+            _remove_scratch(cfg, Path(report.scratch["path"]), report)
+    report.finished_at = datetime.now(UTC)
+    report.measures.setdefault("drill_seconds", round(time.monotonic() - t0, 3))
+    _publish(cfg, repo, report)
+    return report
+
+
+def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target: Target,
+           report: DrillReport, t0: float, config_path: str | None) -> None:
+    from pitr.pg.ctl import PgCtl
+    from pitr.planner import plan as make_plan
+    from pitr.restore import Owner, RestoreOptions, restore
+
+    plan = make_plan(catalog, target, datetime.now(UTC), opts.backup_id)
+    report.backup_id = plan.backup.id
+    plan_doc: dict[str, Any] = plan.to_json()
+    # the segment list can be thousands of names; first/last/count say enough
+    plan_doc["wal"] = {k: v for k, v in plan_doc["wal"].items() if k != "segments"}
+    report.plan = plan_doc
+    report.checks.append(CheckResult("plan", True, f"backup {plan.backup.id}, "
+                                     f"{plan.segment_count} WAL segments to {target}"))
+    start_seg = lsn_to_segno(plan.backup.start_lsn, catalog.segment_size)
+    gap = wal_gap_after(catalog, plan.timeline, start_seg)
+    report.checks.append(
+        CheckResult("wal_continuity", False, f"WAL segment {gap} is missing from the archive: "
+                    "points after it cannot be restored") if gap else
+        CheckResult("wal_continuity", True, "no gap in the archived WAL after the backup"))
+
+    scratch = _make_scratch(cfg)
+    pgdata = scratch / "data"
+    port = free_port()
+    report.scratch = {"path": str(scratch), "pgdata": str(pgdata), "port": port,
+                      "socket_dir": str(scratch / "sock"), "kept": opts.keep}
+    owner = Owner.for_config(cfg)
+    ropts = RestoreOptions(pgdata=pgdata, start=False, archive_mode="off", port=port,
+                           wait_timeout=float(cfg.verify.timeout))
+    log.event(logger, logging.INFO, "restore drill: restoring", backup=plan.backup.id,
+              target=str(target), scratch=str(scratch), port=port)
+    try:
+        result = restore(cfg, repo.storage, plan, ropts, config_path=config_path,
+                         confirm=lambda _q: False)
+    except PitrError as exc:
+        report.checks.append(CheckResult("restore", False, exc.message))
+        return
+    report.measures["restored_bytes"] = result.extracted_bytes
+    report.measures["downloaded_bytes"] = result.downloaded_bytes
+    _prepare_scratch_cluster(scratch, pgdata, port, owner)
+    ctl = PgCtl(pgdata, bindir=Path(cfg.postgres.bindir), user=owner.name,
+                log_file=scratch / "postgres.log", db_user=_db_user(cfg))
+    report.scratch["log_file"] = str(ctl.log_file)
+    try:
+        ctl.start()
+        outcome = ctl.wait_for_recovery("promote", timeout=float(cfg.verify.timeout))
+    except PitrError as exc:
+        report.checks.append(CheckResult("recovery", False, exc.message + (
+            f"\n{exc.hint}" if exc.hint else "")))
+        return
+    report.measures["rto_seconds"] = round(time.monotonic() - t0, 3)
+    report.recovery = outcome.to_json()
+    report.checks.append(_recovery_check(plan, outcome, catalog.segment_size))
+    if outcome.replay_lsn:
+        from pitr.pg.names import parse_lsn
+
+        replay = parse_lsn(outcome.replay_lsn)
+        report.measures["wal_replayed_bytes"] = max(0, replay - plan.backup.start_lsn)
+        report.measures["wal_segments"] = (lsn_to_segno(replay, catalog.segment_size)
+                                           - start_seg + 1)
+    report.measures["wal_fetched_segments"] = plan.segment_count
+
+    probe = ClusterProbe(str(scratch / "sock"), port, _db_user(cfg))
+    t_checks = time.monotonic()
+    builtin, _dbs = run_builtin(probe, amcheck=cfg.verify.amcheck,
+                                heapallindexed=cfg.verify.heapallindexed)
+    report.checks.extend(builtin)
+    if builtin and builtin[0].ok:
+        report.checks.extend(run_user_checks(probe, cfg.verify.checks))
+    report.measures["checks_seconds"] = round(time.monotonic() - t_checks, 3)
+    report.measures["data_dir_bytes"] = dir_size(pgdata)
+
+
+def _remove_scratch(cfg: Config, scratch: Path, report: DrillReport) -> None:
+    """Stop the copy and delete it; a failure here is reported, never hidden."""
+    from pitr.pg.ctl import PgCtl
+
+    pgdata = scratch / "data"
+    try:
+        if (pgdata / "postmaster.pid").exists():
+            user = cfg.postgres.user if os.geteuid() == 0 else None
+            PgCtl(pgdata, bindir=Path(cfg.postgres.bindir), user=user).stop("immediate")
+        shutil.rmtree(scratch)
+        report.scratch["removed"] = True
+    except (OSError, PitrError) as exc:
+        report.scratch["removed"] = False
+        report.checks.append(CheckResult("cleanup", False, f"could not remove the scratch "
+                                         f"cluster {scratch}: {exc}"))
+
+
+def _publish(cfg: Config, repo: Repo, report: DrillReport) -> None:
+    from pitr.monitor.alerts import send_alert
+
+    try:
+        write_report(repo, report)
+    except PitrError as exc:
+        log.event(logger, logging.ERROR, "could not store the verify report",
+                  reason=exc.message)
+        report.checks.append(CheckResult("report", False,
+                                         f"could not store the report: {exc.message}"))
+    doc = report.to_json()
+    summary = {k: doc.get(k) for k in ("ok", "backup_id", "rto_seconds", "restored_bytes",
+                                       "wal_replayed_bytes", "wal_segments", "report")}
+    summary["failed"] = [f"{c.name}: {c.detail}" for c in report.failed]
+    log.event(logger, logging.INFO if report.ok else logging.ERROR,
+              "restore drill passed" if report.ok else "restore drill FAILED", **summary)
+    if not report.ok:
+        failed = ", ".join(c.name for c in report.failed)
+        send_alert(cfg, "verify_failed",
+                   f"restore drill of backup {report.backup_id or '?'} failed: {failed}",
+                   {"report": report.key, "backup": report.backup_id,
+                    **{c.name: c.detail[:300] for c in report.failed}})
