@@ -335,8 +335,8 @@ def _conf_quote(value: str) -> str:
 def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
                   config_path: Path) -> dict[str, str]:
     """Every setting appended to postgresql.auto.conf (values unquoted)."""
-    restore_cmd = f"{' '.join(shlex.quote(p) for p in exe.split(' '))} --config " \
-                  f"{shlex.quote(str(config_path))} archive-get %f %p"
+    restore_cmd = (f"{shlex.quote(exe)} --config {shlex.quote(str(config_path))} "
+                   "archive-get %f %p")
     out = {"restore_command": restore_cmd, **plan.recovery_settings}
     if plan.target.kind is not TargetKind.LATEST:
         out["recovery_target_action"] = opts.target_action
