@@ -1,0 +1,228 @@
+"""`pitr agent` against real PostgreSQL 15 clusters and a real S3 server (SeaweedFS).
+
+PostgreSQL runs `pitr archive-push` as its archive_command as the cluster user;
+the agent runs as that user too, as systemd would run it. No mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import s3_repo_for
+from support.pgcluster import PgCluster, as_user_cmd
+
+from pitr import config
+from pitr.repo import Repo
+from pitr.storage import open_storage
+from pitr.wal.spool import Spool, lock_held
+
+pytestmark = [pytest.mark.integration, pytest.mark.s3]
+
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+
+
+class AgentProc:
+    """`pitr agent` run as the cluster user; signals go to the agent itself (its pid
+    is in the flock'ed agent.lock), not to runuser."""
+
+    def __init__(self, pitr_exe: Path, cfg: Path, spool: Spool, log: Path) -> None:
+        self.spool = spool
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                as_user_cmd([str(pitr_exe), "--config", str(cfg), "agent", "--rescan", "0.5"]),
+                stdout=out, stderr=subprocess.STDOUT,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        deadline = time.monotonic() + 60
+        while not (lock_held(spool.agent_lock) and spool.status_path.exists()):
+            assert self.proc.poll() is None, f"agent exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"agent did not start: {log.read_text()}"
+            time.sleep(0.05)
+        self.pid = int(spool.agent_lock.read_text().split()[0])
+
+    def signal(self, sig: int) -> int:
+        os.kill(self.pid, sig)
+        return self.proc.wait(timeout=60)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProc]]:
+    started: list[AgentProc] = []
+    yield started
+    for a in started:
+        if a.alive():
+            a.signal(signal.SIGKILL)
+
+
+def status(spool: Spool) -> dict[str, Any]:
+    doc = spool.read_status()
+    assert doc is not None
+    return doc
+
+
+def wait_for(pred: Any, what: str, timeout: float = 180, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def repo_names(cfg: Path) -> set[str]:
+    c = config.load(cfg, env={})
+    repo = Repo(open_storage(c.repository), c.stanza)
+    return {n for n in (Repo.wal_name_of(o.key) for o in repo.storage.list(repo.wal_prefix)) if n}
+
+
+def done_segments(pg: PgCluster) -> set[str]:
+    status_dir = pg.pgdata / "pg_wal" / "archive_status"
+    return {p.name[:-5] for p in status_dir.glob("*.done") if SEGMENT_RE.match(p.name[:-5])}
+
+
+def fast_path_names(spool: Spool) -> list[str]:
+    if not spool.fastpath_log.exists():
+        return []
+    return [line.split()[1] for line in spool.fastpath_log.read_text().splitlines()
+            if "fast-path" in line]
+
+
+def make_segments(pg: PgCluster, count: int) -> list[str]:
+    pg.sql("create table if not exists t (i int, note text)")
+    names = []
+    for _ in range(count):
+        pg.sql("insert into t select g, md5(g::text) from generate_series(1, 200) g")
+        names.append(pg.switch_wal())
+    return names
+
+
+def wait_archived(pg: PgCluster, segment: str, timeout: float = 300) -> None:
+    pg.wait_until(f"select last_archived_wal >= '{segment}' from pg_stat_archiver",
+                  timeout=timeout)
+
+
+def setup_cluster(pg_factory: Any, pitr_config: Any, testdir: Path, pitr_exe: Path,
+                  repo: dict[str, Any], *, live: bool = True,
+                  **archive: Any) -> tuple[PgCluster, Path, Spool]:
+    cfg = pitr_config(repository={**repo, "timeout": 30},
+                      archive={"fast_path_wait": 10, "workers": 4, **archive},
+                      postgres={"pgdata": str(testdir / "pg" / "data")})
+    pg: PgCluster = pg_factory("pg", conf={
+        "archive_mode": "on",
+        # An empty archive_command lets .ready files pile up (PostgreSQL 15) while
+        # only the agent works on them.
+        "archive_command": f"{pitr_exe} --config {cfg} archive-push %p" if live else "",
+        "wal_keep_size": "4GB",
+    })
+    c = config.load(cfg, env={})
+    return pg, cfg, Spool(c.archive.spool_dir, c.stanza)
+
+
+def test_burst_is_archived_through_the_fast_path_and_works_without_agent(
+        pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
+        testdir: Path, agents: list[AgentProc]) -> None:
+    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe, s3_repo)
+    agents.append(agent := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
+    pg.start()
+    burst = make_segments(pg, 64)
+    wait_archived(pg, burst[-1])
+
+    assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
+    done = done_segments(pg)
+    assert set(burst) <= done
+    assert done <= repo_names(cfg)
+    answered = set(fast_path_names(spool))
+    # Every segment of the burst was answered from a receipt: the agent stored it first.
+    assert set(burst) <= answered, sorted(set(burst) - answered)
+
+    doc = wait_for(lambda: (d := status(spool))["backlog"]["ready"] == 0 and d,
+                   "the agent to see an empty backlog", timeout=30)
+    assert doc["state"] == "running"
+    assert doc["failures"]["total"] == 0
+    assert doc["totals"]["stored"] + doc["totals"]["already_archived"] >= 64
+    assert doc["last_stored"]["name"] >= burst[-1]
+    assert doc["backlog"]["oldest_age_seconds"] is None
+
+    assert agent.signal(signal.SIGTERM) == 0
+    assert status(spool)["state"] == "stopped"
+    assert not lock_held(spool.agent_lock)
+
+    # Without the agent, archive-push pushes synchronously, exactly as before.
+    later = make_segments(pg, 3)
+    wait_archived(pg, later[-1])
+    assert set(later) <= repo_names(cfg)
+    assert not set(later) & set(fast_path_names(spool))
+    assert pg.archiver_stats()["failed_count"] == 0
+
+
+def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
+        pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
+        testdir: Path, agents: list[AgentProc]) -> None:
+    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe, s3_repo,
+                                   live=False)
+    agents.append(first := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
+    pg.start()
+    burst = make_segments(pg, 40)
+    wait_for(lambda: len(list(spool.archive_dir.glob("*.ok"))) >= 8, "some receipts")
+    first.signal(signal.SIGKILL)
+    assert not lock_held(spool.agent_lock)
+    # A crash between "stored" and "receipt written": drop some receipts. The
+    # restarted agent must find those objects already archived, not conflicting.
+    receipts = sorted(spool.archive_dir.glob("*.ok"))
+    dropped = receipts[: len(receipts) // 2]
+    for p in dropped:
+        p.unlink()
+
+    agents.append(AgentProc(pitr_exe, cfg, spool, testdir / "agent2.log"))
+    doc = wait_for(lambda: (d := status(spool))["backlog"]["pending"] == 0
+                   and d["backlog"]["ready"] >= len(burst) and d,
+                   "the restarted agent to store every .ready segment")
+    assert doc["failures"]["total"] == 0, doc
+    assert doc["totals"]["already_archived"] >= len(dropped)
+    assert not list(spool.archive_dir.glob("*.error"))
+
+    pg.sql(f"alter system set archive_command = '{pitr_exe} --config {cfg} archive-push %p'")
+    pg.sql("select pg_reload_conf()")
+    wait_archived(pg, burst[-1])
+    assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
+    assert set(burst) <= repo_names(cfg)
+    assert set(burst) <= set(fast_path_names(spool))
+
+
+def test_s3_outage_during_a_burst_resumes_and_loses_nothing(
+        pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_server_private: Any,
+        testdir: Path, agents: list[AgentProc]) -> None:
+    server = s3_server_private
+    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe,
+                                   s3_repo_for(server))
+    agents.append(agent := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
+    pg.start()
+    before = make_segments(pg, 12)
+    server.stop()
+    during = make_segments(pg, 12)
+    # The outage shows in the backlog metrics while it lasts.
+    wait_for(lambda: status(spool)["backlog"]["ready"] >= 6, "a backlog during the outage",
+             timeout=30)
+    time.sleep(3)
+    server.start()
+    wait_archived(pg, during[-1])
+    assert agent.alive()
+    assert set(before + during) <= repo_names(cfg)
+    assert done_segments(pg) <= repo_names(cfg)
+    doc = wait_for(lambda: (d := status(spool))["backlog"]["ready"] == 0 and d,
+                   "the backlog to drain", timeout=60)
+    assert doc["state"] == "running"
+    print(json.dumps(doc, indent=1))
