@@ -10,12 +10,32 @@ and reads only the small objects it must: manifests and history files.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pitr.pg.names import DEFAULT_SEGMENT_SIZE, HistoryEntry
+from pitr.errors import IntegrityError, PitrError
+from pitr.pg.names import (
+    DEFAULT_SEGMENT_SIZE,
+    HistoryEntry,
+    WalKind,
+    classify,
+    lsn_to_segno,
+    parse_history,
+    parse_segment_name,
+)
+
+if TYPE_CHECKING:
+    from pitr.repo import Repo
+    from pitr.storage.base import ObjectInfo
+
+log = logging.getLogger("pitr.catalog")
 
 MANIFEST_FORMAT = 1
 
@@ -119,6 +139,7 @@ class Catalog:
     incomplete_backups: tuple[str, ...] = ()  # ids with objects but no manifest
     backup_history_files: tuple[str, ...] = ()  # archived *.backup names
     partial_files: tuple[str, ...] = ()
+    damaged_backups: tuple[str, ...] = ()  # ids whose manifest cannot be read (never chosen)
 
     def ranges(self, tli: int | None = None) -> list[WalRange]:
         tlis = [tli] if tli is not None else sorted(self.segments)
@@ -152,3 +173,177 @@ def contiguous_ranges(segments: tuple[WalSegment, ...] | list[WalSegment]) -> li
 def _range_of(run: list[WalSegment]) -> WalRange:
     return WalRange(run[0].timeline, run[0].segno, run[-1].segno, run[0].archived_at,
                     max(s.archived_at for s in run), sum(s.stored_bytes for s in run))
+
+
+# -- loading ------------------------------------------------------------------------
+
+PINS_DIR = "pins"
+_READ_WORKERS = 8
+
+
+def pin_key(stanza: str, backup_id: str) -> str:
+    """``<stanza>/pins/<id>``: its existence pins the backup (retention never deletes it)."""
+    return f"{stanza}/{PINS_DIR}/{backup_id}"
+
+
+def load_catalog(repo: Repo) -> Catalog:
+    """The stanza as typed records: ONE paged listing, then only manifests and history files.
+
+    WAL segments are never opened (their listing entry has all we need), so the
+    cost grows with the number of backups and timelines, not with archived WAL.
+    """
+
+    def read(key: str) -> bytes:
+        with repo.storage.open(key) as fh:
+            return fh.read()
+
+    return build_catalog(repo.stanza, repo.storage.list(f"{repo.stanza}/"), read)
+
+
+def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
+                  read: Callable[[str], bytes]) -> Catalog:
+    """Build a :class:`Catalog` from a listing; ``read`` fetches one small object.
+
+    Separate from :func:`load_catalog` so tests can feed an in-memory listing.
+    """
+    from pitr.repo import Repo
+
+    root = f"{stanza}/"
+    identity_key = f"{root}repo.json"
+    manifests: dict[str, str] = {}  # backup id -> manifest key
+    backup_ids: set[str] = set()
+    pinned: set[str] = set()
+    wal: list[tuple[str, ObjectInfo]] = []
+    has_identity = False
+    for obj in objects:
+        rel = obj.key[len(root):] if obj.key.startswith(root) else None
+        if rel is None:
+            continue
+        if obj.key == identity_key:
+            has_identity = True
+        elif rel.startswith("wal/"):
+            name = Repo.wal_name_of(obj.key)
+            if name is not None:
+                wal.append((name, obj))
+        elif rel.startswith("backups/"):
+            parts = rel.split("/")
+            if len(parts) >= 3 and parts[1]:
+                backup_ids.add(parts[1])
+                if parts[2:] == ["manifest.json"]:
+                    manifests[parts[1]] = obj.key
+        elif rel.startswith(f"{PINS_DIR}/"):
+            pinned.add(rel[len(PINS_DIR) + 1:])
+
+    system_id: str | None = None
+    seg_size = DEFAULT_SEGMENT_SIZE
+    if has_identity:
+        try:
+            ident = json.loads(read(identity_key))
+            system_id = str(ident["system_id"])
+            seg_size = int(ident.get("segment_size") or DEFAULT_SEGMENT_SIZE)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{identity_key}: damaged repository identity ({exc})") from exc
+
+    segments: dict[int, list[WalSegment]] = {}
+    history_keys: dict[int, tuple[str, ObjectInfo]] = {}
+    backup_files: list[str] = []
+    partials: list[str] = []
+    for name, obj in wal:
+        kind = classify(name)
+        if kind is WalKind.SEGMENT:
+            tli, segno = parse_segment_name(name, seg_size)
+            segments.setdefault(tli, []).append(
+                WalSegment(tli, segno, obj.size, obj.mtime, obj.key))
+        elif kind is WalKind.HISTORY:
+            history_keys[int(name[:8], 16)] = (name, obj)
+        elif kind is WalKind.BACKUP:
+            backup_files.append(name)
+        else:
+            partials.append(name)
+
+    texts = _read_many(read, [*manifests.values(), *(o.key for _, o in history_keys.values())])
+    backups, damaged = _decode_manifests(manifests, texts, pinned)
+    timelines = _timelines(segments, history_keys, texts)
+    return Catalog(
+        stanza=stanza,
+        system_id=system_id,
+        segment_size=seg_size,
+        backups=tuple(sorted(backups, key=lambda b: (b.stop_time, b.id))),
+        segments={t: tuple(sorted(v, key=lambda s: s.segno)) for t, v in sorted(segments.items())},
+        timelines=timelines,
+        incomplete_backups=tuple(sorted(backup_ids - set(manifests))),
+        backup_history_files=tuple(sorted(backup_files)),
+        partial_files=tuple(sorted(partials)),
+        damaged_backups=tuple(sorted(damaged)),
+    )
+
+
+def _read_many(read: Callable[[str], bytes], keys: list[str]) -> dict[str, bytes | Exception]:
+    """Fetch small objects, in parallel when there are many (S3 latency, not bandwidth)."""
+
+    def one(key: str) -> bytes | Exception:
+        try:
+            return read(key)
+        except PitrError as exc:  # reported per object by the callers
+            return exc
+
+    if len(keys) <= 2:
+        return {k: one(k) for k in keys}
+    with ThreadPoolExecutor(max_workers=min(_READ_WORKERS, len(keys))) as pool:
+        return dict(zip(keys, pool.map(one, keys), strict=True))
+
+
+def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Exception],
+                      pinned: set[str]) -> tuple[list[BackupRecord], list[str]]:
+    from pitr import manifest as manifest_mod
+
+    backups: list[BackupRecord] = []
+    damaged: list[str] = []
+    for backup_id, key in manifests.items():
+        data = texts[key]
+        try:
+            if isinstance(data, Exception):
+                raise data
+            rec = manifest_mod.decode(data, key)
+        except PitrError as exc:
+            log.warning("backup %s is unusable: %s", backup_id, exc.message)
+            damaged.append(backup_id)
+            continue
+        backups.append(dataclasses.replace(rec, pinned=backup_id in pinned))
+    return backups, damaged
+
+
+def _timelines(segments: dict[int, list[WalSegment]],
+               history_keys: dict[int, tuple[str, ObjectInfo]],
+               texts: dict[str, bytes | Exception]) -> dict[int, Timeline]:
+    from pitr.codec import decompress_blob
+
+    out: dict[int, Timeline] = {}
+    for tli in sorted(set(segments) | set(history_keys)):
+        history: tuple[HistoryEntry, ...] = ()
+        created = None
+        if tli in history_keys:
+            name, obj = history_keys[tli]
+            created = obj.mtime
+            data = texts[obj.key]
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                history = tuple(parse_history(decompress_blob(data, name).decode()))
+            except (PitrError, ValueError) as exc:
+                log.warning("timeline history %s is unreadable: %s", name, exc)
+        out[tli] = Timeline(tli, history, created)
+    return out
+
+
+def wal_present(cat: Catalog, tli: int, start_lsn: int, end_lsn: int) -> bool:
+    """Whether every segment holding WAL in [start_lsn, end_lsn) is archived on ``tli``."""
+    have = {s.segno for s in cat.segments.get(tli, ())}
+    first = lsn_to_segno(start_lsn, cat.segment_size)
+    last = lsn_to_segno(max(end_lsn - 1, start_lsn), cat.segment_size)
+    return all(n in have for n in range(first, last + 1))
+
+
+def backup_restorable(cat: Catalog, backup: BackupRecord) -> bool:
+    """A backup is usable when the WAL from its start to its stop LSN is archived."""
+    return wal_present(cat, backup.timeline, backup.start_lsn, backup.stop_lsn)

@@ -107,6 +107,8 @@ class BackupConfig:
                                   "--compress=server-zstd) instead of in pitr")
     lock_stale_after: Duration = _f(Duration(6 * 3600), "a backup lock older than this whose "
                                     "holder is gone is taken over")
+    wal_timeout: Duration = _f(Duration(600), "how long a backup waits for the WAL it needs "
+                               "(up to its stop point) to be archived before it fails")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,465 @@
+"""`pitr backup`: pg_basebackup streamed through zstd into the repository, manifest last.
+
+One pass, no local copy: pg_basebackup's tar (stdout) -> sha256 of the raw
+bytes -> zstd -> sha256 of the stored bytes -> ``Storage.put`` (multipart on S3).
+Memory stays bounded by the compressor's and the driver's buffers whatever the
+database size.
+
+The manifest is written only after the WAL from the backup's start to its stop
+point is in the repository, so every backup the catalog shows is restorable.
+Whatever fails (pg_basebackup, the repository, SIGTERM/SIGINT) the partial
+objects are removed; what a SIGKILL leaves behind the next run removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import signal
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any, BinaryIO
+
+from pitr import __version__, codec
+from pitr import manifest as manifest_mod
+from pitr.catalog import BackupObject, BackupRecord, pin_key
+from pitr.config import Config
+from pitr.errors import BackupError, Interrupted, NotFound, PitrError, SystemIdMismatch
+from pitr.lock import StanzaLock
+from pitr.pg import basebackup as pgbb
+from pitr.pg.names import backup_history_name, format_lsn, lsn_to_segno, parse_lsn, segment_name
+from pitr.progress import Progress
+from pitr.repo import Repo
+from pitr.storage import open_storage
+from pitr.storage.base import put_bytes, read_bytes
+
+log = logging.getLogger("pitr.backup")
+
+BASE_OBJECT = "base.tar.zst"
+_HEAD_BYTES = 256 * 1024  # backup_label is the first member of the tar
+_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    record: BackupRecord
+    seconds: float
+    removed_leftovers: int
+
+    def summary(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "id": r.id,
+            "label": r.label,
+            "start_time": r.start_time.isoformat(),
+            "stop_time": r.stop_time.isoformat(),
+            "start_lsn": format_lsn(r.start_lsn),
+            "stop_lsn": format_lsn(r.stop_lsn),
+            "timeline": r.timeline,
+            "db_size": r.db_size,
+            "raw_bytes": r.raw_bytes,
+            "stored_bytes": r.stored_bytes,
+            "compression_ratio": round(r.compression_ratio, 2),
+            "seconds": round(self.seconds, 3),
+            "mb_per_s": round(r.raw_bytes / self.seconds / 1e6, 1) if self.seconds else 0.0,
+            "pinned": r.pinned,
+            "removed_leftovers": self.removed_leftovers,
+        }
+
+
+def new_backup_id(now: datetime, taken: set[str]) -> str:
+    """Sortable UTC stamp; a suffix only if two backups start within one second.
+
+    >>> new_backup_id(datetime(2025, 2, 15, 1, 30, tzinfo=UTC), set())
+    '20250215T013000Z'
+    >>> new_backup_id(datetime(2025, 2, 15, 1, 30, tzinfo=UTC), {'20250215T013000Z'})
+    '20250215T013000Z-2'
+    """
+    base = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
+               max_rate: str | None = None, progress: Progress | None = None,
+               command: str = "pitr backup") -> BackupResult:
+    """Take one base backup of ``cfg.postgres`` into ``cfg.repository``."""
+    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after)
+    with lock as held:
+        started = time.monotonic()
+        removed, taken = clean_leftovers(repo, before=held.started_at)
+        cluster = pgbb.probe(cfg.postgres.dsn)
+        _check_cluster(cluster)
+        _check_identity(repo, cluster)
+        if progress is not None and progress.total is None:
+            progress.total = cluster.db_size  # the tar is about this size: an estimate
+        backup_id = new_backup_id(datetime.now(UTC), taken)
+        with _signals_raise_interrupted():
+            try:
+                record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress)
+            except BaseException:
+                if progress is not None:
+                    progress.abandon()
+                with _signals_ignored():
+                    discard(repo, backup_id)
+                raise
+        if pin:
+            record = _pin(repo, record)
+        return BackupResult(record, time.monotonic() - started, removed)
+
+
+# -- before ----------------------------------------------------------------------------
+
+def _check_cluster(cluster: pgbb.ClusterInfo) -> None:
+    if cluster.tablespaces:
+        raise BackupError(
+            f"the cluster has tablespaces ({', '.join(cluster.tablespaces)}); pitr streams "
+            f"one tar through pg_basebackup -D -, which cannot carry tablespaces",
+            hint="move their objects to pg_default (ALTER TABLE/INDEX ... SET TABLESPACE "
+                 "pg_default, ALTER DATABASE ... SET TABLESPACE) and DROP TABLESPACE, or back "
+                 "this cluster up with another tool")
+    if cluster.archive_mode == "off" or not (cluster.archive_command or cluster.archive_library):
+        raise BackupError(
+            "WAL archiving is off on this cluster (archive_mode/archive_command), so a base "
+            "backup could never be restored",
+            hint="run `pitr setup --apply` (or set archive_mode = on and archive_command = "
+                 "'pitr archive-push %p') and restart PostgreSQL")
+
+
+def _check_identity(repo: Repo, cluster: pgbb.ClusterInfo) -> None:
+    ident = repo.read_identity()
+    if ident is not None and ident.system_id != cluster.system_id:
+        raise SystemIdMismatch(
+            f"stanza {repo.stanza!r} belongs to the cluster with system identifier "
+            f"{ident.system_id}, but postgres.dsn reaches cluster {cluster.system_id}",
+            hint="point postgres.dsn at the cluster this stanza archives, or give this "
+                 "cluster its own stanza")
+    if ident is None:
+        repo.ensure_identity(int(cluster.system_id), cluster.major, cluster.segment_size)
+
+
+def clean_leftovers(repo: Repo, *, before: datetime) -> tuple[int, set[str]]:
+    """Remove backups without a manifest older than ``before``; returns (count, ids left).
+
+    Run under the backup lock, so no other backup can be writing; ``before``
+    (our lock's time) still spares a run that took over a lock it thought stale.
+    """
+    by_id: dict[str, list[Any]] = {}
+    for obj in repo.storage.list(repo.backups_prefix):
+        backup_id = obj.key[len(repo.backups_prefix):].split("/", 1)[0]
+        by_id.setdefault(backup_id, []).append(obj)
+    removed = 0
+    for backup_id, objs in sorted(by_id.items()):
+        if any(o.key == repo.manifest_key(backup_id) for o in objs):
+            continue
+        if all(o.mtime < before for o in objs):
+            log.warning("removing the incomplete backup %s left by an interrupted run "
+                        "(%d objects)", backup_id, len(objs))
+            removed += repo.storage.delete([o.key for o in objs])
+    removed += repo.storage.cleanup_incomplete(repo.backups_prefix)
+    return removed, set(by_id)
+
+
+def discard(repo: Repo, backup_id: str) -> None:
+    """Remove what a failed run of ``backup_id`` stored, unless its manifest made it."""
+    prefix = repo.backup_prefix(backup_id)
+    try:
+        try:
+            repo.storage.stat(repo.manifest_key(backup_id))
+            log.warning("backup %s has its manifest: kept", backup_id)
+            return
+        except NotFound:
+            pass
+        keys = [o.key for o in repo.storage.list(prefix)]
+        repo.storage.delete(keys)
+        repo.storage.cleanup_incomplete(prefix)
+        log.info("removed the partial backup %s (%d objects)", backup_id, len(keys))
+    except Exception as exc:  # the next run cleans up; never hide the original error
+        log.warning("could not remove the partial backup %s (the next backup will): %s",
+                    backup_id, exc)
+
+
+# -- the stream ------------------------------------------------------------------------
+
+class _Head:
+    """Keeps the first bytes of the raw tar, where pg_basebackup puts backup_label."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if len(self.buf) < _HEAD_BYTES:
+            self.buf += data[:_HEAD_BYTES - len(self.buf)]
+
+    def backup_label(self) -> str:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(bytes(self.buf)), mode="r|") as tar:
+                for member in tar:
+                    if member.name == "backup_label":
+                        fh = tar.extractfile(member)
+                        if fh is not None:
+                            return fh.read().decode()
+        except (tarfile.TarError, EOFError, UnicodeDecodeError) as exc:
+            raise BackupError(f"cannot read backup_label from the backup's tar: {exc}") from exc
+        raise BackupError("pg_basebackup's tar does not start with backup_label")
+
+
+class _RawTap:
+    """Passes the raw tar through, showing every chunk to ``on_raw``."""
+
+    def __init__(self, src: BinaryIO | pgbb.ProcessStdout,
+                 on_raw: Callable[[bytes], None]) -> None:
+        self._src = src
+        self._on_raw = on_raw
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self._on_raw(data)
+        return data
+
+
+class _ServerCompressed:
+    """Stores pg_basebackup's zstd stream as is; decompresses a copy to hash the raw tar."""
+
+    def __init__(self, src: pgbb.ProcessStdout, on_raw: Callable[[bytes], None]) -> None:
+        import zstandard
+
+        self._src = src
+        self._on_raw = on_raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = self._dctx.decompressobj()
+        self._raw = hashlib.sha256()
+        self._stored = hashlib.sha256()
+        self.raw_bytes = 0
+        self.stored_bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        import zstandard
+
+        data = self._src.read(n)
+        self._stored.update(data)
+        self.stored_bytes += len(data)
+        pending = data
+        try:
+            while pending:
+                raw = self._dobj.decompress(pending)
+                pending = b""
+                if self._dobj.eof:  # another frame may follow
+                    pending = self._dobj.unused_data
+                    self._dobj = self._dctx.decompressobj()
+                if raw:
+                    self._raw.update(raw)
+                    self.raw_bytes += len(raw)
+                    self._on_raw(raw)
+        except zstandard.ZstdError as exc:
+            raise BackupError(f"pg_basebackup's server-compressed stream is damaged: {exc}") \
+                from exc
+        return data
+
+    @property
+    def raw_sha256(self) -> str:
+        return self._raw.hexdigest()
+
+    @property
+    def stored_sha256(self) -> str:
+        return self._stored.hexdigest()
+
+
+def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
+          max_rate: str | None, progress: Progress | None) -> BackupRecord:
+    server = cfg.backup.server_compression
+    opts = pgbb.BaseBackupOptions(
+        bindir=cfg.postgres.bindir, dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
+        server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate)
+    log.info("backup %s: starting pg_basebackup", backup_id)
+    proc = pgbb.BaseBackupProcess(opts, cfg.backup.wal_timeout).start()
+    try:
+        head = _Head()
+
+        def on_raw(data: bytes) -> None:
+            head.feed(data)
+            if progress is not None:
+                progress.update(len(data))
+
+        source = pgbb.ProcessStdout(proc)
+        stream: codec.CompressingReader | _ServerCompressed
+        if server:
+            stream = _ServerCompressed(source, on_raw)
+        else:
+            stream = codec.CompressingReader(_RawTap(source, on_raw),  # type: ignore[arg-type]
+                                             cfg.compression.level, cfg.compression.threads)
+        key = repo.backup_prefix(backup_id) + BASE_OBJECT
+        repo.storage.put(key, stream, if_absent=True)  # type: ignore[arg-type]
+        rc = proc.wait()
+        if rc != 0:
+            raise proc.failure(rc)
+    finally:
+        proc.stop()
+    if progress is not None:
+        progress.close()
+    obj = BackupObject(BASE_OBJECT, key, stream.raw_bytes, stream.stored_bytes,
+                       stream.stored_sha256, stream.raw_sha256)
+
+    start = pgbb.parse_label_file(head.backup_label())
+    start_lsn = parse_lsn(pgbb.label_lsn(start["START WAL LOCATION"]))
+    start_tli = int(start["START TIMELINE"])
+    deadline = time.monotonic() + cfg.backup.wal_timeout
+    hist_name = backup_history_name(start_tli, start_lsn, cluster.segment_size)
+    stop = pgbb.parse_label_file(_wait_backup_history(repo, hist_name, deadline).decode())
+    if stop.get("LABEL") != opts.label:
+        raise BackupError(f"{hist_name} in the repository belongs to another backup "
+                          f"(label {stop.get('LABEL')!r}, expected {opts.label!r})")
+    stop_lsn = parse_lsn(pgbb.label_lsn(stop["STOP WAL LOCATION"]))
+    stop_tli = int(stop.get("STOP TIMELINE", start_tli))
+    _wait_wal(repo, stop_tli, start_lsn if stop_tli == start_tli else stop_lsn, stop_lsn,
+              cluster.segment_size, deadline)
+    start_time, stop_time = _label_times(cfg.postgres.dsn, stop["START TIME"], stop["STOP TIME"])
+
+    record = BackupRecord(
+        id=backup_id, label=label, start_lsn=start_lsn, stop_lsn=stop_lsn,
+        start_time=start_time,
+        # The label's stop time is truncated to the second; the backup really ended
+        # within the following second, so a target before this could be inconsistent.
+        stop_time=stop_time + timedelta(seconds=1),
+        timeline=start_tli, system_id=cluster.system_id, pg_version=cluster.major,
+        db_size=cluster.db_size, raw_bytes=obj.raw_bytes, stored_bytes=obj.stored_bytes,
+        objects=(obj,), pitr_version=__version__,
+        extra={
+            "pg_version_num": cluster.version_num,
+            "stop_timeline": stop_tli,
+            "backup_history_file": hist_name,
+            "stop_time_reported": stop["STOP TIME"],
+            "wal_segments": [segment_name(start_tli, lsn_to_segno(start_lsn,
+                                                                  cluster.segment_size),
+                                          cluster.segment_size),
+                             segment_name(stop_tli, lsn_to_segno(stop_lsn - 1,
+                                                                 cluster.segment_size),
+                                          cluster.segment_size)],
+            "compression": {"codec": "zstd", "where": "server" if server else "client",
+                            "level": cfg.compression.level},
+            "backup_manifest_in_tar": not server,
+            "host": socket.gethostname(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    put_bytes(repo.storage, repo.manifest_key(backup_id), manifest_mod.encode(record),
+              if_absent=True)
+    log.info("backup %s completed", backup_id)
+    return record
+
+
+# -- after: the WAL ------------------------------------------------------------------
+
+def _wait_backup_history(repo: Repo, name: str, deadline: float) -> bytes:
+    key = repo.wal_key(name)
+    while True:
+        try:
+            return codec.decompress_blob(read_bytes(repo.storage, key), name)
+        except NotFound:
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"the backup history file {name} did not reach the repository in time",
+                    hint="archive_command must run `pitr archive-push` with this repository; "
+                         "check pg_stat_archiver (backup.wal_timeout sets the wait)") from None
+            time.sleep(_POLL)
+
+
+def _wait_wal(repo: Repo, tli: int, start_lsn: int, stop_lsn: int, seg_size: int,
+              deadline: float) -> None:
+    """Wait until every segment from ``start_lsn`` up to ``stop_lsn`` is archived."""
+    first = lsn_to_segno(start_lsn, seg_size)
+    last = lsn_to_segno(max(stop_lsn - 1, start_lsn), seg_size)
+    names = {segment_name(tli, n, seg_size) for n in range(first, last + 1)}
+    while True:
+        missing = names - _archived(repo, names)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise BackupError(
+                f"the WAL this backup needs is not in the repository: missing "
+                f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}",
+                hint="archive_command must run `pitr archive-push` with this repository; "
+                     "check pg_stat_archiver (backup.wal_timeout sets the wait)")
+        time.sleep(_POLL)
+
+
+def _archived(repo: Repo, names: set[str]) -> set[str]:
+    # One listing per 16-hex directory (256 segments) instead of a request per segment.
+    found: set[str] = set()
+    for prefix in sorted({repo.wal_key(n).rsplit("/", 1)[0] + "/" for n in names}):
+        for obj in repo.storage.list(prefix):
+            name = Repo.wal_name_of(obj.key)
+            if name in names:
+                found.add(name)
+    return found
+
+
+def _label_times(dsn: str, start: str, stop: str) -> tuple[datetime, datetime]:
+    parsed = [pgbb.parse_pg_time(start), pgbb.parse_pg_time(stop)]
+    if parsed[0] is not None and parsed[1] is not None:
+        return parsed[0], parsed[1]
+    # A zone abbreviation (log_timezone) only PostgreSQL can resolve reliably.
+    a, b = pgbb.server_parse_times(dsn, [start, stop])
+    return a.astimezone(UTC), b.astimezone(UTC)
+
+
+def _pin(repo: Repo, record: BackupRecord) -> BackupRecord:
+    import dataclasses
+    import json
+
+    doc = {"id": record.id, "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
+           "by": "pitr backup --pin"}
+    try:
+        put_bytes(repo.storage, pin_key(repo.stanza, record.id), json.dumps(doc).encode())
+    except PitrError as exc:
+        raise type(exc)(f"backup {record.id} completed, but pinning it failed: {exc.message}",
+                        hint=f"pin it again with `pitr pin {record.id}`") from exc
+    return dataclasses.replace(record, pinned=True)
+
+
+# -- signals -------------------------------------------------------------------------
+
+_cleaning = False
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted() -> Iterator[None]:
+    """SIGTERM (systemd stop) and SIGINT become Interrupted, so cleanup runs."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if _cleaning:
+            return
+        raise Interrupted(f"backup stopped by {signal.Signals(signum).name}; partial objects "
+                          f"are removed")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (tests call run_backup from threads)
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    global _cleaning
+    _cleaning = True
+    try:
+        yield
+    finally:
+        _cleaning = False

@@ -1,0 +1,63 @@
+"""`pitr backup` and `pitr list`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from pitr.cli.app import JsonFlag, app, load_config, print_json
+
+
+class Label(StrEnum):
+    manual = "manual"
+    scheduled = "scheduled"
+
+
+@app.command("backup")
+def backup(
+    label: Annotated[Label, typer.Option(
+        "--label", help="why the backup was taken (the systemd timer passes scheduled)")
+    ] = Label.manual,
+    pin: Annotated[bool, typer.Option(
+        "--pin", help="pin the new backup: retention never deletes it")] = False,
+    max_rate: Annotated[str | None, typer.Option(
+        "--max-rate", hidden=True, help="pg_basebackup --max-rate (throttle; for tests)")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Take a base backup: pg_basebackup streamed through zstd into the repository."""
+    from pitr.backup import run_backup
+    from pitr.progress import Progress, human_bytes, human_duration, human_rate
+
+    cfg = load_config(command="backup")
+    progress = Progress("backup", estimate=True)
+    result = run_backup(cfg, label=label.value, pin=pin, max_rate=max_rate, progress=progress,
+                        command=f"pitr backup --label {label.value}")
+    s = result.summary()
+    if json_out:
+        print_json(s)
+        return
+    typer.echo(
+        f"backup {s['id']} completed: {human_bytes(s['raw_bytes'])} -> "
+        f"{human_bytes(s['stored_bytes'])} stored ({s['compression_ratio']:.1f}x) in "
+        f"{human_duration(s['seconds'])} ({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"
+        f"; WAL {s['start_lsn']} .. {s['stop_lsn']} on timeline {s['timeline']}, "
+        f"stop time {s['stop_time']}{', pinned' if s['pinned'] else ''}")
+
+
+@app.command("list")
+def list_(json_out: JsonFlag = False) -> None:
+    """Backups, archived WAL per timeline, gaps and the recovery window."""
+    from pitr.catalog import load_catalog
+    from pitr.listing import render, report
+    from pitr.repo import Repo
+    from pitr.storage import open_storage
+
+    cfg = load_config(command="list")
+    doc = report(load_catalog(Repo(open_storage(cfg.repository), cfg.stanza)))
+    if json_out:
+        print_json(doc)
+    else:
+        typer.echo(render(doc))

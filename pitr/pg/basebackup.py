@@ -1,0 +1,288 @@
+"""The PostgreSQL side of a base backup: probing the cluster and the pg_basebackup child.
+
+``pg_basebackup -D - -Ft -X none`` writes one tar (the main data directory) to
+stdout. It does not print the start/stop LSN with ``-X none``; those come from
+the ``backup_label`` at the head of the tar and from the ``.backup`` history
+file PostgreSQL archives when the backup stops (both parsed here).
+
+With ``-X none`` the server waits, after the data is sent, until every WAL
+segment the backup needs has been archived; it says so with a NOTICE and then
+warns once a minute, forever, if archiving is broken. :class:`BaseBackupProcess`
+watches stderr for that NOTICE so the wait can be bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO
+
+from pitr.errors import BackupError
+from pitr.pg.conn import connect, query
+
+log = logging.getLogger("pitr.backup")
+
+_WAITING_NOTICE = "waiting for required WAL segments to be archived"
+_PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    system_id: str
+    timeline: int
+    version_num: int  # e.g. 150018
+    segment_size: int
+    db_size: int  # sum of pg_database_size over all databases
+    tablespaces: tuple[str, ...]  # user tablespaces (not pg_default/pg_global)
+    archive_mode: str
+    archive_command: str
+    archive_library: str
+    in_recovery: bool
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+
+_PROBE_SQL = """
+select (select system_identifier::text from pg_control_system()),
+       (select timeline_id from pg_control_checkpoint()),
+       current_setting('server_version_num')::int,
+       (select setting::bigint * case unit when 'MB' then 1048576 when '8kB' then 8192
+                                           else 1 end
+          from pg_settings where name = 'wal_segment_size'),
+       (select sum(pg_database_size(oid))::bigint from pg_database where datallowconn),
+       array(select spcname::text from pg_tablespace
+              where spcname not in ('pg_default', 'pg_global') order by spcname),
+       current_setting('archive_mode'),
+       current_setting('archive_command'),
+       coalesce(current_setting('archive_library', true), ''),
+       pg_is_in_recovery()
+"""
+
+
+def probe(dsn: str) -> ClusterInfo:
+    """What a backup must know about the cluster before it starts."""
+    with connect(dsn, application_name="pitr-backup") as conn:
+        row = query(conn, _PROBE_SQL)[0]
+    return ClusterInfo(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4] or 0),
+                       tuple(row[5]), str(row[6]), str(row[7]), str(row[8]), bool(row[9]))
+
+
+def server_parse_times(dsn: str, texts: list[str]) -> list[datetime]:
+    """Let PostgreSQL read its own time stamps (zone abbreviations such as CET)."""
+    with connect(dsn, application_name="pitr-backup") as conn:
+        query(conn, "set time zone 'UTC'")
+        return [query(conn, "select %s::timestamptz", [t])[0][0] for t in texts]
+
+
+# -- label files ------------------------------------------------------------------
+
+_LABEL_LINE = re.compile(r"^([A-Z][A-Z ]+): (.*)$")
+_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?: (UTC|GMT|[+-]\d\d(?::?\d\d)?))?$")
+
+
+def parse_label_file(text: str) -> dict[str, str]:
+    """``backup_label`` / ``*.backup`` lines ``KEY: value`` -> dict."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LABEL_LINE.match(line.strip())
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def label_lsn(value: str) -> str:
+    """'0/2000028 (file 000000010000000000000002)' -> '0/2000028'."""
+    return value.split(" ", 1)[0]
+
+
+def parse_pg_time(text: str) -> datetime | None:
+    """A label time stamp in UTC, or None when its zone needs the server to resolve.
+
+    >>> parse_pg_time("2025-02-15 01:30:00 UTC")
+    datetime.datetime(2025, 2, 15, 1, 30, tzinfo=datetime.timezone.utc)
+    >>> parse_pg_time("2025-02-15 03:30:00 +02").isoformat()
+    '2025-02-15T01:30:00+00:00'
+    >>> parse_pg_time("2025-02-15 02:30:00 CET") is None
+    True
+    """
+    m = _TIME_RE.match(text.strip())
+    if not m:
+        return None
+    base = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    zone = m.group(2) or "UTC"
+    if zone in ("UTC", "GMT"):
+        return base
+    sign = 1 if zone[0] == "+" else -1
+    digits = zone[1:].replace(":", "")
+    offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+    return base - sign * offset
+
+
+# -- the child process --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BaseBackupOptions:
+    bindir: str
+    dsn: str
+    label: str
+    server_zstd_level: int | None = None  # None: uncompressed tar, pitr compresses
+    max_rate: str | None = None  # pg_basebackup --max-rate (tests throttle with it)
+
+
+def build_argv(opts: BaseBackupOptions) -> list[str]:
+    argv = [os.path.join(opts.bindir, "pg_basebackup"), "-D", "-", "-Ft", "-X", "none",
+            "--checkpoint=fast", "--no-sync", "--no-password", "--verbose",
+            f"--label={opts.label}", f"--dbname={opts.dsn}"]
+    if opts.server_zstd_level is not None:
+        # pg_basebackup can only inject its backup_manifest into an uncompressed tar
+        # on stdout, so server-side compression goes without one.
+        argv += [f"--compress=server-zstd:level={opts.server_zstd_level}", "--no-manifest"]
+    if opts.max_rate:
+        argv.append(f"--max-rate={opts.max_rate}")
+    return argv
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # If pitr is SIGKILLed while the server waits for archiving (no output flows,
+    # so no SIGPIPE), pg_basebackup must not linger holding the backup open.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class BaseBackupProcess:
+    """pg_basebackup with its stdout as a readable stream and stderr watched."""
+
+    def __init__(self, opts: BaseBackupOptions, archive_wait_timeout: float) -> None:
+        self.argv = build_argv(opts)
+        self.archive_wait_timeout = archive_wait_timeout
+        self.stderr_tail: deque[str] = deque(maxlen=40)
+        self.waiting_since: float | None = None
+        self.archive_wait_expired = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> BaseBackupProcess:
+        env = {**os.environ, "PGAPPNAME": "pitr-backup", "LC_MESSAGES": "C"}
+        try:
+            self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          bufsize=0, env=env, preexec_fn=_die_with_parent,
+                                          # Ctrl-C reaches pitr only; pitr stops the child
+                                          start_new_session=True)
+        except OSError as exc:
+            raise BackupError(f"cannot run {self.argv[0]}: {exc.strerror}",
+                              hint="set postgres.bindir to the directory of pg_basebackup") \
+                from exc
+        assert self._proc.stdout is not None
+        with contextlib.suppress(OSError):  # a bigger pipe means fewer stalls of the writer
+            fcntl.fcntl(self._proc.stdout.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+        for target in (self._read_stderr, self._watch_archive_wait):
+            t = threading.Thread(target=target, name=f"pg_basebackup-{target.__name__}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self._proc is not None and self._proc.stdout is not None
+        return self._proc.stdout
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_tail.append(line)
+            log.debug("pg_basebackup: %s", line)
+            if _WAITING_NOTICE in line and self.waiting_since is None:
+                self.waiting_since = time.monotonic()
+                log.info("backup data sent; PostgreSQL waits for the WAL to be archived")
+
+    def _watch_archive_wait(self) -> None:
+        assert self._proc is not None
+        while self._proc.poll() is None:
+            since = self.waiting_since
+            if since is not None and time.monotonic() - since > self.archive_wait_timeout:
+                self.archive_wait_expired = True
+                self.stop()
+                return
+            time.sleep(0.5)
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        rc = self._proc.wait()
+        for t in self._threads:
+            t.join(timeout=5)
+        return rc
+
+    def stop(self) -> None:
+        """Terminate pg_basebackup (the server then aborts the backup)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait(timeout=10)
+
+    def failure(self, rc: int) -> BackupError:
+        """The error to report for a non-zero exit, with pg_basebackup's own words."""
+        if self.archive_wait_expired:
+            return BackupError(
+                f"PostgreSQL did not archive the WAL this backup needs within "
+                f"{self.archive_wait_timeout:.0f} s; the backup was abandoned",
+                hint="check archive_command (it must run `pitr archive-push` with this "
+                     "repository) and pg_stat_archiver.last_failed_wal; backup.wal_timeout "
+                     "sets how long to wait")
+        tail = "\n".join(line for line in self.stderr_tail if line)
+        hint = None
+        if "no pg_hba.conf entry for replication" in tail or "replication connection" in tail:
+            hint = ("pg_basebackup needs a replication connection: allow `replication` for "
+                    "this user in pg_hba.conf and set max_wal_senders > 0")
+        return BackupError(f"pg_basebackup failed (exit code {rc}):\n{tail}", hint=hint)
+
+
+class ProcessStdout:
+    """pg_basebackup's stdout as a file; at EOF it fails unless the process succeeded.
+
+    Raising at EOF (instead of returning b"") makes ``Storage.put`` abandon the
+    object (abort the multipart upload, drop the temp file) rather than store a
+    truncated tar under its final name.
+    """
+
+    def __init__(self, proc: BaseBackupProcess) -> None:
+        self._proc = proc
+        self._stream = proc.stdout
+        self.exit_code: int | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        if not data and n != 0:
+            self.exit_code = self._proc.wait()
+            if self.exit_code != 0:
+                raise self._proc.failure(self.exit_code)
+        return data
