@@ -409,4 +409,7 @@ def secrets_of(cfg: Config) -> list[str]:
             value = getattr(section, info.name)
             if value:
                 out.append(str(value))
+    from pitr.security import dsn_passwords  # a password inside postgres.dsn is one too
+
+    out.extend(dsn_passwords(cfg.postgres.dsn))
     return out

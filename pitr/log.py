@@ -30,6 +30,11 @@ def register_secrets(values: list[str]) -> None:
         # Masking 1-3 character "secrets" would shred all output and protects nothing.
         if len(v) >= 4 and v not in _secrets:
             _secrets.append(v)
+    if _secrets:
+        # Every output path, not only log records: typer echo, tracebacks under --debug.
+        from pitr.security import scrub_std_streams
+
+        scrub_std_streams(scrub)
 
 
 def scrub(text: str) -> str:

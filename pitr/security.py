@@ -17,8 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-from collections.abc import Iterable, Iterator
+import re
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 from pitr.errors import PermissionRefused
 
@@ -135,3 +139,60 @@ def loose_modes(root: str | os.PathLike[str]) -> list[tuple[Path, int]]:
     if st_mode & 0o077:
         found.insert(0, (Path(root), st_mode))
     return found
+
+
+# -- secrets in output ------------------------------------------------------------
+
+_DSN_KV_PASSWORD = re.compile(r"""(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']+)""")
+_DSN_URI_PASSWORD = re.compile(r"^postgres(?:ql)?://[^:/@?#]*:([^@/?#]*)@")
+_DSN_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]+)")
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """Passwords written into a libpq connection string (key=value or URI form), so
+    they can be scrubbed like any other secret. PGPASSWORD/.pgpass are better."""
+    found: list[str] = []
+    for m in _DSN_KV_PASSWORD.finditer(dsn):
+        raw = m.group(1)
+        found.append(raw[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+                     if raw.startswith("'") else raw)
+    for rx in (_DSN_URI_PASSWORD, _DSN_QUERY_PASSWORD):
+        for m in rx.finditer(dsn):
+            found += [m.group(1), urllib.parse.unquote(m.group(1))]
+    return [p for p in dict.fromkeys(found) if p]
+
+
+class ScrubbingStream:
+    """A text stream that masks known secrets in everything written through it.
+
+    Installed over stdout/stderr once secrets are known, so no output path (typer
+    echo, print, tracebacks under --debug, third-party warnings) can show one.
+    ``buffer`` is deliberately hidden: writers that find it would bypass the mask.
+    """
+
+    def __init__(self, stream: TextIO, scrub: Callable[[str], str]) -> None:
+        self._stream = stream
+        self._scrub = scrub
+
+    def write(self, text: str) -> int:
+        if isinstance(text, str):
+            self._stream.write(self._scrub(text))
+            return len(text)
+        return self._stream.write(text)  # bytes: let the real stream raise its TypeError
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "buffer":
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
+def scrub_std_streams(scrub: Callable[[str], str]) -> None:
+    """Wrap sys.stdout and sys.stderr (once) in :class:`ScrubbingStream`."""
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if current is not None and not isinstance(current, ScrubbingStream):
+            setattr(sys, name, ScrubbingStream(current, scrub))

@@ -1,0 +1,100 @@
+"""pitr.security: root refusal, private modes, DSN passwords, scrubbed output streams."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pitr import log
+from pitr.errors import PermissionRefused
+from pitr.security import (
+    ScrubbingStream,
+    data_dir_candidates,
+    dsn_passwords,
+    loose_modes,
+    mkdir_private,
+    refuse_root_over_foreign_data,
+    write_private,
+)
+
+
+def test_root_over_another_users_data_directory_is_refused(tmp_path: Path) -> None:
+    pgdata = tmp_path / "data"
+    pgdata.mkdir()
+    if os.geteuid() == 0:
+        os.chown(pgdata, 4242, 4242)
+    elif os.stat(pgdata).st_uid == 0:  # pragma: no cover - cannot set up the case
+        pytest.skip("needs a directory not owned by root")
+    with pytest.raises(PermissionRefused) as err:
+        refuse_root_over_foreign_data("archive-push", [pgdata], euid=0)
+    assert err.value.exit_code == 15
+    assert "runuser -u" in (err.value.hint or "")
+    assert "archive-push" in err.value.message and str(pgdata) in err.value.message
+
+
+def test_non_root_and_root_owned_and_missing_dirs_are_fine(tmp_path: Path) -> None:
+    refuse_root_over_foreign_data("archive-push", [tmp_path], euid=1000)
+    refuse_root_over_foreign_data("archive-push", [tmp_path / "missing"], euid=0)
+    if os.geteuid() == 0:
+        refuse_root_over_foreign_data("archive-push", [tmp_path], euid=0)  # root's own dir
+
+
+def test_working_directory_counts_when_it_is_a_data_directory(tmp_path: Path) -> None:
+    assert data_dir_candidates("", tmp_path) == []
+    (tmp_path / "PG_VERSION").write_text("15\n")
+    assert data_dir_candidates("", tmp_path) == [tmp_path]
+    assert data_dir_candidates("/srv/pg", tmp_path) == [Path("/srv/pg"), tmp_path]
+
+
+def test_private_files_and_directories(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        d = mkdir_private(tmp_path / "spool" / "main")
+        write_private(d / "receipt.ok", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert stat.S_IMODE((d / "receipt.ok").stat().st_mode) == 0o600
+    (tmp_path / "spool").chmod(0o700)
+    tmp_path.chmod(0o700)
+    assert loose_modes(tmp_path) == []
+    (d / "leak").write_text("x")
+    (d / "leak").chmod(0o644)
+    assert loose_modes(tmp_path) == [(d / "leak", 0o644)]
+
+
+@pytest.mark.parametrize(("dsn", "expected"), [
+    ("host=/run/pg user=postgres", []),
+    ("host=db password=s3cr3t user=x", ["s3cr3t"]),
+    ("password = 'with space' host=db", ["with space"]),
+    ("password='it\\'s' host=db", ["it's"]),
+    ("postgresql://app:p%40ss@db:5432/x", ["p%40ss", "p@ss"]),
+    ("postgres://db/x?sslmode=require&password=qs3cret", ["qs3cret"]),
+])
+def test_dsn_passwords(dsn: str, expected: list[str]) -> None:
+    assert dsn_passwords(dsn) == expected
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters=" '\\\t\n\r\x0b\x0c\x1c\x1d\x1e"
+                                      "\x1f\x85\xa0\u1680\u2028\u2029",
+                                      blacklist_categories=("Zs", "Cs")), min_size=1))
+def test_any_unquoted_dsn_password_is_found(pw: str) -> None:
+    assert pw in dsn_passwords(f"host=db password={pw} user=x")
+
+
+def test_scrubbing_stream_masks_every_write() -> None:
+    log.register_secrets(["hunter2-known"])
+    raw = io.StringIO()
+    s = ScrubbingStream(raw, log.scrub)
+    s.write("token hunter2-known here\n")
+    s.writelines(["a hunter2-known\n"])
+    assert "hunter2-known" not in raw.getvalue() and raw.getvalue().count(log.MASK) == 2
+    assert not hasattr(s, "buffer"), "a writer finding .buffer would bypass the mask"
+    with pytest.raises(TypeError):
+        s.write(b"bytes")  # type: ignore[arg-type]
