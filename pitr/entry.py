@@ -29,6 +29,9 @@ FAST_COMMANDS = ("archive-push", "archive-get")
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # Everything pitr writes (spool, local repository, fetched WAL, reports) holds
+    # database contents: private to the owner whatever the caller's umask.
+    os.umask(0o077)
     code = fast_path(args)
     if code is not None:
         return code
@@ -67,6 +70,7 @@ def fast_path(args: list[str]) -> int | None:
 
 def archive_push_fast(config: str | None, path: str) -> int | None:
     from pitr.config import Config, load
+    from pitr.security import check_command_user
     from pitr.wal.spool import WAL_NAME_RE, Spool
 
     start = time.perf_counter()
@@ -74,6 +78,8 @@ def archive_push_fast(config: str | None, path: str) -> int | None:
     if not WAL_NAME_RE.match(name):
         return None
     cfg: Config = load(config)
+    # root over the cluster user's files: no shortcut, the full CLI refuses it
+    check_command_user("archive-push", cfg.postgres.pgdata)
     spool = Spool(cfg.archive.spool_dir, cfg.stanza)
     st = os.stat(path)
     url = cfg.repository.url
@@ -111,11 +117,13 @@ def _wait_for_agent(spool: object, name: str, st: os.stat_result, url: str,
 
 def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     from pitr.config import Config, load
+    from pitr.security import check_command_user
     from pitr.wal.spool import SEGMENT_RE, Spool
 
     if not SEGMENT_RE.match(name):
         return None  # history/partial files: rare, never prefetched
     cfg: Config = load(config)
+    check_command_user("archive-get", cfg.postgres.pgdata)
     if cfg.archive.prefetch <= 0:
         return None
     spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
@@ -175,7 +183,7 @@ def spawn_prefetcher(config: str | None, log_path: object) -> None:
             os.setsid()
             if os.fork() == 0:
                 null = os.open(os.devnull, os.O_RDWR)
-                out = os.open(str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                out = os.open(str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 os.dup2(null, 0)
                 os.dup2(out, 1)
                 os.dup2(out, 2)

@@ -21,6 +21,7 @@ from pitr.errors import (
     PitrError,
     WalNotFound,
 )
+from pitr.security import check_command_user
 
 log = logging.getLogger("pitr.cli.archive")
 
@@ -35,6 +36,7 @@ def archive_push(
     from pitr.wal.push import push_wal
 
     cfg = load_config(command="archive-push")
+    check_command_user("archive-push", cfg.postgres.pgdata)
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
     push_wal(repo, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
 
@@ -53,6 +55,7 @@ def archive_get(
 
         cfg = load_config(command="archive-get")
         pgdata = cfg.postgres.pgdata
+        check_command_user("archive-get", pgdata)
         repo = Repo(open_storage(cfg.repository), cfg.stanza)
         fetch_wal(repo, walname, Path(dest), budget=cfg.repository.timeout)
     except Exception as exc:  # every failure must be mapped, none may escape as 1..125

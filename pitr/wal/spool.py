@@ -95,7 +95,7 @@ class Receipt:
 def atomic_write(path: Path, text: str, *, fsync: bool = False) -> None:
     """Replace ``path`` so readers see the old or the new content, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
         if fsync:
@@ -128,7 +128,7 @@ def lock_held(path: Path) -> bool:
 
 def try_lock(path: Path) -> int | None:
     """Take the exclusive flock on ``path``; the open fd (keep it) or None if taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -141,7 +141,7 @@ def try_lock(path: Path) -> int | None:
 
 def append_line(path: Path, line: str) -> None:
     """Append one short line; O_APPEND keeps concurrent writers' lines whole."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, (line.rstrip("\n") + "\n").encode())
     finally:
@@ -170,7 +170,7 @@ class Spool:
 
     def ensure(self) -> Spool:
         for d in (self.base, self.archive_dir, self.prefetch_dir):
-            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self
 
     # -- archive receipts --------------------------------------------------

@@ -1,0 +1,94 @@
+"""Security basics with the real CLI: root is refused over the cluster user's data
+directory, and what pitr writes is private (0600 files, 0700 directories)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_pitr
+from support.pgcluster import chown_user, make_user_dir
+
+from pitr.security import loose_modes
+
+pytestmark = pytest.mark.integration
+SEGMENT = "000000010000000000000001"
+
+
+@pytest.fixture
+def fake_pgdata(testdir: Path) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as root")
+    pgdata = make_user_dir(testdir / "data", mode=0o700)
+    wal = make_user_dir(pgdata / "pg_wal", mode=0o700)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    (wal / SEGMENT).write_bytes(b"\0" * 8192)
+    for p in (pgdata / "PG_VERSION", wal / SEGMENT):
+        chown_user(p)
+    return pgdata
+
+
+def _as_root(exe: Path, cfg: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(exe), "--config", str(cfg), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_root_is_refused_over_the_cluster_users_data_directory(
+        fake_pgdata: Path, pitr_config: Any, pitr_exe: Path, local_repo: Path) -> None:
+    # No postgres.pgdata configured: PostgreSQL's working directory (%p is relative) counts.
+    cfg = pitr_config()
+    push = _as_root(pitr_exe, cfg, "archive-push", f"pg_wal/{SEGMENT}", cwd=fake_pgdata)
+    assert push.returncode == 15, push.stderr
+    assert "refusing to run archive-push as root" in push.stderr
+    assert "HINT: run it as that user" in push.stderr
+    get = _as_root(pitr_exe, cfg, "archive-get", SEGMENT, "pg_wal/RECOVERYXLOG",
+                   cwd=fake_pgdata)
+    # restore_command's contract: anything but "absent" must stop recovery (>125).
+    assert get.returncode == 150 + 15, get.stderr
+    assert not (fake_pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+    assert list(local_repo.iterdir()) == [], "nothing may be written as root"
+
+    # Configured pgdata counts from any working directory.
+    cfg2 = pitr_config("pitr2.toml", postgres={"pgdata": str(fake_pgdata)})
+    wal = fake_pgdata / "pg_wal" / SEGMENT
+    push2 = _as_root(pitr_exe, cfg2, "archive-push", str(wal), cwd=Path("/"))
+    assert push2.returncode == 15, push2.stderr
+
+
+def test_root_over_its_own_directory_is_not_refused(pitr_config: Any, pitr_exe: Path,
+                                                    testdir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as root")
+    own = testdir / "rootdata"
+    own.mkdir()
+    (own / "PG_VERSION").write_text("15\n")
+    res = _as_root(pitr_exe, pitr_config(), "archive-push", "pg_wal/" + SEGMENT, cwd=own)
+    assert res.returncode != 15, res.stderr  # it fails (no such file), but not by refusal
+
+
+def test_what_pitr_writes_is_private(pg_factory: Any, pitr_config: Any, pitr_exe: Path,
+                                     local_repo: Path, testdir: Path) -> None:
+    spool = testdir / "spool"
+    pg = pg_factory(conf={"archive_mode": "on",
+                          "archive_command": f"{pitr_exe} --config {testdir / 'pitr.toml'} "
+                                             "archive-push %p"})
+    cfg = pitr_config(postgres={"dsn": pg.dsn, "pgdata": str(pg.pgdata)})
+    pg.start()
+    for _ in range(3):
+        pg.switch_wal()
+        pg.sql("select txid_current()")
+    run_pitr(cfg, "check")
+    dest = pg.base / "fetched"
+    run_pitr(cfg, "archive-get", pg.scalar("select last_archived_wal from pg_stat_archiver"),
+             str(dest))
+    assert (dest.stat().st_mode & 0o777) == 0o600
+    assert any(local_repo.rglob("*.zst"))
+    assert loose_modes(local_repo) == []
+    if spool.exists():
+        # the spool's parent is the test's own 0755 directory; only what pitr made counts
+        assert loose_modes(spool) == []
+    shutil.rmtree(dest, ignore_errors=True)
