@@ -1,0 +1,247 @@
+"""`pitr verify`, the restore drill, against a real PostgreSQL 15 cluster archiving to a
+real S3 server (SeaweedFS). The drill runs the installed CLI, restores through
+archive-get as the cluster user, and is judged by what it leaves behind: its
+report in the repository, no scratch cluster, no listener, no WAL pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_pitr, s3_repo_for, write_config
+from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir
+
+from pitr import config
+from pitr.catalog import load_catalog
+from pitr.errors import CheckFailed
+from pitr.pg.names import segment_name
+from pitr.repo import Repo
+from pitr.storage import open_storage
+
+pytestmark = [pytest.mark.integration, pytest.mark.s3]
+
+
+@dataclass
+class Prod:
+    cluster: PgCluster
+    cfg: Path
+    settings: dict[str, Any]
+    base: Path
+    backup_id: str
+
+    def repo(self) -> Repo:
+        cfg = config.load(self.cfg, env={})
+        return Repo(open_storage(cfg.repository), cfg.stanza)
+
+    def keys(self, prefix: str = "") -> set[str]:
+        repo = self.repo()
+        return {o.key for o in repo.storage.list(f"{repo.stanza}/{prefix}")}
+
+    def config_with(self, name: str, extra_toml: str = "", **sections: Any) -> Path:
+        settings = json.loads(json.dumps(self.settings))
+        for key, value in sections.items():
+            settings.setdefault(key, {}).update(value)
+        path = write_config(self.base / name, settings)
+        if extra_toml:
+            path.write_text(path.read_text() + "\n" + extra_toml + "\n")
+        return path
+
+
+@pytest.fixture(scope="module")
+def prod(workdir: Path, pitr_exe: Path, s3_server: Any) -> Iterator[Prod]:
+    """A production cluster archiving to S3, with one base backup and WAL after it."""
+    base = make_user_dir(workdir / f"verify-{uuid.uuid4().hex[:6]}", mode=0o755)
+    cluster = PgCluster(base, "prod")
+    settings: dict[str, Any] = {
+        "stanza": "prod",
+        "repository": s3_repo_for(s3_server),
+        "archive": {"spool_dir": str(make_user_dir(base / "spool"))},
+        "postgres": {"bindir": str(PG_BINDIR), "user": PG_USER, "dsn": cluster.dsn,
+                     "pgdata": str(cluster.pgdata)},
+        "verify": {"scratch_dir": str(make_user_dir(base / "scratch", mode=0o755))},
+    }
+    cfg = write_config(base / "pitr.toml", settings)
+    cluster.initdb(conf={"archive_mode": "on",
+                         "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
+    cluster.start()
+    try:
+        cluster.pgbench_init(1)  # pgbench_accounts: 100000 rows, with a btree primary key
+        cluster.sql("create table notes (id serial primary key, body text)")
+        cluster.sql("create database app")
+        cluster.sql("create table t (x int); insert into t select generate_series(1, 500)",
+                    dbname="app")
+        out = run_pitr(cfg, "backup", "--json")
+        backup_id = json.loads(out.stdout)["id"]
+        for _ in range(3):  # WAL after the backup: a drill replays it all
+            cluster.sql("insert into notes (body) select md5(g::text) "
+                        "from generate_series(1, 2000) g")
+            last = cluster.switch_wal()
+        cluster.wait_until(f"select last_archived_wal >= '{last}' from pg_stat_archiver")
+        yield Prod(cluster, cfg, settings, base, backup_id)
+    finally:
+        cluster.stop("immediate")
+
+
+class Webhook:
+    """A loopback HTTP server that records what is POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/T0KEN-secret-path"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_cleaned_up(report: dict[str, Any]) -> None:
+    scratch = report["scratch"]
+    assert scratch["removed"] is True
+    assert not Path(scratch["path"]).exists(), "scratch cluster left behind"
+    assert port_free(scratch["port"])
+    assert not (Path(scratch["socket_dir"]) / f".s.PGSQL.{scratch['port']}").exists()
+
+
+USER_CHECKS = """
+[[verify.check]]
+name = "accounts"
+query = "select count(*) from pgbench_accounts"
+min = 100000
+
+[[verify.check]]
+name = "app rows"
+database = "app"
+query = "select sum(x) from t"
+equals = 125250
+"""
+
+
+def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None:
+    cfg = prod.config_with("good.toml", USER_CHECKS)
+    wal_before = prod.keys("wal/")
+    all_before = prod.keys()
+
+    proc = run_pitr(cfg, "--log-format", "json", "verify", "--json", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["backup_id"] == prod.backup_id
+    names = {c["name"]: c for c in report["checks"]}
+    assert {"plan", "wal_continuity", "recovery", "connect", "databases", "tables", "amcheck",
+            "accounts", "app rows"} <= set(names)
+    assert all(c["ok"] for c in report["checks"]), report["checks"]
+    assert names["tables"]["data"]["rows"] >= 100000 + 6000 + 500
+    assert names["amcheck"]["data"]["indexes"] > 0
+    assert set(names["databases"]["data"]["databases"]) == {"postgres", "app"}
+    assert report["rto_seconds"] > 0 and report["restored_bytes"] > 10_000_000
+    assert report["wal_replayed_bytes"] > 3 * 16 * 2**20 - 2**20
+    assert report["wal_segments"] >= 4
+
+    # the report is in the repository, and in the log as one JSON line
+    repo = prod.repo()
+    key = report["report"]
+    assert key.startswith("prod/verify/") and key in prod.keys("verify/")
+    stored = json.loads(repo.storage.open(key).read())
+    assert stored["ok"] is True and stored["rto_seconds"] == report["rto_seconds"]
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    final = [d for d in lines if d["event"] == "restore drill passed"]
+    assert final and final[0]["command"] == "verify" and final[0]["report"] == key
+
+    check_cleaned_up(report)
+    # the copy promoted to a new timeline but archived nothing: only the report is new
+    assert prod.keys("wal/") == wal_before
+    assert prod.keys() - all_before == {key}
+    assert not any("/00000002" in k for k in prod.keys("wal/"))
+
+
+def test_failing_user_check_exits_nonzero_and_alerts(prod: Prod) -> None:
+    hook = Webhook()
+    try:
+        cfg = prod.config_with("failing.toml", """
+[[verify.check]]
+name = "too many accounts"
+query = "select count(*) from pgbench_accounts"
+max = 10
+""", monitor={"webhook_url": hook.url})
+        # as root, like a hand-run drill: the copy still runs as postgres.user
+        proc = run_pitr(cfg, "verify", "--random-point", "--seed", "7", user=None, check=False)
+    finally:
+        hook.close()
+    assert proc.returncode == CheckFailed.exit_code, proc.stdout + proc.stderr
+    assert "too many accounts" in proc.stderr and "FAIL" in proc.stdout
+    assert len(hook.received) == 1, hook.received
+    alert = hook.received[0]
+    assert alert["pitr"]["event"] == "verify_failed"
+    assert "too many accounts" in alert["text"] and "got 100000" in alert["text"]
+    assert "T0KEN" not in json.dumps(alert)
+    # the failed drill's report is stored too
+    reports = sorted(prod.keys("verify/"))
+    stored = json.loads(prod.repo().storage.open(reports[-1]).read())
+    assert stored["ok"] is False and stored["random_seed"] == 7
+    assert stored["target"]["kind"] == "time"
+    check_cleaned_up(stored)
+
+
+def test_deleted_wal_segment_fails_with_the_segment_named(prod: Prod) -> None:
+    repo = prod.repo()
+    catalog = load_catalog(repo)
+    backup = next(b for b in catalog.backups if b.id == prod.backup_id)
+    segs = catalog.segments[backup.timeline]
+    stop_seg = backup.stop_lsn // catalog.segment_size
+    after = [s for s in segs if s.segno > stop_seg]
+    assert len(after) >= 2
+    victim = after[0]
+    name = segment_name(victim.timeline, victim.segno)
+    repo.storage.delete([repo.wal_key(name)])
+
+    proc = run_pitr(prod.cfg, "verify", "--json", check=False)
+    assert proc.returncode == CheckFailed.exit_code, proc.stderr
+    report = json.loads(proc.stdout)
+    failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+    assert set(failed) == {"wal_continuity"}, failed
+    assert name in failed["wal_continuity"] and name in proc.stderr
+    check_cleaned_up(report)
+
+    # a segment the backup itself needs: the drill fails before restoring anything
+    first = segment_name(backup.timeline, backup.start_lsn // catalog.segment_size)
+    repo.storage.delete([repo.wal_key(first)])
+    proc = run_pitr(prod.cfg, "verify", "--json", check=False)
+    assert proc.returncode == CheckFailed.exit_code
+    report = json.loads(proc.stdout)
+    assert [c["name"] for c in report["checks"]] == ["plan"]
+    assert first in report["checks"][0]["detail"]
+    assert report["scratch"] == {}
+
+
