@@ -139,6 +139,8 @@ class S3Server:
             "-master.telemetry=false", "-admin.ui=false",
             *(f"-{name}={port}" for name, port in self.ports.items()),
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+            # Like AWS: writing into a missing bucket is an error, not a new bucket.
+            "-s3.autoCreateBucket=false",
             f"-s3.config={d / 's3.json'}",
             f"-filer.localSocket={d / 'filer.sock'}",
             f"-s3.localSocket={d / 's3.sock'}",
@@ -202,8 +204,9 @@ class S3Server:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM and wait (SIGKILL if it does not exit in time)."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time (after a SIGSTOP/SIGCONT its
+        volume server can hang in shutdown; the data is already written to files by then)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -237,7 +240,8 @@ class S3Server:
         self.start()
 
     def close(self) -> None:
-        self.stop()
+        # The data is going away: no need to wait out a slow graceful shutdown.
+        self.stop(timeout=2.0)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -260,7 +264,7 @@ class S3Server:
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"},
                           connect_timeout=connect_timeout, read_timeout=read_timeout,
-                          retries={"max_attempts": 1, "mode": "standard"},
+                          retries={"total_max_attempts": 1, "mode": "standard"},
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"))
 
