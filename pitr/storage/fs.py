@@ -55,8 +55,10 @@ class FsStorage:
         self.url = f"file://{self.root}"
 
     def _path(self, key: str) -> Path:
-        parts = [p for p in key.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
+        # Same rule as every driver: on S3 "a//b" and "/a" are other keys than "a/b" and "a",
+        # so they are refused rather than silently normalised here.
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
             raise StorageError(f"invalid object key {key!r}")
         return self.root.joinpath(*parts)
 
@@ -107,7 +109,7 @@ class FsStorage:
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._path(key), "rb")
         except OSError as exc:
             raise _translate(exc, key) from exc
 

@@ -11,9 +11,10 @@ aborted; if even the abort fails (server gone), ``cleanup_incomplete`` removes
 the leftover later.
 
 boto3 is imported when a driver is built, never at module import, so importing
-this module stays cheap. Retries inside botocore are limited to one extra attempt
-per request: callers own the retry budget (``repository.timeout``), so the worst
-case of one call here is about ``2 × request_timeout``.
+this module stays cheap. botocore does not retry: callers own the retry budget
+(``repository.timeout``), so one call here fails after about ``request_timeout``
+(uploads add botocore's fixed 1 s wait for ``100 Continue``). The one exception
+is a multipart part, retried once so a blip does not throw away a long upload.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class S3Storage:
             region_name=region,
             connect_timeout=timeout,
             read_timeout=timeout,
-            retries={"max_attempts": 2, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=max(10, self.concurrency + 4),
             s3={"addressing_style": "path" if cfg.path_style else "auto"},
             # Non-AWS servers reject or mishandle the newer default CRC checksums.
@@ -243,8 +244,12 @@ class S3Storage:
 
     def _upload_part(self, key: str, full: str, upload_id: str, part: int, data: bytes,
                      etags: dict[int, str]) -> None:
-        resp = self._call("put", key, self._client.upload_part, Bucket=self.bucket, Key=full,
-                          UploadId=upload_id, PartNumber=part, Body=data)
+        args = {"Bucket": self.bucket, "Key": full, "UploadId": upload_id,
+                "PartNumber": part, "Body": data}
+        try:
+            resp = self._call("put", key, self._client.upload_part, **args)
+        except TransientStorageError:
+            resp = self._call("put", key, self._client.upload_part, **args)
         etags[part] = resp["ETag"]  # distinct keys per thread: safe under the GIL
 
     def open(self, key: str) -> BinaryIO:
