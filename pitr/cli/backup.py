@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pitr.cli.app import JsonFlag, app, load_config, print_json
+from pitr.errors import LockedError, PitrError
 
 
 class Label(StrEnum):
@@ -33,8 +34,16 @@ def backup(
 
     cfg = load_config(command="backup")
     progress = Progress("backup", estimate=True)
-    result = run_backup(cfg, label=label.value, pin=pin, max_rate=max_rate, progress=progress,
-                        command=f"pitr backup --label {label.value}")
+    try:
+        result = run_backup(cfg, label=label.value, pin=pin, max_rate=max_rate,
+                            progress=progress, command=f"pitr backup --label {label.value}")
+    except PitrError as exc:
+        if not isinstance(exc, LockedError):  # another backup running is not a failure
+            from pitr.monitor.alerts import send_alert
+
+            send_alert(cfg, "backup_failed", f"{label.value} backup failed: {exc.message}",
+                       {"exit_code": exc.exit_code, "hint": exc.hint})
+        raise
     s = result.summary()
     if json_out:
         print_json(s)
