@@ -41,6 +41,10 @@ def _translate(exc: OSError, key: str) -> StorageError:
     return StorageError(f"{key}: {exc.strerror or exc}")
 
 
+def _reraise(exc: OSError) -> None:
+    raise exc
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -129,7 +133,8 @@ class FsStorage:
             return
         found: list[ObjectInfo] = []
         try:
-            for dirpath, dirnames, filenames in os.walk(start):
+            # onerror: an unreadable subdirectory must fail the listing, not hide objects.
+            for dirpath, dirnames, filenames in os.walk(start, onerror=_reraise):
                 dirnames.sort()
                 rel_dir = os.path.relpath(dirpath, self.root)
                 for name in filenames:
@@ -147,7 +152,7 @@ class FsStorage:
                         ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
                     )
         except OSError as exc:
-            raise _translate(exc, prefix) from exc
+            raise _translate(exc, prefix or "listing") from exc
         found.sort(key=lambda o: o.key)
         yield from found
 
