@@ -432,10 +432,10 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
             return AlreadyExists(f"{key}: already exists in the repository ({where})")
         if code in _TRANSIENT or status == 429 or status >= 500:
             return TransientStorageError(text)
-        if code in _AUTH or status in (401, 403):
-            return StorageError(f"{what}: access denied ({code})", hint=_CREDENTIALS_HINT)
         if code == "RequestTimeTooSkewed":
             return StorageError(text, hint="the clock of this host is off: run NTP")
+        if code in _AUTH or status in (401, 403):
+            return StorageError(f"{what}: access denied ({code})", hint=_CREDENTIALS_HINT)
         return StorageError(text)
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return StorageError(f"{what}: no S3 credentials found", hint=_CREDENTIALS_HINT)
