@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json, report_error
 from pitr.errors import (
@@ -19,11 +20,23 @@ from pitr.errors import (
     CheckFailed,
     InternalError,
     PitrError,
+    UsageError,
     WalNotFound,
 )
 from pitr.security import check_command_user
 
 log = logging.getLogger("pitr.cli.archive")
+
+
+def _click_usage_error() -> type[Exception]:
+    # typer >= 0.20 vendors click as typer._click; older releases use click itself.
+    try:
+        from typer._click.exceptions import UsageError as ClickUsageError
+    except ImportError:
+        from click.exceptions import (  # type: ignore[import-not-found,no-redef,unused-ignore]
+            UsageError as ClickUsageError,
+        )
+    return ClickUsageError
 
 
 @app.command("archive-push")
@@ -41,7 +54,20 @@ def archive_push(
     push_wal(repo, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
 
 
-@app.command("archive-get")
+class _RestoreCommand(TyperCommand):
+    """A bad restore_command line must stop recovery, not read as "not found" (exit 2)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _click_usage_error() as exc:
+            report_error(UsageError(f"archive-get: {getattr(exc, 'format_message', exc.__str__)()}",
+                                    hint="restore_command = 'pitr archive-get %f %p'"))
+            ctx.exit(RECOVERY_ABORT_OFFSET + UsageError.exit_code)
+            raise  # unreachable: ctx.exit raises
+
+
+@app.command("archive-get", cls=_RestoreCommand)
 def archive_get(
     walname: Annotated[str, typer.Argument(help="the WAL file PostgreSQL wants (%f)")],
     dest: Annotated[str, typer.Argument(help="where to write it (%p)")],

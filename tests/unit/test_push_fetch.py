@@ -314,6 +314,16 @@ def test_cli_archive_get_config_error_aborts(tmp_path: Path,
     assert code == RECOVERY_ABORT_OFFSET + 3
 
 
+def test_cli_archive_get_bad_command_line_aborts(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path)
+    assert cli_main(["--config", str(cfg), "archive-get", "00000001000000000000000C"]) == \
+        RECOVERY_ABORT_OFFSET + UsageError.exit_code
+    assert cli_main(["--config", str(cfg), "archive-get", "a", "b", "c"]) > 125
+    assert "archive-get" in capsys.readouterr().err
+    assert cli_main(["--config", str(cfg), "archive-get", "--help"]) == 0
+
+
 def test_cli_archive_push_never_exceeds_125(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path)
