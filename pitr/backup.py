@@ -34,6 +34,7 @@ from pitr.catalog import BackupObject, BackupRecord, pin_key
 from pitr.config import Config
 from pitr.errors import BackupError, Interrupted, NotFound, PitrError, SystemIdMismatch
 from pitr.lock import StanzaLock
+from pitr.log import event
 from pitr.pg import basebackup as pgbb
 from pitr.pg.names import backup_history_name, format_lsn, lsn_to_segno, parse_lsn, segment_name
 from pitr.progress import Progress
@@ -284,6 +285,7 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         bindir=cfg.postgres.bindir, dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
         server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate)
     log.info("backup %s: starting pg_basebackup", backup_id)
+    t0 = time.monotonic()
     proc = pgbb.BaseBackupProcess(opts, cfg.backup.wal_timeout).start()
     try:
         head = _Head()
@@ -311,6 +313,10 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         progress.close()
     obj = BackupObject(BASE_OBJECT, key, stream.raw_bytes, stream.stored_bytes,
                        stream.stored_sha256, stream.raw_sha256)
+    t1 = time.monotonic()
+    event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=obj.raw_bytes,
+          stored_bytes=obj.stored_bytes, seconds=round(t1 - t0, 2),
+          mb_per_s=round(obj.raw_bytes / max(t1 - t0, 1e-9) / 1e6, 1))
 
     start = pgbb.parse_label_file(head.backup_label())
     start_lsn = parse_lsn(pgbb.label_lsn(start["START WAL LOCATION"]))
@@ -326,6 +332,8 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
     _wait_wal(repo, stop_tli, start_lsn if stop_tli == start_tli else stop_lsn, stop_lsn,
               cluster.segment_size, deadline)
     start_time, stop_time = _label_times(cfg.postgres.dsn, stop["START TIME"], stop["STOP TIME"])
+    event(log, logging.INFO, f"backup {backup_id}: its WAL is archived", stop_lsn=format_lsn(
+        stop_lsn), waited_s=round(time.monotonic() - t1, 2))
 
     record = BackupRecord(
         id=backup_id, label=label, start_lsn=start_lsn, stop_lsn=stop_lsn,

@@ -31,8 +31,10 @@ def backup(
     """Take a base backup: pg_basebackup streamed through zstd into the repository."""
     from pitr.backup import run_backup
     from pitr.progress import Progress, human_bytes, human_duration, human_rate
+    from pitr.security import check_command_user
 
     cfg = load_config(command="backup")
+    check_command_user("backup", cfg.postgres.pgdata)
     progress = Progress("backup", estimate=True)
     try:
         result = run_backup(cfg, label=label.value, pin=pin, max_rate=max_rate,

@@ -30,6 +30,7 @@ from typing import IO
 
 from pitr.errors import BackupError
 from pitr.pg.conn import connect, query
+from pitr.security import dsn_without_password
 
 log = logging.getLogger("pitr.backup")
 
@@ -64,7 +65,7 @@ select (select system_identifier::text from pg_control_system()),
        (select setting::bigint * case unit when 'MB' then 1048576 when '8kB' then 8192
                                            else 1 end
           from pg_settings where name = 'wal_segment_size'),
-       (select sum(pg_database_size(oid))::bigint from pg_database where datallowconn),
+       (select sum(pg_database_size(oid))::bigint from pg_database),
        array(select spcname::text from pg_tablespace
               where spcname not in ('pg_default', 'pg_global') order by spcname),
        current_setting('archive_mode'),
@@ -145,9 +146,11 @@ class BaseBackupOptions:
 
 
 def build_argv(opts: BaseBackupOptions) -> list[str]:
+    """The command line; a password in the DSN is left out (see :func:`child_env`)."""
+    dsn, _ = dsn_without_password(opts.dsn)
     argv = [os.path.join(opts.bindir, "pg_basebackup"), "-D", "-", "-Ft", "-X", "none",
             "--checkpoint=fast", "--no-sync", "--no-password", "--verbose",
-            f"--label={opts.label}", f"--dbname={opts.dsn}"]
+            f"--label={opts.label}", f"--dbname={dsn}"]
     if opts.server_zstd_level is not None:
         # pg_basebackup can only inject its backup_manifest into an uncompressed tar
         # on stdout, so server-side compression goes without one.
@@ -155,6 +158,16 @@ def build_argv(opts: BaseBackupOptions) -> list[str]:
     if opts.max_rate:
         argv.append(f"--max-rate={opts.max_rate}")
     return argv
+
+
+def child_env(opts: BaseBackupOptions) -> dict[str, str]:
+    # Command lines are public in `ps`; a DSN password travels in the environment,
+    # which only the same user can read.
+    env = {**os.environ, "PGAPPNAME": "pitr-backup", "LC_MESSAGES": "C"}
+    _, password = dsn_without_password(opts.dsn)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -169,6 +182,7 @@ class BaseBackupProcess:
 
     def __init__(self, opts: BaseBackupOptions, archive_wait_timeout: float) -> None:
         self.argv = build_argv(opts)
+        self.env = child_env(opts)
         self.archive_wait_timeout = archive_wait_timeout
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self.waiting_since: float | None = None
@@ -177,7 +191,7 @@ class BaseBackupProcess:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> BaseBackupProcess:
-        env = {**os.environ, "PGAPPNAME": "pitr-backup", "LC_MESSAGES": "C"}
+        env = self.env
         try:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,

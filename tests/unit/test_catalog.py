@@ -298,3 +298,9 @@ def test_progress_line_and_summary() -> None:
 def test_doctests(module: Any) -> None:
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_dsn_password_stays_off_the_command_line() -> None:
+    opts = basebackup.BaseBackupOptions("/b", "host=/s user=backup password=s3cret", "l")
+    assert not any("s3cret" in a for a in basebackup.build_argv(opts))
+    assert basebackup.child_env(opts)["PGPASSWORD"] == "s3cret"
