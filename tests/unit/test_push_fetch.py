@@ -218,7 +218,7 @@ def test_budget_is_bounded_and_named() -> None:
     with pytest.raises(TransientStorageError) as err:
         call_with_budget(always_down, budget=1.5, what="fetching X")
     elapsed = time.monotonic() - t0
-    assert elapsed < 1.6 and calls >= 2
+    assert elapsed < 1.5 + 0.5 and calls >= 2  # margin: sleeps overshoot on a loaded machine
     assert "fetching X" in err.value.message and "gave up after" in err.value.message
 
 
