@@ -182,18 +182,19 @@ class S3Storage:
             with contextlib.suppress(NotFound):
                 self.stat(key)
                 raise AlreadyExists(f"{key}: already exists in {self.url}")
-        reader.unread(head[self.part_size:])
+        reader.unread(bytes(head[self.part_size:]))
+        del head[self.part_size:]  # in place: the first part is not copied
         # Handed over in a list the callee empties, so no frame here pins a part in memory.
-        first = [head[:self.part_size]]
+        first = [head]
         del head
         return self._put_multipart(key, full, first, reader, if_absent)
 
-    def _put_single(self, key: str, full: str, data: bytes, if_absent: bool) -> None:
+    def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
                    Body=data, **self._put_args, **extra)
 
-    def _put_multipart(self, key: str, full: str, first: list[bytes], reader: _Chunker,
+    def _put_multipart(self, key: str, full: str, first: list[bytearray], reader: _Chunker,
                        if_absent: bool) -> int:
         upload = self._call("put", key, self._client.create_multipart_upload,
                             Bucket=self.bucket, Key=full, **self._put_args)
@@ -203,7 +204,7 @@ class S3Storage:
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="pitr-s3-part") as pool:
                 pending: set[Future[None]] = set()
-                chunk: bytes | None = first.pop()
+                chunk: bytearray | None = first.pop()
                 part = 1
                 while True:
                     if chunk is None:
@@ -242,7 +243,7 @@ class S3Storage:
     def _part_size(self, part: int) -> int:
         return min(self.part_size << ((part - 1) // PARTS_PER_SIZE_STEP), MAX_PART)
 
-    def _upload_part(self, key: str, full: str, upload_id: str, part: int, data: bytes,
+    def _upload_part(self, key: str, full: str, upload_id: str, part: int, data: bytearray,
                      etags: dict[int, str]) -> None:
         args = {"Bucket": self.bucket, "Key": full, "UploadId": upload_id,
                 "PartNumber": part, "Body": data}
@@ -351,7 +352,13 @@ class S3Storage:
 
 
 class _Chunker:
-    """Reads exact-size chunks from a stream whose ``read`` may return short counts."""
+    """Reads exact-size chunks from a stream whose ``read`` may return short counts
+    (a compressor does; boto3's own upload_fileobj takes a short read for EOF and
+    silently stores a truncated object).
+
+    Chunks are bytearrays grown in place and handed to botocore as they are: a
+    ``b"".join`` or a bytes body would briefly hold each part twice.
+    """
 
     def __init__(self, src: BinaryIO) -> None:
         self._src = src
@@ -361,18 +368,16 @@ class _Chunker:
     def unread(self, data: bytes) -> None:
         self._pending = data + self._pending
 
-    def take(self, n: int) -> bytes:
-        parts = [self._pending] if self._pending else []
-        have = len(self._pending)
+    def take(self, n: int) -> bytearray:
+        buf = bytearray(self._pending)
         self._pending = b""
-        while have < n and not self._eof:
-            data = self._src.read(n - have)
+        while len(buf) < n and not self._eof:
+            data = self._src.read(n - len(buf))
             if not data:
                 self._eof = True
                 break
-            parts.append(data)
-            have += len(data)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            buf += data
+        return buf
 
 
 class _Body(io.RawIOBase):

@@ -93,7 +93,7 @@ class PatternStream:
                  hook_at: int | None = None, hook: Callable[[], None] | None = None) -> None:
         self.size = size
         self.pos = 0
-        self._block = random.Random(seed).randbytes(MIB + 4093)
+        self._block = random.Random(seed).randbytes(2 * MIB + 4093)
         self._rng = random.Random(seed + 1)
         self.fail_at = fail_at
         self.hook_at, self.hook = hook_at, hook
@@ -106,9 +106,9 @@ class PatternStream:
             hook, self.hook = self.hook, None
             hook()
         want = min(self.size - self.pos, n if n >= 0 else self.size,
-                   self._rng.randrange(1, 3 * MIB))
-        start = self.pos % len(self._block)
-        out = (self._block[start:] + self._block)[:want] if want else b""
+                   self._rng.randrange(1, MIB))
+        start = self.pos % (len(self._block) - MIB)
+        out = self._block[start:start + want]
         self.pos += len(out)
         self.sha.update(out)
         return out
@@ -195,7 +195,7 @@ def test_list_is_sorted_and_filters_by_prefix(driver: Driver) -> None:
 
 def test_list_pages_and_delete_batches_past_1000_keys(driver: Driver) -> None:
     s = driver.storage
-    keys = [f"many/{i:05d}" for i in range(1100)]
+    keys = [f"many/{i:05d}" for i in range(1050)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: put_bytes(s, k, b"."), keys))
     put_bytes(s, "other/keep", b"k")
@@ -219,9 +219,9 @@ def test_large_streaming_put_round_trip_with_bounded_memory(driver: Driver) -> N
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # 5 MiB parts, 2 uploads in flight + one part being read (+ joining slack): far
-    # below the 40 MiB object, which a non-streaming driver would hold whole.
-    assert peak < 24 * MIB, f"put held {peak / MIB:.1f} MiB for a {size / MIB:.0f} MiB stream"
+    # 5 MiB parts: 2 uploads in flight + one part being read (15 MiB) + the test
+    # stream's own buffers; far below the 40 MiB a non-streaming driver would hold.
+    assert peak < 22 * MIB, f"put held {peak / MIB:.1f} MiB for a {size / MIB:.0f} MiB stream"
     assert sha_of_object(s, "big/object") == (src.sha.hexdigest(), size)
     assert s.stat("big/object").size == size
     if driver.kind == "s3":
