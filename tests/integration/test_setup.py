@@ -63,6 +63,8 @@ def test_setup_apply_then_check_passes(pg_factory: Any, pitr_config: Any, pitr_e
     assert not [s["name"] for s in again["settings"] if s["change"]]
     assert again["restart_needed"] is False and again["stanza"]["status"] == "exists"
     assert again["check"]["status"] == "passed", again["check"]
+    text_again = run_pitr(cfg, "setup", "--apply").stdout
+    assert "archive_mode: ok ('on')" in text_again and "check: passed" in text_again
     assert pg.archiver_stats()["failed_count"] == 0
 
 
