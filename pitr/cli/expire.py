@@ -1,0 +1,58 @@
+"""`pitr expire`, `pitr pin ID`, `pitr unpin ID`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pitr.cli.app import JsonFlag, app, load_config, print_json
+
+
+@app.command("expire")
+def expire(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="show what would be deleted and why; delete nothing")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Delete backups and WAL that the [retention] policy no longer keeps."""
+    from pitr.expire import render, run_expire
+
+    cfg = load_config(command="expire")
+    result = run_expire(cfg, dry_run=dry_run)
+    if json_out:
+        print_json(result.summary())
+    else:
+        typer.echo(render(result))
+
+
+@app.command("pin")
+def pin(backup_id: Annotated[str, typer.Argument(help="id of a completed backup")],
+        json_out: JsonFlag = False) -> None:
+    """Pin a backup: retention keeps it until it is unpinned."""
+    from pitr.pins import pin as do_pin
+    from pitr.repo import Repo
+    from pitr.storage import open_storage
+
+    cfg = load_config(command="pin")
+    changed = do_pin(Repo(open_storage(cfg.repository), cfg.stanza), backup_id)
+    if json_out:
+        print_json({"id": backup_id, "pinned": True, "changed": changed})
+    else:
+        typer.echo(f"backup {backup_id} {'pinned' if changed else 'was already pinned'}")
+
+
+@app.command("unpin")
+def unpin(backup_id: Annotated[str, typer.Argument(help="id of a pinned backup")],
+          json_out: JsonFlag = False) -> None:
+    """Remove a pin: retention treats the backup like any other again."""
+    from pitr.pins import unpin as do_unpin
+    from pitr.repo import Repo
+    from pitr.storage import open_storage
+
+    cfg = load_config(command="unpin")
+    changed = do_unpin(Repo(open_storage(cfg.repository), cfg.stanza), backup_id)
+    if json_out:
+        print_json({"id": backup_id, "pinned": False, "changed": changed})
+    else:
+        typer.echo(f"backup {backup_id} {'unpinned' if changed else 'was not pinned'}")

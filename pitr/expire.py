@@ -1,0 +1,223 @@
+"""`pitr expire`: apply a retention decision to the repository.
+
+Order matters, so an interruption (SIGTERM, crash, repository outage) at any
+point leaves a repository the planner can use and a rerun finishes the job:
+
+1. the manifests of expired backups: from then on the planner never chooses
+   them (a backup without a manifest does not exist), whatever is left of it;
+2. the rest of their objects and of stale incomplete backups;
+3. ``.backup`` files, WAL segments and ``.partial`` files no kept backup needs;
+4. history files last (WAL that is still there may need them).
+
+A rerun recomputes the decision on what is left; retention keeps the same
+backups on any catalog between "before" and "after" (see :mod:`pitr.retention`),
+so it deletes exactly the rest. Expire holds the stanza lock that ``pitr backup``
+takes, so the two never run at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pitr.catalog import Catalog, load_catalog
+from pitr.config import Config
+from pitr.errors import NotFound
+from pitr.lock import LockInfo, StanzaLock, stale_reason
+from pitr.log import event
+from pitr.pg.names import history_name, segment_name
+from pitr.repo import Repo
+from pitr.retention import Policy, RetentionDecision, decide
+from pitr.storage import open_storage
+from pitr.storage.base import ObjectInfo, read_bytes
+
+log = logging.getLogger("pitr.expire")
+
+LOCK_NAME = "backup"  # shared with `pitr backup`: one of the two at a time
+BATCH = 1000  # one S3 DeleteObjects request; progress is logged per batch
+
+
+@dataclass
+class ExpireResult:
+    decision: RetentionDecision
+    segment_size: int
+    dry_run: bool
+    damaged: tuple[str, ...] = ()
+    deleted_objects: int = 0
+    bytes_freed: int = 0  # stored bytes (planned, for a dry run)
+    seconds: float = 0.0
+    steps: dict[str, int] = field(default_factory=dict)  # objects deleted per step
+
+    def summary(self) -> dict[str, Any]:
+        doc = self.decision.to_json(self.segment_size)
+        doc.update({
+            "dry_run": self.dry_run,
+            "damaged_backups_left_alone": list(self.damaged),
+            "deleted_objects": self.deleted_objects,
+            "bytes_freed": self.bytes_freed,
+            "seconds": round(self.seconds, 3),
+            "steps": self.steps,
+        })
+        return doc
+
+
+def run_expire(cfg: Config, *, dry_run: bool = False, now: datetime | None = None) -> ExpireResult:
+    """Expire backups and WAL of ``cfg.stanza`` by ``cfg.retention``.
+
+    The entry point of `pitr expire` and of `pitr backup` with ``backup.expire_after``.
+    """
+    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    policy = Policy.from_config(cfg.retention)
+    if dry_run:
+        since = _running_since(repo, cfg.backup.lock_stale_after)
+        return expire(repo, policy, now=now, dry_run=True, busy_since=since)
+    lock = StanzaLock(repo, LOCK_NAME, command="pitr expire",
+                      stale_after=cfg.backup.lock_stale_after, what="backup or expire")
+    with lock as held:
+        return expire(repo, policy, now=now, busy_since=held.started_at)
+
+
+def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: bool = False,
+           busy_since: datetime | None = None) -> ExpireResult:
+    """Decide and (unless ``dry_run``) delete. Call it holding the stanza lock.
+
+    ``busy_since``: incomplete backups with an object stored at or after this time may
+    belong to a run that is still writing (one that took over a lock it thought stale),
+    so they are spared.
+    """
+    started = time.monotonic()
+    now = now or datetime.now(UTC)
+    catalog = load_catalog(repo)
+    backup_objects = _backup_objects(repo)
+    in_progress = {i for i in catalog.incomplete_backups
+                   if busy_since is not None
+                   and any(o.mtime >= busy_since for o in backup_objects.get(i, ()))}
+    decision = decide(catalog, policy, now, in_progress=in_progress)
+    result = ExpireResult(decision, catalog.segment_size, dry_run, catalog.damaged_backups)
+    plan = _plan(repo, catalog, decision, backup_objects)
+    result.bytes_freed = sum(size for step in plan.values() for _, size in step)
+    if catalog.damaged_backups:
+        log.warning("left alone: backups with an unreadable manifest (%s); inspect them and "
+                    "delete their directories by hand if they are garbage",
+                    ", ".join(catalog.damaged_backups))
+    if not dry_run:
+        for step, objs in plan.items():
+            result.steps[step] = _delete(repo, step, [k for k, _ in objs])
+            result.deleted_objects += result.steps[step]
+    result.seconds = time.monotonic() - started
+    event(log, logging.INFO, "expire " + ("planned" if dry_run else "done"),
+          kept=len(decision.kept), deleted_backups=len(decision.deleted),
+          wal_segments=len(decision.wal_deleted), bytes_freed=result.bytes_freed,
+          seconds=round(result.seconds, 3))
+    return result
+
+
+def _plan(repo: Repo, catalog: Catalog, d: RetentionDecision,
+          backup_objects: dict[str, list[ObjectInfo]]) -> dict[str, list[tuple[str, int]]]:
+    """Step name -> (key, stored bytes) to delete, in the order they must go."""
+    seg = catalog.segment_size
+    gone = [b.id for b in d.deleted]
+    manifests = [(repo.manifest_key(i), _size(backup_objects, i, repo.manifest_key(i)))
+                 for i in gone]
+    manifest_keys = {k for k, _ in manifests}
+    rest = [(o.key, o.size) for i in [*gone, *d.incomplete_deleted]
+            for o in backup_objects.get(i, ()) if o.key not in manifest_keys]
+    wal = [(repo.wal_key(n), 0) for n in d.backup_files_deleted]
+    wal += [(s.key or repo.wal_key(segment_name(s.timeline, s.segno, seg)), s.stored_bytes)
+            for s in d.wal_deleted]
+    wal += [(repo.wal_key(n), 0) for n in d.partial_deleted]
+    history = [(repo.wal_key(history_name(t)), 0) for t in d.history_deleted]
+    return {"manifests": manifests, "backup_objects": rest, "wal": wal, "history": history}
+
+
+def _size(objects: dict[str, list[ObjectInfo]], backup_id: str, key: str) -> int:
+    return next((o.size for o in objects.get(backup_id, ()) if o.key == key), 0)
+
+
+def _backup_objects(repo: Repo) -> dict[str, list[ObjectInfo]]:
+    out: dict[str, list[ObjectInfo]] = {}
+    for obj in repo.storage.list(repo.backups_prefix):
+        backup_id = obj.key[len(repo.backups_prefix):].split("/", 1)[0]
+        out.setdefault(backup_id, []).append(obj)
+    return out
+
+
+def _delete(repo: Repo, step: str, keys: list[str]) -> int:
+    done = 0
+    for i in range(0, len(keys), BATCH):
+        batch = keys[i:i + BATCH]
+        repo.storage.delete(batch)
+        done += len(batch)
+        event(log, logging.INFO, f"expire: {step}", done=done, total=len(keys))
+    return done
+
+
+def _running_since(repo: Repo, stale_after: float) -> datetime | None:
+    """When the current holder of the stanza lock started (None when nobody holds it)."""
+    try:
+        holder = LockInfo.decode(read_bytes(repo.storage, repo.lock_key(LOCK_NAME)))
+    except NotFound:
+        return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if stale_reason(holder, now=datetime.now(UTC), host=socket.gethostname(),
+                    stale_after=stale_after) is not None:
+        return None
+    try:
+        return holder.started_at
+    except ValueError:
+        return None
+
+
+
+def render(result: ExpireResult) -> str:
+    """The plan (or what was done) for a terminal: what, why, bytes."""
+    from pitr.progress import human_bytes, human_duration
+
+    d, seg = result.decision, result.segment_size
+    p = d.policy
+    lines = [f"retention: daily={p.daily} weekly={p.weekly} monthly={p.monthly} "
+             f"min_backups={p.min_backups}; now {d.now.isoformat(timespec='seconds')}"]
+    for k in d.kept:
+        lines.append(f"  keep    {k.backup.id:<22} stop {_t(k.backup.stop_time)}  "
+                     f"{', '.join(k.reasons)}")
+    for b in d.deleted:
+        lines.append(f"  delete  {b.id:<22} stop {_t(b.stop_time)}  "
+                     f"{human_bytes(b.stored_bytes)} (no tier keeps it)")
+    for i in d.incomplete_deleted:
+        lines.append(f"  delete  {i:<22} incomplete (no manifest), not running")
+    for i in d.incomplete_kept:
+        lines.append(f"  keep    {i:<22} incomplete: a backup is still writing it")
+    for bad in result.damaged:
+        lines.append(f"  skip    {bad:<22} unreadable manifest: left alone, inspect by hand")
+    for r in d.wal_deleted_ranges():
+        lines.append(f"  delete  WAL {segment_name(r.timeline, r.first, seg)}.."
+                     f"{segment_name(r.timeline, r.last, seg)} ({r.count} segments, "
+                     f"{human_bytes(r.stored_bytes)})")
+    small = len(d.backup_files_deleted) + len(d.partial_deleted)
+    if small:
+        lines.append(f"  delete  {small} .backup/.partial file(s) of expired WAL")
+    if d.history_deleted:
+        lines.append("  delete  " + ", ".join(history_name(t) for t in d.history_deleted)
+                     + " (no kept backup or WAL on these timelines)")
+    lines.append(f"  keep    {d.wal_kept} WAL segment(s)")
+    lines.extend(f"  note    {n}" for n in d.notes)
+    if d.restorable_from is not None:
+        lines.append(f"restorable afterwards: any time from {_t(d.restorable_from)} (oldest "
+                     f"kept backup) to the newest archived WAL")
+    if result.dry_run:
+        lines.append(f"dry run: would free {human_bytes(result.bytes_freed)}; nothing deleted")
+    elif d.nothing_to_do:
+        lines.append("nothing to expire")
+    else:
+        lines.append(f"freed {human_bytes(result.bytes_freed)}: {result.deleted_objects} "
+                     f"object(s) deleted in {human_duration(result.seconds)}")
+    return "\n".join(lines)
+
+
+def _t(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
