@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from pitr import __version__, codec
 from pitr import manifest as manifest_mod
-from pitr.catalog import BackupObject, BackupRecord, pin_key
+from pitr.catalog import BackupObject, BackupRecord
 from pitr.config import Config
 from pitr.errors import BackupError, Interrupted, NotFound, PitrError, SystemIdMismatch
 from pitr.lock import StanzaLock
@@ -425,15 +425,15 @@ def _label_times(dsn: str, start: str, stop: str) -> tuple[datetime, datetime]:
 
 def _pin(repo: Repo, record: BackupRecord) -> BackupRecord:
     import dataclasses
-    import json
 
-    doc = {"id": record.id, "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "by": "pitr backup --pin"}
+    from pitr.pins import pin
+
     try:
-        put_bytes(repo.storage, pin_key(repo.stanza, record.id), json.dumps(doc).encode())
+        pin(repo, record.id, by="pitr backup --pin")
     except PitrError as exc:
-        raise type(exc)(f"backup {record.id} completed, but pinning it failed: {exc.message}",
-                        hint=f"pin it again with `pitr pin {record.id}`") from exc
+        exc.message = f"backup {record.id} completed, but pinning it failed: {exc.message}"
+        exc.hint = f"pin it with `pitr pin {record.id}`"
+        raise
     return dataclasses.replace(record, pinned=True)
 
 
