@@ -131,6 +131,11 @@ def _check_cluster(cluster: pgbb.ClusterInfo) -> None:
             hint="move their objects to pg_default (ALTER TABLE/INDEX ... SET TABLESPACE "
                  "pg_default, ALTER DATABASE ... SET TABLESPACE) and DROP TABLESPACE, or back "
                  "this cluster up with another tool")
+    if cluster.in_recovery:
+        # A standby writes no .backup history file, which is where the stop point
+        # and stop time come from.
+        raise BackupError("postgres.dsn reaches a standby; pitr takes base backups from the "
+                          "primary only", hint="point postgres.dsn at the primary")
     if cluster.archive_mode == "off" or not (cluster.archive_command or cluster.archive_library):
         raise BackupError(
             "WAL archiving is off on this cluster (archive_mode/archive_command), so a base "
