@@ -118,7 +118,9 @@ class S3Storage:
             connect_timeout=timeout,
             read_timeout=timeout,
             retries={"total_max_attempts": 1, "mode": "standard"},
-            max_pool_connections=max(10, self.concurrency + 4),
+            # Connections open lazily, so a roomy pool is free; the agent runs several
+            # multipart uploads at once and a full pool would churn connections.
+            max_pool_connections=max(32, 4 * self.concurrency),
             s3={"addressing_style": "path" if cfg.path_style else "auto"},
             # Non-AWS servers reject or mishandle the newer default CRC checksums.
             request_checksum_calculation="when_required",
@@ -128,6 +130,12 @@ class S3Storage:
         verify: bool | str | None = None
         if not cfg.verify_tls:
             verify = False
+            # The operator opted out in the config; one warning per request on stderr
+            # (archive-push runs per segment) would only bury real messages.
+            with contextlib.suppress(ImportError):
+                import urllib3
+
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         elif cfg.ca_bundle:
             verify = cfg.ca_bundle
         kwargs: dict[str, Any] = {}

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import shutil
 import threading
 import time
 import tracemalloc
@@ -432,3 +433,27 @@ def test_repository_prefix_isolates_keys(s3_server: Any, s3_repo: dict[str, Any]
     assert [o.key for o in b.list()] == ["k"] and read_bytes(b, "k") == b"b"
     keys = sorted(o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == ["one-two/k", "one/k"]
+
+
+def test_tls_verification(testdir: Path) -> None:
+    """TLS is verified by default; a CA bundle makes a private CA work; verify_tls = false
+    is the explicit opt-out. A bad certificate is a permanent error, not a retryable one."""
+    from support.s3server import S3Server, find_weed
+
+    if find_weed() is None:
+        pytest.skip("SeaweedFS `weed` binary not found")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found")
+    with S3Server(testdir / "s3tls", tls=True) as server:
+        section = {**server.repo_section(server.make_bucket()),
+                   "endpoint_url": server.https_endpoint}
+        strict = open_storage(repo_config(section))
+        with pytest.raises(StorageError) as info:
+            put_bytes(strict, "k", b"v")
+        assert not isinstance(info.value, TransientStorageError)
+        assert info.value.hint and "ca_bundle" in info.value.hint
+        trusting = open_storage(repo_config(section, ca_bundle=str(server.ca_file)))
+        put_bytes(trusting, "k", b"over tls")
+        assert read_bytes(trusting, "k") == b"over tls"
+        unverified = open_storage(repo_config(section, verify_tls=False))
+        assert read_bytes(unverified, "k") == b"over tls"

