@@ -336,14 +336,21 @@ def _timelines(segments: dict[int, list[WalSegment]],
     return out
 
 
-def wal_present(cat: Catalog, tli: int, start_lsn: int, end_lsn: int) -> bool:
+def segno_sets(cat: Catalog) -> dict[int, frozenset[int]]:
+    """Archived segment numbers per timeline, for many :func:`wal_present` calls."""
+    return {t: frozenset(s.segno for s in segs) for t, segs in cat.segments.items()}
+
+
+def wal_present(cat: Catalog, tli: int, start_lsn: int, end_lsn: int,
+                have: dict[int, frozenset[int]] | None = None) -> bool:
     """Whether every segment holding WAL in [start_lsn, end_lsn) is archived on ``tli``."""
-    have = {s.segno for s in cat.segments.get(tli, ())}
+    segnos = (have or segno_sets(cat)).get(tli, frozenset())
     first = lsn_to_segno(start_lsn, cat.segment_size)
     last = lsn_to_segno(max(end_lsn - 1, start_lsn), cat.segment_size)
-    return all(n in have for n in range(first, last + 1))
+    return all(n in segnos for n in range(first, last + 1))
 
 
-def backup_restorable(cat: Catalog, backup: BackupRecord) -> bool:
+def backup_restorable(cat: Catalog, backup: BackupRecord,
+                      have: dict[int, frozenset[int]] | None = None) -> bool:
     """A backup is usable when the WAL from its start to its stop LSN is archived."""
-    return wal_present(cat, backup.timeline, backup.start_lsn, backup.stop_lsn)
+    return wal_present(cat, backup.timeline, backup.start_lsn, backup.stop_lsn, have)

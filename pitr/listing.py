@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pitr.catalog import BackupRecord, Catalog, WalRange, backup_restorable
+from pitr.catalog import BackupRecord, Catalog, WalRange, backup_restorable, segno_sets
 from pitr.pg.names import format_lsn, lsn_to_segno, segment_name, segno_to_lsn
 from pitr.progress import human_bytes
 
@@ -63,7 +63,8 @@ def _follow(cat: Catalog, tli: int, from_segno: int) -> tuple[int, int] | None:
 
 
 def recovery_window(cat: Catalog) -> RecoveryWindow | None:
-    usable = [b for b in cat.backups if backup_restorable(cat, b)]
+    have = segno_sets(cat)
+    usable = [b for b in cat.backups if backup_restorable(cat, b, have)]
     if not usable:
         return None
     oldest = min(usable, key=lambda b: b.stop_time)
@@ -80,7 +81,8 @@ def recovery_window(cat: Catalog) -> RecoveryWindow | None:
 
 # -- JSON ---------------------------------------------------------------------------
 
-def _backup_doc(cat: Catalog, b: BackupRecord) -> dict[str, Any]:
+def _backup_doc(cat: Catalog, b: BackupRecord, have: dict[int, frozenset[int]]
+                ) -> dict[str, Any]:
     return {
         "id": b.id,
         "label": b.label,
@@ -95,7 +97,7 @@ def _backup_doc(cat: Catalog, b: BackupRecord) -> dict[str, Any]:
         "stored_bytes": b.stored_bytes,
         "compression_ratio": round(b.compression_ratio, 2),
         "pinned": b.pinned,
-        "wal_complete": backup_restorable(cat, b),
+        "wal_complete": backup_restorable(cat, b, have),
     }
 
 
@@ -133,11 +135,12 @@ def report(cat: Catalog) -> dict[str, Any]:
                       "segments": g.last - g.first + 1} for g in cat.gaps(tli)],
         })
     window = recovery_window(cat)
+    have = segno_sets(cat)
     return {
         "schema_version": SCHEMA_VERSION,
         "stanza": cat.stanza,
         "system_id": cat.system_id,
-        "backups": [_backup_doc(cat, b) for b in cat.backups],
+        "backups": [_backup_doc(cat, b, have) for b in cat.backups],
         "wal": timelines,
         "recovery_window": None if window is None else {
             "earliest": _edge_doc(window.earliest), "latest": _edge_doc(window.latest)},
