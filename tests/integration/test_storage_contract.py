@@ -435,6 +435,18 @@ def test_repository_prefix_isolates_keys(s3_server: Any, s3_repo: dict[str, Any]
     assert keys == ["one-two/k", "one/k"]
 
 
+def test_storage_class_and_server_side_encryption_apply_to_every_put(
+        s3_server: Any, s3_repo: dict[str, Any]) -> None:
+    d = _s3_driver(s3_server, s3_repo, part_size_mib=5, storage_class="STANDARD_IA",
+                   sse="AES256")
+    put_bytes(d.storage, "small", b"x")
+    d.storage.put("big", PatternStream(12 * MIB))
+    for key in ("pitr/small", "pitr/big"):
+        head = d.s3_client.head_object(Bucket=d.bucket, Key=key)
+        assert head.get("StorageClass") == "STANDARD_IA", key
+        assert head.get("ServerSideEncryption") == "AES256", key
+
+
 def test_tls_verification(testdir: Path) -> None:
     """TLS is verified by default; a CA bundle makes a private CA work; verify_tls = false
     is the explicit opt-out. A bad certificate is a permanent error, not a retryable one."""
