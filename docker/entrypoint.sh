@@ -5,38 +5,50 @@
 #   postgres       initdb on first start, `pitr setup --apply`, restart, `pitr check`,
 #                  then run PostgreSQL in the foreground (the default)
 #   agent          `pitr agent`: pushes .ready segments ahead of the archiver
-#   backup-loop    `pitr backup` now and then every $PITR_BACKUP_INTERVAL seconds
+#   backup-loop    `pitr backup` now and then every $BACKUP_INTERVAL_SECONDS seconds
 #   make-bucket    create the repository's S3 bucket if it does not exist
 #   pitr ARGS...   any pitr command, e.g. `pitr list`, `pitr restore --to ...`
 set -euo pipefail
 
 PGDATA=${PGDATA:-/var/lib/postgresql/data}
-PGBIN=/usr/lib/postgresql/15/bin
-SOCKDIR=/var/run/postgresql
+PGBIN=${ENTRYPOINT_PGBIN:-/usr/lib/postgresql/15/bin}
+# The image's layout; the overrides exist so tests/integration can run this very
+# script on a host (another OS user, socket directory and port).
+PGUSER_OS=${ENTRYPOINT_OS_USER:-postgres}
+SOCKDIR=${ENTRYPOINT_SOCKDIR:-/var/run/postgresql}
+STATEDIR=${ENTRYPOINT_STATE_DIR:-/var/lib/pitr}
+PGPORT=${PGPORT:-5432}
+LISTEN=${ENTRYPOINT_LISTEN:-*}
+export PGPORT
 
 as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "$PGUSER_OS" -- "$@"; else "$@"; fi
+}
+
+exec_pg() {
+  if [ "$(id -u)" -eq 0 ]; then exec runuser -u "$PGUSER_OS" -- "$@"; else exec "$@"; fi
 }
 
 own_dirs() {
   # Named volumes start out root-owned; pitr and PostgreSQL need them private to postgres.
   if [ "$(id -u)" -eq 0 ]; then
-    install -d -o postgres -g postgres -m 0700 "$(dirname "$PGDATA")" /var/lib/pitr
-    install -d -o postgres -g postgres -m 0755 "$SOCKDIR"
+    install -d -o "$PGUSER_OS" -g "$PGUSER_OS" -m 0700 "$(dirname "$PGDATA")" "$STATEDIR"
+    install -d -o "$PGUSER_OS" -g "$PGUSER_OS" -m 0755 "$SOCKDIR"
   fi
 }
 
 wait_for_postgres() {
-  until as_pg "$PGBIN/pg_isready" -q -h "$SOCKDIR"; do sleep 1; done
+  until as_pg "$PGBIN/pg_isready" -q -h "$SOCKDIR" -p "$PGPORT"; do sleep 1; done
 }
 
 init_cluster() {
   echo "pitr-entrypoint: initdb $PGDATA"
-  as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+  # Superuser named like the OS user: peer authentication over the socket.
+  as_pg "$PGBIN/initdb" -D "$PGDATA" -U "$PGUSER_OS" -E UTF8 --locale=C.UTF-8 \
     --auth-local=peer --auth-host=scram-sha-256
   # The other containers of compose.yaml reach the server through the shared socket.
-  printf "\nlisten_addresses = '*'\nunix_socket_directories = '%s'\n" "$SOCKDIR" \
-    >>"$PGDATA/postgresql.conf"
+  printf "\nlisten_addresses = '%s'\nport = %s\nunix_socket_directories = '%s'\n" \
+    "$LISTEN" "$PGPORT" "$SOCKDIR" >>"$PGDATA/postgresql.conf"
   as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -w -l "$PGDATA/setup.log" start
   # Writes archive_mode, archive_command, ... with ALTER SYSTEM and claims the stanza.
   as_pg pitr setup --apply
@@ -51,16 +63,16 @@ case "$mode" in
   postgres)
     own_dirs
     [ -s "$PGDATA/PG_VERSION" ] || init_cluster
-    exec runuser -u postgres -- "$PGBIN/postgres" -D "$PGDATA" "$@"
+    exec_pg "$PGBIN/postgres" -D "$PGDATA" "$@"
     ;;
   agent)
     own_dirs
     wait_for_postgres
-    exec runuser -u postgres -- pitr agent "$@"
+    exec_pg pitr agent "$@"
     ;;
   backup-loop)
     own_dirs
-    interval=${PITR_BACKUP_INTERVAL:-86400}
+    interval=${BACKUP_INTERVAL_SECONDS:-86400}
     wait_for_postgres
     while true; do
       # A failed backup is reported (and alerted on by pitr) and retried next round.
@@ -96,7 +108,7 @@ PY
     ;;
   pitr)
     own_dirs
-    exec runuser -u postgres -- pitr "$@"
+    exec_pg pitr "$@"
     ;;
   *)
     exec "$mode" "$@"

@@ -11,7 +11,7 @@ need_apt=()
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 # The tests check the systemd units with `systemd-analyze verify`; images skip it.
-[ -n "${PITR_SETUP_NO_SYSTEMD:-}" ] || command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+[ -n "${SETUP_HOST_NO_SYSTEMD:-}" ] || command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install ${need_apt[*]} (needs root)" >&2; exit 1

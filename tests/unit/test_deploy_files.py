@@ -187,13 +187,11 @@ def test_compose_services_and_their_files() -> None:
             assert mode in entrypoint_modes(), f"{name}: entrypoint has no mode {mode!r}"
 
 
-def test_compose_runs_the_same_weed_mini_as_the_tests() -> None:
+def test_compose_runs_the_same_weed_mini_as_the_tests(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from support.s3server import S3Server
 
-    server = S3Server.__new__(S3Server)
-    server.weed = "weed"
-    server.data_dir = Path("/d")
+    server = S3Server(tmp_path, weed="weed")  # not started: only its command line is used
     server.ports = {"master.port": 1, "master.port.grpc": 2, "volume.port": 3,
                     "volume.port.grpc": 4, "filer.port": 5, "filer.port.grpc": 6,
                     "s3.port": 7, "s3.port.grpc": 8, "admin.port": 9}
@@ -263,7 +261,7 @@ def test_entrypoint_is_valid_bash_and_calls_real_commands() -> None:
     assert script.stat().st_mode & 0o111, "entrypoint.sh must be executable"
     code = "\n".join(ln for ln in script.read_text().splitlines()
                      if not ln.lstrip().startswith("#"))
-    used = set(re.findall(r"(?:as_pg|--) pitr ([a-z][a-z-]+)", code))
+    used = set(re.findall(r"(?:as_pg|exec_pg|--) pitr ([a-z][a-z-]+)", code))
     assert {"setup", "check", "agent", "backup"} <= used
     for cmd in sorted(used):
         proc = subprocess.run([str(PITR), cmd, "--help"], capture_output=True, text=True,
@@ -331,3 +329,16 @@ def test_postgresql_snippet_sets_what_pitr_setup_sets() -> None:
     arch, rest = archive_commands(INSTALLED_PITR, "/etc/pitr/pitr.toml")
     assert conf["archive_command"] == arch and conf["restore_command"] == rest
     assert conf["wal_level"] == "replica" and conf["archive_mode"] == "on"
+
+
+def test_every_pitr_variable_the_deploy_files_set_is_a_real_setting() -> None:
+    # pitr rejects unknown PITR_* variables (a typo must not pass silently), so a
+    # helper variable with that prefix in a unit or container would break every command.
+    from pitr.config import schema
+
+    known = {k.env for k in schema()} | {"PITR_CONFIG"}
+    files = [*unit_files(), *DOCKER.iterdir(), ROOT / "scripts" / "setup-host.sh"]
+    for path in files:
+        if path.is_file():
+            for name in set(re.findall(r"\bPITR_[A-Z0-9_]+", path.read_text())):
+                assert name in known, f"{path.relative_to(ROOT)}: {name} is not a pitr setting"
