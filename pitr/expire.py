@@ -26,7 +26,7 @@ from typing import Any
 
 from pitr.catalog import Catalog, load_catalog
 from pitr.config import Config
-from pitr.errors import NotFound
+from pitr.errors import NotFound, PitrError
 from pitr.lock import LockInfo, StanzaLock, stale_reason
 from pitr.log import event
 from pitr.pg.names import history_name, segment_name
@@ -79,6 +79,27 @@ def run_expire(cfg: Config, *, dry_run: bool = False, now: datetime | None = Non
                       stale_after=cfg.backup.lock_stale_after, what="backup or expire")
     with lock as held:
         return expire(repo, policy, now=now, busy_since=held.started_at)
+
+
+def expire_after_backup(cfg: Config, backup_id: str) -> tuple[dict[str, Any], PitrError | None]:
+    """`pitr backup --label scheduled` with ``backup.expire_after``: a short summary, and the
+    error to raise once the (successful) backup has been reported."""
+    from pitr.progress import human_bytes
+
+    try:
+        r = run_expire(cfg)
+    except PitrError as exc:
+        exc.message = f"backup {backup_id} completed, but expiry after it failed: {exc.message}"
+        if exc.hint is None:
+            exc.hint = "the next scheduled backup (or `pitr expire`) tries again"
+        return {"error": exc.message, "exit_code": exc.exit_code}, exc
+    d = r.decision
+    return {"kept": len(d.kept), "deleted_backups": [b.id for b in d.deleted],
+            "wal_segments_deleted": len(d.wal_deleted), "bytes_freed": r.bytes_freed,
+            "restorable_from": d.restorable_from.isoformat() if d.restorable_from else None,
+            "text": f"expired {len(d.deleted)} backup(s) and {len(d.wal_deleted)} WAL "
+                    f"segment(s), freed {human_bytes(r.bytes_freed)}; {len(d.kept)} backup(s) "
+                    f"kept"}, None
 
 
 def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: bool = False,

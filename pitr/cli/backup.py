@@ -47,15 +47,25 @@ def backup(
                        {"exit_code": exc.exit_code, "hint": exc.hint})
         raise
     s = result.summary()
+    expire_error = None
+    if label is Label.scheduled and cfg.backup.expire_after:  # retention (pitr/expire.py)
+        from pitr.expire import expire_after_backup
+
+        s["expire"], expire_error = expire_after_backup(cfg, s["id"])
     if json_out:
         print_json(s)
-        return
-    typer.echo(
-        f"backup {s['id']} completed: {human_bytes(s['raw_bytes'])} -> "
-        f"{human_bytes(s['stored_bytes'])} stored ({s['compression_ratio']:.1f}x) in "
-        f"{human_duration(s['seconds'])} ({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"
-        f"; WAL {s['start_lsn']} .. {s['stop_lsn']} on timeline {s['timeline']}, "
-        f"stop time {s['stop_time']}{', pinned' if s['pinned'] else ''}")
+    else:
+        typer.echo(
+            f"backup {s['id']} completed: {human_bytes(s['raw_bytes'])} -> "
+            f"{human_bytes(s['stored_bytes'])} stored ({s['compression_ratio']:.1f}x) in "
+            f"{human_duration(s['seconds'])} "
+            f"({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"
+            f"; WAL {s['start_lsn']} .. {s['stop_lsn']} on timeline {s['timeline']}, "
+            f"stop time {s['stop_time']}{', pinned' if s['pinned'] else ''}")
+        if "expire" in s and expire_error is None:
+            typer.echo(s["expire"]["text"])
+    if expire_error is not None:
+        raise expire_error
 
 
 @app.command("list")

@@ -255,7 +255,10 @@ def test_kill_9_midway_leaves_no_backup_and_the_next_one_succeeds(env: Env) -> N
     assert {b.id for b in env.catalog().backups} == completed
     assert leftovers(env)
 
-    nxt = run_pitr(env.cfg, "backup", "--label", "scheduled", "--pin")
+    # expire_after would expire this module's earlier same-day backups (tests/integration/
+    # test_expire_restore.py covers it); this test counts them.
+    nxt = run_pitr(env.cfg, "backup", "--label", "scheduled", "--pin",
+                   env={"PITR_BACKUP_EXPIRE_AFTER": "false"})
     assert "taking over the stale lock" in nxt.stderr
     cat = env.catalog()
     assert len(cat.backups) == len(completed) + 1
