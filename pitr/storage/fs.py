@@ -93,15 +93,23 @@ class FsStorage:
                         written += len(chunk)
                     out.flush()
                     os.fsync(out.fileno())
-                if if_absent:
-                    try:
-                        os.link(tmp, dest)
-                    except FileExistsError:
-                        raise AlreadyExists(f"{key}: already exists") from None
-                    finally:
-                        os.unlink(tmp)
-                else:
-                    os.replace(tmp, dest)
+                try:
+                    if if_absent:
+                        try:
+                            os.link(tmp, dest)
+                        except FileExistsError:
+                            raise AlreadyExists(f"{key}: already exists") from None
+                        finally:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(tmp)
+                    else:
+                        os.replace(tmp, dest)
+                except FileNotFoundError:
+                    # Our temp file is gone: a concurrent cleanup_incomplete, not a missing
+                    # object. Nothing was stored, so a retry is the right answer.
+                    raise TransientStorageError(
+                        f"{key}: the temporary file vanished before it was stored "
+                        "(a concurrent cleanup?); retry") from None
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)

@@ -240,11 +240,15 @@ class S3Storage:
             self._call("put", key, self._client.complete_multipart_upload,
                        Bucket=self.bucket, Key=full, UploadId=upload_id,
                        MultipartUpload={"Parts": parts}, **extra)
-        except BaseException:
+        except BaseException as exc:
             # Runs after the pool drained, so no part lands after the abort.
             with contextlib.suppress(Exception):
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=full,
                                                     UploadId=upload_id)
+            if isinstance(exc, NotFound):  # NoSuchUpload: aborted underneath us
+                raise TransientStorageError(
+                    f"{key}: the multipart upload was aborted while in progress "
+                    "(a concurrent cleanup?); retry") from None
             raise
         return total
 

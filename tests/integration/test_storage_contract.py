@@ -266,6 +266,19 @@ def test_interrupted_put_leaves_no_object(driver: Driver, size: int) -> None:
     assert s.cleanup_incomplete("half/") == 0  # the driver cleaned up after itself
 
 
+def test_cleanup_during_a_write_fails_it_retryably(driver: Driver) -> None:
+    """cleanup_incomplete must only run when nothing writes; if it does anyway, the
+    writer gets a retryable error and no object, never a bogus NotFound or success."""
+    s = driver.storage
+    src = PatternStream(12 * MIB, hook_at=7 * MIB, hook=lambda: s.cleanup_incomplete("cut/"))
+    with pytest.raises(TransientStorageError):
+        s.put("cut/object", src, if_absent=True)
+    with pytest.raises(NotFound):
+        s.stat("cut/object")
+    put_bytes(s, "cut/object", b"retried", if_absent=True)
+    assert read_bytes(s, "cut/object") == b"retried"
+
+
 def test_cleanup_incomplete_removes_leftovers_under_prefix_only(driver: Driver) -> None:
     s = driver.storage
     driver.make_leftover("wal/dead1")
