@@ -2,8 +2,8 @@
 
 PostgreSQL runs archive_command and restore_command once per 16 MiB segment,
 and a Python process that imports typer/boto3/zstandard spends 100-250 ms
-before any I/O. Two cases are answered here with the standard library only
-(plus pitr.config and pitr.wal.spool, which are stdlib-only too):
+before any I/O. Two cases are answered here with :mod:`pitr.fastpath` only
+(os, time, fcntl, pwd; not even json or re):
 
 * ``[--config X] archive-push PATH``: exit 0 when the agent's receipt proves
   this very file is stored (see :mod:`pitr.wal.spool` for why the identity
@@ -14,8 +14,9 @@ before any I/O. Two cases are answered here with the standard library only
   (verified, decompressed, renamed into the spool only when complete) rename
   it to DEST.
 
-Anything else, and every doubt or error on these paths, falls through to the
-full CLI, which behaves exactly as it would without the fast paths.
+Anything else, and every doubt or error on these paths (root included: the
+full CLI refuses root over the cluster's files), falls through to the full
+CLI, which behaves exactly as it would without the fast paths.
 """
 
 from __future__ import annotations
@@ -69,80 +70,74 @@ def fast_path(args: list[str]) -> int | None:
 
 
 def archive_push_fast(config: str | None, path: str) -> int | None:
-    from pitr.config import Config, load
-    from pitr.security import check_command_user
-    from pitr.wal.spool import WAL_NAME_RE, Spool
+    from pitr import fastpath as fp
 
     start = time.perf_counter()
     name = os.path.basename(path)
-    if not WAL_NAME_RE.match(name):
+    # root over the cluster's files never takes a shortcut: the full CLI decides
+    # (pitr.security refuses it there).
+    if not fp.is_wal_name(name) or os.geteuid() == 0:
         return None
-    cfg: Config = load(config)
-    # root over the cluster user's files: no shortcut, the full CLI refuses it
-    check_command_user("archive-push", cfg.postgres.pgdata)
-    spool = Spool(cfg.archive.spool_dir, cfg.stanza)
+    cfg = fp.load_config(config)
     st = os.stat(path)
-    url = cfg.repository.url
-    proved = spool.receipt_proves(name, st, url)
-    if not proved and cfg.archive.fast_path_wait > 0 and spool.agent_running():
-        proved = _wait_for_agent(spool, name, st, url, start + cfg.archive.fast_path_wait)
+    base = cfg.base
+    proved = fp.receipt_proves(base, name, st, cfg.url)
+    if not proved and cfg.fast_path_wait > 0 and fp.agent_running(base):
+        proved = _wait_for_agent(base, name, st, cfg.url, start + cfg.fast_path_wait)
     if not proved:
         return None
-    try:  # noqa: SIM105 - contextlib is one import more on the hot path
-        spool.note_fast_path(name, (time.perf_counter() - start) * 1000)
-    except OSError:
-        pass  # the proof stands; only the log line is lost
+    fp.note_fast_path(base, name, start)
     return 0
 
 
-def _wait_for_agent(spool: object, name: str, st: os.stat_result, url: str,
+def _wait_for_agent(base: str, name: str, st: os.stat_result, url: str,
                     deadline: float) -> bool:
-    from pitr.wal.spool import Spool
+    from pitr import fastpath as fp
 
-    assert isinstance(spool, Spool)
     pause, last_alive = 0.002, time.perf_counter()
     while time.perf_counter() < deadline:
         time.sleep(pause)
         pause = min(pause * 1.5, 0.02)
-        if spool.receipt_proves(name, st, url):
+        if fp.receipt_proves(base, name, st, url):
             return True
-        if spool.has_error(name):
+        if fp.has_error(base, name):
             return False  # the agent failed on it: push synchronously, report properly
         if time.perf_counter() - last_alive > 0.2:
-            if not spool.agent_running():
+            if not fp.agent_running(base):
                 return False
             last_alive = time.perf_counter()
     return False
 
 
 def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
-    from pitr.config import Config, load
-    from pitr.security import check_command_user
-    from pitr.wal.spool import SEGMENT_RE, Spool
+    from pitr import fastpath as fp
 
-    if not SEGMENT_RE.match(name):
-        return None  # history/partial files: rare, never prefetched
-    cfg: Config = load(config)
-    check_command_user("archive-get", cfg.postgres.pgdata)
-    if cfg.archive.prefetch <= 0:
+    if not fp.is_segment_name(name) or os.geteuid() == 0:
+        return None  # history/partial files are rare and never prefetched
+    cfg = fp.load_config(config)
+    if cfg.prefetch <= 0:
         return None
-    spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+    base = cfg.base
+    pdir = os.path.join(base, fp.PREFETCH_DIR)
+    os.makedirs(pdir, mode=0o700, exist_ok=True)
     # Publish the position before looking for a worker: a worker that is about to
     # exit re-reads it after dropping its lock, so no request is ever stranded.
-    spool.set_want(name)
-    if not spool.prefetcher_running():
-        spawn_prefetcher(config, spool.base / "prefetch-worker.log")
-    src = spool.prefetched(name)
-    if not src.exists() and spool.inflight(name).exists():
-        deadline = time.perf_counter() + max(cfg.archive.fast_path_wait, 0)
-        while (time.perf_counter() < deadline and not src.exists()
-               and spool.inflight(name).exists()):
+    fp.atomic_write(os.path.join(base, fp.PREFETCH_WANT), name + "\n")
+    if not fp.lock_held(os.path.join(base, fp.PREFETCH_LOCK)):
+        spawn_prefetcher(config, os.path.join(base, fp.PREFETCH_WORKER_LOG))
+    src = os.path.join(pdir, name)
+    marker = src + ".inflight"
+    if not os.path.exists(src) and os.path.exists(marker):
+        deadline = time.perf_counter() + max(cfg.fast_path_wait, 0)
+        while (time.perf_counter() < deadline and not os.path.exists(src)
+               and os.path.exists(marker)):
             time.sleep(0.005)
-    if not src.exists():
-        spool.note_prefetch("miss", name)
+    log = os.path.join(base, fp.PREFETCH_LOG)
+    if not os.path.exists(src):
+        fp.append_line(log, f"{time.time():.3f} miss {name}")
         return None
-    move_into_place(str(src), dest)
-    spool.note_prefetch("hit", name)
+    move_into_place(src, dest)
+    fp.append_line(log, f"{time.time():.3f} hit {name}")
     return 0
 
 
@@ -167,7 +162,7 @@ def move_into_place(src: str, dest: str) -> None:
     os.unlink(src)
 
 
-def spawn_prefetcher(config: str | None, log_path: object) -> None:
+def spawn_prefetcher(config: str | None, log_path: str) -> None:
     """Start ``pitr prefetch-worker`` detached (double fork, own session).
 
     It must outlive this short archive-get process and must not hold
@@ -183,7 +178,7 @@ def spawn_prefetcher(config: str | None, log_path: object) -> None:
             os.setsid()
             if os.fork() == 0:
                 null = os.open(os.devnull, os.O_RDWR)
-                out = os.open(str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 os.dup2(null, 0)
                 os.dup2(out, 1)
                 os.dup2(out, 2)

@@ -32,7 +32,9 @@ same repository. That is sound because:
 Hashing the 16 MiB file again would also be sound but costs tens of
 milliseconds per segment, which is the whole budget of the fast path.
 
-This module is imported by the fast paths of :mod:`pitr.entry`: stdlib only.
+The fast paths in :mod:`pitr.entry` do not import this module (dataclasses,
+pathlib and json cost more than their whole budget); :mod:`pitr.fastpath`
+checks receipts with the same layout and a canonical fragment of this JSON.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RECEIPT_FORMAT = 1
+from pitr import fastpath as fp
+from pitr.fastpath import append_line, lock_held
+
+RECEIPT_FORMAT = fp.RECEIPT_FORMAT
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 # Names PostgreSQL hands to archive_command (segment, partial, history, backup label).
 WAL_NAME_RE = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
@@ -105,27 +110,6 @@ def atomic_write(path: Path, text: str, *, fsync: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def lock_held(path: Path) -> bool:
-    """True when another process holds the exclusive flock on ``path``.
-
-    flock dies with its holder (even on kill -9), so unlike a pid file this
-    cannot be fooled by a stale file or a recycled pid.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # also drops our shared lock if we got it
-    return False
-
-
 def try_lock(path: Path) -> int | None:
     """Take the exclusive flock on ``path``; the open fd (keep it) or None if taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -139,15 +123,6 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one short line; O_APPEND keeps concurrent writers' lines whole."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 def rotate_if_big(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
     with contextlib.suppress(OSError):
         if path.stat().st_size > limit:
@@ -159,14 +134,14 @@ class Spool:
 
     def __init__(self, spool_dir: str | Path, stanza: str) -> None:
         self.base = Path(spool_dir) / stanza
-        self.archive_dir = self.base / "archive"
-        self.prefetch_dir = self.base / "prefetch"
-        self.agent_lock = self.base / "agent.lock"
-        self.status_path = self.base / "agent-status.json"
-        self.fastpath_log = self.archive_dir / "fastpath.log"
-        self.prefetch_lock = self.base / "prefetch.lock"
-        self.prefetch_want = self.base / "prefetch.want"
-        self.prefetch_log = self.base / "prefetch.log"
+        self.archive_dir = self.base / fp.ARCHIVE_DIR
+        self.prefetch_dir = self.base / fp.PREFETCH_DIR
+        self.agent_lock = self.base / fp.AGENT_LOCK
+        self.status_path = self.base / fp.STATUS_FILE
+        self.fastpath_log = self.archive_dir / fp.FASTPATH_LOG
+        self.prefetch_lock = self.base / fp.PREFETCH_LOCK
+        self.prefetch_want = self.base / fp.PREFETCH_WANT
+        self.prefetch_log = self.base / fp.PREFETCH_LOG
 
     def ensure(self) -> Spool:
         for d in (self.base, self.archive_dir, self.prefetch_dir):
@@ -207,9 +182,6 @@ class Spool:
 
     def agent_running(self) -> bool:
         return lock_held(self.agent_lock)
-
-    def note_fast_path(self, name: str, ms: float) -> None:
-        append_line(self.fastpath_log, f"{time.time():.3f} {name} fast-path {ms:.2f}ms")
 
     # -- prefetch ----------------------------------------------------------
     def prefetched(self, name: str) -> Path:

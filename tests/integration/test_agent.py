@@ -178,7 +178,7 @@ def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
     burst = make_segments(pg, 40)
     wait_for(lambda: len(list(spool.archive_dir.glob("*.ok"))) >= 8, "some receipts")
     first.signal(signal.SIGKILL)
-    assert not lock_held(spool.agent_lock)
+    assert not lock_held(spool.agent_lock), "a killed agent's flock must be gone"
     # A crash between "stored" and "receipt written": drop some receipts. The
     # restarted agent must find those objects already archived, not conflicting.
     receipts = sorted(spool.archive_dir.glob("*.ok"))
@@ -191,15 +191,16 @@ def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
                    and d["backlog"]["ready"] >= len(burst) and d,
                    "the restarted agent to store every .ready segment")
     assert doc["failures"]["total"] == 0, doc
-    assert doc["totals"]["already_archived"] >= len(dropped)
-    assert not list(spool.archive_dir.glob("*.error"))
+    assert doc["totals"]["already_archived"] >= len(dropped), (doc, dropped)
+    assert not list(spool.archive_dir.glob("*.error")), (testdir / "agent2.log").read_text()
 
     pg.sql(f"alter system set archive_command = '{pitr_exe} --config {cfg} archive-push %p'")
     pg.sql("select pg_reload_conf()")
     wait_archived(pg, burst[-1])
     assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
     assert set(burst) <= repo_names(cfg)
-    assert set(burst) <= set(fast_path_names(spool))
+    assert set(burst) <= set(fast_path_names(spool)), \
+        (sorted(set(burst) - set(fast_path_names(spool))), (testdir / "agent2.log").read_text())
 
 
 def test_s3_outage_during_a_burst_resumes_and_loses_nothing(

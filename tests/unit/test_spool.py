@@ -7,20 +7,27 @@ what matters is what that process imports and how it exits.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pitr import fastpath
 from pitr.entry import fast_path, split_args
 from pitr.pg.names import parse_segment_name, segment_name
 from pitr.wal.agent import BACKOFF_MAX, backoff_delay
 from pitr.wal.prefetch import is_stale, plan_window
-from pitr.wal.spool import FileIdentity, Receipt, Spool, lock_held, try_lock
+from pitr.wal.spool import WAL_NAME_RE, FileIdentity, Receipt, Spool, lock_held, try_lock
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from support.pgcluster import PG_USER, as_user_cmd
 
 SEG = "000000010000000000000003"
 HEAVY = ("boto3", "botocore", "zstandard", "typer", "click", "pydantic", "psycopg", "watchdog")
@@ -32,7 +39,22 @@ def receipt_for(path: Path, url: str) -> Receipt:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Spool, Path, Path]:
+def tmp_user_path() -> Iterator[Path]:
+    """A directory the fast path can run in as a non-root user (root never takes it)."""
+    d = Path(tempfile.mkdtemp(prefix="pitr-spool-test-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def give_to_user(root: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", PG_USER, str(root)], check=True)
+
+
+@pytest.fixture
+def setup(tmp_user_path: Path) -> tuple[Spool, Path, Path]:
+    tmp_path = tmp_user_path
     spool = Spool(tmp_path / "spool", "main").ensure()
     wal = tmp_path / "pg_wal"
     wal.mkdir()
@@ -41,6 +63,7 @@ def setup(tmp_path: Path) -> tuple[Spool, Path, Path]:
     cfg = tmp_path / "pitr.toml"
     cfg.write_text(f'stanza = "main"\n[repository]\nurl = "file://{tmp_path}/repo"\n'
                    f'[archive]\nspool_dir = "{tmp_path}/spool"\nfast_path_wait = 0\n')
+    give_to_user(tmp_path)  # before any receipt: chown changes ctime, part of the identity
     return spool, seg, cfg
 
 
@@ -112,11 +135,13 @@ def test_fast_path_declines_without_proof(setup: tuple[Spool, Path, Path],
 
 
 def run_entry(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a fresh interpreter, as the cluster user; prints heavy imports."""
+    give_to_user(cwd / "spool")
     code = ("import sys\nfrom pitr.entry import main\nrc = main(sys.argv[1:])\n"
             f"print(','.join(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
             "sys.exit(rc)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PITR_")}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env,
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    return subprocess.run(as_user_cmd([sys.executable, "-c", code, *args]), cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -169,3 +194,77 @@ def test_backoff_grows_and_is_capped(attempts: int) -> None:
     d = backoff_delay(attempts)
     assert 0 < d <= BACKOFF_MAX
     assert d >= min(BACKOFF_MAX, 2 ** (attempts - 1)) / 2
+
+
+# -- pitr.fastpath: the stdlib-light twins must agree with the full implementations ---
+def test_fragment_is_what_the_receipt_writer_writes(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    for url in ("s3://bucket/prefix", "file:///var/lib/pitr/repo"):
+        spool.write_receipt(receipt_for(seg, url))
+        fragment = fastpath.receipt_fragment(SEG, url, seg.stat())
+        assert fragment is not None and fragment in spool.ok_path(SEG).read_text()
+        assert fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), url)
+        assert not fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), url + "x")
+
+
+def test_fast_proof_falls_back_to_json_for_odd_urls(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    url = 's3://bucket/pré"fix'
+    spool.write_receipt(receipt_for(seg, url))
+    assert fastpath.receipt_fragment(SEG, url, seg.stat()) is None
+    assert fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), url)
+
+
+def test_fast_proof_rejects_another_version_of_the_file(setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, _ = setup
+    spool.write_receipt(receipt_for(seg, "u"))
+    other = seg.with_name("000000010000000000000001")
+    other.write_bytes(seg.read_bytes())  # even the very same bytes: a new file, no proof
+    os.replace(other, seg)
+    assert not fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), "u")
+
+
+wal_like = st.one_of(
+    st.text(alphabet="0123456789ABCDEFabcdefgx.historypartilbck", max_size=42),
+    names, names.map(lambda n: n + ".partial"), names.map(lambda n: n[:8] + ".history"),
+    names.map(lambda n: n + ".00000028.backup"))
+
+
+@given(wal_like)
+def test_fast_name_check_matches_the_regex(name: str) -> None:
+    assert fastpath.is_wal_name(name) == bool(WAL_NAME_RE.match(name))
+    assert fastpath.is_segment_name(name) == bool(re_segment(name))
+
+
+def re_segment(name: str) -> bool:
+    from pitr.wal.spool import SEGMENT_RE
+
+    return bool(SEGMENT_RE.match(name))
+
+
+def test_config_cache_follows_the_file_and_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # pwd decides; check it is this user's home
+    home = fastpath._cache_path(str(tmp_path / "c.toml"))
+    if home is None:
+        pytest.skip("this user has no home directory for the cache")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('stanza = "one"\n[archive]\nspool_dir = "/s"\nprefetch = 3\n')
+    for k in [k for k in os.environ if k.startswith("PITR_")]:
+        monkeypatch.delenv(k)
+    first = fastpath.load_config(str(cfg))
+    assert (first.stanza, first.spool_dir, first.prefetch) == ("one", "/s", 3)
+    cache = Path(home)
+    assert cache.exists() and cache.stat().st_mode & 0o077 == 0
+    assert fastpath.load_config(str(cfg)).dump() == first.dump()  # served from the cache
+    time.sleep(0.01)
+    cfg.write_text('stanza = "two"\n[archive]\nspool_dir = "/s"\nprefetch = 3\n')
+    assert fastpath.load_config(str(cfg)).stanza == "two"
+    monkeypatch.setenv("PITR_ARCHIVE_PREFETCH", "5")
+    assert fastpath.load_config(str(cfg)).prefetch == 5
+    monkeypatch.delenv("PITR_ARCHIVE_PREFETCH")
+    assert fastpath.load_config(str(cfg)).prefetch == 3
+    # A cache others could have written is ignored, never trusted.
+    cache.write_text(cache.read_text().replace("stanza=two", "stanza=evil"))
+    cache.chmod(0o666)
+    assert fastpath.load_config(str(cfg)).stanza == "two"
