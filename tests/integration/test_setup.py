@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from conftest import run_pitr
 
+from pitr.security import loose_modes
+
 pytestmark = pytest.mark.integration
 
 
@@ -66,6 +68,15 @@ def test_setup_apply_then_check_passes(pg_factory: Any, pitr_config: Any, pitr_e
     text_again = run_pitr(cfg, "setup", "--apply").stdout
     assert "archive_mode: ok ('on')" in text_again and "check: passed" in text_again
     assert pg.archiver_stats()["failed_count"] == 0
+
+    # What pitr wrote is private: 0600 files, 0700 directories (repository, spool, %p).
+    dest = pg.base / "fetched"
+    run_pitr(cfg, "archive-get", pg.archiver_stats()["last_archived_wal"], str(dest))
+    assert (dest.stat().st_mode & 0o777) == 0o600
+    assert loose_modes(local_repo) == []
+    spool = Path(str(cfg)).parent / "spool"
+    if spool.exists():
+        assert loose_modes(spool) == []
 
 
 def test_setup_refuses_a_stanza_of_another_cluster(pg_factory: Any, pitr_config: Any,

@@ -75,6 +75,32 @@ def test_entrypoint_first_start_archives_and_backs_up(testdir: Path, pitr_exe: P
         assert listing.returncode == 0, listing.stderr
         assert json.loads(backup.stdout)["id"] in listing.stdout
         assert (pgdata.parent.stat().st_mode & 0o777) == 0o700
+
+        # README's Docker walkthrough: a table, the time, an accident, a restore.
+        def psql(sql: str) -> str:
+            return run_as([str(PG_BINDIR / "psql"), "-h", str(sock), "-p", str(port), "-d",
+                           "postgres", "-XAtc", sql]).stdout.strip()
+
+        psql("create table t as select g from generate_series(1, 1000) g")
+        time.sleep(1.1)
+        target = psql("select to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+        time.sleep(1.1)
+        psql("drop table t")
+        assert entry("pitr", "check").returncode == 0  # switches WAL, waits for the archive
+        run_as([str(PG_BINDIR / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"])
+        proc.wait(60)
+        restore = entry("pitr", "restore", "--to", target, "--pgdata", str(pgdata), "--force",
+                        "--archive-mode", "preserve", "--yes")
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+        proc = subprocess.Popen(["bash", str(ENTRYPOINT), "postgres"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while psql_ok(sock, port, "select not pg_is_in_recovery()") != "t":
+            assert proc.poll() is None, (testdir / "entrypoint.log").read_text()
+            assert time.monotonic() < deadline, (testdir / "entrypoint.log").read_text()
+            time.sleep(0.5)
+        assert psql("select count(*) from t") == "1000"
+        assert any(testdir.joinpath("pg").glob("data.pitr-old-*")), "old data is moved aside"
     finally:
         run_as([str(PG_BINDIR / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
                check=False)
@@ -92,3 +118,9 @@ def _postmaster_parent(pgdata: Path) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def psql_ok(sock: Path, port: int, sql: str) -> str:
+    proc = run_as([str(PG_BINDIR / "psql"), "-h", str(sock), "-p", str(port), "-d", "postgres",
+                   "-XAtc", sql], check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""

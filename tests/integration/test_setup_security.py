@@ -1,19 +1,15 @@
 """Security basics with the real CLI: root is refused over the cluster user's data
-directory, and what pitr writes is private (0600 files, 0700 directories)."""
+directory (file modes are checked in test_setup.py, which archives anyway)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_pitr
 from support.pgcluster import chown_user, make_user_dir
-
-from pitr.security import loose_modes
 
 pytestmark = pytest.mark.integration
 SEGMENT = "000000010000000000000001"
@@ -68,27 +64,3 @@ def test_root_over_its_own_directory_is_not_refused(pitr_config: Any, pitr_exe: 
     (own / "PG_VERSION").write_text("15\n")
     res = _as_root(pitr_exe, pitr_config(), "archive-push", "pg_wal/" + SEGMENT, cwd=own)
     assert res.returncode != 15, res.stderr  # it fails (no such file), but not by refusal
-
-
-def test_what_pitr_writes_is_private(pg_factory: Any, pitr_config: Any, pitr_exe: Path,
-                                     local_repo: Path, testdir: Path) -> None:
-    spool = testdir / "spool"
-    pg = pg_factory(conf={"archive_mode": "on",
-                          "archive_command": f"{pitr_exe} --config {testdir / 'pitr.toml'} "
-                                             "archive-push %p"})
-    cfg = pitr_config(postgres={"dsn": pg.dsn, "pgdata": str(pg.pgdata)})
-    pg.start()
-    for _ in range(3):
-        pg.switch_wal()
-        pg.sql("select txid_current()")
-    run_pitr(cfg, "check")
-    dest = pg.base / "fetched"
-    run_pitr(cfg, "archive-get", pg.scalar("select last_archived_wal from pg_stat_archiver"),
-             str(dest))
-    assert (dest.stat().st_mode & 0o777) == 0o600
-    assert any(local_repo.rglob("*.zst"))
-    assert loose_modes(local_repo) == []
-    if spool.exists():
-        # the spool's parent is the test's own 0755 directory; only what pitr made counts
-        assert loose_modes(spool) == []
-    shutil.rmtree(dest, ignore_errors=True)
