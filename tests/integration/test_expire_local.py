@@ -1,8 +1,8 @@
 """`pitr expire` on the local-directory repository: the lock it shares with backup, incomplete
 backups (stale ones go, a running one stays), damaged manifests, the text plan, and the
 error path of expiry after a backup. No PostgreSQL needed: the history is written with
-pitr's own manifest encoder, the storage is the real local driver (written as root here, so the CLI runs as root).
-"""
+pitr's own manifest encoder, the storage is the real local driver (written as root here,
+so the CLI runs as root too)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from conftest import run_pitr
@@ -39,8 +40,14 @@ def _backup(repo: Repo, bid: str, stop: datetime, seg: int) -> BackupRecord:
     return rec
 
 
+class Setup(NamedTuple):
+    path: Path
+    cfg: config_mod.Config
+    repo: Repo
+
+
 @pytest.fixture
-def setup(pitr_config, local_repo: Path) -> tuple[Path, config_mod.Config, Repo]:  # type: ignore[no-untyped-def]
+def setup(pitr_config: Any) -> Setup:
     path = pitr_config(retention={"daily": 1, "weekly": 0, "monthly": 0, "min_backups": 1})
     cfg = config_mod.load(path, env={})
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
@@ -50,11 +57,11 @@ def setup(pitr_config, local_repo: Path) -> tuple[Path, config_mod.Config, Repo]
         _backup(repo, f"b{i}", now - timedelta(days=days, minutes=1), 10 * i + 1)
     for n in range(25):
         put_bytes(repo.storage, repo.wal_key(segment_name(1, n, SEG)), b"w")
-    return path, cfg, repo
+    return Setup(path, cfg, repo)
 
 
-def test_stale_incomplete_backups_go(setup, local_repo: Path) -> None:  # type: ignore[no-untyped-def]
-    path, cfg, repo = setup
+def test_stale_incomplete_backups_go(setup: Setup, local_repo: Path) -> None:
+    cfg, repo = setup.cfg, setup.repo
     key = repo.backup_prefix("stale") + "base.tar.zst"
     put_bytes(repo.storage, key, b"x")
     old = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
@@ -71,8 +78,8 @@ def test_stale_incomplete_backups_go(setup, local_repo: Path) -> None:  # type: 
     assert "delete  b0" in text and "keep    b2" in text and "freed" in text
 
 
-def test_expire_waits_for_no_one_a_running_backup_refuses_it(setup) -> None:  # type: ignore[no-untyped-def]
-    path, cfg, repo = setup
+def test_a_running_backup_refuses_expire(setup: Setup) -> None:
+    cfg, repo = setup.cfg, setup.repo
     with StanzaLock(repo, "backup", command="pitr backup", stale_after=3600):
         put_bytes(repo.storage, repo.backup_prefix("running") + "base.tar.zst", b"x")
         with pytest.raises(LockedError):
@@ -87,8 +94,8 @@ def test_expire_waits_for_no_one_a_running_backup_refuses_it(setup) -> None:  # 
     assert len(load_catalog(repo).backups) == 3  # nothing deleted while locked
 
 
-def test_damaged_manifest_is_left_alone_and_reported(setup) -> None:  # type: ignore[no-untyped-def]
-    path, cfg, repo = setup
+def test_damaged_manifest_is_left_alone_and_reported(setup: Setup) -> None:
+    path, repo = setup.path, setup.repo
     put_bytes(repo.storage, repo.manifest_key("broken"), b"{not json")
     proc = run_pitr(path, "expire", "--json", user=None)
     doc = json.loads(proc.stdout)
@@ -98,8 +105,8 @@ def test_damaged_manifest_is_left_alone_and_reported(setup) -> None:  # type: ig
     assert "nothing to expire" in text and "skip    broken" in text
 
 
-def test_cli_dry_run_and_pins(setup) -> None:  # type: ignore[no-untyped-def]
-    path, cfg, repo = setup
+def test_cli_dry_run_and_pins(setup: Setup) -> None:
+    path, repo = setup.path, setup.repo
     assert "pinned" in run_pitr(path, "pin", "b0", user=None).stdout
     doc = json.loads(run_pitr(path, "expire", "--dry-run", "--json", user=None).stdout)
     assert doc["dry_run"] and [b["id"] for b in doc["deleted"]] == ["b1"]
