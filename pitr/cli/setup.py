@@ -9,6 +9,7 @@ import typer
 from pitr import setup as setup_mod
 from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
 from pitr.config import Config
+from pitr.security import check_command_user
 
 # how long the end-to-end check waits for the switched segment to be archived
 CHECK_ARCHIVE_TIMEOUT = 60.0
@@ -35,6 +36,9 @@ def setup(
 ) -> None:
     """Configure a running cluster to archive through pitr (never restarts it)."""
     cfg = load_config(command="setup")
+    # root would create the stanza (repo.json, a local repository's directories) as
+    # root, which the archiver running as the cluster user could not read later.
+    check_command_user("setup", cfg.postgres.pgdata)
     config_path = setup_mod.config_file_path(OPTS.config_path)
     report = setup_mod.run_setup(cfg, config_path=config_path,
                                  exe=exe or setup_mod.pitr_executable(), apply=apply,

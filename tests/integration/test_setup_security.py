@@ -53,6 +53,8 @@ def test_root_is_refused_over_the_cluster_users_data_directory(
     wal = fake_pgdata / "pg_wal" / SEGMENT
     push2 = _as_root(pitr_exe, cfg2, "archive-push", str(wal), cwd=Path("/"))
     assert push2.returncode == 15, push2.stderr
+    setup = _as_root(pitr_exe, cfg2, "setup", cwd=Path("/"))
+    assert setup.returncode == 15, setup.stderr
 
 
 def test_root_over_its_own_directory_is_not_refused(pitr_config: Any, pitr_exe: Path,
