@@ -14,7 +14,6 @@ import zstandard
 
 from pitr import codec
 from pitr.cli import main as cli_main
-from pitr.cli.archive import archive_get_exit_code, is_standby
 from pitr.errors import (
     RECOVERY_ABORT_OFFSET,
     AlreadyExists,
@@ -28,6 +27,7 @@ from pitr.errors import (
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
 from pitr.storage.fs import FsStorage
+from pitr.wal.commands import archive_get_exit_code, is_standby
 from pitr.wal.fetch import fetch_to_bytes, fetch_wal
 from pitr.wal.push import push_wal
 
@@ -344,3 +344,27 @@ def test_unreadable_dest_dir_is_reported(tmp_path: Path, repo: Repo) -> None:
         fetch_wal(repo, name, tmp_path / "no" / "such" / "dir", budget=5)
     assert getattr(err.value, "exit_code", 0) > 0
     assert not os.path.exists(tmp_path / "no")
+
+
+def test_command_functions_need_no_cli_framework(tmp_path: Path) -> None:
+    """archive-push/get as plain functions: what the entry point can call per segment."""
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path)
+    name = "00000001000000000000000F"
+    seg = write_wal(tmp_path / "src", name, segment_bytes(name))
+    (tmp_path / "pg_wal").mkdir()
+    dest = tmp_path / "pg_wal" / "X"
+    script = (
+        "import sys\n"
+        "from pitr.wal.commands import archive_get_main, archive_push_main\n"
+        f"assert archive_push_main({str(cfg)!r}, {str(seg)!r}) == 0\n"
+        f"assert archive_get_main({str(cfg)!r}, {name!r}, {str(dest)!r}) == 0\n"
+        f"assert archive_get_main({str(cfg)!r}, 'AAAAAAAA0000000000000000', 'x') == 1\n"
+        "heavy = [m for m in ('typer', 'pydantic', 'boto3', 'psycopg') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == seg.read_bytes()

@@ -1,0 +1,160 @@
+"""archive-push and archive-get as plain functions that return PostgreSQL's exit codes.
+
+PostgreSQL runs these once per WAL file and waits. Going through typer costs a
+lot per call (its parameter coercion imports pydantic: 0.3 s and more on a busy
+host, more than compressing a segment), so the contract lives here without any
+CLI framework: :mod:`pitr.cli.archive` wraps these for ``pitr archive-push`` /
+``archive-get``, and :mod:`pitr.entry` may call them directly for
+``[--config X] archive-push|archive-get ARGS``.
+
+The exit-code contract (DESIGN.md §3): archive-push exits 0 only once the file
+is durable and never above 125. archive-get exits 1 only when the file is
+confirmed absent (or under standby.signal), and RECOVERY_ABORT_OFFSET + code
+for everything else, so PostgreSQL stops recovery instead of promoting early.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pitr import log
+from pitr.errors import (
+    RECOVERY_ABORT_OFFSET,
+    InternalError,
+    Interrupted,
+    PitrError,
+    WalNotFound,
+)
+
+if TYPE_CHECKING:
+    from pitr.config import Config
+
+
+def archive_push_main(config_path: str | None, path: str, *, debug: bool = False,
+                      log_format: str | None = None) -> int:
+    """archive_command: 0 once ``path`` is durable in the repository, else 1..125."""
+    try:
+        from pitr.repo import Repo
+        from pitr.security import check_command_user
+        from pitr.storage import open_storage
+        from pitr.wal.push import push_wal
+
+        cfg = _load(config_path, "archive-push", debug, log_format)
+        check_command_user("archive-push", cfg.postgres.pgdata)
+        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        push_wal(repo, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
+        return 0
+    except BaseException as exc:  # the boundary: every outcome gets a code
+        err = _as_pitr_error(exc, debug)
+        report_error(err, log_format)
+        return err.exit_code  # every registered code is <= 125
+
+
+def archive_get_main(config_path: str | None, walname: str, dest: str, *,
+                     debug: bool = False, log_format: str | None = None) -> int:
+    """restore_command: 0 restored, 1 confirmed absent, >125 stop recovery."""
+    pgdata = ""
+    try:
+        from pitr.repo import Repo
+        from pitr.security import check_command_user
+        from pitr.storage import open_storage
+        from pitr.wal.fetch import fetch_wal
+
+        cfg = _load(config_path, "archive-get", debug, log_format)
+        pgdata = cfg.postgres.pgdata
+        check_command_user("archive-get", pgdata)
+        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        fetch_wal(repo, walname, Path(dest), budget=cfg.repository.timeout)
+        return 0
+    except BaseException as exc:  # none may escape as an accidental 1..125
+        err = _as_pitr_error(exc, debug)
+        standby = is_standby(Path(dest), pgdata)
+        code = archive_get_exit_code(err, standby=standby)
+        if isinstance(err, WalNotFound):
+            # Normal at the end of the archive and polled by standbys: one plain line
+            # in the server log, not an ERROR; history files are probed constantly.
+            if not walname.endswith(".history"):
+                sys.stderr.write(log.scrub(f"pitr archive-get: {err.message}") + "\n")
+        else:
+            report_error(err, log_format)
+            if code == 1:
+                sys.stderr.write("HINT: standby.signal is present: answering 'not found' so "
+                                 "the standby keeps polling\n")
+        return code
+
+
+def archive_get_exit_code(err: PitrError, *, standby: bool) -> int:
+    """The exit code PostgreSQL must see for a failed archive-get.
+
+    1 means "not found" to PostgreSQL, which then ends recovery and promotes. So
+    1 only when the file is confirmed absent, or under standby.signal (a standby
+    treats "not found" as "poll again" and never promotes on it). Anything else
+    is above 125, which makes PostgreSQL stop recovery with FATAL.
+    """
+    if isinstance(err, WalNotFound) or standby:
+        return 1
+    return RECOVERY_ABORT_OFFSET + err.exit_code
+
+
+def is_standby(dest: Path, pgdata: str) -> bool:
+    """Whether the data directory restore_command serves has standby.signal.
+
+    %p is "pg_wal/RECOVERYXLOG" relative to the data directory (the command's
+    cwd), so the directory above dest's pg_wal is the most reliable answer;
+    postgres.pgdata and the cwd are fallbacks.
+    """
+    dest = Path(dest).absolute()
+    if dest.parent.name == "pg_wal":
+        datadir = dest.parent.parent
+    elif pgdata:
+        datadir = Path(pgdata)
+    else:
+        datadir = Path.cwd()
+    return (datadir / "standby.signal").exists()
+
+
+def report_error(exc: PitrError, log_format: str | None = None) -> None:
+    """ERROR/HINT lines on stderr (one JSON line in JSON mode), secrets scrubbed.
+
+    Same output as pitr.cli.app.report_error, which cannot be imported here
+    without typer.
+    """
+    if log.json_enabled() or log_format == "json":
+        sys.stderr.write(log.error_line(exc.message, exc.hint, exc.exit_code) + "\n")
+    else:
+        sys.stderr.write(log.scrub(f"ERROR: {exc.message}") + "\n")
+        if exc.hint:
+            sys.stderr.write(log.scrub(f"HINT: {exc.hint}") + "\n")
+    sys.stderr.flush()
+
+
+def _load(config_path: str | None, command: str, debug: bool,
+          log_format: str | None) -> Config:
+    from pitr import config as config_mod
+
+    cfg = config_mod.load(config_path)
+    log.register_secrets(config_mod.secrets_of(cfg))
+    log.setup(log_format or cfg.log.format, "debug" if debug else cfg.log.level, command)
+    return cfg
+
+
+def _as_pitr_error(exc: BaseException, debug: bool) -> PitrError:
+    if isinstance(exc, PitrError):
+        if debug:
+            traceback.print_exception(exc)
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted("interrupted")
+    if isinstance(exc, SystemExit):
+        return InternalError(f"unexpected exit request ({exc.code})")
+    if debug:
+        traceback.print_exception(exc)
+    return InternalError(f"unexpected {type(exc).__name__}: {exc}",
+                         hint="run again with --debug and report the traceback")
+
+
+__all__ = ["archive_get_exit_code", "archive_get_main", "archive_push_main", "is_standby",
+           "report_error"]
