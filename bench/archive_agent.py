@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Issue 5's additions to bench/archive.py: the agent, pgBackRest async, the S3 ceiling,
+and archive-push fast-path latency, all in the same run on the same cluster and server.
+
+* mode ``pitr-agent``: ``pitr agent`` runs (as the cluster user) while PostgreSQL
+  calls ``pitr archive-push``; timing still ends only when PostgreSQL's archiver
+  has no ``.ready`` file left, i.e. every segment was confirmed durable.
+* mode ``pgbackrest-async``: pgBackRest 2.45 (Debian package) with
+  ``archive-async=y``, ``process-max=2``, ``compress-type=zst``, level 3, over
+  HTTPS to the same SeaweedFS server (a self-signed certificate with
+  ``DNS:127.0.0.1`` in its SAN, verified through ``repo1-storage-ca-file``).
+  The pitr agent talks to the same HTTPS port with the same certificate.
+* the S3 server's own ingest ceiling: 16 MiB incompressible objects PUT from
+  warm boto3 clients in several threads (best of 2/4/8 threads).
+* fast-path latency: wall time of ``pitr archive-push`` answered from a receipt,
+  started as the cluster user, next to ``python -c pass`` and ``/bin/true``.
+
+Run through bench/archive.py (it imports this module), as root:
+
+    /opt/pitr-venv/bin/python bench/archive.py --segments 64 --repos local,s3 \\
+        --modes cp,pitr-sync,pitr-agent,pgbackrest-async
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import archive as A  # the running bench/archive.py (it aliases itself before importing us)
+from support.pgcluster import as_user_cmd, chown_user, make_user_dir, run_as
+from support.s3server import S3Server
+
+EXTRA: dict[str, Any] = {"ceiling": {}, "fast_path": {}, "agent": []}
+
+
+# -- an S3 server that also speaks HTTPS (pgBackRest requires TLS) --------------------
+class TlsS3Server(S3Server):
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.cert = data_dir / "s3.crt"
+        key = data_dir / "s3.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext",
+                        "subjectAltName=DNS:127.0.0.1,IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(self.cert)],
+                       check=True, capture_output=True)
+        self.cert.chmod(0o644)
+        key.chmod(0o644)  # weed runs as root; the bench's throwaway key
+        self.key = key
+        from support.pgcluster import free_port
+
+        self.https_port = free_port()
+
+    def _argv(self) -> list[str]:
+        return [*super()._argv(), f"-s3.port.https={self.https_port}",
+                f"-s3.cert.file={self.cert}", f"-s3.key.file={self.key}"]
+
+    @property
+    def https_endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    def tls_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.https_endpoint, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            verify=str(self.cert),
+            config=Config(s3={"addressing_style": "path"}, max_pool_connections=16,
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))
+
+
+class BenchCtx(A.Ctx):
+    """The bench context, with the TLS-capable server; the ceiling is measured once, on it."""
+
+    def s3_section(self) -> dict[str, Any]:
+        if self.s3 is None:
+            self.s3 = TlsS3Server(self.workdir / "s3")
+            self.s3.start()
+            self.cleanups.append(self.s3.close)
+            EXTRA["ceiling"] = s3_ceiling(self.s3)
+        return dict(self.s3.repo_section(self.s3.make_bucket()))
+
+    def tls_section(self) -> dict[str, Any]:
+        section = self.s3_section()
+        return {**section, "endpoint_url": self.s3.https_endpoint, "ca_bundle": str(self.s3.cert)}
+
+
+# -- the S3 server's own ingest ceiling -------------------------------------------------
+def s3_ceiling(server: TlsS3Server,
+               objects: int = int(os.environ.get("BENCH_CEILING_OBJECTS", "32"))) -> dict[str, Any]:
+    payloads = [os.urandom(16 << 20) for _ in range(4)]
+    out: dict[str, Any] = {}
+    for transport in ("https", "http"):
+        best = 0.0
+        per: dict[int, float] = {}
+        for threads in (2, 4, 8):
+            bucket = server.make_bucket()
+            clients = [server.tls_client() if transport == "https" else server.client()
+                       for _ in range(threads)]
+            for c in clients:  # warm: connection, TLS session, credentials
+                c.put_object(Bucket=bucket, Key="warm", Body=b"x")
+
+            def put(i: int, bucket: str = bucket, clients: list[Any] = clients,
+                    threads: int = threads) -> None:
+                clients[i % threads].put_object(Bucket=bucket, Key=f"o/{i}",
+                                                Body=payloads[i % len(payloads)])
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(put, range(objects)))
+            mibs = objects * 16 / (time.monotonic() - t0)
+            per[threads] = round(mibs, 1)
+            best = max(best, mibs)
+            c = server.client()
+            for i in range(objects):
+                c.delete_object(Bucket=bucket, Key=f"o/{i}")
+        out[transport] = {"best_mib_per_s": round(best, 1), "by_threads": per}
+    print(f"# S3 ingest ceiling (16 MiB random objects, warm boto3 clients): "
+          f"https {out['https']['by_threads']} MiB/s, http {out['http']['by_threads']} MiB/s",
+          flush=True)
+    return out
+
+
+# -- mode: pitr with the agent ----------------------------------------------------------
+def _pid_from_lock(lock: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    from pitr.wal.spool import lock_held
+
+    deadline = time.monotonic() + timeout
+    while not lock_held(lock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"pitr agent did not start (exit {proc.poll()})")
+        time.sleep(0.05)
+    return int(lock.read_text().split()[0])
+
+
+@A.mode("pitr-agent", repos=("local", "s3"))
+def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
+    """`pitr agent` pushes ahead; PostgreSQL's archive-push answers from its receipts."""
+    from pitr import config
+    from pitr.wal.spool import Spool
+
+    section = ctx.tls_section() if repo == "s3" else ctx.repo_section(repo)
+    spool_dir = make_user_dir(ctx.workdir / f"spool-{uuid.uuid4().hex[:8]}", mode=0o700)
+    cfg = A.write_pitr_config(ctx, section,
+                              archive={"spool_dir": str(spool_dir), "fast_path_wait": 60,
+                                       "workers": 4},
+                              postgres={"pgdata": str(ctx.workdir / "pg" / "data")})
+    c = config.load(cfg, env={})
+    spool = Spool(c.archive.spool_dir, c.stanza)
+    log = open(ctx.workdir / f"agent-{c.stanza}.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(as_user_cmd([str(A.PITR_EXE), "--config", str(cfg), "agent"]),
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+    pid = _pid_from_lock(spool.agent_lock, proc)
+    try:
+        yield A.Target(f"{A.PITR_EXE} --config {cfg} archive-push %p",
+                       lambda: A.repo_stored_bytes(cfg))
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        proc.wait(60)
+        log.close()
+        lines = spool.fastpath_log.read_text().splitlines() if spool.fastpath_log.exists() else []
+        inproc = [float(line.split()[3].removesuffix("ms")) for line in lines]
+        status = spool.read_status() or {}
+        EXTRA["agent"].append({"repo": repo, "fast_path_answers": len(inproc),
+                               "fast_path_inproc_ms_p50": _pct(inproc, 50),
+                               "failures": status.get("failures", {}).get("total")})
+
+
+# -- mode: pgBackRest 2.45 asynchronous archiving ----------------------------------------
+@A.mode("pgbackrest-async", repos=("s3",))
+def pgbackrest_async_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
+    """pgBackRest archive-push with archive-async=y, process-max=2, zst level 3, HTTPS."""
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        raise SystemExit("pgbackrest missing: apt-get install -y pgbackrest")
+    section = ctx.s3_section()
+    server: TlsS3Server = ctx.s3
+    bucket = section["url"].removeprefix("s3://").split("/", 1)[0]
+    d = make_user_dir(ctx.workdir / f"pgbackrest-{uuid.uuid4().hex[:8]}", mode=0o700)
+    for sub in ("spool", "lock", "log"):
+        make_user_dir(d / sub, mode=0o700)
+    pg = ctx.workdir / "pg"
+    port = int(next(line.split("=")[1].strip() for line in
+                    reversed((pg / "data" / "postgresql.conf").read_text().splitlines())
+                    if line.startswith("port =")))
+    conf = d / "pgbackrest.conf"
+    conf.write_text("\n".join([
+        "[global]", "repo1-type=s3", "repo1-path=/pgbackrest", f"repo1-s3-bucket={bucket}",
+        "repo1-s3-endpoint=127.0.0.1", f"repo1-s3-port={server.https_port}",
+        f"repo1-s3-region={server.region}", f"repo1-s3-key={server.access_key}",
+        f"repo1-s3-key-secret={server.secret_key}", "repo1-s3-uri-style=path",
+        f"repo1-storage-ca-file={server.cert}",
+        "archive-async=y", f"spool-path={d / 'spool'}", "process-max=2",
+        "compress-type=zst", "compress-level=3",
+        f"lock-path={d / 'lock'}", f"log-path={d / 'log'}",
+        "log-level-console=warn", "log-level-stderr=warn", "log-level-file=info",
+        "[bench]", f"pg1-path={pg / 'data'}", f"pg1-port={port}",
+        f"pg1-socket-path={pg / 'sock'}", "pg1-user=postgres", ""]))
+    conf.chmod(0o600)
+    chown_user(conf)
+    run_as([exe, f"--config={conf}", "--stanza=bench", "stanza-create"], timeout=120)
+
+    def stored() -> int:
+        client = server.client()
+        total = 0
+        for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix="pgbackrest/archive/"):
+            total += sum(o["Size"] for o in page.get("Contents", []))
+        return total
+
+    yield A.Target(f"{exe} --config={conf} --stanza=bench archive-push %p", stored)
+
+
+# -- archive-push fast-path latency ----------------------------------------------------
+_TIMER = r"""
+import json, subprocess, sys, time
+argv, n, cwd = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+out = []
+for _ in range(n):
+    t = time.perf_counter()
+    rc = subprocess.run(argv, cwd=cwd).returncode
+    out.append((time.perf_counter() - t) * 1000)
+    if rc != 0:
+        sys.exit(f"{argv} exited {rc}")
+print(json.dumps(out))
+"""
+
+
+def _pct(xs: list[float], p: int) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))], 2)
+
+
+def _time_as_user(argv: list[str], n: int, cwd: Path) -> dict[str, Any]:
+    proc = run_as(["/usr/bin/python3", "-c", _TIMER, json.dumps(argv), str(n), str(cwd)],
+                  timeout=600)
+    xs = json.loads(proc.stdout)
+    return {"p50_ms": _pct(xs, 50), "p95_ms": _pct(xs, 95), "n": n}
+
+
+def installed_copy(base: Path) -> Path:
+    """pitr as a wheel would install it: a plain venv, the package copied and compiled.
+
+    The dev venv's editable install adds an import hook to every Python start
+    (``python -c pass`` pays for it too); users do not have it. No third-party
+    packages are installed here: the fast path must not need any, and a
+    fall-through to the full CLI would fail loudly (exit != 0 aborts the bench).
+    """
+    venv = base / "venv-installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    shutil.copytree(A.ROOT / "pitr", site / "pitr",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(site / "pitr")],
+                   check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
+                   capture_output=True)
+    exe = venv / "bin" / "pitr"
+    exe.write_text(f"#!{venv}/bin/python\nimport sys\nfrom pitr.entry import main\n"
+                   "if __name__ == '__main__':\n    sys.exit(main())\n")
+    exe.chmod(0o755)
+    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+    return venv
+
+
+def fast_path_latency(workdir: Path,
+                      n: int = int(os.environ.get("BENCH_FAST_PATH_RUNS", "200")),
+                      ) -> dict[str, Any]:
+    """Wall time PostgreSQL pays per segment when a receipt proves it stored."""
+    from pitr.wal.spool import FileIdentity, Receipt, Spool
+
+    base = make_user_dir(workdir / "fastpath", mode=0o755)
+    wal = make_user_dir(base / "data" / "pg_wal", mode=0o700)
+    name = "000000010000000000000042"
+    seg = wal / name
+    seg.write_bytes(os.urandom(16 << 20))
+    chown_user(seg)
+    spool_dir = make_user_dir(base / "spool", mode=0o700)
+    cfg = A.write_pitr_config(A.Ctx(base), {"url": f"file://{base}/repo"},
+                              archive={"spool_dir": str(spool_dir)})
+    from pitr import config
+
+    c = config.load(cfg, env={})
+    spool = Spool(spool_dir, c.stanza)
+    run_as(["mkdir", "-p", str(spool.archive_dir)])
+    spool.write_receipt(Receipt(name, c.repository.url, FileIdentity.of(seg.stat()), "0" * 64,
+                                time.time()))
+    chown_user(spool.ok_path(name))
+    py = str(Path(sys.executable))
+    installed = installed_copy(base)
+    data = base / "data"
+    args = ["--config", str(cfg), "archive-push", f"pg_wal/{name}"]
+    out = {
+        "bin_true": _time_as_user(["/bin/true"], n, data),
+        "python_pass_dev_venv": _time_as_user([py, "-c", "pass"], n, data),
+        "python_pass_installed": _time_as_user([str(installed / "bin" / "python"), "-c", "pass"],
+                                               n, data),
+        "fast_path_dev_venv": _time_as_user([str(A.PITR_EXE), *args], n, data),
+        "fast_path_installed": _time_as_user([str(installed / "bin" / "pitr"), *args], n, data),
+    }
+    lines = spool.fastpath_log.read_text().splitlines()
+    assert len(lines) >= 2 * n, "the fast path was not taken"
+    print("# archive-push fast path (receipt present), wall ms as the cluster user: " +
+          ", ".join(f"{k} p50 {v['p50_ms']} p95 {v['p95_ms']}" for k, v in out.items()),
+          flush=True)
+    return out
+
+
+def summary(results: list[Any]) -> dict[str, Any]:
+    by = {(r.workload, r.repo, r.mode): r for r in results}
+    out: dict[str, Any] = {}
+    for wl in ("pgbench", "random"):
+        agent, pgbr = by.get((wl, "s3", "pitr-agent")), by.get((wl, "s3", "pgbackrest-async"))
+        if agent and pgbr:
+            out[f"{wl}_agent_vs_pgbackrest"] = round(agent.mib_per_s / pgbr.mib_per_s, 2)
+        ceiling = EXTRA["ceiling"].get("https", {}).get("best_mib_per_s")
+        for m in ("pitr-agent", "pgbackrest-async"):
+            r = by.get((wl, "s3", m))
+            if r and ceiling:
+                out[f"{wl}_{m}_of_https_ceiling"] = round(r.mib_per_s / ceiling, 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """bench/archive.py's main with the TLS server, then the extra measurements."""
+    # Compiled modules, as an installed package has them: the cluster user cannot
+    # write __pycache__ into the checkout, and compiling on every call would be timed.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(A.ROOT / "pitr")],
+                   check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+    A.Ctx = BenchCtx  # type: ignore[misc]
+    captured: list[Any] = []
+    original_measure = A.measure
+
+    def measure(*args: Any, **kw: Any) -> Any:
+        r = original_measure(*args, **kw)
+        captured.append(r)
+        return r
+
+    A.measure = measure  # type: ignore[assignment]
+    started = time.time()
+    load = os.getloadavg()
+    rc = int(A.main(argv))
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="pitr-bench-fp-"))
+    tmp.chmod(0o755)
+    try:
+        EXTRA["fast_path"] = fast_path_latency(tmp)
+    finally:
+        run_as(["rm", "-rf", str(tmp / "fastpath")], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    EXTRA["summary"] = summary(captured)
+    EXTRA["load_avg_at_start"] = [round(x, 2) for x in load]
+    EXTRA["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    EXTRA["seconds"] = round(time.time() - started, 1)
+    EXTRA["cpus"] = os.cpu_count()
+    print("# extra: " + json.dumps(EXTRA, default=str), flush=True)
+    return rc
+
