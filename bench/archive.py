@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -117,6 +118,16 @@ def pitr_sync_mode(ctx: Ctx, repo: str) -> Iterator[Target]:
     """`pitr archive-push` as archive_command, no agent: one process per segment."""
     cfg = write_pitr_config(ctx, ctx.repo_section(repo))
     yield Target(f"{PITR_EXE} --config {cfg} archive-push %p", lambda: repo_stored_bytes(cfg))
+
+
+@mode("pitr-nocli")
+def pitr_nocli_mode(ctx: Ctx, repo: str) -> Iterator[Target]:
+    """The same push through pitr.wal.commands directly, without typer's start-up cost
+    (what pitr.entry can do for archive-push when no agent answers)."""
+    cfg = write_pitr_config(ctx, ctx.repo_section(repo))
+    code = ("import sys; from pitr.wal.commands import archive_push_main as m; "
+            f"sys.exit(m({str(cfg)!r}, sys.argv[1]))")
+    yield Target(f"{sys.executable} -c {shlex.quote(code)} %p", lambda: repo_stored_bytes(cfg))
 
 
 # -- workloads: fill the backlog with N ready segments ----------------------------------
