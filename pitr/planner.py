@@ -338,10 +338,10 @@ def plan(catalog: Catalog, target: Target, now: datetime,
                      f"after backup {backup.id} (to {name(last.segno)}); if the target was "
                      "committed before that backup finished, pass an older --backup")
     if target.kind is TargetKind.TIME and last.segno == last_on_path:
-        notes.append("the target lies in the newest archived segment: if no transaction "
-                     "committed after the target in it, PostgreSQL stops with \"recovery ended "
-                     "before configured recovery target was reached\"; switch WAL on the "
-                     "primary first")
+        notes.append("the target is in the newest archived segment: recovery needs a commit "
+                     "after the target in it, else PostgreSQL stops with \"recovery ended "
+                     "before configured recovery target was reached\" (archive more WAL, "
+                     "or use --latest)")
     return RestorePlan(
         backup=backup, target=target, timeline=tli, path=path,
         segments=tuple(segment_name(s.timeline, s.segno, size) for s in chosen),
