@@ -113,10 +113,14 @@ class BackupConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    daily: int = _f(7, "keep the newest backup of each of the last N days")
-    weekly: int = _f(4, "keep the first backup of each of the last N ISO weeks")
-    monthly: int = _f(12, "keep the first backup of each of the last N months")
-    min_backups: int = _f(1, "never keep fewer completed backups than this")
+    daily: int = _f(7, "keep the newest backup of each of the last N days (UTC calendar days "
+                    "by stop time, today included; 0: off)")
+    weekly: int = _f(4, "keep the first backup of each of the last N ISO weeks (this week "
+                     "included; 0: off)")
+    monthly: int = _f(12, "keep the first backup of each of the last N months (this month "
+                      "included; 0: off)")
+    min_backups: int = _f(1, "always keep the newest N completed backups, so never fewer "
+                          "than N")
 
 
 @dataclass(frozen=True)
