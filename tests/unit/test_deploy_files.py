@@ -241,6 +241,13 @@ def test_dockerfile_copies_files_that_exist_and_installs_like_make_setup() -> No
             *sources, _dest = rest.split()
             for src in sources:
                 assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+    # What `pip install` needs to build pitr (checked by hand: a wheel builds from exactly
+    # these; CI cannot reach an index to repeat that).
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    copied = {src for word, rest in ins if word == "COPY" for src in rest.split()[:-1]}
+    assert {"pyproject.toml", project["readme"], "pitr"} <= copied
     runs = " && ".join(rest for word, rest in ins if word == "RUN")
     makefile = (ROOT / "Makefile").read_text()
     # The host recipe and the image run the same setup script with the same venv path...
