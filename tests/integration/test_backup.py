@@ -71,7 +71,8 @@ def _make_env(kind: str, workdir: Path, pitr_exe: Path, request: pytest.FixtureR
     cluster.initdb(conf={"archive_mode": "on",
                          "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
     cluster.start()
-    cluster.pgbench_init(5)
+    # Every WAL segment costs one archive-push process: keep the S3 side small.
+    cluster.pgbench_init(5 if kind == "local" else 2)
     # Incompressible rows, so the stored object outgrows one S3 part.
     cluster.sql("create extension pgcrypto")
     cluster.sql("create table noise as select gen_random_bytes(1000) b "
@@ -215,7 +216,7 @@ def test_backup_manifest_tar_and_list(env: Env, workdir: Path) -> None:
     assert rec.pg_version == 15 and rec.label == "manual" and not rec.pinned
     db_size = env.cluster.scalar("select sum(pg_database_size(oid))::bigint from pg_database")
     assert abs(rec.db_size - db_size) < db_size * 0.1
-    assert rec.raw_bytes > 90e6 and 0 < rec.stored_bytes < rec.raw_bytes
+    assert rec.raw_bytes > rec.db_size * 0.8 and 0 < rec.stored_bytes < rec.raw_bytes
     assert summary["start_lsn"] == f"{rec.start_lsn >> 32:X}/{rec.start_lsn & 0xFFFFFFFF:X}"
     assert summary["stored_bytes"] == rec.stored_bytes and summary["seconds"] > 0
     [obj] = rec.objects
