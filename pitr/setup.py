@@ -218,6 +218,17 @@ def env_secret_warnings(cfg: Config) -> list[str]:
     return out
 
 
+def replaced_command_warnings(changes: list[SettingChange]) -> list[str]:
+    """Say so when setup replaces another tool's archive/restore command. PURE."""
+    out = []
+    for c in changes:
+        if (c.change and c.name in ("archive_command", "restore_command")
+                and c.current not in ("", "(disabled)") and "pitr" not in c.current):
+            out.append(f"{c.name} {c.current!r} is replaced: WAL no longer goes where it "
+                       "went before; keep both only if you chain them in a script")
+    return out
+
+
 CheckRunner = Callable[[Config], dict[str, Any]]
 
 
@@ -253,7 +264,7 @@ def run_setup(cfg: Config, *, config_path: str, exe: str, apply: bool,
         restart_needed=restart,
         stanza=stanza,
         check=check,
-        warnings=env_secret_warnings(cfg),
+        warnings=env_secret_warnings(cfg) + replaced_command_warnings(changes),
         snippet=conf_snippet(changes),
     )
 

@@ -7,7 +7,13 @@ import shlex
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pitr.setup import ServerSetting, archive_commands, conf_snippet, plan_settings
+from pitr.setup import (
+    ServerSetting,
+    archive_commands,
+    conf_snippet,
+    plan_settings,
+    replaced_command_warnings,
+)
 
 ARCH, REST = archive_commands("/opt/pitr venv/bin/pitr", "/etc/pitr/pitr.toml")
 
@@ -74,3 +80,13 @@ def test_the_plan_always_ends_in_a_state_check_accepts(level: str, mode: str, ti
     # only server-start settings ever ask for a restart
     assert all(c.needs_restart == (c.change and c.name in
                ("wal_level", "archive_mode", "max_wal_senders")) for c in plan)
+
+
+def test_replacing_another_tools_archive_command_is_a_warning() -> None:
+    plan = plan_settings(server(archive_command="cp %p /mnt/wal/%f"), ARCH, REST)
+    warns = replaced_command_warnings(plan)
+    assert len(warns) == 1 and "cp %p /mnt/wal/%f" in warns[0]
+    assert replaced_command_warnings(plan_settings(server(), ARCH, REST)) == []
+    old_pitr = "/old/bin/pitr --config /x archive-push %p"
+    assert replaced_command_warnings(plan_settings(server(archive_command=old_pitr),
+                                                   ARCH, REST)) == []
