@@ -66,7 +66,8 @@ def _make_env(kind: str, workdir: Path, pitr_exe: Path, request: pytest.FixtureR
         "repository": section,
         "archive": {"spool_dir": str(base / "spool")},
         "postgres": {"bindir": str(PG_BINDIR), "user": PG_USER, "dsn": cluster.dsn},
-        "backup": {"wal_timeout": 120},
+        # Retention has its own tests; here every backup must stay.
+        "backup": {"wal_timeout": 120, "expire_after": False},
     })
     cluster.initdb(conf={"archive_mode": "on",
                          "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
