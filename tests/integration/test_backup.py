@@ -333,3 +333,16 @@ def test_refusals_tablespace_archiving_off_foreign_stanza(
     proc = run_pitr(foreign, "backup", check=False)
     assert proc.returncode == SystemIdMismatch.exit_code, proc.stderr
     assert "belongs to the cluster" in proc.stderr
+
+    # pg_basebackup itself failing (no replication line in pg_hba.conf): its own words,
+    # a hint, and nothing left in the repository.
+    hba = pg.pgdata / "pg_hba.conf"
+    hba.write_text("".join(line for line in hba.read_text().splitlines(keepends=True)
+                           if "replication" not in line))
+    pg.sql("select pg_reload_conf()")
+    proc = run_pitr(cfg, "backup", check=False)
+    assert proc.returncode == BackupError.exit_code, proc.stderr
+    assert "pg_basebackup failed" in proc.stderr and "pg_hba.conf" in proc.stderr
+    assert "HINT:" in proc.stderr
+    repo = testdir / "repo"  # the local_repo fixture behind pitr_config
+    assert not [p for p in (repo / STANZA / "backups").rglob("*") if p.is_file()]
