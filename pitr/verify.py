@@ -39,7 +39,7 @@ from typing import Any
 from pitr import __version__, log
 from pitr.catalog import Catalog
 from pitr.config import Config
-from pitr.errors import AlreadyExists, PitrError, PlanError, UsageError
+from pitr.errors import AlreadyExists, Interrupted, PitrError, PlanError, UsageError
 from pitr.monitor.health import recovery_window
 from pitr.pg.names import format_lsn, lsn_to_segno, parse_lsn, segment_name
 from pitr.repo import Repo
@@ -294,15 +294,22 @@ def _choose_target(catalog: Catalog, opts: DrillOptions, report: DrillReport) ->
 
 
 def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> DrillReport:
-    """The whole drill; returns the report (ok or not). Raises only for bad usage."""
+    """The whole drill; returns the report (ok or not).
+
+    Raises only for bad usage, and :class:`Interrupted` (after cleaning up,
+    storing the report and alerting) when a signal stopped the drill.
+    Anything else that goes wrong is a failed check: a monthly drill that
+    crashes must alert as loudly as one that finds a problem.
+    """
     from pitr.catalog import load_catalog
     from pitr.storage import open_storage
 
     t0 = time.monotonic()
     report = DrillReport(cfg.stanza, datetime.now(UTC))
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
-    catalog = load_catalog(repo)
+    interrupted: Interrupted | None = None
     try:
+        catalog = load_catalog(repo)
         target = _choose_target(catalog, opts, report)
         report.target = target.to_json()
         _drill(cfg, opts, repo, catalog, target, report, t0, config_path)
@@ -310,12 +317,23 @@ def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> D
         raise
     except PlanError as exc:
         report.checks.append(CheckResult("plan", False, exc.message))
+    except Interrupted as exc:
+        interrupted = exc
+        report.checks.append(CheckResult("drill", False, f"interrupted: {exc.message}"))
+    except PitrError as exc:
+        report.checks.append(CheckResult("drill", False, exc.message))
+    except Exception as exc:  # a bug must still clean up, report and alert
+        logger.exception("restore drill crashed")
+        report.checks.append(CheckResult("drill", False, f"internal error: "
+                                         f"{type(exc).__name__}: {exc}"))
     finally:
         if report.scratch.get("path") and not opts.keep:
             _remove_scratch(cfg, Path(report.scratch["path"]), report)
     report.finished_at = datetime.now(UTC)
     report.measures.setdefault("drill_seconds", round(time.monotonic() - t0, 3))
     _publish(cfg, repo, report)
+    if interrupted is not None:
+        raise interrupted
     return report
 
 
@@ -356,6 +374,8 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     try:
         result = restore(cfg, repo.storage, plan, ropts, config_path=config_path,
                          confirm=lambda _q: False)
+    except Interrupted:
+        raise
     except PitrError as exc:
         report.checks.append(CheckResult("restore", False, exc.message))
         return
@@ -368,6 +388,8 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     try:
         ctl.start()
         outcome = ctl.wait_for_recovery("promote", timeout=float(cfg.verify.timeout))
+    except Interrupted:
+        raise
     except PitrError as exc:
         report.checks.append(CheckResult("recovery", False, exc.message + (
             f"\n{exc.hint}" if exc.hint else "")))

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pitr.errors import Interrupted
 from pitr.pg.conn import _reason
 
 MAX_LISTED = 20  # failures listed by name in one check's detail
@@ -89,6 +90,8 @@ def _timed(fn: Callable[[], CheckResult]) -> CheckResult:
     t0 = time.monotonic()
     try:
         res = fn()
+    except Interrupted:
+        raise
     except Exception as exc:  # a check's own failure is a failed check, named
         res = CheckResult(getattr(fn, "__name__", "check").lstrip("_"), False, _reason(exc))
     res.seconds = round(time.monotonic() - t0, 3)
@@ -147,6 +150,8 @@ def run_builtin(probe: ClusterProbe, *, amcheck: bool = True,
             try:
                 with probe.connect(db) as conn:
                     conn.execute("select 1")
+            except Interrupted:
+                raise
             except Exception as exc:
                 bad.append(f"{db} ({_reason(exc)})")
         if bad:
@@ -171,6 +176,8 @@ def _read_tables(probe: ClusterProbe, databases: list[str]) -> CheckResult:
                 try:
                     rows += conn.execute(f"select count(*) from {regclass}").fetchone()[0]
                     tables += 1
+                except Interrupted:
+                    raise
                 except Exception as exc:
                     bad.append(f"{db}.{name} ({_reason(exc)})")
     data = {"tables": tables, "rows": rows}
@@ -193,6 +200,8 @@ def _amcheck(probe: ClusterProbe, databases: list[str], heapallindexed: bool) ->
             try:
                 # The scratch cluster is thrown away, so installing the extension is harmless.
                 conn.execute("create extension if not exists amcheck")
+            except Interrupted:
+                raise
             except Exception as exc:
                 skipped.append(f"{db} ({_reason(exc)})")
                 continue
@@ -200,6 +209,8 @@ def _amcheck(probe: ClusterProbe, databases: list[str], heapallindexed: bool) ->
                 try:
                     conn.execute("select bt_index_check(%s::regclass, %s)", (oid, heapallindexed))
                     checked += 1
+                except Interrupted:
+                    raise
                 except Exception as exc:
                     bad.append(f"{db}.{name} ({_reason(exc)})")
     data = {"indexes": checked, "heapallindexed": heapallindexed, "skipped_databases": skipped}

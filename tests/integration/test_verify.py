@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_pitr, s3_repo_for, write_config
+from conftest import PITR_EXE, run_pitr, s3_repo_for, write_config
 from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir
 
 from pitr import config
 from pitr.catalog import load_catalog
-from pitr.errors import CheckFailed
+from pitr.errors import CheckFailed, Interrupted
 from pitr.pg.names import segment_name
 from pitr.repo import Repo
 from pitr.storage import open_storage
@@ -212,6 +212,32 @@ max = 10
     assert stored["ok"] is False and stored["random_seed"] == 7
     assert stored["target"]["kind"] == "time"
     check_cleaned_up(stored)
+
+
+def test_sigterm_mid_drill_cleans_up_reports_and_exits_interrupted(prod: Prod) -> None:
+    import signal
+    import subprocess
+    import time
+
+    scratch_root = Path(prod.settings["verify"]["scratch_dir"])
+    before = set(scratch_root.iterdir())
+    reports_before = prod.keys("verify/")
+    proc = subprocess.Popen([str(PITR_EXE), "--config", str(prod.cfg), "verify", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((d / "data" / "postmaster.pid").exists()
+                  for d in set(scratch_root.iterdir()) - before):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # systemd stopping the unit, or its timeout
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == Interrupted.exit_code, out + err
+    assert set(scratch_root.iterdir()) == before, "scratch cluster left behind"
+    (key,) = prod.keys("verify/") - reports_before
+    stored = json.loads(prod.repo().storage.open(key).read())
+    assert stored["ok"] is False and stored["scratch"]["removed"] is True
+    assert any(c["name"] == "drill" and "SIGTERM" in c["detail"] for c in stored["checks"])
+    assert port_free(stored["scratch"]["port"])
 
 
 def test_deleted_wal_segment_fails_with_the_segment_named(prod: Prod) -> None:
