@@ -170,20 +170,19 @@ def test_timeline_two_and_timeline_one_after_the_branch(source: Source) -> None:
 
     # a point on timeline 2: rows 1..4 from timeline 1, then 101..103 from timeline 2
     t2 = source.between(103, new_rows)
-    plan = json.loads(run_pitr(source.config, "plan", "--to", t2.isoformat(), "--json").stdout)
+    on2, doc = restore(source, "on-tl2", "--to", t2.isoformat())
+    assert numbers(on2) == [1, 2, 3, 4, 101, 102, 103]
+    plan = doc["plan"]
     assert plan["timeline"] == 2
     assert [s["timeline"] for s in plan["timeline_path"]] == [1, 2]
     assert any(s.startswith("00000002") for s in plan["wal"]["segments"])
-    on2, _ = restore(source, "on-tl2", "--to", t2.isoformat())
-    assert numbers(on2) == [1, 2, 3, 4, 101, 102, 103]
 
     # a point on timeline 1 after the branch point, before timeline 2 existed: rows 1..8
     t1 = source.between(8)
-    plan = json.loads(run_pitr(source.config, "plan", "--to", t1.isoformat(), "--json").stdout)
-    assert plan["timeline"] == 1
-    assert all(s.startswith("00000001") for s in plan["wal"]["segments"])
     on1, doc = restore(source, "on-tl1", "--to", t1.isoformat())
     assert numbers(on1) == list(range(1, 9))
+    assert doc["plan"]["timeline"] == 1
+    assert all(s.startswith("00000001") for s in doc["plan"]["wal"]["segments"])
     assert doc["plan"]["recovery_settings"]["recovery_target_timeline"] == "1"
 
 
