@@ -143,7 +143,8 @@ class MonitorConfig:
     listen: str = _f("127.0.0.1", "address of the health/metrics HTTP endpoint")
     port: int = _f(9187, "port of the health/metrics HTTP endpoint (0: disabled)")
     max_backup_age: Duration = _f(Duration(26 * 3600), "unhealthy when the newest backup is older")
-    max_archive_lag: Duration = _f(Duration(900), "unhealthy when the newest archived WAL is older")
+    max_archive_lag: Duration = _f(Duration(900), "unhealthy when the oldest WAL segment waiting "
+                                   "for archiving (agent), else the newest archived one, is older")
     max_backlog: int = _f(64, "unhealthy (and alert) when more WAL segments than this wait "
                           "to be archived")
     max_archive_failures: int = _f(3, "unhealthy (and alert) after this many archive attempts "
