@@ -231,3 +231,12 @@ def test_deleted_segment_in_the_middle(source: Source) -> None:
         run_pitr(source.config, "plan", "--to", source.between(3).isoformat(), "--timeline", "1")
     finally:
         put_bytes(repo.storage, key, saved)
+
+
+def test_restore_refuses_a_non_empty_directory(source: Source) -> None:
+    target = make_user_dir(source.base / "busy" / "data")
+    (target / "precious").write_text("not a data directory")
+    proc = run_pitr(source.config, "restore", "--pgdata", str(target), "--latest", check=False)
+    assert proc.returncode == 13, proc.stderr
+    assert "is not empty" in proc.stderr and "--force" in proc.stderr
+    assert (target / "precious").read_text() == "not a data directory"
