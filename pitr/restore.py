@@ -176,6 +176,9 @@ class _HashingReader:
     """Counts and hashes the stored bytes as they are read; reports progress."""
 
     def __init__(self, src: BinaryIO, total: int, what: str) -> None:
+        from pitr.progress import Progress
+
+        self.progress = Progress(f"downloading {what}", total or None)  # a line on a tty
         self._src = src
         self._hash = hashlib.sha256()
         self.bytes = 0
@@ -188,8 +191,9 @@ class _HashingReader:
         data = self._src.read(n)
         self._hash.update(data)
         self.bytes += len(data)
+        self.progress.update(len(data))
         now = time.monotonic()
-        if now >= self._next_report:
+        if now >= self._next_report and not self.progress.enabled:
             self._next_report = now + 5
             rate = self.bytes / max(now - self._began, 1e-6) / 2**20
             pct = 100.0 * self.bytes / self._total if self._total else 0.0
@@ -239,14 +243,24 @@ def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: 
         with src:
             hashed = _HashingReader(src, obj.stored_bytes, obj.name)
             raw = DecompressingReader(hashed)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=raw, mode="r|") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    safe_member(member, root, obj.name)
-                    tar.extract(member, root, **_EXTRACT_KW)
-                    owner.chown(root / member.name)
-                    result.files += 1
-            raw.read()  # the rest of the stream after the tar's end-of-archive blocks
-            hashed.drain()
+            try:
+                with tarfile.open(fileobj=raw, mode="r|") as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        safe_member(member, root, obj.name)
+                        tar.extract(member, root, **_EXTRACT_KW)
+                        owner.chown(root / member.name)
+                        result.files += 1
+                raw.read()  # the rest of the stream after the tar's end-of-archive blocks
+                hashed.drain()
+            except (tarfile.TarError, EOFError) as exc:
+                hashed.progress.abandon()
+                raise IntegrityError(f"{obj.key}: not a readable tar: {exc}",
+                                     hint="the backup object is damaged: restore another "
+                                          "backup (--backup ID)") from exc
+            except BaseException:
+                hashed.progress.abandon()
+                raise
+            hashed.progress.close()
         _verify(obj, hashed.sha256, raw.sha256, hashed.bytes)
         result.downloaded_bytes += hashed.bytes
         result.extracted_bytes += raw.raw_bytes
