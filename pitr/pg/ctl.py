@@ -162,7 +162,13 @@ class PgCtl:
         began = time.monotonic()
         deadline = began + timeout
         while time.monotonic() < deadline:
-            if self.postmaster() is None:
+            info = self.postmaster()
+            if info is not None and info.status in ("starting", "stopping"):
+                # postmaster.pid says no connections yet: don't fill its log with
+                # "not yet accepting connections" by asking
+                time.sleep(poll)
+                continue
+            if info is None:
                 lines = self.recovery_log_lines()
                 if (action == "shutdown" and any("recovery stopping" in ln for ln in lines)
                         and not any("FATAL" in ln or "PANIC" in ln for ln in lines)):
