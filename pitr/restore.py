@@ -43,6 +43,7 @@ from pitr.errors import (
 )
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
 from pitr.planner import RestorePlan
+from pitr.security import write_private
 from pitr.setup import pitr_executable
 from pitr.storage.base import Storage
 from pitr.targets import TargetKind
@@ -363,17 +364,31 @@ def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
     return out
 
 
+def _disable_stale(line: str, settings: dict[str, str]) -> str:
+    """Comment out a setting this restore replaces, and every older recovery target.
+
+    A backup of a cluster that was itself restored carries that restore's
+    recovery_target_* lines; left active they would add a second target
+    (PostgreSQL refuses) or silently replace the one asked for now.
+    """
+    key = line.split("=", 1)[0].strip().lower() if "=" in line else ""
+    if key and not key.startswith("#") and (key in settings
+                                           or key.startswith("recovery_target")):
+        return f"# (replaced by pitr restore) {line}"
+    return line
+
+
 def write_recovery_settings(pgdata: Path, settings: dict[str, str], plan: RestorePlan,
                             owner: Owner, now: datetime) -> None:
     auto = pgdata / "postgresql.auto.conf"
-    lines = [f"\n# pitr restore {now.isoformat(timespec='seconds')}: backup {plan.backup.id}, "
-             f"target {plan.target}, timeline {plan.timeline}"]
+    try:
+        kept = [_disable_stale(line, settings) for line in auto.read_text().splitlines()]
+    except FileNotFoundError:
+        kept = []
+    lines = [*kept, f"# pitr restore {now.isoformat(timespec='seconds')}: backup "
+             f"{plan.backup.id}, target {plan.target}, timeline {plan.timeline}"]
     lines += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
-    with open(auto, "a") as fh:
-        fh.write("\n".join(lines) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    auto.chmod(0o600)
+    write_private(auto, ("\n".join(lines) + "\n").encode())  # atomic, 0600
     owner.chown(auto)
     signal = pgdata / "recovery.signal"
     signal.touch(mode=0o600)
