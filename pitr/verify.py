@@ -39,7 +39,14 @@ from typing import Any
 from pitr import __version__, log
 from pitr.catalog import Catalog
 from pitr.config import Config
-from pitr.errors import AlreadyExists, Interrupted, PitrError, PlanError, UsageError
+from pitr.errors import (
+    AlreadyExists,
+    Interrupted,
+    PitrError,
+    PlanError,
+    TargetDirError,
+    UsageError,
+)
 from pitr.monitor.health import recovery_window
 from pitr.pg.names import format_lsn, lsn_to_segno, parse_lsn, segment_name
 from pitr.repo import Repo
@@ -188,13 +195,19 @@ def _db_user(cfg: Config) -> str:
 def _make_scratch(cfg: Config) -> Path:
     """A private directory for the copy, owned by the cluster user when we are root."""
     parent = cfg.verify.scratch_dir or None
-    if parent:
-        Path(parent).mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"pitr-verify-{cfg.stanza}-", dir=parent))
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam(cfg.postgres.user)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    path.chmod(0o700)
+    try:
+        if parent:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"pitr-verify-{cfg.stanza}-", dir=parent))
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(cfg.postgres.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        path.chmod(0o700)
+    except (OSError, KeyError) as exc:
+        raise TargetDirError(f"cannot create the drill's scratch directory in "
+                             f"{parent or tempfile.gettempdir()}: {exc}",
+                             hint="set verify.scratch_dir to a directory the PostgreSQL user "
+                                  "can write, with room for a full restore") from exc
     return path
 
 
@@ -448,6 +461,8 @@ def _publish(cfg: Config, repo: Repo, report: DrillReport) -> None:
     summary = {k: doc.get(k) for k in ("ok", "backup_id", "rto_seconds", "restored_bytes",
                                        "wal_replayed_bytes", "wal_segments", "report")}
     summary["failed"] = [f"{c.name}: {c.detail}" for c in report.failed]
+    summary["checks"] = {c.name: "ok" if c.ok else "FAILED" for c in report.checks}
+    summary["target"] = report.target
     log.event(logger, logging.INFO if report.ok else logging.ERROR,
               "restore drill passed" if report.ok else "restore drill FAILED", **summary)
     if not report.ok:
