@@ -26,7 +26,7 @@ from typing import Any
 
 from pitr.catalog import Catalog, load_catalog
 from pitr.config import Config
-from pitr.errors import NotFound, PitrError
+from pitr.errors import LockedError, NotFound, PitrError
 from pitr.lock import LockInfo, StanzaLock, stale_reason
 from pitr.log import event
 from pitr.pg.names import history_name, segment_name
@@ -88,6 +88,10 @@ def expire_after_backup(cfg: Config, backup_id: str) -> tuple[dict[str, Any], Pi
 
     try:
         r = run_expire(cfg)
+    except LockedError as exc:
+        # Another backup (or expire) started right after ours: it expires after itself.
+        log.warning("expiry after backup %s skipped: %s", backup_id, exc.message)
+        return {"skipped": exc.message}, None
     except PitrError as exc:
         exc.message = f"backup {backup_id} completed, but expiry after it failed: {exc.message}"
         if exc.hint is None:

@@ -16,6 +16,9 @@ current period. A tier with N = 0 is off.
                  never fewer completed backups than that (nor fewer than exist).
 ``pinned``       a pinned backup is kept until it is unpinned.
 ``newest``       the newest completed backup is always kept.
+``latest_timeline``  so is the newest backup that can restore the latest (highest)
+                 timeline: after a restore into the past it may be the only base of
+                 the timeline the cluster now runs on.
 
 A backup is kept if any rule keeps it; each kept backup carries every reason.
 
@@ -24,11 +27,15 @@ Why these definitions: each rule only ever *loses* a backup as time passes
 backups that existed before it, or be left behind by the moving window), and
 it never depends on backups that are not kept. Two facts follow, both tested:
 
-* **idempotence** — deciding again on the catalog left after applying a
-  decision keeps every remaining backup and deletes nothing;
-* **convergence** — with the same pins, expiring daily (or at any schedule)
-  leaves exactly the backups that one expiry at the end would keep over the
-  full history: for any set S with keep(all) ⊆ S ⊆ all, keep(S) = keep(all).
+* **idempotence and stability** — for any S with keep(all) ⊆ S ⊆ all,
+  keep(S) = keep(all): deciding again after applying a decision (or after an
+  interrupted one) keeps the same backups and deletes nothing more;
+* **convergence** — with the same pins, expiring daily (or on any schedule)
+  while the history grows leaves exactly the backups, WAL and history files one
+  expiry at the end would leave, as long as no timeline branches off before the
+  start of the then newest backup (failovers and restores to recent points). A
+  restore into the past moves the latest timeline's base and the guard below
+  backwards; each run is still safe on its own.
 
 Which WAL is kept
 =================
@@ -76,7 +83,7 @@ from pitr.pg.names import (
     segment_name,
 )
 
-REASONS = ("newest", "min_backups", "pinned", "daily", "weekly", "monthly")
+REASONS = ("newest", "latest_timeline", "min_backups", "pinned", "daily", "weekly", "monthly")
 _INF = 1 << 64
 
 
@@ -217,15 +224,19 @@ def _order(backups: Iterable[BackupRecord]) -> list[BackupRecord]:
     return sorted(backups, key=lambda b: (_utc(b.stop_time), b.id))
 
 
-def choose_backups(backups: Iterable[BackupRecord], policy: Policy,
-                   now: datetime) -> dict[str, tuple[str, ...]]:
-    """Kept backup id -> reasons. Backups not in the result are to be deleted."""
+def choose_backups(backups: Iterable[BackupRecord], policy: Policy, now: datetime,
+                   latest_timeline: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Kept backup id -> reasons. Backups not in the result are to be deleted.
+
+    ``latest_timeline``: id of the newest backup that can restore the latest timeline.
+    """
     ordered = _order(backups)
     if not ordered:
         return {}
     today = _utc(now).date()
     by_reason: dict[str, set[str]] = {
         "newest": {ordered[-1].id},
+        "latest_timeline": {latest_timeline} if latest_timeline else set(),
         "min_backups": {b.id for b in ordered[-policy.min_backups:]} if policy.min_backups
         else set(),
         "pinned": {b.id for b in ordered if b.pinned},
@@ -263,6 +274,24 @@ def timeline_paths(catalog: Catalog) -> dict[int, TlPath]:
     return paths
 
 
+def _reach_index(path: TlPath, b: BackupRecord) -> int | None:
+    """Where ``b`` enters ``path``: it can restore onto the path's timeline from there."""
+    return next((i for i, (t, _, end) in enumerate(path)
+                 if t == b.timeline and b.start_lsn < end), None)
+
+
+def latest_timeline_base(catalog: Catalog, ordered: list[BackupRecord]) -> str | None:
+    """The newest backup that can restore the latest (highest) timeline, if any.
+
+    After a restore into the past, the new timeline's only base may be an old backup
+    that no tier keeps; without it the running cluster could not be restored until a
+    backup of the new timeline completes.
+    """
+    paths = timeline_paths(catalog)
+    path = paths[max(paths)]
+    return next((b.id for b in reversed(ordered) if _reach_index(path, b) is not None), None)
+
+
 def needed_intervals(catalog: Catalog, kept: Iterable[BackupRecord]) -> dict[int, list[
         tuple[int, int]]]:
     """Timeline -> merged [lo, hi] segno intervals some kept backup can restore through."""
@@ -271,8 +300,7 @@ def needed_intervals(catalog: Catalog, kept: Iterable[BackupRecord]) -> dict[int
     paths = timeline_paths(catalog)
     for b in kept:
         for path in paths.values():
-            idx = next((i for i, (t, _, end) in enumerate(path)
-                        if t == b.timeline and b.start_lsn < end), None)
+            idx = _reach_index(path, b)
             if idx is None:
                 continue
             for j in range(idx, len(path)):
@@ -302,8 +330,9 @@ class _WalKeeper:
         self.starts = {t: [lo for lo, _ in iv] for t, iv in self.intervals.items()}
         self.guard = lsn_to_segno(newest.start_lsn, seg)
         self.oldest_start = min(lsn_to_segno(b.start_lsn, seg) for b in kept)
+        # Timelines > 1 whose history is missing or unreadable: their ancestry is unknown.
         self.rootless = {t for t in set(catalog.segments) | {b.timeline for b in kept}
-                         if t > 1 and t not in catalog.timelines}
+                         if t > 1 and not (t in catalog.timelines and catalog.timelines[t].history)}
 
     def keeps(self, tli: int, segno: int) -> bool:
         if segno >= self.guard:
@@ -333,7 +362,7 @@ def decide(catalog: Catalog, policy: Policy, now: datetime, *,
                                  wal_kept=sum(len(s) for s in catalog.segments.values()),
                                  history_kept=_history_tlis(catalog),
                                  notes=("no completed backup: WAL is left alone",))
-    reasons = choose_backups(ordered, policy, now)
+    reasons = choose_backups(ordered, policy, now, latest_timeline_base(catalog, ordered))
     kept = [b for b in ordered if b.id in reasons]
     deleted = tuple(b for b in ordered if b.id not in reasons)
     keeper = _WalKeeper(catalog, kept, ordered[-1])
@@ -391,8 +420,9 @@ def decide(catalog: Catalog, policy: Policy, now: datetime, *,
 
 
 def _history_tlis(catalog: Catalog) -> tuple[int, ...]:
-    """Timelines that have a history file (every timeline but 1 that the catalog knows)."""
-    return tuple(sorted(t for t in catalog.timelines if t > 1))
+    """Timelines whose history file is in the repository (read or not)."""
+    return tuple(sorted(t for t, tl in catalog.timelines.items()
+                        if t > 1 and (tl.history or tl.created_at is not None)))
 
 
 def apply_to_catalog(catalog: Catalog, decision: RetentionDecision) -> Catalog:

@@ -62,7 +62,7 @@ def backup(
             f"({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"
             f"; WAL {s['start_lsn']} .. {s['stop_lsn']} on timeline {s['timeline']}, "
             f"stop time {s['stop_time']}{', pinned' if s['pinned'] else ''}")
-        if "expire" in s and expire_error is None:
+        if "text" in s.get("expire", {}):
             typer.echo(s["expire"]["text"])
     if expire_error is not None:
         raise expire_error

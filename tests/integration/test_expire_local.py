@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -89,8 +90,13 @@ def test_a_running_backup_refuses_expire(setup: Setup) -> None:
         assert dry.decision.incomplete_kept == ("running",)
         assert dry.decision.incomplete_deleted == ()
         assert "still writing" in render(dry)
+        # expiry after a backup that finds the next backup running leaves it to that one
         summary, err = expire_after_backup(cfg, "bX")
-        assert isinstance(err, LockedError) and "bX completed, but expiry" in summary["error"]
+        assert err is None and "another" in summary["skipped"]
+    # any other failure is reported after the (successful) backup
+    broken = replace(cfg, repository=replace(cfg.repository, url="file:///proc/nonexistent"))
+    summary, err = expire_after_backup(broken, "bY")
+    assert err is not None and "bY completed, but expiry after it failed" in summary["error"]
     assert len(load_catalog(repo).backups) == 3  # nothing deleted while locked
 
 

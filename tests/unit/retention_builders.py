@@ -30,9 +30,12 @@ def catalog(backups: list[BackupRecord], segments: dict[int, tuple[WalSegment, .
             incomplete: tuple[str, ...] = (), partial: tuple[str, ...] = (),
             backup_files: tuple[str, ...] | None = None) -> Catalog:
     """``histories``: tli -> [(parent, switch LSN), ...] as its history file lists them."""
-    timelines = {1: Timeline(1)}
+    # as load_catalog builds them: every timeline with segments or a history file; those
+    # with a file carry its archive time
+    timelines = {t: Timeline(t) for t in {1, *(segments or {})}}
     for t, entries in (histories or {}).items():
-        timelines[t] = Timeline(t, tuple(HistoryEntry(p, lsn, "test") for p, lsn in entries))
+        timelines[t] = Timeline(t, tuple(HistoryEntry(p, lsn, "test") for p, lsn in entries),
+                                T0)
     if backup_files is None:
         backup_files = tuple(backup_history_name(b.timeline, b.start_lsn, SEG) for b in backups)
     return Catalog(stanza="test", system_id="7000000000000000001", segment_size=SEG,

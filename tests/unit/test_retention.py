@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from retention_builders import SEG, backup, catalog, segs
+from retention_builders import SEG, T0, backup, catalog, segs
 
+from pitr.catalog import Timeline
 from pitr.pg.names import backup_history_name, segment_name
 from pitr.retention import Policy, apply_to_catalog, choose_backups, decide
 
@@ -197,3 +199,36 @@ def test_json_summary_names_segments() -> None:
 def test_policy_rejects_negative_values() -> None:
     with pytest.raises(ValueError):
         Policy(daily=-1)
+
+
+def test_timelines_without_a_history_file_are_roots_and_have_nothing_to_delete() -> None:
+    day = datetime(2025, 1, 1, tzinfo=UTC)
+    backups = [backup("old", day, 2, tli=5), backup("new", day + timedelta(days=3), 40, tli=5)]
+    cat = catalog(backups, {4: segs(4, 0, 30), 5: segs(5, 0, 45)})
+    cat = replace(cat, timelines={**cat.timelines, 6: Timeline(6, (), T0)})  # unreadable file
+    d = decide(cat, Policy(0, 0, 0, 1), day + timedelta(days=3))
+    assert d.history_kept == (6,) and d.history_deleted == ()
+    # timeline 5 (no history) is a root: its segments before the kept backup go; timeline 4
+    # (no history, no backup) keeps what lies at or after the oldest kept backup's start
+    assert _deleted(d, 5) == list(range(40))
+    assert _deleted(d, 4) == list(range(31))
+
+
+def test_after_a_restore_into_the_past_its_base_backup_stays() -> None:
+    """A (seg 10) and B (seg 20) on timeline 1; a restore from A to segment 15 made timeline
+    2, which has no backup yet. B is the newest backup but cannot restore timeline 2: A is
+    the only base of the timeline the cluster runs on, so it stays, with its WAL."""
+    day = datetime(2025, 1, 1, tzinfo=UTC)
+    a, b = backup("A", day, 10), backup("B", day + timedelta(days=1), 20)
+    cat = catalog([a, b], {1: segs(1, 0, 25), 2: segs(2, 15, 30)},
+                  histories={2: [(1, 15 * SEG + 0x100)]})
+    d = decide(cat, Policy(0, 0, 0, 1), day + timedelta(days=2))
+    assert {k.backup.id: k.reasons for k in d.kept} == {"A": ("latest_timeline",),
+                                                         "B": ("newest", "min_backups")}
+    assert _deleted(d, 1) == list(range(10)) and _deleted(d, 2) == []
+    # once timeline 2 has a backup of its own, A may go
+    c = backup("C", day + timedelta(days=3), 28, tli=2)
+    cat = catalog([a, b, c], cat.segments, histories={2: [(1, 15 * SEG + 0x100)]})
+    d = decide(cat, Policy(0, 0, 0, 1), day + timedelta(days=3, hours=1))
+    assert d.kept_ids == {"C"} and d.kept[0].reasons == ("newest", "latest_timeline",
+                                                          "min_backups")
