@@ -291,6 +291,8 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate)
     log.info("backup %s: starting pg_basebackup", backup_id)
     t0 = time.monotonic()
+    if progress is not None:
+        progress.start()
     proc = pgbb.BaseBackupProcess(opts, cfg.backup.wal_timeout).start()
     try:
         head = _Head()

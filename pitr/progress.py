@@ -67,6 +67,11 @@ class Progress:
         self._last_draw = 0.0
         self._drawn = False
 
+    def start(self) -> None:
+        """(Re)start the clock: when the transfer really begins, after any set-up."""
+        self.started = time.monotonic()
+        self.done = 0
+
     @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
