@@ -52,6 +52,7 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # mode -> (repository kind, [backup] / [compression] settings)
 MODES: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
     "pitr-local": ("local", {}),
+    "pitr-local-threads1": ("local", {"compression": {"threads": 1}}),
     "pitr-local-threads2": ("local", {"compression": {"threads": 2}}),
     "pitr-local-level1": ("local", {"compression": {"level": 1}}),
     "pitr-local-level1-t2": ("local", {"compression": {"level": 1, "threads": 2}}),

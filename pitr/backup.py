@@ -98,7 +98,7 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
     """Take one base backup of ``cfg.postgres`` into ``cfg.repository``."""
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
     lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after)
-    with lock as held:
+    with _signals_raise_interrupted(), lock as held:
         started = time.monotonic()
         removed, taken = clean_leftovers(repo, before=held.started_at)
         cluster = pgbb.probe(cfg.postgres.dsn)
@@ -107,15 +107,14 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
         if progress is not None and progress.total is None:
             progress.total = cluster.db_size  # the tar is about this size: an estimate
         backup_id = new_backup_id(datetime.now(UTC), taken)
-        with _signals_raise_interrupted():
-            try:
-                record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress)
-            except BaseException:
-                if progress is not None:
-                    progress.abandon()
-                with _signals_ignored():
-                    discard(repo, backup_id)
-                raise
+        try:
+            record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress)
+        except BaseException:
+            if progress is not None:
+                progress.abandon()
+            with _signals_ignored():
+                discard(repo, backup_id)
+            raise
         if pin:
             record = _pin(repo, record)
         return BackupResult(record, time.monotonic() - started, removed)
@@ -446,35 +445,46 @@ def _pin(repo: Repo, record: BackupRecord) -> BackupRecord:
 
 # -- signals -------------------------------------------------------------------------
 
-_cleaning = False
+_quiet = False  # set while cleaning up, and after the first signal: cleanup must finish
 
 
 @contextlib.contextmanager
 def _signals_raise_interrupted() -> Iterator[None]:
-    """SIGTERM (systemd stop) and SIGINT become Interrupted, so cleanup runs."""
+    """SIGTERM (systemd stop) and SIGINT become Interrupted, so cleanup runs.
+
+    Only the first signal interrupts; later ones are ignored so they cannot cut
+    the cleanup (deleting partial objects, releasing the lock) short.
+    """
+    global _quiet
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if _cleaning:
+        global _quiet
+        if _quiet:
+            log.warning("%s ignored: cleaning up", signal.Signals(signum).name)
             return
+        _quiet = True
         raise Interrupted(f"backup stopped by {signal.Signals(signum).name}; partial objects "
                           f"are removed")
 
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (tests call run_backup from threads)
         return
+    _quiet = False
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        _quiet = False
 
 
 @contextlib.contextmanager
 def _signals_ignored() -> Iterator[None]:
-    global _cleaning
-    _cleaning = True
+    global _quiet
+    before = _quiet
+    _quiet = True
     try:
         yield
     finally:
-        _cleaning = False
+        _quiet = before
