@@ -117,7 +117,7 @@ def test_cli_dry_run_and_pins(setup: Setup) -> None:
     doc = json.loads(run_pitr(path, "expire", "--dry-run", "--json", user=None).stdout)
     assert doc["dry_run"] and [b["id"] for b in doc["deleted"]] == ["b1"]
     assert {k["id"]: k["reasons"] for k in doc["kept"]} == {
-        "b0": ["pinned"], "b2": ["newest", "min_backups", "daily"]}
+        "b0": ["pinned"], "b2": ["newest", "latest_timeline", "min_backups", "daily"]}
     assert len(load_catalog(repo).backups) == 3
     out = json.loads(run_pitr(path, "unpin", "b0", "--json", user=None).stdout)
     assert out == {"id": "b0", "pinned": False, "changed": True}
