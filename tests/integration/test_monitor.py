@@ -255,3 +255,19 @@ def test_backup_failure_sends_alert(env: Env) -> None:
         assert env.settings["repository"]["secret_access_key"] not in json.dumps(alert)
     finally:
         hook.close()
+
+
+def test_unreachable_repository_answers_503_unknown_quickly(env: Env) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = config.load(env.config("dead.toml", repository={
+        "endpoint_url": dead, "timeout": 1, "request_timeout": 1}), env={})
+    handle = start_server(cfg, port=0, watch=False)
+    try:
+        t = time.monotonic()
+        code, body = get(f"{handle.url}/health/backup")
+        assert code == 503 and json.loads(body)["status"] == "unknown", body
+        assert get(f"{handle.url}/metrics")[0] == 503
+        assert time.monotonic() - t < 30
+        assert env.settings["repository"]["secret_access_key"] not in body.decode()
+    finally:
+        handle.stop()
