@@ -248,6 +248,9 @@ def _scratch_settings(scratch: Path, port: int, hba: Path) -> dict[str, str]:
         "archive_command": "",
         "synchronous_standby_names": "",  # a commit (CREATE EXTENSION) must not wait
         "primary_conninfo": "",
+        # A restored subscription would connect to its publisher and consume the
+        # production replication slot: no apply workers in a drill.
+        "max_logical_replication_workers": "0",
         "cluster_name": "pitr-verify",
     }
 

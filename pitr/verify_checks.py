@@ -105,6 +105,7 @@ def _listed(items: list[str]) -> str:
 
 _TABLES_SQL = """
 select format('%I.%I', n.nspname, c.relname), c.oid::regclass::text
+-- foreign tables are left out on purpose: reading one would reach a real server
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where c.relkind in ('r', 'm') and (c.relkind <> 'm' or c.relispopulated)
   and c.relpersistence <> 't'
@@ -116,7 +117,8 @@ _BTREE_SQL = """
 select c.oid, format('%I.%I', n.nspname, c.relname)
 from pg_index i join pg_class c on c.oid = i.indexrelid
 join pg_namespace n on n.oid = c.relnamespace join pg_am a on a.oid = c.relam
-where a.amname = 'btree' and i.indisvalid and i.indisready and c.relpersistence <> 't'
+where a.amname = 'btree' and c.relkind = 'i' and i.indisvalid and i.indisready
+  and c.relpersistence <> 't'
 order by 2
 """
 

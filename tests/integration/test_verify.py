@@ -76,6 +76,22 @@ def prod(workdir: Path, pitr_exe: Path, s3_server: Any) -> Iterator[Prod]:
     try:
         cluster.pgbench_init(1)  # pgbench_accounts: 100000 rows, with a btree primary key
         cluster.sql("create table notes (id serial primary key, body text)")
+        # the shapes the tables/amcheck checks must handle: partitions (and a partitioned
+        # index), a materialized view, an unlogged table (empty after a restore), and a
+        # foreign table whose server does not exist (reading it would fail: must be skipped)
+        cluster.sql("""
+            create table parted (id int primary key) partition by range (id);
+            create table parted_1 partition of parted for values from (0) to (1000);
+            insert into parted select generate_series(0, 999);
+            create materialized view notes_count as select count(*) from notes;
+            create unlogged table scratchpad (k int primary key);
+            insert into scratchpad values (1);
+            create extension postgres_fdw;
+            create server nowhere foreign data wrapper postgres_fdw
+                options (host '/nonexistent', port '1');
+            create user mapping for public server nowhere;
+            create foreign table remote_thing (x int) server nowhere;
+        """)
         cluster.sql("create database app")
         cluster.sql("create table t (x int); insert into t select generate_series(1, 500)",
                     dbname="app")
@@ -162,7 +178,8 @@ def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None
     assert {"plan", "wal_continuity", "recovery", "connect", "databases", "tables", "amcheck",
             "accounts", "app rows"} <= set(names)
     assert all(c["ok"] for c in report["checks"]), report["checks"]
-    assert names["tables"]["data"]["rows"] >= 100000 + 6000 + 500
+    assert names["tables"]["data"]["rows"] >= 100000 + 6000 + 500 + 1000
+    assert "remote_thing" not in json.dumps(report)
     assert names["amcheck"]["data"]["indexes"] > 0
     assert set(names["databases"]["data"]["databases"]) == {"postgres", "app"}
     assert report["rto_seconds"] > 0 and report["restored_bytes"] > 10_000_000
