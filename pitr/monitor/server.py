@@ -135,3 +135,17 @@ def start_server(cfg: Config, *, port: int | None = None, watch: bool = True) ->
         handle._threads.append(w)
     log.event(logger, logging.INFO, "health endpoint listening", url=handle.url)
     return handle
+
+
+def maybe_start_server(cfg: Config, *, watch: bool = True) -> ServerHandle | None:
+    """For daemons hosting the endpoint next to their real work (``pitr agent``):
+    None when ``monitor.port`` is 0, and a logged warning instead of an exception
+    when the port is taken, because monitoring must never stop archiving."""
+    if not cfg.monitor.port:
+        return None
+    try:
+        return start_server(cfg, watch=watch)
+    except OSError as exc:
+        log.event(logger, logging.WARNING, "health endpoint not started",
+                  listen=cfg.monitor.listen, port=cfg.monitor.port, reason=str(exc))
+        return None

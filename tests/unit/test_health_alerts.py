@@ -85,3 +85,16 @@ def test_undeliverable_alert_is_not_fatal() -> None:
     cfg = Config(monitor=MonitorConfig(webhook_url="http://127.0.0.1:9/nothing-listens"))
     assert send_alert(cfg, "verify_failed", "x", {"a": object()}) is False
     assert send_alert(Config(), "verify_failed", "no webhook configured") is False
+
+
+def test_maybe_start_server_never_raises() -> None:
+    import socket
+
+    from pitr.monitor.server import maybe_start_server
+
+    assert maybe_start_server(Config(monitor=MonitorConfig(port=0))) is None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert maybe_start_server(Config(monitor=MonitorConfig(port=taken)), watch=False) is None
