@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import archive as A  # the running bench/archive.py (it aliases itself before importing us)
+from installed import installed_copy
 from support.pgcluster import as_user_cmd, chown_user, make_user_dir, run_as
 from support.s3server import S3Server
 
@@ -165,8 +166,13 @@ def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
                             stdout=log, stderr=subprocess.STDOUT,
                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
     pid = _pid_from_lock(spool.agent_lock, proc)
+    # PostgreSQL starts archive-push once per segment: run it as pip installs pitr,
+    # not through the dev venv's editable-install import hook (bench/installed.py).
+    if not (ctx.workdir / "venv-installed").exists():
+        installed_copy(ctx.workdir)
+    exe = ctx.workdir / "venv-installed" / "bin" / "pitr"
     try:
-        yield A.Target(f"{A.PITR_EXE} --config {cfg} archive-push %p",
+        yield A.Target(f"{exe} --config {cfg} archive-push %p",
                        lambda: A.repo_stored_bytes(cfg))
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -255,30 +261,6 @@ def _time_as_user(cmds: dict[str, list[str]], n: int, cwd: Path) -> dict[str, An
             for k, xs in json.loads(proc.stdout).items()}
 
 
-def installed_copy(base: Path) -> Path:
-    """pitr as a wheel would install it: a plain venv, the package copied and compiled.
-
-    The dev venv's editable install adds an import hook to every Python start
-    (``python -c pass`` pays for it too); users do not have it. No third-party
-    packages are installed here: the fast path must not need any, and a
-    fall-through to the full CLI would fail loudly (exit != 0 aborts the bench).
-    """
-    venv = base / "venv-installed"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next(venv.glob("lib/python3*/site-packages"))
-    shutil.copytree(A.ROOT / "pitr", site / "pitr",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(site / "pitr")],
-                   check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
-                   capture_output=True)
-    exe = venv / "bin" / "pitr"
-    exe.write_text(f"#!{venv}/bin/python\nimport sys\nfrom pitr.entry import main\n"
-                   "if __name__ == '__main__':\n    sys.exit(main())\n")
-    exe.chmod(0o755)
-    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
-    return venv
-
-
 def fast_path_latency(workdir: Path,
                       n: int = int(os.environ.get("BENCH_FAST_PATH_RUNS", "200")),
                       ) -> dict[str, Any]:
@@ -303,7 +285,7 @@ def fast_path_latency(workdir: Path,
                                 time.time()))
     chown_user(spool.ok_path(name))
     py = str(Path(sys.executable))
-    installed = installed_copy(base)
+    installed = installed_copy(base, with_deps=False)
     data = base / "data"
     args = ["--config", str(cfg), "archive-push", f"pg_wal/{name}"]
     out = _time_as_user({

@@ -112,33 +112,62 @@ def _wait_for_agent(base: str, name: str, st: os.stat_result, url: str,
 def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     from pitr import fastpath as fp
 
-    if not fp.is_segment_name(name) or os.geteuid() == 0:
-        return None  # history/partial files are rare and never prefetched
+    if not fp.is_wal_name(name) or name.endswith(".backup") or os.geteuid() == 0:
+        return None
     cfg = fp.load_config(config)
     if cfg.prefetch <= 0:
         return None
     base = cfg.base
     pdir = os.path.join(base, fp.PREFETCH_DIR)
     os.makedirs(pdir, mode=0o700, exist_ok=True)
-    # Publish the position before looking for a worker: a worker that is about to
-    # exit re-reads it after dropping its lock, so no request is ever stranded.
-    fp.atomic_write(os.path.join(base, fp.PREFETCH_WANT), name + "\n")
+    # Publish the request before looking for a worker: a worker that is about to
+    # exit re-reads both after dropping its lock, so no request is ever stranded.
+    src = os.path.join(pdir, name)
+    if fp.is_segment_name(name):  # the position the worker reads ahead of
+        fp.atomic_write(os.path.join(base, fp.PREFETCH_WANT), name + "\n")
+    if not os.path.exists(src):  # ask for this very file (history files always)
+        os.close(os.open(src + fp.REQUEST_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600))
     if not fp.lock_held(os.path.join(base, fp.PREFETCH_LOCK)):
         spawn_prefetcher(config, os.path.join(base, fp.PREFETCH_WORKER_LOG))
-    src = os.path.join(pdir, name)
-    marker = src + ".inflight"
-    if not os.path.exists(src) and os.path.exists(marker):
-        deadline = time.perf_counter() + max(cfg.fast_path_wait, 0)
-        while (time.perf_counter() < deadline and not os.path.exists(src)
-               and os.path.exists(marker)):
-            time.sleep(0.005)
+    # The worker's window starts at NAME itself (or NAME is a request): if NAME is
+    # not there yet, waiting for the warm worker beats a cold fetch of our own,
+    # unless it already failed.
+    missing = src + fp.MISSING_SUFFIX
     log = os.path.join(base, fp.PREFETCH_LOG)
+    deadline = time.perf_counter() + max(cfg.fast_path_wait, 0)
+    while not os.path.exists(src) and time.perf_counter() < deadline:
+        try:
+            age = time.time() - os.stat(missing).st_mtime
+        except FileNotFoundError:
+            age = None
+        if age is not None:
+            if age >= fp.MISSING_FRESH:
+                try:  # noqa: SIM105 - contextlib is one import more on the hot path
+                    os.unlink(missing)  # old news; the worker asks again shortly
+                except FileNotFoundError:
+                    pass
+            elif _read(missing) == fp.ABSENT:
+                # The repository said "no such object" for NAME moments ago: the
+                # end of the archive. Exit 1 is PostgreSQL's "not found".
+                fp.append_line(log, f"{time.time():.3f} absent {name}")
+                return 1
+            else:
+                break  # the worker failed: the full CLI fetches and reports properly
+        time.sleep(0.005)
     if not os.path.exists(src):
         fp.append_line(log, f"{time.time():.3f} miss {name}")
         return None
     move_into_place(src, dest)
     fp.append_line(log, f"{time.time():.3f} hit {name}")
     return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read(200).strip()
+    except OSError:
+        return ""
 
 
 def move_into_place(src: str, dest: str) -> None:

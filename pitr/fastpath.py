@@ -42,6 +42,10 @@ PREFETCH_LOCK = "prefetch.lock"
 PREFETCH_WANT = "prefetch.want"
 PREFETCH_LOG = "prefetch.log"
 PREFETCH_WORKER_LOG = "prefetch-worker.log"
+MISSING_SUFFIX = ".missing"  # prefetch/<name>.missing: the worker could not fetch <name>
+MISSING_FRESH = 2.0  # seconds a .missing marker stands; the worker retries after as long
+ABSENT = "absent"  # .missing content when the repository said "no such object"
+REQUEST_SUFFIX = ".request"  # prefetch/<name>.request: archive-get wants this one file
 
 _HEX = frozenset("0123456789ABCDEF")
 

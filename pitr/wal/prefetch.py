@@ -30,27 +30,32 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pitr import fastpath as fp
 from pitr.config import Config
 from pitr.errors import WalNotFound
 from pitr.log import event
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 from pitr.repo import Repo
-from pitr.wal.spool import SEGMENT_RE, Spool, rotate_if_big, try_lock
+from pitr.wal.spool import SEGMENT_RE, Spool, atomic_write, rotate_if_big, try_lock
 
 log = logging.getLogger("pitr.wal.prefetch")
 
-ABSENT_RETRY = 2.0  # seconds before asking again for a segment that was not there
-MAX_THREADS = 8
+MISSING = fp.MISSING_SUFFIX
+ABSENT_RETRY = fp.MISSING_FRESH  # seconds before asking again for a missing segment
+MAX_THREADS = 4  # fetches are CPU-bound here (zstd + sha256): more threads only queue
 
 
 def plan_window(want: str, k: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> list[str]:
-    """The k segment names after ``want`` on its timeline.
+    """``want`` itself, then the k segment names after it on its timeline.
 
-    >>> plan_window("0000000100000000000000FE", 3)
-    ['0000000100000000000000FF', '000000010000000100000000', '000000010000000100000001']
+    ``want`` is included: when it was not prefetched in time, archive-get waits
+    for this warm worker rather than starting a cold fetch of its own.
+
+    >>> plan_window("0000000100000000000000FE", 2)
+    ['0000000100000000000000FE', '0000000100000000000000FF', '000000010000000100000000']
     """
     tli, segno = parse_segment_name(want, seg_size)
-    return [segment_name(tli, segno + i, seg_size) for i in range(1, k + 1)]
+    return [segment_name(tli, segno + i, seg_size) for i in range(k + 1)]
 
 
 def is_stale(name: str, want: str, k: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> bool:
@@ -80,16 +85,20 @@ class Prefetcher:
         self.absent: dict[str, float] = {}
         self.inflight: set[str] = set()
         self.lock = threading.Lock()
-        self.local = threading.local()
+        self._shared: Repo | None = None
+        # Fetched by this worker; once renamed away it was consumed, so the periodic
+        # re-plan must not fetch it again (an explicit request, NAME.request, may).
+        self.done: set[str] = set()
         self.fetched = 0
 
     def _repo(self) -> Repo:
-        repo = getattr(self.local, "repo", None)
-        if repo is None:
+        # One client for all threads: boto3 clients are thread-safe, and building
+        # one per thread costs more CPU than the first fetches themselves.
+        if self._shared is None:
             from pitr.storage import open_storage
 
-            repo = self.local.repo = Repo(open_storage(self.cfg.repository), self.cfg.stanza)
-        return repo
+            self._shared = Repo(open_storage(self.cfg.repository), self.cfg.stanza)
+        return self._shared
 
     def _want_sig(self) -> tuple[str, int, int] | None:
         try:
@@ -122,13 +131,15 @@ class Prefetcher:
                         last_activity = now
                     last_sig, last_plan = sig, now
                     self.plan(sig[0], pool)
+                if self.serve_requests(pool):
+                    last_activity = now
                 with self.lock:
                     busy = bool(self.inflight)
                 if busy:
                     last_activity = now
                 elif now - last_activity > self.idle_exit:
                     os.close(fd)  # from here on, archive-get starts a new worker
-                    if self._want_sig() == last_sig:
+                    if self._want_sig() == last_sig and not self._requests():
                         break
                     fd = try_lock(self.spool.prefetch_lock)
                     if fd is None:
@@ -139,29 +150,56 @@ class Prefetcher:
         rotate_if_big(self.spool.prefetch_log)
         return 0
 
+    def _requests(self) -> list[str]:
+        with os.scandir(self.spool.prefetch_dir) as it:
+            return [e.name.removesuffix(fp.REQUEST_SUFFIX) for e in it
+                    if e.name.endswith(fp.REQUEST_SUFFIX)]
+
+    def serve_requests(self, pool: ThreadPoolExecutor) -> bool:
+        """Explicit requests from a waiting archive-get (a history file, or a segment
+        that is not here): fetch them even if fetched before."""
+        names = self._requests()
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool.prefetch_dir / (name + fp.REQUEST_SUFFIX))
+            if not fp.is_wal_name(name):
+                continue
+            with self.lock:
+                if name in self.inflight:
+                    continue
+                self.inflight.add(name)
+            pool.submit(self.fetch_one, name)
+        return bool(names)
+
     def _remove_leftovers(self) -> None:
         with os.scandir(self.spool.prefetch_dir) as it:
             for entry in it:
-                if not SEGMENT_RE.match(entry.name):  # temp files, markers of a dead worker
+                # temp files, markers of a dead worker; requests are for us
+                if not SEGMENT_RE.match(entry.name) and not entry.name.endswith(
+                        fp.REQUEST_SUFFIX):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
     def plan(self, want: str, pool: ThreadPoolExecutor) -> None:
         window = plan_window(want, self.k, self.seg_size)
         with os.scandir(self.spool.prefetch_dir) as it:
-            present = {e.name for e in it if SEGMENT_RE.match(e.name)}
-        for name in present:
-            if is_stale(name, want, self.k, self.seg_size):
+            files = [e.name for e in it]
+        present = {n for n in files if SEGMENT_RE.match(n)}
+        for f in files:
+            seg = f.removesuffix(MISSING)
+            if SEGMENT_RE.match(seg) and is_stale(seg, want, self.k, self.seg_size):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.spool.prefetched(name))
+                    os.unlink(self.spool.prefetch_dir / f)
+                present.discard(f)
+        with self.lock:
+            self.done = {n for n in self.done if not is_stale(n, want, self.k, self.seg_size)}
         now = time.monotonic()
         for name in window:
             with self.lock:
-                if (name in present or name in self.inflight
+                if (name in present or name in self.inflight or name in self.done
                         or now - self.absent.get(name, -1e9) < ABSENT_RETRY):
                     continue
                 self.inflight.add(name)
-            self.spool.inflight(name).touch()
             pool.submit(self.fetch_one, name)
 
     def fetch_one(self, name: str) -> None:
@@ -170,20 +208,25 @@ class Prefetcher:
         started = time.monotonic()
         try:
             fetch_wal(self._repo(), name, self.spool.prefetched(name), budget=self.budget)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool.missing(name))
             with self.lock:
                 self.fetched += 1
+                self.done.add(name)
             ms = (time.monotonic() - started) * 1000
             self.spool.note_prefetch("fetched", name, f"{ms:.0f}ms")
-        except WalNotFound:
-            with self.lock:
-                self.absent[name] = time.monotonic()  # the end of the archive, for now
-        except Exception as exc:  # the foreground archive-get reports real errors
+        except Exception as exc:
+            # WalNotFound is the end of the archive (for now); anything else is for
+            # the foreground archive-get to report. Either way a waiting archive-get
+            # must stop waiting and ask the repository itself.
             with self.lock:
                 self.absent[name] = time.monotonic()
-            event(log, logging.WARNING, f"prefetch of {name} failed", error=str(exc))
+            with contextlib.suppress(OSError):
+                atomic_write(self.spool.missing(name), fp.ABSENT if isinstance(exc, WalNotFound)
+                             else f"error {exc}")
+            if not isinstance(exc, WalNotFound):
+                event(log, logging.WARNING, f"prefetch of {name} failed", error=str(exc))
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spool.inflight(name))
             with self.lock:
                 self.inflight.discard(name)
 

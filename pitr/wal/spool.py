@@ -11,7 +11,7 @@ Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
     <spool>/<stanza>/prefetch.want       the newest segment restore_command asked for
     <spool>/<stanza>/prefetch.log        hit/miss/fetched lines (proof that prefetch works)
     <spool>/<stanza>/prefetch/<name>     verified, decompressed segment, renamed into place
-    <spool>/<stanza>/prefetch/<name>.inflight   a worker is fetching <name>
+    <spool>/<stanza>/prefetch/<name>.missing    the worker could not fetch <name>
 
 Why a receipt may answer archive-push. A receipt is written only after the
 repository acknowledged the object (push_wal returned), and it records the
@@ -187,8 +187,8 @@ class Spool:
     def prefetched(self, name: str) -> Path:
         return self.prefetch_dir / name
 
-    def inflight(self, name: str) -> Path:
-        return self.prefetch_dir / f"{name}.inflight"
+    def missing(self, name: str) -> Path:
+        return self.prefetch_dir / f"{name}{fp.MISSING_SUFFIX}"
 
     def prefetcher_running(self) -> bool:
         return lock_held(self.prefetch_lock)

@@ -181,12 +181,12 @@ names = st.builds(lambda tli, segno: segment_name(tli, segno),
 
 
 @given(names, st.integers(1, 64))
-def test_window_is_next_k_on_the_same_timeline_and_never_stale(want: str, k: int) -> None:
+def test_window_is_want_and_next_k_on_its_timeline_and_never_stale(want: str, k: int) -> None:
     window = plan_window(want, k)
     tli, segno = parse_segment_name(want)
-    assert [parse_segment_name(n) for n in window] == [(tli, segno + i) for i in range(1, k + 1)]
+    assert [parse_segment_name(n) for n in window] == [(tli, segno + i) for i in range(k + 1)]
     assert not any(is_stale(n, want, k) for n in window)
-    assert is_stale(want, plan_window(want, 1)[0], k)  # older than the request
+    assert is_stale(want, plan_window(want, 1)[1], k)  # older than the request
 
 
 @given(st.integers(1, 100))
