@@ -158,7 +158,8 @@ def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
     cfg = A.write_pitr_config(ctx, section,
                               archive={"spool_dir": str(spool_dir), "fast_path_wait": 60,
                                        "workers": 4},
-                              postgres={"pgdata": str(ctx.workdir / "pg" / "data")})
+                              postgres={"pgdata": str(ctx.workdir / "pg" / "data")},
+                              monitor={"port": 0})
     c = config.load(cfg, env={})
     spool = Spool(c.archive.spool_dir, c.stanza)
     log = open(ctx.workdir / f"agent-{c.stanza}.log", "ab")  # noqa: SIM115

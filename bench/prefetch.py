@@ -61,6 +61,7 @@ def pitr_config(work: Path, name: str, repo: dict[str, Any], pgdata: Path,
         "stanza": "bench", "repository": repo,
         "archive": {"spool_dir": str(spool), "prefetch": prefetch, "fast_path_wait": 60},
         "postgres": {"pgdata": str(pgdata), "bindir": str(PG_BINDIR)},
+        "monitor": {"port": 0},
     })
 
 

@@ -18,12 +18,21 @@ def agent(
     """Push .ready WAL segments ahead of PostgreSQL so archive-push answers at once.
 
     Runs until SIGTERM; writes receipts and agent-status.json under
-    archive.spool_dir. Run it as the PostgreSQL OS user (systemd/pitr-agent.service).
+    archive.spool_dir, and serves /health/backup and /metrics on monitor.listen:port
+    (monitor.port = 0: off). Run it as the PostgreSQL OS user (systemd/pitr-agent.service).
     """
+    from pitr.monitor.server import maybe_start_server
     from pitr.wal.agent import Agent
 
     cfg = load_config(command="agent")
-    raise typer.Exit(Agent(cfg, rescan_interval=rescan).run())
+    agent_ = Agent(cfg, rescan_interval=rescan)
+    health = maybe_start_server(cfg)  # monitoring must never stop archiving: warns only
+    try:
+        code = agent_.run()
+    finally:
+        if health is not None:
+            health.stop()
+    raise typer.Exit(code)
 
 
 @app.command("prefetch-worker", hidden=True)

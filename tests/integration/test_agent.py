@@ -119,7 +119,8 @@ def setup_cluster(pg_factory: Any, pitr_config: Any, testdir: Path, pitr_exe: Pa
                   **archive: Any) -> tuple[PgCluster, Path, Spool]:
     cfg = pitr_config(repository={**repo, "timeout": 30},
                       archive={"fast_path_wait": 10, "workers": 4, **archive},
-                      postgres={"pgdata": str(testdir / "pg" / "data")})
+                      postgres={"pgdata": str(testdir / "pg" / "data")},
+                      monitor={"port": 0})
     pg: PgCluster = pg_factory("pg", conf={
         "archive_mode": "on",
         # An empty archive_command lets .ready files pile up (PostgreSQL 15) while
