@@ -134,14 +134,18 @@ def test_fast_path_declines_without_proof(setup: tuple[Spool, Path, Path],
     assert fast_path(["--config", str(cfg), "archive-push", f"pg_wal/{SEG}"]) is None
 
 
-def run_entry(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_entry(cwd: Path, *args: str, env: dict[str, str] | None = None,
+              ) -> subprocess.CompletedProcess[str]:
     """The real entry point in a fresh interpreter, as the cluster user; prints heavy imports."""
     give_to_user(cwd / "spool")
     code = ("import sys\nfrom pitr.entry import main\nrc = main(sys.argv[1:])\n"
             f"print(','.join(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
             "sys.exit(rc)\n")
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    return subprocess.run(as_user_cmd([sys.executable, "-c", code, *args]), cwd=cwd, env=env,
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})}
+    argv = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0:  # runuser would drop the environment's PITR_* variables
+        argv = ["env", *(f"{k}={v}" for k, v in env.items() if k.startswith("PITR_")), *argv]
+    return subprocess.run(as_user_cmd(argv), cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -268,3 +272,59 @@ def test_config_cache_follows_the_file_and_the_environment(
     cache.write_text(cache.read_text().replace("stanza=two", "stanza=evil"))
     cache.chmod(0o666)
     assert fastpath.load_config(str(cfg)).stanza == "two"
+
+
+def test_archive_get_answers_not_found_from_a_fresh_absent_marker(
+        setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, cfg = setup
+    fd = try_lock(spool.prefetch_lock)  # a worker "runs"
+    spool.missing(SEG).write_text("absent")
+    try:
+        proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
+                         "pg_wal/RECOVERYXLOG", env={"PITR_ARCHIVE_FAST_PATH_WAIT": "5"})
+    finally:
+        assert fd is not None
+        os.close(fd)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip() == ""
+    assert f"absent {SEG}" in spool.prefetch_log.read_text()
+    assert not (seg.parent / "RECOVERYXLOG").exists()
+
+
+def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
+        setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, cfg = setup
+    fd = try_lock(spool.prefetch_lock)
+    marker = spool.missing(SEG)
+    marker.write_text("absent")
+    old = time.time() - 60
+    os.utime(marker, (old, old))  # last minute's answer is no answer now
+    give_to_user(spool.base)
+    data = os.urandom(4096)
+
+    def worker_delivers() -> None:  # like the worker: on the request, a verified file
+        request = spool.prefetch_dir / (SEG + ".request")
+        deadline = time.monotonic() + 30
+        while not request.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        tmp = spool.prefetch_dir / ".tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, spool.prefetched(SEG))
+        give_to_user(spool.prefetched(SEG))
+
+    import threading
+
+    t = threading.Thread(target=worker_delivers)
+    t.start()
+    try:
+        proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
+                         "pg_wal/RECOVERYXLOG", env={"PITR_ARCHIVE_FAST_PATH_WAIT": "10"})
+    finally:
+        t.join()
+        assert fd is not None
+        os.close(fd)
+    assert proc.returncode == 0, proc.stderr
+    assert (seg.parent / "RECOVERYXLOG").read_bytes() == data
+    assert not marker.exists()
+    assert spool.prefetch_dir.joinpath(SEG + ".request").exists()  # it asked the worker
