@@ -6,12 +6,16 @@ the data is loaded with wal_level = minimal, then the cluster restarts with
 archiving on), warms the page cache, then times in one run:
 
 * ``pg_basebackup``: ``pg_basebackup -D <dir> -Ft -X none --checkpoint=fast`` to a
-  local directory (the baseline, measured before and after the pitr runs);
+  local directory (the baseline, run before and after every pitr run);
 * each pitr mode: ``pitr backup --json`` into a local or S3 (SeaweedFS weed mini)
   repository, with zstd in pitr (``compression.threads`` 0 or 2) or on the server.
 
-It prints raw MB/s (tar bytes / wall seconds), the ratio to the baseline, the
-stored size and the peak RSS of the pitr process (VmHWM from /proc, polled).
+It prints raw MB/s (tar bytes / wall seconds), the ratio to the baseline runs
+just before and after it (interleaved, so load drift on a shared host hits both
+sides), the stored size, the peak RSS of the pitr process (VmHWM from /proc,
+polled) and the client CPU seconds (pitr + its pg_basebackup, or the baseline's
+pg_basebackup: getrusage of the bench's children), which load does not distort
+the way wall time is.
 Both sides wait for WAL archiving at the end (``-X none``), which is fair and
 part of what a user waits for. Run as root (clusters run as the `pgtest` user):
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -69,6 +74,8 @@ class Result:
     raw_bytes: int
     stored_bytes: int
     peak_rss_mb: float | None  # pitr's own process; None for pg_basebackup
+    cpu_s: float = 0.0  # user + sys of the client process tree
+    vs_base: float = 1.0  # MB/s relative to the neighbouring baseline runs
 
     @property
     def mb_per_s(self) -> float:
@@ -139,7 +146,13 @@ def peak_rss_watch(root_pid: int, needle: str, stop: threading.Event, out: list[
     out.append(best)
 
 
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_pitr_backup(name: str, cfg: Path) -> Result:
+    cpu0 = children_cpu()
     stop = threading.Event()
     rss: list[float] = []
     t = time.monotonic()
@@ -156,28 +169,30 @@ def run_pitr_backup(name: str, cfg: Path) -> Result:
     if proc.returncode != 0:
         raise SystemExit(f"{name}: pitr backup failed ({proc.returncode}):\n{err}")
     doc = json.loads(out)
-    return Result(name, seconds, int(doc["raw_bytes"]), int(doc["stored_bytes"]), rss[0])
+    return Result(name, seconds, int(doc["raw_bytes"]), int(doc["stored_bytes"]), rss[0],
+                  children_cpu() - cpu0)
 
 
 def run_baseline(pg: PgCluster, work: Path, name: str = "pg_basebackup") -> Result:
     target = make_user_dir(work / f"basebackup-{uuid.uuid4().hex[:6]}")
+    cpu0 = children_cpu()
     t = time.monotonic()
     run_as([pg.bin("pg_basebackup"), "-D", str(target), "-Ft", "-X", "none",
             "--checkpoint=fast", "-d", pg.dsn], timeout=3600)
     seconds = time.monotonic() - t
     size = (target / "base.tar").stat().st_size
     shutil.rmtree(target)
-    return Result(name, seconds, size, size, None)
+    return Result(name, seconds, size, size, None, children_cpu() - cpu0)
 
 
-def print_table(results: list[Result], baseline: float) -> None:
+def print_table(results: list[Result]) -> None:
     print(f"{'run':<22} {'seconds':>8} {'raw MB':>8} {'MB/s':>7} {'vs base':>8} "
-          f"{'stored MB':>10} {'ratio':>6} {'peak RSS MiB':>13}")
+          f"{'stored MB':>10} {'ratio':>6} {'peak RSS MiB':>13} {'client CPU s':>13}")
     for r in results:
         rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
         print(f"{r.name:<22} {r.seconds:>8.2f} {r.raw_bytes / 1e6:>8.0f} {r.mb_per_s:>7.1f} "
-              f"{r.mb_per_s / baseline:>7.0%} {r.stored_bytes / 1e6:>10.1f} "
-              f"{r.raw_bytes / max(r.stored_bytes, 1):>6.1f} {rss:>13}")
+              f"{r.vs_base:>7.0%} {r.stored_bytes / 1e6:>10.1f} "
+              f"{r.raw_bytes / max(r.stored_bytes, 1):>6.1f} {rss:>13} {r.cpu_s:>13.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,17 +242,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print("# warming the page cache (one untimed pg_basebackup)", flush=True)
         run_baseline(pg, work)
+        # Interleaved: each pitr run sits between two baseline runs.
         results = [run_baseline(pg, work, "pg_basebackup")]
         for m in modes:
             print(f"# {m}", flush=True)
             results.append(run_pitr_backup(m, mode_cfgs[m]))
-        results.append(run_baseline(pg, work, "pg_basebackup (again)"))
-        baseline = max(r.mb_per_s for r in results if r.peak_rss_mb is None)
+            results.append(run_baseline(pg, work, "pg_basebackup"))
+        for i in range(1, len(results), 2):
+            base_mbs = (results[i - 1].mb_per_s + results[i + 1].mb_per_s) / 2
+            results[i].vs_base = results[i].mb_per_s / base_mbs
         print(f"# {os.cpu_count()} CPUs; load average at the end: "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other work shares the host)")
-        print_table(results, baseline)
+        print_table(results)
         if args.json:
-            print(json.dumps([{**asdict(r), "mb_per_s": round(r.mb_per_s, 1)}
+            print(json.dumps([{**asdict(r), "mb_per_s": round(r.mb_per_s, 1),
+                               "vs_base": round(r.vs_base, 3)}
                               for r in results], indent=2))
     finally:
         if pg is not None:
