@@ -46,29 +46,27 @@ EXTRA: dict[str, Any] = {"ceiling": {}, "fast_path": {}, "agent": []}
 
 # -- an S3 server that also speaks HTTPS (pgBackRest requires TLS) --------------------
 class TlsS3Server(S3Server):
+    """The test server with HTTPS, its certificate naming 127.0.0.1 as DNS name too:
+    pgBackRest matches the host against DNS entries of the SAN only."""
+
     def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir)
-        self.cert = data_dir / "s3.crt"
-        key = data_dir / "s3.key"
+        super().__init__(data_dir, tls=True)
+
+    def _make_certificate(self) -> None:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                         "-subj", "/CN=127.0.0.1", "-addext",
                         "subjectAltName=DNS:127.0.0.1,IP:127.0.0.1",
-                        "-keyout", str(key), "-out", str(self.cert)],
-                       check=True, capture_output=True)
-        self.cert.chmod(0o644)
-        key.chmod(0o644)  # weed runs as root; the bench's throwaway key
-        self.key = key
-        from support.pgcluster import free_port
-
-        self.https_port = free_port()
-
-    def _argv(self) -> list[str]:
-        return [*super()._argv(), f"-s3.port.https={self.https_port}",
-                f"-s3.cert.file={self.cert}", f"-s3.key.file={self.key}"]
+                        "-keyout", str(self.data_dir / "tls-key.pem"),
+                        "-out", str(self.ca_file)], check=True, capture_output=True)
+        self.ca_file.chmod(0o644)
 
     @property
-    def https_endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
+    def cert(self) -> Path:
+        return Path(self.ca_file)
+
+    @property
+    def https_port(self) -> int:
+        return int(self.ports["s3.port.https"])
 
     def tls_client(self) -> Any:
         import boto3
