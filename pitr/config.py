@@ -365,7 +365,10 @@ def load(
 
     known_env = {k.env: k for k in keys}
     for var, raw in env.items():
-        if not var.startswith(ENV_PREFIX) or var in ("PITR_CONFIG", "PITR_DEBUG"):
+        # PITR_TEST_* / PITR_KEEP_TEST_DIRS belong to the test harness, not to pitr.
+        if (not var.startswith(ENV_PREFIX) or var in ("PITR_CONFIG", "PITR_DEBUG",
+                                                      "PITR_KEEP_TEST_DIRS")
+                or var.startswith("PITR_TEST_")):
             continue
         info = known_env.get(var)
         if info is None:
