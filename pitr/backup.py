@@ -14,19 +14,16 @@ objects are removed; what a SIGKILL leaves behind the next run removes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import signal
 import socket
-import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any
 
 from pitr import __version__, codec
 from pitr import manifest as manifest_mod
@@ -45,7 +42,6 @@ from pitr.storage.base import put_bytes, read_bytes
 log = logging.getLogger("pitr.backup")
 
 BASE_OBJECT = "base.tar.zst"
-_HEAD_BYTES = 256 * 1024  # backup_label is the first member of the tar
 _POLL = 0.5
 
 
@@ -198,88 +194,18 @@ def discard(repo: Repo, backup_id: str) -> None:
 
 # -- the stream ------------------------------------------------------------------------
 
-class _Head:
-    """Keeps the first bytes of the raw tar, where pg_basebackup puts backup_label."""
+@dataclass(frozen=True)
+class _StopPoint:
+    """What the archived ``.backup`` history file says about the finished backup."""
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        if len(self.buf) < _HEAD_BYTES:
-            self.buf += data[:_HEAD_BYTES - len(self.buf)]
-
-    def backup_label(self) -> str:
-        try:
-            with tarfile.open(fileobj=io.BytesIO(bytes(self.buf)), mode="r|") as tar:
-                for member in tar:
-                    if member.name == "backup_label":
-                        fh = tar.extractfile(member)
-                        if fh is not None:
-                            return fh.read().decode()
-        except (tarfile.TarError, EOFError, UnicodeDecodeError) as exc:
-            raise BackupError(f"cannot read backup_label from the backup's tar: {exc}") from exc
-        raise BackupError("pg_basebackup's tar does not start with backup_label")
-
-
-class _RawTap:
-    """Passes the raw tar through, showing every chunk to ``on_raw``."""
-
-    def __init__(self, src: BinaryIO | pgbb.ProcessStdout,
-                 on_raw: Callable[[bytes], None]) -> None:
-        self._src = src
-        self._on_raw = on_raw
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        self._on_raw(data)
-        return data
-
-
-class _ServerCompressed:
-    """Stores pg_basebackup's zstd stream as is; decompresses a copy to hash the raw tar."""
-
-    def __init__(self, src: pgbb.ProcessStdout, on_raw: Callable[[bytes], None]) -> None:
-        import zstandard
-
-        self._src = src
-        self._on_raw = on_raw
-        self._dctx = zstandard.ZstdDecompressor()
-        self._dobj = self._dctx.decompressobj()
-        self._raw = hashlib.sha256()
-        self._stored = hashlib.sha256()
-        self.raw_bytes = 0
-        self.stored_bytes = 0
-
-    def read(self, n: int = -1) -> bytes:
-        import zstandard
-
-        data = self._src.read(n)
-        self._stored.update(data)
-        self.stored_bytes += len(data)
-        pending = data
-        try:
-            while pending:
-                raw = self._dobj.decompress(pending)
-                pending = b""
-                if self._dobj.eof:  # another frame may follow
-                    pending = self._dobj.unused_data
-                    self._dobj = self._dctx.decompressobj()
-                if raw:
-                    self._raw.update(raw)
-                    self.raw_bytes += len(raw)
-                    self._on_raw(raw)
-        except zstandard.ZstdError as exc:
-            raise BackupError(f"pg_basebackup's server-compressed stream is damaged: {exc}") \
-                from exc
-        return data
-
-    @property
-    def raw_sha256(self) -> str:
-        return self._raw.hexdigest()
-
-    @property
-    def stored_sha256(self) -> str:
-        return self._stored.hexdigest()
+    start_lsn: int
+    stop_lsn: int
+    start_tli: int
+    stop_tli: int
+    start_time: datetime
+    stop_time: datetime  # as PostgreSQL wrote it: truncated to the second
+    history_file: str
+    stop_time_text: str
 
 
 def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
@@ -288,79 +214,34 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
     opts = pgbb.BaseBackupOptions(
         bindir=cfg.postgres.bindir, dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
         server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate)
-    log.info("backup %s: starting pg_basebackup", backup_id)
     t0 = time.monotonic()
-    if progress is not None:
-        progress.start()
-    proc = pgbb.BaseBackupProcess(opts, cfg.backup.wal_timeout).start()
-    try:
-        head = _Head()
-
-        def on_raw(data: bytes) -> None:
-            head.feed(data)
-            if progress is not None:
-                progress.update(len(data))
-
-        source = pgbb.ProcessStdout(proc)
-        stream: codec.CompressingReader | _ServerCompressed
-        if server:
-            stream = _ServerCompressed(source, on_raw)
-        else:
-            stream = codec.CompressingReader(_RawTap(source, on_raw),  # type: ignore[arg-type]
-                                             cfg.compression.level, cfg.compression.threads)
-        key = repo.backup_prefix(backup_id) + BASE_OBJECT
-        repo.storage.put(key, stream, if_absent=True)  # type: ignore[arg-type]
-        rc = proc.wait()
-        if rc != 0:
-            raise proc.failure(rc)
-    finally:
-        proc.stop()
-    if progress is not None:
-        progress.close()
-    obj = BackupObject(BASE_OBJECT, key, stream.raw_bytes, stream.stored_bytes,
-                       stream.stored_sha256, stream.raw_sha256)
+    obj, backup_label = _stream(repo, backup_id, opts, cfg, progress)
     t1 = time.monotonic()
     event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=obj.raw_bytes,
           stored_bytes=obj.stored_bytes, seconds=round(t1 - t0, 2),
           mb_per_s=round(obj.raw_bytes / max(t1 - t0, 1e-9) / 1e6, 1))
+    stop = _stop_point(cfg, repo, cluster, opts.label, backup_label)
+    event(log, logging.INFO, f"backup {backup_id}: its WAL is archived",
+          stop_lsn=format_lsn(stop.stop_lsn), waited_s=round(time.monotonic() - t1, 2))
 
-    start = pgbb.parse_label_file(head.backup_label())
-    start_lsn = parse_lsn(pgbb.label_lsn(start["START WAL LOCATION"]))
-    start_tli = int(start["START TIMELINE"])
-    deadline = time.monotonic() + cfg.backup.wal_timeout
-    hist_name = backup_history_name(start_tli, start_lsn, cluster.segment_size)
-    stop = pgbb.parse_label_file(_wait_backup_history(repo, hist_name, deadline).decode())
-    if stop.get("LABEL") != opts.label:
-        raise BackupError(f"{hist_name} in the repository belongs to another backup "
-                          f"(label {stop.get('LABEL')!r}, expected {opts.label!r})")
-    stop_lsn = parse_lsn(pgbb.label_lsn(stop["STOP WAL LOCATION"]))
-    stop_tli = int(stop.get("STOP TIMELINE", start_tli))
-    _wait_wal(repo, stop_tli, start_lsn if stop_tli == start_tli else stop_lsn, stop_lsn,
-              cluster.segment_size, deadline)
-    start_time, stop_time = _label_times(cfg.postgres.dsn, stop["START TIME"], stop["STOP TIME"])
-    event(log, logging.INFO, f"backup {backup_id}: its WAL is archived", stop_lsn=format_lsn(
-        stop_lsn), waited_s=round(time.monotonic() - t1, 2))
-
+    seg = cluster.segment_size
     record = BackupRecord(
-        id=backup_id, label=label, start_lsn=start_lsn, stop_lsn=stop_lsn,
-        start_time=start_time,
+        id=backup_id, label=label, start_lsn=stop.start_lsn, stop_lsn=stop.stop_lsn,
+        start_time=stop.start_time,
         # The label's stop time is truncated to the second; the backup really ended
         # within the following second, so a target before this could be inconsistent.
-        stop_time=stop_time + timedelta(seconds=1),
-        timeline=start_tli, system_id=cluster.system_id, pg_version=cluster.major,
+        stop_time=stop.stop_time + timedelta(seconds=1),
+        timeline=stop.start_tli, system_id=cluster.system_id, pg_version=cluster.major,
         db_size=cluster.db_size, raw_bytes=obj.raw_bytes, stored_bytes=obj.stored_bytes,
         objects=(obj,), pitr_version=__version__,
         extra={
             "pg_version_num": cluster.version_num,
-            "stop_timeline": stop_tli,
-            "backup_history_file": hist_name,
-            "stop_time_reported": stop["STOP TIME"],
-            "wal_segments": [segment_name(start_tli, lsn_to_segno(start_lsn,
-                                                                  cluster.segment_size),
-                                          cluster.segment_size),
-                             segment_name(stop_tli, lsn_to_segno(stop_lsn - 1,
-                                                                 cluster.segment_size),
-                                          cluster.segment_size)],
+            "stop_timeline": stop.stop_tli,
+            "backup_history_file": stop.history_file,
+            "stop_time_reported": stop.stop_time_text,
+            "wal_segments": [
+                segment_name(stop.start_tli, lsn_to_segno(stop.start_lsn, seg), seg),
+                segment_name(stop.stop_tli, lsn_to_segno(stop.stop_lsn - 1, seg), seg)],
             "compression": {"codec": "zstd", "where": "server" if server else "client",
                             "level": cfg.compression.level},
             "backup_manifest_in_tar": not server,
@@ -372,6 +253,63 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
               if_absent=True)
     log.info("backup %s completed", backup_id)
     return record
+
+
+def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
+            progress: Progress | None) -> tuple[BackupObject, str]:
+    """Run pg_basebackup into the repository; returns the stored object and backup_label."""
+    log.info("backup %s: starting pg_basebackup", backup_id)
+    if progress is not None:
+        progress.start()
+    proc = pgbb.BaseBackupProcess(opts, cfg.backup.wal_timeout).start()
+    head = pgbb.TarHead()
+
+    def on_raw(data: bytes) -> None:
+        head.feed(data)
+        if progress is not None:
+            progress.update(len(data))
+
+    key = repo.backup_prefix(backup_id) + BASE_OBJECT
+    try:
+        source = pgbb.ProcessStdout(proc)
+        stream: codec.CompressingReader | pgbb.ServerCompressedStream
+        if opts.server_zstd_level is not None:
+            stream = pgbb.ServerCompressedStream(source, on_raw)
+        else:
+            stream = codec.CompressingReader(pgbb.RawTap(source, on_raw),  # type: ignore[arg-type]
+                                             cfg.compression.level, cfg.compression.threads)
+        repo.storage.put(key, stream, if_absent=True)  # type: ignore[arg-type]
+        rc = proc.wait()
+        if rc != 0:
+            raise proc.failure(rc)
+    finally:
+        proc.stop()
+    if progress is not None:
+        progress.close()
+    obj = BackupObject(BASE_OBJECT, key, stream.raw_bytes, stream.stored_bytes,
+                       stream.stored_sha256, stream.raw_sha256)
+    return obj, head.backup_label()
+
+
+def _stop_point(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, label: str,
+                backup_label: str) -> _StopPoint:
+    """Wait for the .backup history file and the WAL up to the stop point in the repository."""
+    start = pgbb.parse_label_file(backup_label)
+    start_lsn = parse_lsn(pgbb.label_lsn(start["START WAL LOCATION"]))
+    start_tli = int(start["START TIMELINE"])
+    deadline = time.monotonic() + cfg.backup.wal_timeout
+    hist_name = backup_history_name(start_tli, start_lsn, cluster.segment_size)
+    stop = pgbb.parse_label_file(_wait_backup_history(repo, hist_name, deadline).decode())
+    if stop.get("LABEL") != label:
+        raise BackupError(f"{hist_name} in the repository belongs to another backup "
+                          f"(label {stop.get('LABEL')!r}, expected {label!r})")
+    stop_lsn = parse_lsn(pgbb.label_lsn(stop["STOP WAL LOCATION"]))
+    stop_tli = int(stop.get("STOP TIMELINE", start_tli))
+    _wait_wal(repo, stop_tli, start_lsn if stop_tli == start_tli else stop_lsn, stop_lsn,
+              cluster.segment_size, deadline)
+    start_time, stop_time = _label_times(cfg.postgres.dsn, stop["START TIME"], stop["STOP TIME"])
+    return _StopPoint(start_lsn, stop_lsn, start_tli, stop_tli, start_time, stop_time,
+                      hist_name, stop["STOP TIME"])
 
 
 # -- after: the WAL ------------------------------------------------------------------
