@@ -90,25 +90,38 @@ def backoff_delay(attempts: int, rng: random.Random | None = None) -> float:
     return base * (0.5 + (rng or random).random() / 2)
 
 
+class IdentityCache:
+    """The repo.json check the workers already passed, shared and taken one at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.known: tuple[tuple[int, int | None, int], RepoIdentity] | None = None
+
+
 class WarmRepo(Repo):
     """A Repo that remembers the identity check it already passed.
 
     push_wal proves repo.json matches every segment's system id; against an
-    unchanged repository that is one GET per segment for a known answer.
+    unchanged repository that is one GET per segment for a known answer. The
+    workers share the cache and check one at a time, so at start they do not
+    race each other to create repo.json (a lost conditional create costs a
+    retry with backoff).
     """
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._known: tuple[tuple[int, int | None, int], RepoIdentity] | None = None
+    def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None) -> None:
+        super().__init__(storage, stanza)
+        self._cache = cache or IdentityCache()
 
     def ensure_identity(self, system_id: int, pg_version: int | None,
                         segment_size: int) -> RepoIdentity:
         key = (system_id, pg_version, segment_size)
-        if self._known is not None and self._known[0] == key:
-            return self._known[1]
-        ident = super().ensure_identity(system_id, pg_version, segment_size)
-        self._known = (key, ident)
-        return ident
+        with self._cache.lock:
+            known = self._cache.known
+            if known is not None and known[0] == key:
+                return known[1]
+            ident = super().ensure_identity(system_id, pg_version, segment_size)
+            self._cache.known = (key, ident)
+            return ident
 
 
 @dataclass
@@ -165,6 +178,7 @@ class Agent:
         self._last_cleanup = 0.0
         self._storage: Any = None
         self._storage_lock = threading.Lock()
+        self._identity = IdentityCache()
 
     # -- lifecycle ----------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -290,14 +304,14 @@ class Agent:
 
         boto3 clients are thread-safe and pool their connections (32), while
         building one costs ~120 ms of CPU (each loads the S3 service model), so
-        the workers share one client and each keeps its own identity cache.
+        the workers share one client (and one repo.json check).
         """
         from pitr.storage import open_storage
 
         with self._storage_lock:
             if self._storage is None:
                 self._storage = open_storage(self.cfg.repository)
-            return WarmRepo(self._storage, self.cfg.stanza)
+            return WarmRepo(self._storage, self.cfg.stanza, self._identity)
 
     def _worker(self) -> None:
         repo: Repo | None = None
