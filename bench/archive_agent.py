@@ -204,7 +204,7 @@ def prestart_agent(ctx: BenchCtx, repo: str) -> None:
     PRESTARTED[repo] = run
 
 
-@A.mode("pitr-agent", repos=("local", "s3"))
+@A.mode("pitr-agent", repos=("s3",))
 def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
     """`pitr agent` pushes ahead; PostgreSQL's archive-push answers from its receipts."""
     run = PRESTARTED.pop(repo, None) or start_agent(ctx, repo)
