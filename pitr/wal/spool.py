@@ -52,6 +52,8 @@ from typing import Any
 from pitr import fastpath as fp
 from pitr.fastpath import append_line, lock_held
 
+__all__ = ["FileIdentity", "Receipt", "Spool", "atomic_write", "lock_held", "try_lock"]
+
 RECEIPT_FORMAT = fp.RECEIPT_FORMAT
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 # Names PostgreSQL hands to archive_command (segment, partial, history, backup label).
@@ -177,24 +179,12 @@ class Spool:
     def write_error(self, name: str, message: str) -> None:
         atomic_write(self.error_path(name), message.rstrip("\n") + "\n")
 
-    def has_error(self, name: str) -> bool:
-        return self.error_path(name).exists()
-
-    def agent_running(self) -> bool:
-        return lock_held(self.agent_lock)
-
     # -- prefetch ----------------------------------------------------------
     def prefetched(self, name: str) -> Path:
         return self.prefetch_dir / name
 
     def missing(self, name: str) -> Path:
         return self.prefetch_dir / f"{name}{fp.MISSING_SUFFIX}"
-
-    def prefetcher_running(self) -> bool:
-        return lock_held(self.prefetch_lock)
-
-    def set_want(self, name: str) -> None:
-        atomic_write(self.prefetch_want, name + "\n")
 
     def read_want(self) -> str | None:
         try:
