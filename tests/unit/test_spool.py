@@ -310,8 +310,7 @@ def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
         time.sleep(0.3)
         tmp = spool.prefetch_dir / ".tmp"
         tmp.write_bytes(data)
-        os.replace(tmp, spool.prefetched(SEG))
-        give_to_user(spool.prefetched(SEG))
+        os.replace(tmp, spool.prefetched(SEG))  # the directory is the user's: it may rename
 
     import threading
 
