@@ -344,3 +344,29 @@ def test_adaptive_level_only_for_data_that_will_not_compress(tmp_path: Path) -> 
     raw = random_seg.read_bytes()
     blob, _ = codec.compress_blob(raw, FAST_LEVEL)
     assert codec.decompress_blob(blob, "000000010000000000000001") == raw
+
+
+def test_agent_status_is_what_the_monitor_reads(tmp_path: Path) -> None:
+    from pitr import config as config_mod
+    from pitr.monitor.health import AgentStatus
+    from pitr.wal.agent import Agent
+
+    status_dir = tmp_path / "data" / "pg_wal" / "archive_status"
+    status_dir.mkdir(parents=True)
+    for name in ("000000010000000000000007", "000000010000000000000008"):
+        (status_dir / f"{name}.ready").touch()
+    cfg = config_mod.load(None, env={}, overrides={
+        "postgres.pgdata": str(tmp_path / "data"), "archive.spool_dir": str(tmp_path / "spool")})
+    agent = Agent(cfg)
+    agent.scan()
+    agent.state.counters.failed = 2
+    agent.state.counters.consecutive_failures = 1
+    agent.state.counters.last_stored = "000000010000000000000006"
+    agent.state.counters.last_stored_at = time.time()
+    doc = agent.status_doc("running")
+    parsed = AgentStatus.from_json(doc)
+    assert parsed.backlog == 2
+    assert parsed.oldest_ready_age is not None and parsed.oldest_ready_age >= 0
+    assert (parsed.total_failures, parsed.consecutive_failures) == (2, 1)
+    assert parsed.last_stored == "000000010000000000000006"
+    assert doc["backlog"]["oldest_ready"] == "000000010000000000000007"
