@@ -15,14 +15,14 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(shell find pitr -name '*.py')
 	@./scripts/setup-host.sh "$(VENV)" "$(PGUSER_OS)"
-	$(PY) -m pip install --quiet --disable-pip-version-check ".[test]"
 	@# Editable when the cluster user can read this checkout (development), so the
 	@# archive_command runs the code under test; a copy in the venv otherwise (CI
 	@# clones may live under a 0700 home directory).
 	if runuser -u $(PGUSER_OS) -- test -r $(CURDIR)/pitr/__init__.py 2>/dev/null; then \
-	  $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e . ; \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]" ; \
 	else \
-	  $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall . ; \
+	  $(PY) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps . && \
+	  $(PY) -m pip install --quiet --disable-pip-version-check ".[test]" ; \
 	fi
 	@touch $@
 
