@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml $(shell find pitr -name '*.py')
 	@touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check pitr tests bench
+	$(VENV)/bin/ruff check pitr tests bench scripts
 	$(VENV)/bin/mypy
 
 unit: setup

@@ -12,7 +12,6 @@ parses and always shows the real defaults.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import textwrap
@@ -22,6 +21,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import generated  # noqa: E402
 
 from pitr.config import Duration, KeyInfo, schema  # noqa: E402
 
@@ -96,22 +98,10 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    ap.add_argument("--out", type=Path, default=TARGET)
-    args = ap.parse_args(argv)
-    wanted = render()
-    current = args.out.read_text() if args.out.exists() else ""
-    if args.check:
-        if current != wanted:
-            print(f"{args.out} is stale; run `python scripts/gen_conf_example.py`",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if current != wanted:
-        args.out.write_text(wanted)
-        print(f"{args.out} updated")
-    return 0
+    return generated.run(argv, description=(__doc__ or "").splitlines()[0],
+                         default_path=TARGET, option="out", transform=lambda _current: render(),
+                         what="example configuration",
+                         command="python scripts/gen_conf_example.py")
 
 
 if __name__ == "__main__":

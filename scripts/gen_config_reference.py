@@ -11,7 +11,6 @@ A unit test runs ``--check`` so a new config key cannot ship undocumented.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import typing
 from pathlib import Path
@@ -19,6 +18,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import generated  # noqa: E402
 
 from pitr.config import Duration, KeyInfo, schema  # noqa: E402
 
@@ -84,30 +86,15 @@ def render(keys: list[KeyInfo] | None = None) -> str:
 
 
 def replace_section(readme: str, body: str) -> str:
-    start = readme.find(BEGIN)
-    end = readme.find(END)
-    if start < 0 or end < start:
-        raise SystemExit(f"README.md: markers {BEGIN} ... {END} not found")
-    return readme[: start + len(BEGIN)] + "\n" + body + readme[end:]
+    return generated.replace_between(readme, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    args = ap.parse_args(argv)
-    current = args.readme.read_text()
-    wanted = replace_section(current, render())
-    if args.check:
-        if wanted != current:
-            print(f"{args.readme}: the configuration reference is stale; run "
-                  "`python scripts/gen_config_reference.py`", file=sys.stderr)
-            return 1
-        return 0
-    if wanted != current:
-        args.readme.write_text(wanted)
-        print(f"{args.readme}: configuration reference updated")
-    return 0
+    return generated.run(argv, description=(__doc__ or "").splitlines()[0],
+                         default_path=ROOT / "README.md", option="readme",
+                         transform=lambda current: replace_section(current, render()),
+                         what="configuration reference",
+                         command="python scripts/gen_config_reference.py")
 
 
 if __name__ == "__main__":

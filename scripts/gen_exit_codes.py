@@ -12,13 +12,15 @@ The table sits between ``<!-- section:exit-codes -->`` and
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import generated  # noqa: E402
 
 from pitr import errors  # noqa: E402
 
@@ -81,29 +83,14 @@ def render() -> str:
 
 
 def replace_section(readme: str, body: str) -> str:
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise SystemExit(f"README.md: markers {BEGIN} ... {END} not found")
-    return readme[: start + len(BEGIN)] + "\n" + body + readme[end:]
+    return generated.replace_between(readme, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    args = ap.parse_args(argv)
-    current = args.readme.read_text()
-    wanted = replace_section(current, render())
-    if args.check:
-        if wanted != current:
-            print(f"{args.readme}: the exit-code table is stale; run "
-                  "`python scripts/gen_exit_codes.py`", file=sys.stderr)
-            return 1
-        return 0
-    if wanted != current:
-        args.readme.write_text(wanted)
-        print(f"{args.readme}: exit-code table updated")
-    return 0
+    return generated.run(argv, description=(__doc__ or "").splitlines()[0],
+                         default_path=ROOT / "README.md", option="readme",
+                         transform=lambda current: replace_section(current, render()),
+                         what="exit-code table", command="python scripts/gen_exit_codes.py")
 
 
 if __name__ == "__main__":
