@@ -8,9 +8,7 @@ PostgreSQL never replays a half-written or corrupt segment.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +19,11 @@ from pitr.log import event
 from pitr.pg.names import classify
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
+from pitr.security import write_private
 from pitr.storage.base import read_bytes
 
 log = logging.getLogger("pitr.wal.fetch")
 
-TMP_MARK = ".pitr-fetch-"
 
 
 @dataclass(frozen=True)
@@ -64,22 +62,6 @@ def fetch_to_bytes(repo: Repo, name: str, *, budget: float) -> bytes:
     return codec.decompress_blob(fetch_object(repo, name, budget=budget), name)
 
 
-def write_atomically(dest: Path, data: bytes) -> None:
-    """Create ``dest`` with ``data`` so that no reader ever sees it partial."""
-    tmp = dest.parent / f"{TMP_MARK}{dest.name}.{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float) -> FetchResult:
     """Fetch ``name`` into ``dest`` (restore_command's %p), verified against its sha256."""
     started = time.monotonic()
@@ -87,7 +69,7 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float) -> FetchResul
     raw = codec.decompress_blob(blob, name)
     digest = codec.decode_header(blob[:65536], name)[0].sha256
     try:
-        write_atomically(dest, raw)
+        write_private(dest, raw)  # temp + fsync + rename: never a partial %p
     except OSError as exc:
         raise TargetDirError(f"cannot write {dest}: {exc.strerror or exc}",
                          hint="restore_command runs in the data directory as the PostgreSQL "
