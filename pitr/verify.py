@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pitr import __version__, log
-from pitr.catalog import Catalog
+from pitr.catalog import BackupRecord, Catalog
 from pitr.config import Config
 from pitr.errors import (
     AlreadyExists,
@@ -112,41 +112,48 @@ class DrillReport:
 
 # -- pure decisions -----------------------------------------------------------------
 
-def random_point(catalog: Catalog, rng: random.Random,
-                 backup_id: str | None = None) -> datetime:
-    """A uniformly random restore time inside the recovery window (whole seconds).
+def drill_backup(catalog: Catalog, backup_id: str | None) -> BackupRecord:
+    """The backup whose WAL bounds a random target: the given one, else the newest."""
+    if not catalog.backups:
+        raise PlanError("no completed backup: there is no recovery window to pick from",
+                        hint="run `pitr backup` first")
+    if backup_id is None:
+        return catalog.backups[-1]
+    match = [b for b in catalog.backups if b.id == backup_id]
+    if not match:
+        raise PlanError(f"backup {backup_id!r} is not in the repository",
+                        hint="`pitr list` shows the completed backups")
+    return match[0]
 
-    The upper bound is the archive time of the second-newest segment of the
-    WAL that continues the newest backup: a target in the newest segment
-    could lie after its last commit, which PostgreSQL 15 reports as "recovery
-    ended before configured recovery target was reached" — a false alarm.
+
+def random_point(catalog: Catalog, rng: random.Random, last_commit: datetime | None,
+                 backup_id: str | None = None) -> datetime:
+    """A uniformly random restore time (whole seconds) that recovery can provably reach.
+
+    From one second after the end of the oldest backup (or of ``backup_id``) to
+    strictly before ``last_commit``, the newest commit/abort time in the archived
+    WAL (:func:`pitr.pg.waldump.last_xact_end_time`): PostgreSQL stops at a time
+    target only on a commit or abort record stamped after it, and reports
+    "recovery ended before configured recovery target was reached" otherwise.
     """
     window = recovery_window(catalog)
     if window is None:
         raise PlanError("no completed backup: there is no recovery window to pick from",
                         hint="run `pitr backup` first")
-    low, end = window
-    if backup_id is not None:
-        match = [b for b in catalog.backups if b.id == backup_id]
-        if not match:
-            raise PlanError(f"backup {backup_id!r} is not in the repository",
-                            hint="`pitr list` shows the completed backups")
-        low = match[0].stop_time
-    newest = catalog.backups[-1]
-    high = newest.stop_time
-    stop_seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
-    for r in catalog.ranges(newest.timeline):
-        if r.first <= stop_seg <= r.last:
-            times = sorted(s.archived_at for s in catalog.segments[newest.timeline]
-                           if stop_seg <= s.segno <= r.last)
-            if len(times) >= 2:
-                high = max(high, times[-2])
-    high = min(high, end)
+    low = window[0] if backup_id is None else drill_backup(catalog, backup_id).stop_time
     first = low.replace(microsecond=0) + timedelta(seconds=1)
-    span = int((high - first).total_seconds())
-    if span <= 0:
-        return first
-    return first + timedelta(seconds=rng.randint(0, span))
+    if last_commit is not None:
+        # the newest whole second strictly before the commit
+        high = last_commit.replace(microsecond=0)
+        if high == last_commit:
+            high -= timedelta(seconds=1)
+        if high >= first:
+            return first + timedelta(seconds=rng.randint(0, int((high - first).total_seconds())))
+    seen = "none" if last_commit is None else f"the last at {last_commit.isoformat()}"
+    raise PlanError(f"no transaction committed after the backup (ended {low.isoformat()}) is "
+                    f"in the archive ({seen}): a time target cannot be proven",
+                    hint="drill without --random-point (to the latest archived WAL), or "
+                         "after a commit's WAL was archived")
 
 
 def wal_gap_after(catalog: Catalog, timeline: int, from_segno: int) -> str | None:
@@ -299,13 +306,19 @@ def _recovery_check(plan: Any, outcome: Any, seg_size: int) -> CheckResult:
                        data={"log": outcome.log_lines})
 
 
-def _choose_target(catalog: Catalog, opts: DrillOptions, report: DrillReport) -> Target:
+def _choose_target(cfg: Config, repo: Repo, catalog: Catalog, opts: DrillOptions,
+                   report: DrillReport) -> Target:
     if opts.random_point:
         if opts.target is not None:
             raise UsageError("--to and --random-point exclude each other")
         seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
         report.seed = seed
-        return Target.at_time(random_point(catalog, random.Random(seed), opts.backup_id))
+        from pitr.pg.waldump import last_xact_end_time
+
+        last = last_xact_end_time(repo, catalog, drill_backup(catalog, opts.backup_id),
+                                  cfg.postgres.bindir, budget=cfg.repository.timeout)
+        report.measures["last_commit_in_archive"] = last.isoformat() if last else None
+        return Target.at_time(random_point(catalog, random.Random(seed), last, opts.backup_id))
     return opts.target or Target.latest()
 
 
@@ -326,7 +339,7 @@ def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> D
     interrupted: Interrupted | None = None
     try:
         catalog = load_catalog(repo)
-        target = _choose_target(catalog, opts, report)
+        target = _choose_target(cfg, repo, catalog, opts, report)
         report.target = target.to_json()
         _drill(cfg, opts, repo, catalog, target, report, t0, config_path)
     except UsageError:

@@ -203,6 +203,50 @@ def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None
     assert not any("/00000002" in k for k in prod.keys("wal/"))
 
 
+def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> None:
+    """The random drill target is bounded by the newest commit record in the archive.
+
+    A commit, then (2 s later) a segment with no transaction in it: its archive time
+    is after the last commit, and a target there would end in PostgreSQL's FATAL
+    "recovery ended before configured recovery target was reached"."""
+    import time
+    from datetime import timedelta
+
+    from pitr.pg.waldump import last_xact_end_time
+
+    cluster = prod.cluster
+    # an autovacuum ANALYZE commits too: none while we know which commit is the last
+    cluster.sql("alter system set autovacuum = off")
+    cluster.sql("select pg_reload_conf()")
+    try:
+        cluster.wait_until("select count(*) = 0 from pg_stat_activity "
+                           "where backend_type = 'autovacuum worker'")
+        before = cluster.scalar("select clock_timestamp()")
+        cluster.sql("insert into notes (body) values ('the last commit')")
+        after = cluster.scalar("select clock_timestamp()")
+        cluster.switch_wal()
+        time.sleep(2)
+        cluster.sql("checkpoint")  # WAL without a commit, in a segment of its own
+        last = cluster.switch_wal()
+    finally:
+        cluster.sql("alter system reset autovacuum")
+        cluster.sql("select pg_reload_conf()")
+    cluster.wait_until(f"select last_archived_wal >= '{last}' from pg_stat_archiver")
+
+    repo = prod.repo()
+    catalog = load_catalog(repo)
+    backup = next(b for b in catalog.backups if b.id == prod.backup_id)
+    started = time.monotonic()
+    found = last_xact_end_time(repo, catalog, backup, PG_BINDIR, budget=30)
+    elapsed = time.monotonic() - started
+    assert found is not None and found.tzinfo is not None
+    assert before <= found <= after, (before, after, found)
+    newest = catalog.segments[backup.timeline][-1]
+    assert segment_name(newest.timeline, newest.segno) == last
+    assert found < newest.archived_at - timedelta(seconds=1)  # exact, not the archive time
+    print(f"last-commit finder: {elapsed * 1000:.0f} ms")
+
+
 def test_failing_user_check_exits_nonzero_and_alerts(prod: Prod) -> None:
     hook = Webhook()
     try:
@@ -228,6 +272,10 @@ max = 10
     stored = json.loads(prod.repo().storage.open(reports[-1]).read())
     assert stored["ok"] is False and stored["random_seed"] == 7
     assert stored["target"]["kind"] == "time"
+    # the target lies strictly before the newest commit PostgreSQL can replay
+    from pitr.targets import parse_time
+
+    assert parse_time(stored["target"]["time"]) < parse_time(stored["last_commit_in_archive"])
     check_cleaned_up(stored)
 
 

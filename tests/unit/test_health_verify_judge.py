@@ -35,7 +35,7 @@ def test_range_matches_arithmetic(lo: int, hi: int, v: int) -> None:
 
 # -- drill target choice and WAL continuity (pure) --------------------------------
 
-def test_random_point_is_inside_window_and_reproducible() -> None:
+def test_random_point_is_inside_window_before_the_last_commit_and_reproducible() -> None:
     import random
     from datetime import timedelta
 
@@ -46,14 +46,123 @@ def test_random_point_is_inside_window_and_reproducible() -> None:
     b1 = backup("b1", NOW - timedelta(days=2), 2, 3)
     b2 = backup("b2", NOW - timedelta(days=1), 20, 21)
     cat = catalog((b1, b2), {1: segs(1, 2, 30, NOW - timedelta(days=2), timedelta(hours=1))})
-    high = NOW - timedelta(days=2) + 27 * timedelta(hours=1)  # second-newest segment
-    picks = [random_point(cat, random.Random(seed)) for seed in range(200)]
-    assert all(b1.stop_time < p <= high for p in picks)
+    # archive times say nothing any more: only the last commit bounds the target
+    last = NOW - timedelta(days=2) + timedelta(hours=7, microseconds=250)
+    picks = [random_point(cat, random.Random(seed), last) for seed in range(200)]
+    assert all(b1.stop_time < p < last and p.microsecond == 0 for p in picks)
     assert len(set(picks)) > 100
-    assert random_point(cat, random.Random(7)) == random_point(cat, random.Random(7))
-    assert all(p > b2.stop_time for p in
-               (random_point(cat, random.Random(s), "b2") for s in range(50)))
+    assert random_point(cat, random.Random(7), last) == random_point(cat, random.Random(7), last)
+    last2 = NOW - timedelta(hours=3)
+    assert all(b2.stop_time < p < last2 for p in
+               (random_point(cat, random.Random(s), last2, "b2") for s in range(50)))
     assert wal_gap_after(cat, 1, 2) is None
+
+
+def test_random_point_is_strictly_before_a_whole_second_commit() -> None:
+    import random
+    from datetime import timedelta
+
+    from test_health import NOW, backup, catalog
+
+    from pitr.verify import random_point
+
+    b = backup("b1", NOW - timedelta(seconds=10, microseconds=500))
+    cat = catalog((b,))
+    # backup ended at 11:59:49.9995 -> first candidate :50; a commit at exactly :53
+    picks = {random_point(cat, random.Random(s), NOW - timedelta(seconds=7))
+             for s in range(100)}
+    assert picks == {NOW - timedelta(seconds=n) for n in (10, 9, 8)}
+
+
+@given(st.integers(0, 10**6), st.integers(-5 * 10**6, 10**8), st.integers(0, 2**31))
+def test_random_point_bounds_property(stop_us: int, commit_after_us: int, seed: int) -> None:
+    import random
+    from datetime import timedelta
+
+    from test_health import NOW, backup, catalog
+
+    from pitr.errors import PlanError
+    from pitr.verify import random_point
+
+    stop = NOW + timedelta(microseconds=stop_us)
+    commit = stop + timedelta(microseconds=commit_after_us)
+    cat = catalog((backup("b1", stop),))
+    try:
+        t = random_point(cat, random.Random(seed), commit)
+    except PlanError:
+        # empty only when no whole second lies in (stop + 1 s floor, commit)
+        first = stop.replace(microsecond=0) + timedelta(seconds=1)
+        assert commit <= first
+        return
+    assert stop < t < commit and t.microsecond == 0
+
+
+def test_random_point_without_a_commit_after_the_backup_is_a_plan_error() -> None:
+    import random
+    from datetime import timedelta
+
+    import pytest
+    from test_health import NOW, backup, catalog, segs
+
+    from pitr.errors import PlanError
+    from pitr.verify import random_point
+
+    b = backup("b1", NOW - timedelta(hours=1))
+    cat = catalog((b,), {1: segs(1, 2, 12, NOW - timedelta(hours=1))})
+    for last in (None, NOW - timedelta(hours=2), b.stop_time + timedelta(milliseconds=900)):
+        with pytest.raises(PlanError) as exc:
+            random_point(cat, random.Random(1), last)
+        assert "no transaction committed after the backup" in exc.value.message
+        assert "cannot be proven" in exc.value.message
+        assert "without --random-point" in (exc.value.hint or "")
+    with pytest.raises(PlanError, match="no completed backup"):
+        random_point(catalog(), random.Random(1), NOW)
+    with pytest.raises(PlanError, match="not in the repository"):
+        random_point(cat, random.Random(1), NOW, "nope")
+
+
+def test_waldump_parses_commit_abort_and_prepared_times() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from pitr.errors import PostgresError
+    from pitr.pg.waldump import xact_end_times
+
+    text = (
+        "rmgr: Transaction len (rec/tot):     66/    66, tx:        722, lsn: 0/015004A8, "
+        "prev 0/01500430, desc: COMMIT 2026-11-21 14:15:33.138853 UTC; inval msgs: "
+        "catcache 21; sync\n"
+        "rmgr: Transaction len (rec/tot):     70/    70, tx:        724, lsn: 0/01516610, "
+        "prev 0/015165D0, desc: ABORT 2026-11-21 14:15:33.605330 UTC; rels: base/5/16384\n"
+        "rmgr: Transaction len (rec/tot):     34/    34, tx:          0, lsn: 0/01516700, "
+        "prev 0/01516610, desc: COMMIT_PREPARED 725: 2026-11-21 14:15:34 UTC\n"
+        "rmgr: Transaction len (rec/tot):    134/   134, tx:        726, lsn: 0/01516800, "
+        "prev 0/01516700, desc: PREPARE gid t1: 2026-11-21 14:15:59.000001 UTC\n"
+        "rmgr: Transaction len (rec/tot):     34/    34, tx:          0, lsn: 0/01516900, "
+        "prev 0/01516800, desc: ASSIGNMENT xtop 727: subxacts: 728\n")
+    assert xact_end_times(text) == [
+        datetime(2026, 11, 21, 14, 15, 33, 138853, tzinfo=UTC),
+        datetime(2026, 11, 21, 14, 15, 33, 605330, tzinfo=UTC),
+        datetime(2026, 11, 21, 14, 15, 34, tzinfo=UTC)]  # PREPARE does not end a transaction
+    assert xact_end_times("") == []
+    with pytest.raises(PostgresError, match="not UTC"):
+        xact_end_times("desc: COMMIT 2026-11-21 15:15:33.1 CET; inval msgs")
+
+
+def test_waldump_scans_the_unbroken_wal_after_the_backup_newest_first() -> None:
+    from datetime import timedelta
+
+    from test_health import NOW, backup, catalog, segs
+
+    from pitr.pg.waldump import segments_to_scan
+
+    b = backup("b1", NOW - timedelta(hours=5), 2, 3)
+    cat = catalog((b,), {1: segs(1, 2, 40, NOW - timedelta(hours=5), skip=(30,))})
+    names = segments_to_scan(cat, b, limit=4)  # the WAL after the gap cannot be replayed
+    assert names == [f"0000000100000000000000{n:02X}" for n in (29, 28, 27, 26)]
+    assert segments_to_scan(cat, b, limit=100)[-1] == "000000010000000000000003"
+    assert segments_to_scan(catalog((b,), {1: segs(1, 5, 9, NOW)}), b) == []
 
 
 def test_wal_gap_after_names_missing_segments() -> None:
