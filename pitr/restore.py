@@ -39,6 +39,8 @@ from pitr.errors import (
     IntegrityError,
     NotFound,
     PermissionRefused,
+    PitrError,
+    PostgresError,
     TargetDirError,
 )
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
@@ -427,10 +429,55 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
         pitr_log.event(log, logging.INFO, "starting the restored server; recovery runs now",
                        log_file=str(ctl.log_file))
         ctl.start()
-        result.recovery = ctl.wait_for_recovery(opts.target_action, timeout=opts.wait_timeout)
+        try:
+            result.recovery = ctl.wait_for_recovery(opts.target_action,
+                                                    timeout=opts.wait_timeout)
+        except PostgresError as exc:
+            if plan.target.kind is TargetKind.TIME and any(
+                    ENDED_BEFORE_TARGET in ln for ln in ctl.recovery_log_lines()):
+                raise _explain_ended_before(cfg, storage, plan, exc) from exc
+            raise
         if result.recovery.timeline is None:
             result.recovery.timeline = plan.timeline
     return result
+
+
+ENDED_BEFORE_TARGET = "recovery ended before configured recovery target was reached"
+
+
+def ended_before_target(exc: PostgresError, plan: RestorePlan,
+                        last_commit: datetime | None) -> PostgresError:
+    """Why PostgreSQL gave up on a time target, with the newest commit the archive has.
+
+    Recovery stops at a time target only on a commit or abort record stamped after
+    it; the planner can only check segment archive times, which are later."""
+    from pitr.targets import format_time
+
+    last = ("no transaction in the archived WAL after the backup" if last_commit is None
+            else f"the newest transaction in the archived WAL ended at {format_time(last_commit)}")
+    return PostgresError(
+        f"recovery ended before reaching {plan.target}: {last}, and PostgreSQL stops at a "
+        "time target only on a commit stamped after it",
+        hint="restore with --latest (everything archived), or wait until WAL with a later "
+             "commit is archived (the next segment switch; archive_timeout bounds the wait) "
+             "and restore again" + (f"; {exc.hint}" if exc.hint else ""))
+
+
+def _explain_ended_before(cfg: Config, storage: Storage, plan: RestorePlan,
+                          exc: PostgresError) -> PostgresError:
+    """Best effort: the original error when the archive cannot be read."""
+    from pitr.catalog import load_catalog
+    from pitr.pg.waldump import last_xact_end_time
+    from pitr.repo import Repo
+
+    try:
+        repo = Repo(storage, cfg.stanza)
+        last = last_xact_end_time(repo, load_catalog(repo), plan.backup, cfg.postgres.bindir,
+                                  budget=cfg.repository.timeout)
+    except PitrError as err:
+        log.warning("cannot find the newest archived commit: %s", err.message)
+        return exc
+    return ended_before_target(exc, plan, last)
 
 
 def _dsn_user(dsn: str) -> str | None:

@@ -7,6 +7,7 @@ report in the repository, no scratch cluster, no listener, no WAL pushed.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import PITR_EXE, run_pitr, s3_repo_for, write_config
-from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir
+from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, free_port, make_user_dir
 
 from pitr import config
 from pitr.catalog import load_catalog
@@ -204,7 +205,8 @@ def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None
 
 
 def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> None:
-    """The random drill target is bounded by the newest commit record in the archive.
+    """The random drill target is bounded by the newest commit record in the archive;
+    a restore to a time after it says so.
 
     A commit, then (2 s later) a segment with no transaction in it: its archive time
     is after the last commit, and a target there would end in PostgreSQL's FATAL
@@ -245,6 +247,23 @@ def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> 
     assert segment_name(newest.timeline, newest.segno) == last
     assert found < newest.archived_at - timedelta(seconds=1)  # exact, not the archive time
     print(f"last-commit finder: {elapsed * 1000:.0f} ms")
+
+    # A restore to a time between that commit and the newest archive time passes the
+    # planner but PostgreSQL cannot prove it reached it: the error says why and when.
+    from pitr.errors import PostgresError
+    from pitr.targets import format_time
+
+    target = format_time(found + timedelta(seconds=1))
+    dest = prod.base / "after-last-commit"
+    try:
+        proc = run_pitr(prod.cfg, "restore", "--pgdata", str(dest), "--to", target, "--start",
+                        "--port", str(free_port()), "--wait-timeout", "120", check=False)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    assert proc.returncode == PostgresError.exit_code, proc.stdout + proc.stderr
+    assert "recovery ended before reaching" in proc.stderr, proc.stderr
+    assert f"ended at {format_time(found)}" in proc.stderr, proc.stderr
+    assert "--latest" in proc.stderr
 
 
 def test_failing_user_check_exits_nonzero_and_alerts(prod: Prod) -> None:
