@@ -113,12 +113,22 @@ class DrillReport:
 # -- pure decisions -----------------------------------------------------------------
 
 def drill_backup(catalog: Catalog, backup_id: str | None) -> BackupRecord:
-    """The backup whose WAL bounds a random target: the given one, else the newest."""
+    """The backup whose archived WAL bounds a random target: the given one, else the
+    oldest of those the newest backup's unbroken WAL continues."""
     if not catalog.backups:
         raise PlanError("no completed backup: there is no recovery window to pick from",
                         hint="run `pitr backup` first")
     if backup_id is None:
-        return catalog.backups[-1]
+        # The oldest backup the newest one's unbroken WAL also continues: a random
+        # target may fall before the newest backup, and so may the last commit.
+        newest = catalog.backups[-1]
+        seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
+        for r in catalog.ranges(newest.timeline):
+            if r.first <= seg <= r.last:
+                return min((b for b in catalog.backups if b.timeline == newest.timeline
+                            and r.first <= lsn_to_segno(b.stop_lsn, catalog.segment_size)),
+                           key=lambda b: b.stop_lsn)
+        return newest
     match = [b for b in catalog.backups if b.id == backup_id]
     if not match:
         raise PlanError(f"backup {backup_id!r} is not in the repository",

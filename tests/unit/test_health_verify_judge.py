@@ -121,6 +121,23 @@ def test_random_point_without_a_commit_after_the_backup_is_a_plan_error() -> Non
         random_point(cat, random.Random(1), NOW, "nope")
 
 
+def test_drill_backup_is_the_oldest_the_newest_backups_wal_continues() -> None:
+    from datetime import timedelta
+
+    from test_health import NOW, backup, catalog, segs
+
+    from pitr.verify import drill_backup
+
+    b1 = backup("b1", NOW - timedelta(days=3), 2, 3)
+    b2 = backup("b2", NOW - timedelta(days=2), 10, 11)
+    b3 = backup("b3", NOW - timedelta(days=1), 20, 21)
+    gap_after_b1 = catalog((b1, b2, b3), {1: segs(1, 2, 30, NOW, skip=(6,))})
+    assert drill_backup(gap_after_b1, None).id == "b2"
+    assert drill_backup(gap_after_b1, "b1").id == "b1"
+    assert drill_backup(catalog((b1, b2, b3), {1: segs(1, 2, 30, NOW)}), None).id == "b1"
+    assert drill_backup(catalog((b1, b2, b3)), None).id == "b3"  # no WAL: the newest
+
+
 def test_wal_gap_after_names_missing_segments() -> None:
     from datetime import timedelta
 
