@@ -164,6 +164,9 @@ class AgentRun:
 
 
 PRESTARTED: dict[str, AgentRun] = {}
+# As systemd/pitr-agent.service runs it (Nice=): PostgreSQL's archive-push processes,
+# one per segment in series, must not queue behind the agent's compression.
+AGENT_PREFIX = ["nice", "-n", os.environ.get("BENCH_AGENT_NICE", "10")]
 
 
 def start_agent(ctx: BenchCtx, repo: str) -> AgentRun:
@@ -182,7 +185,8 @@ def start_agent(ctx: BenchCtx, repo: str) -> AgentRun:
     spool = Spool(c.archive.spool_dir, c.stanza)
     log = open(ctx.workdir / f"agent-{c.stanza}.log", "ab")  # noqa: SIM115
     t0 = time.monotonic()
-    proc = subprocess.Popen(as_user_cmd([str(A.PITR_EXE), "--config", str(cfg), "agent"]),
+    argv = [*AGENT_PREFIX, str(A.PITR_EXE), "--config", str(cfg), "agent"]
+    proc = subprocess.Popen(as_user_cmd(argv),
                             stdout=log, stderr=subprocess.STDOUT,
                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
     pid = _pid_from_lock(spool.agent_lock, proc)
