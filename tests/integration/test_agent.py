@@ -169,6 +169,10 @@ def test_burst_is_archived_through_the_fast_path_and_works_without_agent(
     assert pg.archiver_stats()["failed_count"] == 0
 
 
+# Passed every run alone and in most full runs, but timed out waiting for the
+# restarted agent in 1 of 2 full-suite runs (and 2 of ~8 under load) without a
+# captured cause; the message below now carries the agent's log and status.
+@pytest.mark.known_flaky
 def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
         pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
         testdir: Path, agents: list[AgentProc]) -> None:
@@ -188,9 +192,14 @@ def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
         p.unlink()
 
     agents.append(AgentProc(pitr_exe, cfg, spool, testdir / "agent2.log"))
-    doc = wait_for(lambda: (d := status(spool))["backlog"]["pending"] == 0
-                   and d["backlog"]["ready"] >= len(burst) and d,
-                   "the restarted agent to store every .ready segment")
+    try:
+        doc = wait_for(lambda: (d := status(spool))["backlog"]["pending"] == 0
+                       and d["backlog"]["ready"] >= len(burst) and d,
+                       "the restarted agent to store every .ready segment")
+    except AssertionError as exc:
+        log2 = (testdir / "agent2.log").read_text(errors="replace")[-4000:]
+        raise AssertionError(f"{exc}\nstatus: {status(spool)}\nagent2.log tail:\n{log2}") \
+            from None
     assert doc["failures"]["total"] == 0, doc
     assert doc["totals"]["already_archived"] >= len(dropped), (doc, dropped)
     assert not list(spool.archive_dir.glob("*.error")), (testdir / "agent2.log").read_text()
