@@ -125,6 +125,8 @@ class Prefetcher:
                                 thread_name_prefix="prefetch") as pool:
             while True:
                 now = time.monotonic()
+                if not self.spool.prefetch_dir.is_dir():
+                    break  # the spool was removed (cluster or scratch dir gone): nobody to serve
                 sig = self._want_sig()
                 if sig is not None and (sig != last_sig or now - last_plan > 0.5):
                     if sig != last_sig:
@@ -146,8 +148,12 @@ class Prefetcher:
                         break  # a new worker took over
                     last_activity = now
                 time.sleep(self.poll)
+            # Queued fetches would each spend a full retry budget against a repository
+            # that may be down: drop them, only the ones already running finish.
+            pool.shutdown(wait=False, cancel_futures=True)
         event(log, logging.INFO, "prefetch worker idle, exiting", fetched=self.fetched)
-        rotate_if_big(self.spool.prefetch_log)
+        with contextlib.suppress(OSError):  # the spool may be gone
+            rotate_if_big(self.spool.prefetch_log)
         return 0
 
     def _requests(self) -> list[str]:
