@@ -34,7 +34,9 @@ __all__ = [
 class ObjectInfo:
     key: str
     size: int
-    mtime: datetime  # timezone-aware UTC: when the object was stored
+    # timezone-aware UTC; never earlier than the moment the object was stored (drivers
+    # with coarse clocks round up), so it is a safe upper bound of the writer's times
+    mtime: datetime
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ import contextlib
 import io
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
@@ -77,6 +77,19 @@ def parse_url(url: str) -> tuple[str, str]:
                            hint="use s3://bucket/prefix")
     prefix = "/".join(p for p in prefix.split("/") if p)
     return bucket, f"{prefix}/" if prefix else ""
+
+
+def stored_by(last_modified: datetime) -> datetime:
+    """A time the object was surely stored by, from S3's LastModified.
+
+    S3 servers truncate LastModified to whole seconds (HTTP dates; SeaweedFS and AWS
+    listings say ".000"), so the raw value can precede the actual write by up to a
+    second. Callers use this time as an upper bound (the planner proves that a WAL
+    segment archived at or after the target covers it), so a truncated value is
+    rounded up to the end of its second rather than trusted.
+    """
+    t = last_modified.astimezone(UTC)
+    return t + timedelta(seconds=1) if t.microsecond == 0 else t
 
 
 def _check_key(key: str) -> str:
@@ -273,8 +286,7 @@ class S3Storage:
     def stat(self, key: str) -> ObjectInfo:
         resp = self._call("stat", key, self._client.head_object, Bucket=self.bucket,
                           Key=self._full(key))
-        return ObjectInfo(key, int(resp["ContentLength"]),
-                          resp["LastModified"].astimezone(UTC))
+        return ObjectInfo(key, int(resp["ContentLength"]), stored_by(resp["LastModified"]))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Not every server returns S3's byte order (SeaweedFS walks its directory tree:
@@ -300,8 +312,7 @@ class S3Storage:
                 name: str = obj["Key"]
                 if name.endswith("/"):
                     continue  # a "directory" marker some tools create, not an object
-                yield ObjectInfo(name[cut:], int(obj["Size"]),
-                                 obj["LastModified"].astimezone(UTC))
+                yield ObjectInfo(name[cut:], int(obj["Size"]), stored_by(obj["LastModified"]))
 
     def delete(self, keys: Iterable[str]) -> int:
         """Delete in batches of 1000. Returns how many keys were processed: S3 does not say
