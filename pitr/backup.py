@@ -270,12 +270,13 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
             progress.update(len(data))
 
     key = repo.backup_prefix(backup_id) + BASE_OBJECT
+    stream: codec.CompressingReader | pgbb.ServerCompressedStream | None = None
     try:
         source = pgbb.ProcessStdout(proc)
-        stream: codec.CompressingReader | pgbb.ServerCompressedStream
         if opts.server_zstd_level is not None:
             stream = pgbb.ServerCompressedStream(source, on_raw)
         else:
+            # on_raw runs in the compressor's feeder thread, the only caller of head/progress
             stream = codec.CompressingReader(pgbb.RawTap(source, on_raw),  # type: ignore[arg-type]
                                              cfg.compression.level, cfg.compression.threads)
         repo.storage.put(key, stream, if_absent=True)  # type: ignore[arg-type]
@@ -283,6 +284,8 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
         if rc != 0:
             raise proc.failure(rc)
     finally:
+        if isinstance(stream, codec.CompressingReader):
+            stream.close()
         proc.stop()
     if progress is not None:
         progress.close()

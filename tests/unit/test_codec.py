@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,3 +76,44 @@ def test_streaming_round_trip_bounded_reads() -> None:
     dec = DecompressingReader(io.BytesIO(bytes(stored)))
     assert dec.read() == raw
     assert dec.sha256 == comp.raw_sha256
+
+
+class _FailingSource:
+    """Yields some bytes, then fails as pg_basebackup's stdout does when it exits non-zero."""
+
+    def __init__(self, good: bytes) -> None:
+        self._good = io.BytesIO(good)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._good.read(n)
+        if not data:
+            raise RuntimeError("pg_basebackup exited with 1")
+        return data
+
+
+def test_streaming_source_error_reaches_the_reader() -> None:
+    comp = CompressingReader(_FailingSource(b"x" * (3 << 20)), level=1)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        while comp.read(1 << 20):
+            pass
+
+
+def test_streaming_close_releases_a_blocked_feeder() -> None:
+    comp = CompressingReader(io.BytesIO(os.urandom(32 << 20)), level=1, depth=1)
+    comp.read(1024)  # the feeder is now blocked on the full queue
+    comp.close()
+    comp._feeder.join(timeout=5)
+    assert not comp._feeder.is_alive()
+
+
+def test_streamed_frame_carries_zstd_content_checksum() -> None:
+    raw = b"page " * 200_000
+    stored = bytearray()
+    comp = CompressingReader(io.BytesIO(raw), level=1)
+    while chunk := comp.read(1 << 16):
+        stored += chunk
+    assert zstandard.get_frame_parameters(bytes(stored[:18])).has_checksum
+    damaged = bytearray(stored)
+    damaged[-2] ^= 0xFF  # inside the trailing checksum
+    with pytest.raises(zstandard.ZstdError):
+        zstandard.ZstdDecompressor().decompressobj().decompress(bytes(damaged))
