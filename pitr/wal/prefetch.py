@@ -15,7 +15,11 @@ client per thread. A later request for a prefetched segment is a rename.
   window) are removed whenever the position moves.
 * A segment missing ahead is the end of the archive, not an error: it is
   tried again a little later (a standby's archive keeps growing).
-* The worker exits after ``idle_exit`` seconds without a new request; after
+* The worker exits after ``idle_exit`` seconds without a new request. Only
+  archive-get's requests (a new position, a ``.request`` file) and the fetches
+  they started count as activity; the worker's own re-asks for segments the
+  repository did not have do not, or a worker whose window reaches past the end
+  of the archive would poll the repository forever after recovery. After
   dropping its lock it looks at the request file once more, so a request that
   raced with the exit is never stranded (archive-get writes the request
   before it checks for a worker).
@@ -74,16 +78,22 @@ def is_stale(name: str, want: str, k: int, seg_size: int = DEFAULT_SEGMENT_SIZE)
 
 
 class Prefetcher:
-    def __init__(self, cfg: Config, *, idle_exit: float = 20.0, poll: float = 0.01) -> None:
+    def __init__(self, cfg: Config, *, idle_exit: float = 20.0, poll: float = 0.01,
+                 absent_retry: float = ABSENT_RETRY) -> None:
         self.cfg = cfg
         self.spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
         self.k = cfg.archive.prefetch
         self.budget = float(cfg.repository.timeout)
         self.idle_exit = idle_exit
         self.poll = poll
+        self.absent_retry = absent_retry
         self.seg_size = DEFAULT_SEGMENT_SIZE
         self.absent: dict[str, float] = {}
         self.inflight: set[str] = set()
+        # The subset of inflight that re-asks for a segment the repository lately did
+        # not have: the worker's own polling, not work anyone asked for, so it must
+        # not hold off idle_exit (see run()).
+        self.reasks: set[str] = set()
         self.lock = threading.Lock()
         self._shared: Repo | None = None
         # Fetched by this worker; once renamed away it was consumed, so the periodic
@@ -135,8 +145,14 @@ class Prefetcher:
                     self.plan(sig[0], pool)
                 if self.serve_requests(pool):
                     last_activity = now
+                # A fetch archive-get is (or soon will be) waiting for keeps the worker
+                # alive however long it takes; a re-ask for an absent segment does not:
+                # after recovery the window past the archive's end stays absent and
+                # would otherwise be re-asked every absent_retry seconds until the spool
+                # went away. A standby that needs those segments keeps asking
+                # archive-get, which moves the position and counts above.
                 with self.lock:
-                    busy = bool(self.inflight)
+                    busy = bool(self.inflight - self.reasks)
                 if busy:
                     last_activity = now
                 elif now - last_activity > self.idle_exit:
@@ -171,11 +187,23 @@ class Prefetcher:
             if not fp.is_wal_name(name):
                 continue
             with self.lock:
-                if name in self.inflight:
-                    continue
-                self.inflight.add(name)
-            pool.submit(self.fetch_one, name)
+                claimed = self._claim(name, requested=True)
+            if claimed:
+                pool.submit(self.fetch_one, name)
         return bool(names)
+
+    def _claim(self, name: str, *, requested: bool) -> bool:
+        """Mark ``name`` in flight unless it already is (call with ``self.lock`` held).
+
+        ``requested``: archive-get asked for this very file. Otherwise a name the
+        repository answered absent for is a re-ask, which does not count as activity.
+        """
+        if name in self.inflight:
+            return False
+        self.inflight.add(name)
+        if not requested and name in self.absent:
+            self.reasks.add(name)
+        return True
 
     def _remove_leftovers(self) -> None:
         with os.scandir(self.spool.prefetch_dir) as it:
@@ -202,10 +230,10 @@ class Prefetcher:
         now = time.monotonic()
         for name in window:
             with self.lock:
-                if (name in present or name in self.inflight or name in self.done
-                        or now - self.absent.get(name, -1e9) < ABSENT_RETRY):
+                if (name in present or name in self.done
+                        or now - self.absent.get(name, -1e9) < self.absent_retry
+                        or not self._claim(name, requested=False)):
                     continue
-                self.inflight.add(name)
             pool.submit(self.fetch_one, name)
 
     def fetch_one(self, name: str) -> None:
@@ -219,6 +247,7 @@ class Prefetcher:
             with self.lock:
                 self.fetched += 1
                 self.done.add(name)
+                self.absent.pop(name, None)  # here now: a later fetch of it is no re-ask
             ms = (time.monotonic() - started) * 1000
             self.spool.note_prefetch("fetched", name, f"{ms:.0f}ms")
         except Exception as exc:
@@ -235,6 +264,7 @@ class Prefetcher:
         finally:
             with self.lock:
                 self.inflight.discard(name)
+                self.reasks.discard(name)
 
 
 def run_worker(cfg: Config, *, idle_exit: float = 20.0) -> int:
