@@ -284,10 +284,16 @@ class Agent:
                 self.state.stored.add(name)
 
     def cleanup(self, ready: set[str], now: float) -> None:
-        """Drop receipts and errors of segments PostgreSQL has finished with."""
+        """Drop receipts and errors of segments PostgreSQL has finished with, and the
+        temp files of receipts whose writer was killed before its rename."""
         with os.scandir(self.spool.archive_dir) as it:
             for entry in it:
                 name, _, ext = entry.name.rpartition(".")
+                if ext == "tmp" and name.startswith("."):  # only the agent writes them here
+                    with contextlib.suppress(FileNotFoundError):
+                        if now - entry.stat().st_mtime > RECEIPT_KEEP:
+                            os.unlink(entry.path)
+                    continue
                 if ext not in ("ok", "error") or name in ready:
                     continue
                 with contextlib.suppress(FileNotFoundError):

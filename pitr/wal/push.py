@@ -7,6 +7,15 @@ object is written with a conditional put; when the name is taken, the stored
 header's sha256 decides between "already archived" (a retry or a standby
 pushing the same bytes: success) and a conflict (different bytes: error, the
 stored object stays as it is).
+
+One exception to "the stored object stays": an EMPTY object. Every object pitr
+writes starts with a header, so an empty one holds no archived data; it is what
+an S3 server that does not enforce Content-Length (SeaweedFS does this) keeps
+of a PUT whose writer died after the request headers and before the body, e.g.
+``pitr agent`` killed with -9 mid-upload. Left alone it would take the name
+forever: every later push of that segment would fail, and archiving would
+stall with it. So an empty object under the name is removed and the push
+retried, once.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pitr import codec
-from pitr.errors import AlreadyExists, IntegrityError, UsageError, WalConflict
+from pitr.errors import AlreadyExists, IntegrityError, NotFound, UsageError, WalConflict
 from pitr.log import event
 from pitr.pg.names import WalKind, classify, parse_segment_name
 from pitr.pg.walheader import parse_header
@@ -100,10 +109,10 @@ def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult
     blob, digest = codec.compress_blob(raw, level, **extra)
     key = repo.wal_key(name)
     status: Literal["stored", "already-archived"] = "stored"
-    try:
-        call_with_budget(lambda: put_bytes(repo.storage, key, blob, if_absent=True),
-                         budget=deadline.left(), what=f"archive-push {name}: storing")
-    except AlreadyExists:
+    stored_new = _put_if_absent(repo, key, blob, deadline, name)
+    if not stored_new and _remove_if_empty(repo, key, deadline, name):
+        stored_new = _put_if_absent(repo, key, blob, deadline, name)
+    if not stored_new:
         stored = stored_sha256(repo, name, budget=deadline.left())
         if stored != digest:
             raise WalConflict(
@@ -119,6 +128,40 @@ def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult
     event(log, logging.DEBUG, f"archived {name}", status=status, raw_bytes=len(raw),
           stored_bytes=len(blob), seconds=round(seconds, 3))
     return PushResult(name, status, digest, len(raw), len(blob), seconds)
+
+
+def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name: str) -> bool:
+    """Store ``blob`` under ``key`` unless the name is taken; False when it is."""
+    try:
+        call_with_budget(lambda: put_bytes(repo.storage, key, blob, if_absent=True),
+                         budget=deadline.left(), what=f"archive-push {name}: storing")
+    except AlreadyExists:
+        return False
+    return True
+
+
+def _remove_if_empty(repo: Repo, key: str, deadline: _Deadline, name: str) -> bool:
+    """Delete the object under ``key`` if it is empty (see the module doc); True if it was.
+
+    The size is checked right before the delete, so only a writer that stores
+    this name between that check and the delete could see its object replaced
+    by ours. Such a writer normally holds the same segment (PostgreSQL's
+    archive-push racing the agent), so the name still ends up with the same
+    bytes; a foreign cluster's different bytes would go unnoticed only if it
+    also hit this instant of an empty leftover.
+    """
+    try:
+        info = call_with_budget(lambda: repo.storage.stat(key), budget=deadline.left(),
+                                what=f"archive-push {name}: checking the stored object")
+    except NotFound:
+        return True  # gone meanwhile: the name is free again
+    if info.size != 0:
+        return False
+    call_with_budget(lambda: repo.storage.delete([key]), budget=deadline.left(),
+                     what=f"archive-push {name}: removing an empty object")
+    event(log, logging.WARNING, f"{name}: removed an empty object under its name, left by an "
+          "interrupted upload (the server kept a PUT whose body never arrived)", key=key)
+    return True
 
 
 def stored_sha256(repo: Repo, name: str, *, budget: float) -> str:
