@@ -19,7 +19,9 @@ is a multipart part, retried once so a blip does not throw away a long upload.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -77,6 +79,16 @@ def parse_url(url: str) -> tuple[str, str]:
                            hint="use s3://bucket/prefix")
     prefix = "/".join(p for p in prefix.split("/") if p)
     return bucket, f"{prefix}/" if prefix else ""
+
+
+def content_md5(data: bytes | bytearray) -> str:
+    """The Content-MD5 header: the server refuses a body that did not arrive whole.
+
+    boto's own checksums are off (see _client), and without one SeaweedFS stores
+    an EMPTY object when a PUT's connection dies between headers and body (an
+    agent killed mid-upload), which then blocks that WAL name.
+    """
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def stored_by(last_modified: datetime) -> datetime:
@@ -213,7 +225,7 @@ class S3Storage:
     def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
-                   Body=data, **self._put_args, **extra)
+                   Body=data, ContentMD5=content_md5(data), **self._put_args, **extra)
 
     def _put_multipart(self, key: str, full: str, first: list[bytearray], reader: _Chunker,
                        if_absent: bool) -> int:
@@ -271,7 +283,7 @@ class S3Storage:
     def _upload_part(self, key: str, full: str, upload_id: str, part: int, data: bytearray,
                      etags: dict[int, str]) -> None:
         args = {"Bucket": self.bucket, "Key": full, "UploadId": upload_id,
-                "PartNumber": part, "Body": data}
+                "PartNumber": part, "Body": data, "ContentMD5": content_md5(data)}
         try:
             resp = self._call("put", key, self._client.upload_part, **args)
         except TransientStorageError:

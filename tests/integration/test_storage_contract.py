@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import random
 import shutil
@@ -25,6 +26,7 @@ import pytest
 from pitr.config import Duration, RepositoryConfig
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
 from pitr.storage import Storage, open_storage, put_bytes, read_bytes
+from pitr.storage.s3 import content_md5
 
 MIB = 1 << 20
 
@@ -487,3 +489,29 @@ def test_tls_verification(testdir: Path) -> None:
         assert read_bytes(trusting, "k") == b"over tls"
         unverified = open_storage(repo_config(section, verify_tls=False))
         assert read_bytes(unverified, "k") == b"over tls"
+
+
+def test_s3_puts_carry_content_md5_and_the_server_checks_it(
+        s3_server: Any, s3_repo: dict[str, Any]) -> None:
+    """A body that does not arrive whole must not become an object (an agent killed
+    mid-upload used to leave an EMPTY object under a WAL name on SeaweedFS)."""
+    bucket, _, prefix = s3_repo["url"][len("s3://"):].partition("/")
+    raw = s3_server.client()
+    with pytest.raises(Exception, match=r"BadDigest|InvalidDigest"):
+        raw.put_object(Bucket=bucket, Key=f"{prefix}/bad", Body=b"the whole body",
+                       ContentMD5=content_md5(b"only part of it"))
+    assert "Contents" not in raw.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/bad")
+
+    storage = open_storage(repo_config(s3_repo, part_size_mib=5, upload_concurrency=2))
+    sent: dict[str, str] = {}
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        value = request.headers.get("Content-MD5") or b""
+        sent[event_name.split(".")[-1]] = value.decode() if isinstance(value, bytes) else value
+
+    storage._client.meta.events.register("before-send.s3.PutObject", record)  # type: ignore[attr-defined]
+    storage._client.meta.events.register("before-send.s3.UploadPart", record)  # type: ignore[attr-defined]
+    put_bytes(storage, "small", b"segment")
+    storage.put("big", io.BytesIO(os.urandom(11 << 20)), if_absent=True)
+    assert sent["PutObject"] == content_md5(b"segment")
+    assert sent["UploadPart"]
