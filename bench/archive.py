@@ -94,6 +94,8 @@ def write_pitr_config(ctx: Ctx, section: dict[str, Any], **extra: dict[str, Any]
 
     settings: dict[str, Any] = {"stanza": f"bench-{uuid.uuid4().hex[:8]}",
                                 "repository": section, **extra}
+    if os.environ.get("BENCH_LEVEL"):  # compare zstd levels without editing the defaults
+        settings["compression"] = {"level": int(os.environ["BENCH_LEVEL"])}
     return write_config(ctx.workdir / f"pitr-{uuid.uuid4().hex[:8]}.toml", settings)
 
 

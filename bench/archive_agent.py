@@ -233,6 +233,8 @@ def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
         status = spool.read_status() or {}
         EXTRA["agent"].append({"repo": repo, "fast_path_answers": len(inproc),
                                "fast_path_inproc_ms_p50": _pct(inproc, 50),
+                               "fast_path_inproc_ms_p95": _pct(inproc, 95),
+                               "fast_path_wait_total_s": round(sum(inproc) / 1000, 2),
                                "cold_start_seconds": run.cold_start_seconds,
                                "failures": status.get("failures", {}).get("total")})
 

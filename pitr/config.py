@@ -86,7 +86,8 @@ class PostgresConfig:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    level: int = _f(3, "zstd level, 1 (fastest) to 19 (smallest)")
+    level: int = _f(1, "zstd level, 1 (fastest) to 19 (smallest); 1 costs about 40 % less "
+                    "CPU than 3 and stores base backups as small (WAL about 10 % larger)")
     threads: int = _f(0, "zstd worker threads for base backups (0: single-threaded)")
 
 
