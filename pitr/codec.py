@@ -100,7 +100,8 @@ class CompressingReader:
     checks the bytes too, not only a restore that compares the raw sha256.
     """
 
-    def __init__(self, src: BinaryIO, level: int, threads: int = 0, depth: int = 4) -> None:
+    def __init__(self, src: BinaryIO, level: int, threads: int = 0, depth: int = 4,
+                 *, hash_raw: bool = True) -> None:
         import zstandard
 
         self._src = src
@@ -109,7 +110,7 @@ class CompressingReader:
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
         self._buf = bytearray()
-        self._raw = hashlib.sha256()
+        self._raw = hashlib.sha256() if hash_raw else None
         self._stored = hashlib.sha256()
         self.raw_bytes = 0
         self.stored_bytes = 0
@@ -124,7 +125,8 @@ class CompressingReader:
                 data = self._src.read(CHUNK)
                 if not data:
                     break
-                self._raw.update(data)
+                if self._raw is not None:
+                    self._raw.update(data)
                 self.raw_bytes += len(data)
                 if not self._hand_over(data):
                     return
@@ -179,7 +181,8 @@ class CompressingReader:
 
     @property
     def raw_sha256(self) -> str:
-        return self._raw.hexdigest()
+        """sha256 of the raw input; "" when not asked for (``hash_raw=False``)."""
+        return self._raw.hexdigest() if self._raw is not None else ""
 
     @property
     def stored_sha256(self) -> str:
