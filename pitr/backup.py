@@ -1,7 +1,7 @@
 """`pitr backup`: pg_basebackup streamed through zstd into the repository, manifest last.
 
-One pass, no local copy: pg_basebackup's tar (stdout) -> sha256 of the raw
-bytes -> zstd -> sha256 of the stored bytes -> ``Storage.put`` (multipart on S3).
+One pass, no local copy: pg_basebackup's tar (stdout) -> zstd (with the frame's
+content checksum) -> sha256 of the stored bytes -> ``Storage.put`` (multipart on S3).
 Memory stays bounded by the compressor's and the driver's buffers whatever the
 database size.
 

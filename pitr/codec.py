@@ -90,11 +90,11 @@ class CompressingReader:
     with bounded memory. After EOF, ``raw_sha256``/``raw_bytes`` and
     ``stored_sha256``/``stored_bytes`` describe what went through.
 
-    Two stages run at once: a feeder thread reads ``src`` and hashes the raw
-    bytes while the caller's thread compresses. Both sha256 and zstd release the
-    GIL, so on a machine with two cores the raw hash (about a third of the CPU
-    of zstd level 3) no longer adds to the backup's wall time. The queue between
-    them holds at most ``depth`` chunks. Errors raised by ``src`` (pg_basebackup
+    Two stages run at once: a feeder thread reads ``src`` (and hashes the raw
+    bytes, unless ``hash_raw=False``) while the caller's thread compresses. Pipe
+    reads, sha256 and zstd all release the GIL, so the reading no longer waits
+    for the compressing and vice versa. The queue between them holds at most
+    ``depth`` chunks. Errors raised by ``src`` (pg_basebackup
     failing at EOF) surface from :meth:`read`, so ``Storage.put`` abandons the
     object. The frame carries zstd's content checksum, so every decompression
     checks the bytes too, not only a restore that compares the raw sha256.
