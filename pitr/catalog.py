@@ -148,6 +148,10 @@ class Catalog:
             out.extend(contiguous_ranges(self.segments.get(t, ())))
         return out
 
+    def range_holding(self, tli: int, segno: int) -> WalRange | None:
+        """The unbroken run of archived WAL on ``tli`` that holds ``segno``, if any."""
+        return next((r for r in self.ranges(tli) if r.first <= segno <= r.last), None)
+
     def gaps(self, tli: int | None = None) -> list[WalGap]:
         out: list[WalGap] = []
         for t in [tli] if tli is not None else sorted(self.segments):

@@ -173,12 +173,6 @@ class CompressingReader:
             while True:
                 self._queue.get_nowait()
 
-    def __enter__(self) -> CompressingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def raw_sha256(self) -> str:
         """sha256 of the raw input; "" when not asked for (``hash_raw=False``)."""

@@ -34,10 +34,8 @@ class RecoveryWindow:
 
 def _contiguous_end(cat: Catalog, tli: int, from_segno: int) -> int | None:
     """Last segno of the unbroken run on ``tli`` that holds ``from_segno``."""
-    for r in cat.ranges(tli):
-        if r.first <= from_segno <= r.last:
-            return r.last
-    return None
+    r = cat.range_holding(tli, from_segno)
+    return r.last if r is not None else None
 
 
 def _follow(cat: Catalog, tli: int, from_segno: int) -> tuple[int, int] | None:

@@ -122,13 +122,13 @@ def drill_backup(catalog: Catalog, backup_id: str | None) -> BackupRecord:
         # The oldest backup the newest one's unbroken WAL also continues: a random
         # target may fall before the newest backup, and so may the last commit.
         newest = catalog.backups[-1]
-        seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
-        for r in catalog.ranges(newest.timeline):
-            if r.first <= seg <= r.last:
-                return min((b for b in catalog.backups if b.timeline == newest.timeline
-                            and r.first <= lsn_to_segno(b.stop_lsn, catalog.segment_size)),
-                           key=lambda b: b.stop_lsn)
-        return newest
+        r = catalog.range_holding(newest.timeline,
+                                  lsn_to_segno(newest.stop_lsn, catalog.segment_size))
+        if r is None:
+            return newest
+        return min((b for b in catalog.backups if b.timeline == newest.timeline
+                    and r.first <= lsn_to_segno(b.stop_lsn, catalog.segment_size)),
+                   key=lambda b: b.stop_lsn)
     match = [b for b in catalog.backups if b.id == backup_id]
     if not match:
         raise PlanError(f"backup {backup_id!r} is not in the repository",

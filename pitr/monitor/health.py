@@ -177,10 +177,10 @@ def recovery_window(catalog: Catalog) -> tuple[datetime, datetime] | None:
         return None
     oldest, newest = catalog.backups[0], catalog.backups[-1]
     end = newest.stop_time
-    stop_seg = lsn_to_segno(newest.stop_lsn, catalog.segment_size)
-    for r in catalog.ranges(newest.timeline):
-        if r.first <= stop_seg <= r.last:
-            end = max(end, r.last_archived_at)
+    r = catalog.range_holding(newest.timeline,
+                              lsn_to_segno(newest.stop_lsn, catalog.segment_size))
+    if r is not None:
+        end = max(end, r.last_archived_at)
     for tli in sorted(catalog.segments):
         if tli > newest.timeline:
             ranges = catalog.ranges(tli)

@@ -51,12 +51,12 @@ def segments_to_scan(catalog: Catalog, backup: BackupRecord,
 
     Only WAL that continues the backup without a gap can be replayed from it."""
     stop_seg = lsn_to_segno(backup.stop_lsn, catalog.segment_size)
-    for r in catalog.ranges(backup.timeline):
-        if r.first <= stop_seg <= r.last:
-            first = max(stop_seg, r.last - limit + 1)
-            return [segment_name(backup.timeline, s, catalog.segment_size)
-                    for s in range(r.last, first - 1, -1)]
-    return []
+    r = catalog.range_holding(backup.timeline, stop_seg)
+    if r is None:
+        return []
+    first = max(stop_seg, r.last - limit + 1)
+    return [segment_name(backup.timeline, s, catalog.segment_size)
+            for s in range(r.last, first - 1, -1)]
 
 
 def dump_xact_end_times(pg_waldump: Path, segment: Path) -> list[datetime]:

@@ -109,11 +109,18 @@ def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult
     blob, digest = codec.compress_blob(raw, level, **extra)
     key = repo.wal_key(name)
     status: Literal["stored", "already-archived"] = "stored"
+    prefix: bytes | None = None
     stored_new = _put_if_absent(repo, key, blob, deadline, name)
-    if not stored_new and _remove_if_empty(repo, key, deadline, name):
-        stored_new = _put_if_absent(repo, key, blob, deadline, name)
     if not stored_new:
-        stored = stored_sha256(repo, name, budget=deadline.left())
+        prefix = _stored_prefix(repo, key, deadline, name)
+        if not prefix:  # empty, or gone meanwhile: the name is free (see the module doc)
+            if prefix is not None:
+                _remove_empty(repo, key, deadline, name)
+            stored_new = _put_if_absent(repo, key, blob, deadline, name)
+            if not stored_new:
+                prefix = _stored_prefix(repo, key, deadline, name)
+    if not stored_new:
+        stored = codec.decode_header(prefix or b"", name)[0].sha256
         if stored != digest:
             raise WalConflict(
                 f"{name} is already archived with different content: repository sha256 "
@@ -140,34 +147,26 @@ def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name:
     return True
 
 
-def _remove_if_empty(repo: Repo, key: str, deadline: _Deadline, name: str) -> bool:
-    """Delete the object under ``key`` if it is empty (see the module doc); True if it was.
-
-    The size is checked right before the delete, so only a writer that stores
-    this name between that check and the delete could see its object replaced
-    by ours. Such a writer normally holds the same segment (PostgreSQL's
-    archive-push racing the agent), so the name still ends up with the same
-    bytes; a foreign cluster's different bytes would go unnoticed only if it
-    also hit this instant of an empty leftover.
-    """
+def _stored_prefix(repo: Repo, key: str, deadline: _Deadline, name: str) -> bytes | None:
+    """The first bytes of the object under ``key`` (its header); None when it is gone."""
     try:
-        info = call_with_budget(lambda: repo.storage.stat(key), budget=deadline.left(),
-                                what=f"archive-push {name}: checking the stored object")
+        return call_with_budget(lambda: read_bytes(repo.storage, key, HEADER_PROBE_BYTES),
+                                budget=deadline.left(), what=f"{name}: reading the stored header")
     except NotFound:
-        return True  # gone meanwhile: the name is free again
-    if info.size != 0:
-        return False
+        return None
+
+
+def _remove_empty(repo: Repo, key: str, deadline: _Deadline, name: str) -> None:
+    """Delete the empty object just read under ``key`` (see the module doc).
+
+    It was read empty right before the delete, so only a writer that stores this
+    name between that read and the delete could see its object replaced by ours.
+    Such a writer normally holds the same segment (PostgreSQL's archive-push
+    racing the agent), so the name still ends up with the same bytes; a foreign
+    cluster's different bytes would go unnoticed only if it also hit this
+    instant of an empty leftover.
+    """
     call_with_budget(lambda: repo.storage.delete([key]), budget=deadline.left(),
                      what=f"archive-push {name}: removing an empty object")
     event(log, logging.WARNING, f"{name}: removed an empty object under its name, left by an "
           "interrupted upload (the server kept a PUT whose body never arrived)", key=key)
-    return True
-
-
-def stored_sha256(repo: Repo, name: str, *, budget: float) -> str:
-    """sha256 of the raw bytes of the archived ``name``, from its object header only."""
-    prefix = call_with_budget(
-        lambda: read_bytes(repo.storage, repo.wal_key(name), HEADER_PROBE_BYTES),
-        budget=budget, what=f"{name}: reading the stored header")
-    header, _ = codec.decode_header(prefix, name)
-    return header.sha256
