@@ -114,8 +114,9 @@ class WalGap:
 class Timeline:
     tli: int
     history: tuple[HistoryEntry, ...] = ()  # from NNNNNNNN.history (empty for timeline 1)
-    # When the timeline came into being: the archive time of its .history object
-    # (None: unknown; the planner then uses its earliest archived segment).
+    # When the timeline came into being: the history file's write time as recorded by
+    # archive-push, else the .history object's stored time (a later bound); None:
+    # unknown, and the planner then uses its earliest archived segment.
     created_at: datetime | None = None
 
     @property
@@ -334,10 +335,22 @@ def _timelines(segments: dict[int, list[WalSegment]],
                 if isinstance(data, Exception):
                     raise data
                 history = tuple(parse_history(decompress_blob(data, name).decode()))
+                created = _history_written_at(data, name) or created
             except (PitrError, ValueError) as exc:
                 log.warning("timeline history %s is unreadable: %s", name, exc)
         out[tli] = Timeline(tli, history, created)
     return out
+
+
+def _history_written_at(blob: bytes, name: str) -> datetime | None:
+    """The promotion time archive-push recorded (objects before it lack one)."""
+    from pitr.codec import decode_header
+
+    raw = decode_header(blob[:65536], name)[0].extra.get("written_at")
+    if not isinstance(raw, str):
+        return None
+    when = datetime.fromisoformat(raw)
+    return when if when.tzinfo is not None else None
 
 
 def segno_sets(cat: Catalog) -> dict[int, frozenset[int]]:

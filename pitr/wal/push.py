@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +93,20 @@ def _check_segment(name: str, kind: WalKind, raw: bytes) -> dict[str, Any]:
             "seg_size": header.seg_size}
 
 
+def _written_at(path: Path) -> str:
+    """When PostgreSQL wrote this history file: the moment its timeline began.
+
+    The server writes NNNNNNNN.history at promotion, before the timeline's first
+    record, and on the clock its commit timestamps use. The planner dates a branch
+    by it; the object's stored time is later, and S3 truncates it to the second.
+    """
+    try:
+        ts = min(path.stat().st_mtime, time.time())
+    except OSError:
+        ts = time.time()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
 def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult:
     """Store the WAL file at ``path``; return only once it is durable in the repository."""
     started = time.monotonic()
@@ -105,6 +120,8 @@ def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult
                                          ident["seg_size"]),
             budget=deadline.left(), what=f"archive-push {name}: reading repo.json")
         extra["system_id"] = str(ident["system_id"])
+    elif kind is WalKind.HISTORY:
+        extra["written_at"] = _written_at(path)
 
     blob, digest = codec.compress_blob(raw, level, **extra)
     key = repo.wal_key(name)

@@ -138,6 +138,20 @@ def test_history_files_make_timelines() -> None:
     assert window.earliest.backup_id == "b1"
 
 
+def test_a_timeline_is_dated_by_its_history_file_not_its_stored_time() -> None:
+    # S3 truncates stored times to the second and the driver rounds them up, so a
+    # stored time can trail the promotion; archive-push records the file's own time.
+    repo = Listing()
+    promoted = T0 + timedelta(minutes=5, microseconds=250_000)
+    text = b"1\t0/4000A28\tno recovery target specified\n"
+    repo.put("s/wal/00000002.history.zst",
+             compress_blob(text, 3, written_at=promoted.isoformat())[0],
+             T0 + timedelta(minutes=5, seconds=1))
+    assert repo.catalog().timelines[2].created_at == promoted
+    repo.history(2, text.decode(), T0 + timedelta(minutes=6))  # pushed by an older pitr
+    assert repo.catalog().timelines[2].created_at == T0 + timedelta(minutes=6)
+
+
 def test_recovery_window_needs_wal_of_a_backup() -> None:
     repo = Listing()
     repo.segment(1, 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -111,6 +112,15 @@ def test_history_backup_and_partial_files_are_protected_too(repo: Repo, tmp_path
                         segment_bytes("000000010000000000000006"))
     assert push_wal(repo, partial, level=3, budget=5).status == "stored"
     assert fetch_to_bytes(repo, partial_name, budget=5) == partial.read_bytes()
+
+
+def test_a_history_file_carries_its_write_time(repo: Repo, tmp_path: Path) -> None:
+    hist = write_wal(tmp_path, "00000002.history", b"1\t0/3000000\tno recovery target\n")
+    os.utime(hist, (1_700_000_000.5, 1_700_000_000.5))
+    push_wal(repo, hist, level=3, budget=5)
+    blob = repo.storage.open(repo.wal_key("00000002.history")).read()
+    written = codec.decode_header(blob, "00000002.history")[0].extra["written_at"]
+    assert datetime.fromisoformat(written) == datetime.fromtimestamp(1_700_000_000.5, UTC)
 
 
 def test_second_cluster_is_refused(repo: Repo, tmp_path: Path) -> None:
