@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -46,7 +47,7 @@ from typing import Any
 
 import archive as A  # the running bench/archive.py (it aliases itself before importing us)
 from installed import installed_copy
-from support.pgcluster import as_user_cmd, chown_user, make_user_dir, run_as
+from support.pgcluster import PG_USER, as_user_cmd, chown_user, make_user_dir, run_as
 from support.s3server import S3Server
 
 EXTRA: dict[str, Any] = {"ceiling": {}, "fast_path": {}, "agent": []}
@@ -208,35 +209,73 @@ def prestart_agent(ctx: BenchCtx, repo: str) -> None:
     PRESTARTED[repo] = run
 
 
-@A.mode("pitr-agent", repos=("s3",))
-def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
-    """`pitr agent` pushes ahead; PostgreSQL's archive-push answers from its receipts."""
+def cpu_seconds(pid: int | None) -> float:
+    """user + system CPU of a live process, from /proc (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _agent_mode(ctx: BenchCtx, repo: str, *, shell: bool) -> Iterator[A.Target]:
+    from pitr import config
+    from pitr.setup import archive_commands, proof_dir_of
+
     run = PRESTARTED.pop(repo, None) or start_agent(ctx, repo)
     # PostgreSQL starts archive-push once per segment: run it as pip installs pitr,
     # not through the dev venv's editable-install import hook (bench/installed.py).
     if not (ctx.workdir / "venv-installed").exists():
         installed_copy(ctx.workdir)
-    exe = ctx.workdir / "venv-installed" / "bin" / "pitr"
+    venv = ctx.workdir / "venv-installed"
+    command = f"{venv / 'bin' / 'pitr'} --config {run.cfg} archive-push %p"
+    if shell:  # as `pitr setup` writes it, with the installed copy's script
+        command, _ = archive_commands(str(venv / "bin" / "pitr"), str(run.cfg),
+                                      proof_dir_of(config.load(run.cfg, env={})))
+        script = next(venv.glob("lib/python3*/site-packages/pitr/archive-push.sh"))
+        command = command.replace(str(Path(A.ROOT) / "pitr" / "archive-push.sh"), str(script))
+    weed = ctx.s3._proc.pid if ctx.s3 is not None and ctx.s3._proc is not None else None
+    cpu0 = {"agent": cpu_seconds(run.pid), "weed": cpu_seconds(weed)}
     os.kill(run.pid, signal.SIGCONT)
     # runuser stops itself when its child stops (job control, like su): thaw it too.
     os.kill(run.proc.pid, signal.SIGCONT)
     try:
-        yield A.Target(f"{exe} --config {run.cfg} archive-push %p",
-                       lambda: A.repo_stored_bytes(run.cfg))
+        yield A.Target(command, lambda: A.repo_stored_bytes(run.cfg))
     finally:
+        # CPU spent during the drain (the timer stops before this runs)
+        cpu = {f"{k}_cpu_s": round(cpu_seconds(p) - cpu0[k], 2)
+               for k, p in (("agent", run.pid), ("weed", weed))}
         os.kill(run.pid, signal.SIGTERM)
         run.proc.wait(60)
         run.log.close()
         spool = run.spool
         lines = spool.fastpath_log.read_text().splitlines() if spool.fastpath_log.exists() else []
-        inproc = [float(line.split()[3].removesuffix("ms")) for line in lines]
+        inproc = [float(line.split()[3].removesuffix("ms")) for line in lines
+                  if line.split()[2] == "fast-path"]
         status = spool.read_status() or {}
-        EXTRA["agent"].append({"repo": repo, "fast_path_answers": len(inproc),
+        EXTRA["agent"].append({"repo": repo, "shell": shell, **cpu,
+                               "shell_answers": sum(line.endswith(" fast-path-sh")
+                                                    for line in lines),
+                               "fast_path_answers": len(inproc),
                                "fast_path_inproc_ms_p50": _pct(inproc, 50),
                                "fast_path_inproc_ms_p95": _pct(inproc, 95),
                                "fast_path_wait_total_s": round(sum(inproc) / 1000, 2),
                                "cold_start_seconds": run.cold_start_seconds,
                                "failures": status.get("failures", {}).get("total")})
+
+
+@A.mode("pitr-agent", repos=("s3",))
+def pitr_agent_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
+    """`pitr agent` pushes ahead; PostgreSQL's archive-push answers from its receipts."""
+    yield from _agent_mode(ctx, repo, shell=False)
+
+
+@A.mode("pitr-agent-sh", repos=("s3",))
+def pitr_agent_sh_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
+    """The same, with `pitr setup`'s archive_command: archive-push.sh answers from proofs."""
+    yield from _agent_mode(ctx, repo, shell=True)
 
 
 # -- mode: pgBackRest 2.45 asynchronous archiving ----------------------------------------
@@ -336,20 +375,28 @@ def fast_path_latency(workdir: Path,
     run_as(["mkdir", "-p", str(spool.archive_dir)])
     spool.write_receipt(Receipt(name, c.repository.url, FileIdentity.of(seg.stat()), "0" * 64,
                                 time.time()))
-    chown_user(spool.ok_path(name))
+    subprocess.run(["chown", "-R", PG_USER, str(spool.archive_dir)], check=True)
     py = str(Path(sys.executable))
     installed = installed_copy(base, with_deps=False)
     data = base / "data"
     args = ["--config", str(cfg), "archive-push", f"pg_wal/{name}"]
+    from pitr.setup import archive_commands
+
+    sh_command, _ = archive_commands(str(installed / "bin" / "pitr"), str(cfg),
+                                     str(spool.proof_dir(c.repository.url)))
+    script = next(installed.glob("lib/python3*/site-packages/pitr/archive-push.sh"))
+    sh_command = sh_command.replace(str(A.ROOT / "pitr" / "archive-push.sh"), str(script))
     out = _time_as_user({
         "bin_true": ["/bin/true"],
         "python_pass_dev_venv": [py, "-c", "pass"],
         "python_pass_installed": [str(installed / "bin" / "python"), "-c", "pass"],
         "fast_path_dev_venv": [str(A.PITR_EXE), *args],
         "fast_path_installed": [str(installed / "bin" / "pitr"), *args],
+        "fast_path_sh_installed": shlex.split(sh_command.replace("%p", f"pg_wal/{name}")),
     }, n, data)
     lines = spool.fastpath_log.read_text().splitlines()
-    assert len(lines) >= 2 * n, "the fast path was not taken"
+    assert len(lines) >= 3 * n, "the fast path was not taken"
+    assert sum(line.endswith(" fast-path-sh") for line in lines) >= n, "archive-push.sh missed"
     print("# archive-push fast path (receipt present), wall ms as the cluster user: " +
           ", ".join(f"{k} p50 {v['p50_ms']} p95 {v['p95_ms']}" for k, v in out.items()),
           flush=True)
@@ -365,10 +412,12 @@ def summary(results: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"median_mib_per_s": {"/".join(k): v for k, v in med.items()}}
     ceiling = EXTRA["ceiling"].get("https", {}).get("best_mib_per_s")
     for wl in ("pgbench", "random"):
-        agent, pgbr = med.get((wl, "s3", "pitr-agent")), med.get((wl, "s3", "pgbackrest-async"))
-        if agent and pgbr:
-            out[f"{wl}_agent_vs_pgbackrest"] = round(agent / pgbr, 2)
-        for m in ("pitr-agent", "pgbackrest-async"):
+        pgbr = med.get((wl, "s3", "pgbackrest-async"))
+        for m, key in (("pitr-agent", "agent"), ("pitr-agent-sh", "agent_sh")):
+            agent = med.get((wl, "s3", m))
+            if agent and pgbr:
+                out[f"{wl}_{key}_vs_pgbackrest"] = round(agent / pgbr, 2)
+        for m in ("pitr-agent", "pitr-agent-sh", "pgbackrest-async"):
             v = med.get((wl, "s3", m))
             if v and ceiling:
                 out[f"{wl}_{m}_of_https_ceiling"] = round(v / ceiling, 2)
@@ -387,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(*args: Any, **kw: Any) -> Any:
         ctx, repo, mode_name = args[1], args[3], args[4]
-        if mode_name == "pitr-agent":
+        if mode_name in ("pitr-agent", "pitr-agent-sh"):
             prestart_agent(ctx, repo)
         r = original_measure(*args, **kw)
         captured.append(r)

@@ -73,6 +73,11 @@ class RepositoryConfig:
     request_timeout: Duration = _f(Duration(15), "timeout of one S3 request (connect and read)")
     upload_concurrency: int = _f(4, "parallel part uploads for large S3 objects")
     part_size_mib: int = _f(16, "S3 multipart part size in MiB (5..5120)")
+    upload_checksum: str = _f("crc32", "checksum the S3 server verifies on every single-request "
+                              "upload: crc32 (x-amz-checksum-crc32, 5x cheaper) or md5 "
+                              "(Content-MD5, for servers that do not know the former); "
+                              "multipart parts always carry Content-MD5",
+                              choices=("crc32", "md5"))
 
 
 @dataclass(frozen=True)

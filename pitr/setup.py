@@ -54,14 +54,32 @@ class SettingChange:
     reason: str
 
 
-def archive_commands(exe: str, config_path: str) -> tuple[str, str]:
+ARCHIVE_PUSH_SH = Path(__file__).with_name("archive-push.sh")
+
+
+def archive_commands(exe: str, config_path: str,
+                     proof_dir: str | None = None) -> tuple[str, str]:
     """(archive_command, restore_command) as PostgreSQL should run them.
 
     Absolute paths, shell-quoted (PostgreSQL hands the command to /bin/sh), and
-    no credentials: the command line is visible in `ps` and pg_settings.
+    no credentials: the command line is visible in `ps` and pg_settings. With
+    ``proof_dir`` (the agent's proofs for the configured repository),
+    archive-push goes through pitr/archive-push.sh, which answers a segment the
+    agent already stored without starting Python and runs the same
+    `pitr archive-push` otherwise.
     """
     base = f"{shlex.quote(exe)} --config {shlex.quote(config_path)}"
-    return f"{base} archive-push %p", f"{base} archive-get %f %p"
+    push = f"{base} archive-push %p"
+    if proof_dir is not None:
+        push = (f"/bin/sh {shlex.quote(str(ARCHIVE_PUSH_SH))} {shlex.quote(proof_dir)} %p "
+                f"{base}")
+    return push, f"{base} archive-get %f %p"
+
+
+def proof_dir_of(cfg: Config) -> str:
+    from pitr.wal.spool import Spool
+
+    return str(Spool(cfg.archive.spool_dir, cfg.stanza).proof_dir(cfg.repository.url))
 
 
 def plan_settings(current: Mapping[str, ServerSetting], archive_command: str,
@@ -234,7 +252,7 @@ CheckRunner = Callable[[Config], dict[str, Any]]
 
 def run_setup(cfg: Config, *, config_path: str, exe: str, apply: bool,
               run_check: CheckRunner | None) -> SetupReport:
-    archive_cmd, restore_cmd = archive_commands(exe, config_path)
+    archive_cmd, restore_cmd = archive_commands(exe, config_path, proof_dir_of(cfg))
     from pitr.pg import conn as pgconn
 
     conn = pgconn.connect(cfg.postgres.dsn, application_name="pitr setup")

@@ -23,6 +23,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ _TRANSIENT = {
     "RequestLimitExceeded", "ProvisionedThroughputExceededException", "RequestTimeout",
     "RequestTimeoutException", "InternalError", "ServiceUnavailable", "503", "500",
     "OperationAborted", "PriorRequestNotComplete", "BandwidthLimitExceeded",
+    "BadDigest",  # the body arrived damaged (its checksum header caught it): send it again
 }
 _AUTH = {
     "AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -91,6 +93,12 @@ def content_md5(data: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
+def checksum_crc32(data: bytes | bytearray) -> str:
+    """x-amz-checksum-crc32: verified like Content-MD5 (AWS, MinIO, SeaweedFS) for a
+    fifth of its CPU, which on incompressible WAL is a fifth of a segment's push cost."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
 def stored_by(last_modified: datetime) -> datetime:
     """A time the object was surely stored by, from S3's LastModified.
 
@@ -119,6 +127,7 @@ class S3Storage:
                                      cfg.access_key_id) if s]
         self.part_size = min(max(cfg.part_size_mib * MIB, MIN_PART), MAX_PART)
         self.concurrency = max(1, cfg.upload_concurrency)
+        self.upload_checksum = cfg.upload_checksum
         self._put_args: dict[str, str] = {}
         if cfg.storage_class:
             self._put_args["StorageClass"] = cfg.storage_class
@@ -224,8 +233,12 @@ class S3Storage:
 
     def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
+        if self.upload_checksum == "crc32":
+            extra["ChecksumCRC32"] = checksum_crc32(data)
+        else:
+            extra["ContentMD5"] = content_md5(data)
         self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
-                   Body=data, ContentMD5=content_md5(data), **self._put_args, **extra)
+                   Body=data, **self._put_args, **extra)
 
     def _put_multipart(self, key: str, full: str, first: list[bytearray], reader: _Chunker,
                        if_absent: bool) -> int:
@@ -472,6 +485,10 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
             return AlreadyExists(f"{key}: already exists in the repository ({where})")
         if code in _TRANSIENT or status == 429 or status >= 500:
             return TransientStorageError(text)
+        if "checksum" in text.lower() and code in ("InvalidArgument", "NotImplemented",
+                                                    "InvalidRequest"):
+            return StorageError(text, hint="this S3 server does not take x-amz-checksum-crc32: "
+                                           "set repository.upload_checksum = \"md5\"")
         if code == "RequestTimeTooSkewed":
             return StorageError(text, hint="the clock of this host is off: run NTP")
         if code in _AUTH or status in (401, 403):

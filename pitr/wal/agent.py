@@ -302,6 +302,14 @@ class Agent:
                         with self.state.lock:
                             self.state.stored.discard(name)
                             self.state.backoff.pop(name, None)
+        for proofs in self.spool.archive_dir.glob("proofs-*"):
+            with os.scandir(proofs) as it:
+                for entry in it:
+                    if entry.name.split("_", 1)[0] in ready:
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if now - entry.stat().st_mtime > RECEIPT_KEEP:
+                            os.unlink(entry.path)
         rotate_if_big(self.spool.fastpath_log)
 
     # -- workers ------------------------------------------------------------

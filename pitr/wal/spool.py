@@ -7,6 +7,8 @@ Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
     <spool>/<stanza>/archive/<name>.ok     receipt: <name> is durably in the repository
     <spool>/<stanza>/archive/<name>.error  the agent's last failure for <name> (text)
     <spool>/<stanza>/archive/fastpath.log  one line per archive-push answered from a receipt
+    <spool>/<stanza>/archive/proofs-<tag>/<name>_<identity>  empty twin of a receipt, for
+                                         pitr/archive-push.sh (tag: the repository URL's hash)
     <spool>/<stanza>/prefetch.lock       flock'ed while a prefetch worker runs
     <spool>/<stanza>/prefetch.want       the newest segment restore_command asked for
     <spool>/<stanza>/prefetch.log        hit/miss/fetched lines (proof that prefetch works)
@@ -29,6 +31,13 @@ same repository. That is sound because:
   system copy, re-creating the cluster) makes a new inode or at least a new
   ctime; ctime cannot be set from user space, unlike mtime (``cp -p``, ``tar``).
 
+The same proof, for a shell. ``archive-push.sh`` (what `pitr setup` puts in
+archive_command) answers without starting Python when an empty file named
+``<name>_<dev>_<ino>_<size>_<mtime>_<ctime>`` exists in the proof directory of
+the configured repository: the receipt's name, identity and repository, spelled
+as a path that one stat(1) call can build. The agent creates it right after the
+receipt and removes it with the receipt.
+
 Hashing the 16 MiB file again would also be sound but costs tens of
 milliseconds per segment, which is the whole budget of the fast path.
 
@@ -41,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -97,6 +107,22 @@ class Receipt:
             raise ValueError("unknown receipt format")
         doc["identity"] = FileIdentity(**doc["identity"])
         return cls(**doc)
+
+
+def proof_dir_name(repository: str) -> str:
+    """The proof directory of one repository URL (a URL can hold any character)."""
+    return "proofs-" + hashlib.sha256(repository.encode()).hexdigest()[:16]
+
+
+def _stat_time(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return f"{sec}.{frac:09d}"
+
+
+def proof_name(name: str, ident: FileIdentity) -> str:
+    """``<name>_<identity>`` as ``stat -c '%d_%i_%s_%.9Y_%.9Z'`` prints the identity."""
+    return (f"{name}_{ident.dev}_{ident.ino}_{ident.size}_{_stat_time(ident.mtime_ns)}_"
+            f"{_stat_time(ident.ctime_ns)}")
 
 
 def atomic_write(path: Path, text: str, *, fsync: bool = False) -> None:
@@ -157,10 +183,17 @@ class Spool:
     def error_path(self, name: str) -> Path:
         return self.archive_dir / f"{name}.error"
 
+    def proof_dir(self, repository: str) -> Path:
+        return self.archive_dir / proof_dir_name(repository)
+
     def write_receipt(self, receipt: Receipt) -> None:
         # No fsync: a receipt lost in a crash only sends archive-push down the
         # synchronous path, which finds the object already archived.
         atomic_write(self.ok_path(receipt.name), receipt.to_json())
+        proofs = self.proof_dir(receipt.repository)
+        proofs.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(proofs / proof_name(receipt.name, receipt.identity),
+                         os.O_WRONLY | os.O_CREAT, 0o600))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.error_path(receipt.name))
 

@@ -23,6 +23,7 @@ from support.pgcluster import PgCluster, as_user_cmd
 from pitr import config
 from pitr.codec import decompress_blob
 from pitr.repo import Repo
+from pitr.setup import archive_commands, proof_dir_of
 from pitr.storage import open_storage
 from pitr.storage.base import put_bytes, read_bytes
 from pitr.wal.spool import Spool, lock_held
@@ -169,6 +170,38 @@ def test_burst_is_archived_through_the_fast_path_and_works_without_agent(
     assert set(later) <= repo_names(cfg)
     assert not set(later) & set(fast_path_names(spool))
     assert pg.archiver_stats()["failed_count"] == 0
+
+
+def test_shell_fast_path_answers_from_the_agents_proofs_and_falls_back(
+        pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
+        testdir: Path, agents: list[AgentProc]) -> None:
+    # `pitr setup` writes archive_command through pitr/archive-push.sh: a segment the
+    # agent stored is answered without starting Python; anything else runs pitr.
+    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe, s3_repo,
+                                   live=False)
+    agents.append(agent := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
+    pg.start()
+    burst = make_segments(pg, 16)
+    wait_for(lambda: (d := status(spool))["backlog"]["pending"] == 0
+             and d["backlog"]["ready"] >= len(burst), "the agent to store the burst")
+    push, _ = archive_commands(str(pitr_exe), str(cfg), proof_dir_of(config.load(cfg, env={})))
+    assert push.startswith("/bin/sh ")
+    pg.sql("alter system set archive_command = '{}'".format(push.replace("'", "''")))
+    pg.sql("select pg_reload_conf()")
+    wait_archived(pg, burst[-1])
+    assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
+    lines = spool.fastpath_log.read_text().splitlines()
+    by_shell = {line.split()[1] for line in lines if line.endswith(" fast-path-sh")}
+    assert set(burst) <= by_shell, sorted(set(burst) - by_shell)
+    assert set(burst) <= repo_names(cfg)
+
+    # No agent, no proof: the same archive_command pushes through pitr itself.
+    assert agent.signal(signal.SIGTERM) == 0
+    later = make_segments(pg, 2)
+    wait_archived(pg, later[-1])
+    assert set(later) <= repo_names(cfg)
+    assert not set(later) & set(fast_path_names(spool))
+    assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
 
 
 # Was intermittent: the kill sometimes lands after an upload's request headers

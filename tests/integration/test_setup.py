@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from conftest import run_pitr
 
+from pitr import config
 from pitr.security import loose_modes
+from pitr.setup import ARCHIVE_PUSH_SH, proof_dir_of
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +56,10 @@ def test_setup_apply_then_check_passes(pg_factory: Any, pitr_config: Any, pitr_e
     pg.start()
     now = _settings(pg)
     assert now["archive_mode"] == "on" and now["wal_level"] == "replica"
-    assert now["archive_command"] == f"{pitr_exe} --config {cfg} archive-push %p"
+    # through pitr/archive-push.sh, which runs this same command when the agent has no proof
+    proofs = proof_dir_of(config.load(cfg, env={}))
+    assert now["archive_command"] == (f"/bin/sh {ARCHIVE_PUSH_SH} {proofs} %p "
+                                      f"{pitr_exe} --config {cfg}")
     assert now["restore_command"] == f"{pitr_exe} --config {cfg} archive-get %f %p"
     assert now["archive_timeout"] == "1min"
     check = run_pitr(cfg, "check", check=False)

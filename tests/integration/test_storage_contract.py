@@ -27,7 +27,7 @@ from pitr.config import Duration, RepositoryConfig
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
 from pitr.retry import call_with_budget
 from pitr.storage import Storage, open_storage, put_bytes, read_bytes
-from pitr.storage.s3 import content_md5
+from pitr.storage.s3 import checksum_crc32, content_md5
 
 MIB = 1 << 20
 
@@ -496,27 +496,36 @@ def test_tls_verification(testdir: Path) -> None:
         assert read_bytes(unverified, "k") == b"over tls"
 
 
-def test_s3_puts_carry_content_md5_and_the_server_checks_it(
-        s3_server: Any, s3_repo: dict[str, Any]) -> None:
+@pytest.mark.parametrize("checksum", ["crc32", "md5"])
+def test_s3_puts_carry_a_checksum_and_the_server_checks_it(
+        s3_server: Any, s3_repo: dict[str, Any], checksum: str) -> None:
     """A body that does not arrive whole must not become an object (an agent killed
     mid-upload used to leave an EMPTY object under a WAL name on SeaweedFS)."""
     bucket, _, prefix = s3_repo["url"][len("s3://"):].partition("/")
     raw = s3_server.client()
+    wrong = ({"ChecksumCRC32": checksum_crc32(b"only part of it")} if checksum == "crc32"
+             else {"ContentMD5": content_md5(b"only part of it")})
     with pytest.raises(Exception, match=r"BadDigest|InvalidDigest"):
-        raw.put_object(Bucket=bucket, Key=f"{prefix}/bad", Body=b"the whole body",
-                       ContentMD5=content_md5(b"only part of it"))
+        raw.put_object(Bucket=bucket, Key=f"{prefix}/bad", Body=b"the whole body", **wrong)
     assert "Contents" not in raw.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/bad")
 
-    storage = open_storage(repo_config(s3_repo, part_size_mib=5, upload_concurrency=2))
-    sent: dict[str, str] = {}
+    storage = open_storage(repo_config(s3_repo, part_size_mib=5, upload_concurrency=2,
+                                       upload_checksum=checksum))
+    sent: dict[str, tuple[str, str]] = {}
+
+    def header(request: Any, name: str) -> str:
+        value = request.headers.get(name) or b""
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     def record(request: Any, event_name: str, **_: Any) -> None:
-        value = request.headers.get("Content-MD5") or b""
-        sent[event_name.split(".")[-1]] = value.decode() if isinstance(value, bytes) else value
+        sent[event_name.split(".")[-1]] = (header(request, "Content-MD5"),
+                                           header(request, "x-amz-checksum-crc32"))
 
     storage._client.meta.events.register("before-send.s3.PutObject", record)  # type: ignore[attr-defined]
     storage._client.meta.events.register("before-send.s3.UploadPart", record)  # type: ignore[attr-defined]
     put_bytes(storage, "small", b"segment")
     storage.put("big", io.BytesIO(os.urandom(11 << 20)), if_absent=True)
-    assert sent["PutObject"] == content_md5(b"segment")
-    assert sent["UploadPart"]
+    assert sent["PutObject"] == ((content_md5(b"segment"), "") if checksum == "md5"
+                                 else ("", checksum_crc32(b"segment")))
+    assert sent["UploadPart"][0]  # parts always carry Content-MD5
+    assert read_bytes(storage, "small") == b"segment"

@@ -38,6 +38,7 @@ def client_error(code: str, status: int, message: str = "msg") -> bx.ClientError
     ("RequestTimeout", 400, TransientStorageError),
     ("Whatever", 502, TransientStorageError),
     ("TooManyRequests", 429, TransientStorageError),
+    ("BadDigest", 400, TransientStorageError),  # damaged in transit: send it again
 ])
 def test_client_errors(code: str, status: int, expected: type[StorageError]) -> None:
     err = _classify(client_error(code, status), "k", "put", "s3://b/p/")
@@ -56,6 +57,14 @@ def test_missing_bucket_is_permanent_with_a_hint() -> None:
     err = _classify(client_error("NoSuchBucket", 404), "k", "open", "s3://b/p/")
     assert type(err) is StorageError
     assert err.hint and "bucket" in err.hint
+
+
+def test_a_server_without_crc32_checksums_gets_the_md5_hint() -> None:
+    exc = bx.ClientError({"Error": {"Code": "InvalidArgument",
+                                    "Message": "x-amz-checksum-crc32 is not supported"},
+                          "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutObject")
+    err = _classify(exc, "k", "put", "s3://b/p/")
+    assert type(err) is StorageError and err.hint and "upload_checksum" in err.hint
 
 
 def test_clock_skew_hint() -> None:

@@ -370,3 +370,27 @@ def test_agent_status_is_what_the_monitor_reads(tmp_path: Path) -> None:
     assert (parsed.total_failures, parsed.consecutive_failures) == (2, 1)
     assert parsed.last_stored == "000000010000000000000006"
     assert doc["backlog"]["oldest_ready"] == "000000010000000000000007"
+
+
+def test_cleanup_drops_receipts_and_proofs_once_postgresql_is_done(tmp_path: Path) -> None:
+    from pitr import config as config_mod
+    from pitr.wal.agent import RECEIPT_KEEP, Agent
+
+    wal = tmp_path / "data" / "pg_wal"
+    (wal / "archive_status").mkdir(parents=True)
+    cfg = config_mod.load(None, env={}, overrides={
+        "postgres.pgdata": str(tmp_path / "data"), "archive.spool_dir": str(tmp_path / "spool")})
+    agent = Agent(cfg)
+    agent.spool.ensure()
+    names = ["000000010000000000000007", "000000010000000000000008"]
+    for name in names:
+        (wal / name).write_bytes(b"x" * 100)
+        agent.spool.write_receipt(receipt_for(wal / name, cfg.repository.url))
+    proofs = agent.spool.proof_dir(cfg.repository.url)
+    assert len(list(proofs.iterdir())) == 2
+    old = time.time() - RECEIPT_KEEP - 5
+    for p in [*agent.spool.archive_dir.glob("*.ok"), *proofs.iterdir()]:
+        os.utime(p, (old, old))
+    agent.cleanup({names[1]}, time.time())  # 08 is still .ready: its proof must stay
+    assert [p.name for p in agent.spool.archive_dir.glob("*.ok")] == [f"{names[1]}.ok"]
+    assert [p.name.split("_")[0] for p in proofs.iterdir()] == [names[1]]
