@@ -99,6 +99,21 @@ def checksum_crc32(data: bytes | bytearray) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
+def s3_options(cfg: RepositoryConfig) -> dict[str, Any]:
+    """botocore's S3 options.
+
+    Over HTTPS the body is not hashed again for the signature: TLS plus the checksum
+    header the server verifies (signed itself) cover it. botocore only skips that
+    sha256 by itself when it sees Content-MD5, so with x-amz-checksum-crc32 it must be
+    told; over plain HTTP the payload stays signed (CRC32 is no defence against a
+    man in the middle).
+    """
+    opts: dict[str, Any] = {"addressing_style": "path" if cfg.path_style else "auto"}
+    if not cfg.endpoint_url or cfg.endpoint_url.lower().startswith("https://"):
+        opts["payload_signing_enabled"] = False
+    return opts
+
+
 def stored_by(last_modified: datetime) -> datetime:
     """A time the object was surely stored by, from S3's LastModified.
 
@@ -155,7 +170,7 @@ class S3Storage:
             # Connections open lazily, so a roomy pool is free; the agent runs several
             # multipart uploads at once and a full pool would churn connections.
             max_pool_connections=max(32, 4 * self.concurrency),
-            s3={"addressing_style": "path" if cfg.path_style else "auto"},
+            s3=cast(Any, s3_options(cfg)),  # a TypedDict in the stubs
             # Non-AWS servers reject or mishandle the newer default CRC checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",

@@ -17,7 +17,7 @@ from pitr.errors import (
     StorageError,
     TransientStorageError,
 )
-from pitr.storage.s3 import S3Storage, _check_key, _classify, parse_url
+from pitr.storage.s3 import S3Storage, _check_key, _classify, parse_url, s3_options
 
 
 def client_error(code: str, status: int, message: str = "msg") -> bx.ClientError:
@@ -123,3 +123,16 @@ def test_parse_url() -> None:
 def test_bad_keys(key: str) -> None:
     with pytest.raises(StorageError):
         _check_key(key)
+
+
+@pytest.mark.parametrize(("endpoint", "signed"), [("", False), ("https://s3.example", False),
+                                                  ("HTTPS://s3.example", False),
+                                                  ("http://127.0.0.1:8333", True)])
+def test_the_body_is_hashed_for_the_signature_only_without_tls(endpoint: str,
+                                                               signed: bool) -> None:
+    # botocore skips that sha256 on its own only when it sees Content-MD5; with the
+    # CRC32 header it would hash every 16 MiB segment once more.
+    from pitr.config import RepositoryConfig
+
+    opts = s3_options(RepositoryConfig(url="s3://bucket/p", endpoint_url=endpoint))
+    assert opts.get("payload_signing_enabled", True) is signed
