@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(shell find pitr -name '*.py')
+$(VENV)/.installed: pyproject.toml $(shell find pitr -name '*.py' -o -name '*.sh')
 	@./scripts/setup-host.sh "$(VENV)" "$(PGUSER_OS)"
 	@# Editable when the cluster user can read this checkout (development), so the
 	@# archive_command runs the code under test; a copy in the venv otherwise (CI

@@ -60,8 +60,13 @@ def check_repository(repo: Repo) -> CheckResult:
     return CheckResult("repository", "ok", f"{repo.storage.url} is reachable and writable")
 
 
-def check_settings(s: dict[str, str]) -> list[CheckResult]:
-    """Pure: judge wal_level, archive_mode and archive_command values."""
+def check_settings(s: dict[str, str], proof_dir: str | None = None) -> list[CheckResult]:
+    """Pure: judge wal_level, archive_mode and archive_command values.
+
+    ``proof_dir``: where the agent of this config leaves proofs for
+    pitr/archive-push.sh; an archive_command naming another one still archives
+    correctly, only through the slower Python path, so it is said, not failed.
+    """
     out = []
     level = s.get("wal_level", "?")
     out.append(CheckResult("wal_level", "ok", level) if level in ("replica", "logical") else
@@ -73,6 +78,9 @@ def check_settings(s: dict[str, str]) -> list[CheckResult]:
                            "set archive_mode = on and restart PostgreSQL"))
     cmd = s.get("archive_command", "")
     if "pitr" in cmd and "archive-push" in cmd and "%p" in cmd:
+        if proof_dir is not None and "archive-push.sh" in cmd and proof_dir not in cmd:
+            cmd += (f" (its proof directory is not {proof_dir}, so the agent's answers "
+                    "take the slower Python path: run `pitr setup --apply`)")
         out.append(CheckResult("archive_command", "ok", cmd))
     else:
         out.append(CheckResult("archive_command", "FAIL", f"archive_command is {cmd!r}",
@@ -148,8 +156,11 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
     with conn:
         version = pgconn.scalar(conn, "show server_version")
         results.append(CheckResult("postgres", "ok", f"connected, server version {version}"))
+        from pitr.wal.spool import Spool
+
+        proofs = str(Spool(cfg.archive.spool_dir, cfg.stanza).proof_dir(cfg.repository.url))
         settings = check_settings(pgconn.settings(
-            conn, ["wal_level", "archive_mode", "archive_command"]))
+            conn, ["wal_level", "archive_mode", "archive_command"]), proofs)
         results += settings
         if repo_ok and all(r.status == "ok" for r in settings):
             results.append(check_archiving(repo, conn, timeout=archive_timeout))

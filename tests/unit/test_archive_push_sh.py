@@ -100,3 +100,16 @@ def test_without_a_proof_dir_the_command_is_plain_pitr() -> None:
     assert shlex.split(fast) == ["/bin/sh", str(ARCHIVE_PUSH_SH), "/s/p d", "%p",
                                  *shlex.split(push)[:3]]
     assert get2 == get and ARCHIVE_PUSH_SH.is_file()
+
+
+def test_check_says_when_the_script_looks_for_proofs_elsewhere() -> None:
+    from pitr.check import check_settings
+
+    cmd, _ = archive_commands("/usr/bin/pitr", "/etc/pitr/pitr.toml", "/spool/main/archive/p1")
+    s = {"wal_level": "replica", "archive_mode": "on", "archive_command": cmd}
+    same = check_settings(s, "/spool/main/archive/p1")[2]
+    other = check_settings(s, "/spool/main/archive/p2")[2]
+    assert same.status == other.status == "ok"
+    assert same.detail == cmd and "pitr setup --apply" in other.detail
+    plain, _ = archive_commands("/usr/bin/pitr", "/etc/pitr/pitr.toml")
+    assert check_settings({**s, "archive_command": plain}, "/x")[2].detail == plain
