@@ -135,6 +135,17 @@ def setup_cluster(pg_factory: Any, pitr_config: Any, testdir: Path, pitr_exe: Pa
     return pg, cfg, Spool(c.archive.spool_dir, c.stanza)
 
 
+def backlog_with_agent(pg_factory: Any, pitr_config: Any, testdir: Path, pitr_exe: Path,
+                       repo: dict[str, Any], agents: list[AgentProc], count: int,
+                       ) -> tuple[PgCluster, Path, Spool, AgentProc, list[str]]:
+    """An agent, then ``count`` segments PostgreSQL holds as .ready (no archive_command)."""
+    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe, repo,
+                                   live=False)
+    agents.append(agent := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
+    pg.start()
+    return pg, cfg, spool, agent, make_segments(pg, count)
+
+
 def test_burst_is_archived_through_the_fast_path_and_works_without_agent(
         pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
         testdir: Path, agents: list[AgentProc]) -> None:
@@ -177,11 +188,8 @@ def test_shell_fast_path_answers_from_the_agents_proofs_and_falls_back(
         testdir: Path, agents: list[AgentProc]) -> None:
     # `pitr setup` writes archive_command through pitr/archive-push.sh: a segment the
     # agent stored is answered without starting Python; anything else runs pitr.
-    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe, s3_repo,
-                                   live=False)
-    agents.append(agent := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
-    pg.start()
-    burst = make_segments(pg, 16)
+    pg, cfg, spool, agent, burst = backlog_with_agent(
+        pg_factory, pitr_config, testdir, pitr_exe, s3_repo, agents, 16)
     wait_for(lambda: (d := status(spool))["backlog"]["pending"] == 0
              and d["backlog"]["ready"] >= len(burst), "the agent to store the burst")
     push, _ = archive_commands(str(pitr_exe), str(cfg), proof_dir_of(config.load(cfg, env={})))
@@ -211,11 +219,8 @@ def test_shell_fast_path_answers_from_the_agents_proofs_and_falls_back(
 def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
         pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
         testdir: Path, agents: list[AgentProc]) -> None:
-    pg, cfg, spool = setup_cluster(pg_factory, pitr_config, testdir, pitr_exe, s3_repo,
-                                   live=False)
-    agents.append(first := AgentProc(pitr_exe, cfg, spool, testdir / "agent.log"))
-    pg.start()
-    burst = make_segments(pg, 40)
+    pg, cfg, spool, first, burst = backlog_with_agent(
+        pg_factory, pitr_config, testdir, pitr_exe, s3_repo, agents, 40)
     wait_for(lambda: len(list(spool.archive_dir.glob("*.ok"))) >= 8, "some receipts")
     first.signal(signal.SIGKILL)
     assert not lock_held(spool.agent_lock), "a killed agent's flock must be gone"
