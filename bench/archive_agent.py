@@ -220,22 +220,26 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _agent_mode(ctx: BenchCtx, repo: str, *, shell: bool) -> Iterator[A.Target]:
+def installed_sh_command(venv: Path, cfg: Path) -> str:
+    """archive_command as `pitr setup` writes it, with the installed copy's script."""
     from pitr import config
-    from pitr.setup import archive_commands, proof_dir_of
+    from pitr.setup import ARCHIVE_PUSH_SH, archive_commands, proof_dir_of
 
+    command, _ = archive_commands(str(venv / "bin" / "pitr"), str(cfg),
+                                  proof_dir_of(config.load(cfg, env={})))
+    script = next(venv.glob("lib/python3*/site-packages/pitr/archive-push.sh"))
+    return command.replace(str(ARCHIVE_PUSH_SH), str(script))
+
+
+def _agent_mode(ctx: BenchCtx, repo: str, *, shell: bool) -> Iterator[A.Target]:
     run = PRESTARTED.pop(repo, None) or start_agent(ctx, repo)
     # PostgreSQL starts archive-push once per segment: run it as pip installs pitr,
     # not through the dev venv's editable-install import hook (bench/installed.py).
     if not (ctx.workdir / "venv-installed").exists():
         installed_copy(ctx.workdir)
     venv = ctx.workdir / "venv-installed"
-    command = f"{venv / 'bin' / 'pitr'} --config {run.cfg} archive-push %p"
-    if shell:  # as `pitr setup` writes it, with the installed copy's script
-        command, _ = archive_commands(str(venv / "bin" / "pitr"), str(run.cfg),
-                                      proof_dir_of(config.load(run.cfg, env={})))
-        script = next(venv.glob("lib/python3*/site-packages/pitr/archive-push.sh"))
-        command = command.replace(str(Path(A.ROOT) / "pitr" / "archive-push.sh"), str(script))
+    command = (installed_sh_command(venv, run.cfg) if shell
+               else f"{venv / 'bin' / 'pitr'} --config {run.cfg} archive-push %p")
     weed = ctx.s3._proc.pid if ctx.s3 is not None and ctx.s3._proc is not None else None
     cpu0 = {"agent": cpu_seconds(run.pid), "weed": cpu_seconds(weed)}
     os.kill(run.pid, signal.SIGCONT)
@@ -380,12 +384,7 @@ def fast_path_latency(workdir: Path,
     installed = installed_copy(base, with_deps=False)
     data = base / "data"
     args = ["--config", str(cfg), "archive-push", f"pg_wal/{name}"]
-    from pitr.setup import archive_commands
-
-    sh_command, _ = archive_commands(str(installed / "bin" / "pitr"), str(cfg),
-                                     str(spool.proof_dir(c.repository.url)))
-    script = next(installed.glob("lib/python3*/site-packages/pitr/archive-push.sh"))
-    sh_command = sh_command.replace(str(A.ROOT / "pitr" / "archive-push.sh"), str(script))
+    sh_command = installed_sh_command(installed, cfg)
     out = _time_as_user({
         "bin_true": ["/bin/true"],
         "python_pass_dev_venv": [py, "-c", "pass"],

@@ -156,11 +156,10 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
     with conn:
         version = pgconn.scalar(conn, "show server_version")
         results.append(CheckResult("postgres", "ok", f"connected, server version {version}"))
-        from pitr.wal.spool import Spool
+        from pitr.setup import proof_dir_of
 
-        proofs = str(Spool(cfg.archive.spool_dir, cfg.stanza).proof_dir(cfg.repository.url))
         settings = check_settings(pgconn.settings(
-            conn, ["wal_level", "archive_mode", "archive_command"]), proofs)
+            conn, ["wal_level", "archive_mode", "archive_command"]), proof_dir_of(cfg))
         results += settings
         if repo_ok and all(r.status == "ok" for r in settings):
             results.append(check_archiving(repo, conn, timeout=archive_timeout))

@@ -84,6 +84,15 @@ def adaptive_level(path: Path, level: int) -> int:
     return FAST_LEVEL if raw and packed / raw > INCOMPRESSIBLE else level
 
 
+def _unlink_if_older(entry: os.DirEntry[str], cutoff: float) -> bool:
+    """Remove ``entry`` if last modified before ``cutoff``; True if it was removed."""
+    with contextlib.suppress(FileNotFoundError):
+        if entry.stat().st_mtime < cutoff:
+            os.unlink(entry.path)
+            return True
+    return False
+
+
 def backoff_delay(attempts: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``attempts``-th failure of one segment (jittered, capped)."""
     base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, attempts - 1))
@@ -284,32 +293,23 @@ class Agent:
                 self.state.stored.add(name)
 
     def cleanup(self, ready: set[str], now: float) -> None:
-        """Drop receipts and errors of segments PostgreSQL has finished with, and the
-        temp files of receipts whose writer was killed before its rename."""
+        """Drop receipts, proofs and errors of segments PostgreSQL has finished with, and
+        the temp files of receipts whose writer was killed before its rename."""
         with os.scandir(self.spool.archive_dir) as it:
             for entry in it:
                 name, _, ext = entry.name.rpartition(".")
                 if ext == "tmp" and name.startswith("."):  # only the agent writes them here
-                    with contextlib.suppress(FileNotFoundError):
-                        if now - entry.stat().st_mtime > RECEIPT_KEEP:
-                            os.unlink(entry.path)
-                    continue
-                if ext not in ("ok", "error") or name in ready:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if now - entry.stat().st_mtime > RECEIPT_KEEP:
-                        os.unlink(entry.path)
-                        with self.state.lock:
-                            self.state.stored.discard(name)
-                            self.state.backoff.pop(name, None)
+                    _unlink_if_older(entry, now - RECEIPT_KEEP)
+                elif ext in ("ok", "error") and name not in ready \
+                        and _unlink_if_older(entry, now - RECEIPT_KEEP):
+                    with self.state.lock:
+                        self.state.stored.discard(name)
+                        self.state.backoff.pop(name, None)
         for proofs in self.spool.archive_dir.glob("proofs-*"):
             with os.scandir(proofs) as it:
                 for entry in it:
-                    if entry.name.split("_", 1)[0] in ready:
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        if now - entry.stat().st_mtime > RECEIPT_KEEP:
-                            os.unlink(entry.path)
+                    if entry.name.split("_", 1)[0] not in ready:
+                        _unlink_if_older(entry, now - RECEIPT_KEEP)
         rotate_if_big(self.spool.fastpath_log)
 
     # -- workers ------------------------------------------------------------
