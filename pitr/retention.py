@@ -6,8 +6,9 @@ Which backups are kept
 ======================
 All periods are UTC calendar periods of a backup's **stop time** (when it became
 usable). "The last N periods" are the period containing ``now`` and the N-1
-before it; a backup that stops after ``now`` (clock skew) counts as in the
-current period. A tier with N = 0 is off.
+before it; a backup that stops after ``now`` (clock skew) counts in the period
+of its own stop time, so a tier keeps it in addition to the periods up to ``now``
+and skew never pushes an on-time backup out. A tier with N = 0 is off.
 
 ``daily = N``    the NEWEST backup of each of the last N calendar days.
 ``weekly = N``   the FIRST backup of each of the last N ISO weeks (Monday-Sunday).

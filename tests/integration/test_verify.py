@@ -27,6 +27,7 @@ from pitr.errors import CheckFailed, Interrupted
 from pitr.pg.names import segment_name
 from pitr.repo import Repo
 from pitr.storage import open_storage
+from pitr.storage.base import put_bytes, read_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -334,24 +335,27 @@ def test_deleted_wal_segment_fails_with_the_segment_named(prod: Prod) -> None:
     assert len(after) >= 2
     victim = after[0]
     name = segment_name(victim.timeline, victim.segno)
-    repo.storage.delete([repo.wal_key(name)])
-
-    proc = run_pitr(prod.cfg, "verify", "--json", check=False)
-    assert proc.returncode == CheckFailed.exit_code, proc.stderr
-    report = json.loads(proc.stdout)
-    failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
-    assert set(failed) == {"wal_continuity"}, failed
-    assert name in failed["wal_continuity"] and name in proc.stderr
-    check_cleaned_up(report)
-
-    # a segment the backup itself needs: the drill fails before restoring anything
     first = segment_name(backup.timeline, backup.start_lsn // catalog.segment_size)
-    repo.storage.delete([repo.wal_key(first)])
-    proc = run_pitr(prod.cfg, "verify", "--json", check=False)
-    assert proc.returncode == CheckFailed.exit_code
-    report = json.loads(proc.stdout)
-    assert [c["name"] for c in report["checks"]] == ["plan"]
-    assert first in report["checks"][0]["detail"]
-    assert report["scratch"] == {}
+    # the module's other tests share this archive: put back what this one deletes
+    saved = {k: read_bytes(repo.storage, k) for k in (repo.wal_key(name), repo.wal_key(first))}
+    try:
+        repo.storage.delete([repo.wal_key(name)])
+        proc = run_pitr(prod.cfg, "verify", "--json", check=False)
+        assert proc.returncode == CheckFailed.exit_code, proc.stderr
+        report = json.loads(proc.stdout)
+        failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+        assert set(failed) == {"wal_continuity"}, failed
+        assert name in failed["wal_continuity"] and name in proc.stderr
+        check_cleaned_up(report)
 
-
+        # a segment the backup itself needs: the drill fails before restoring anything
+        repo.storage.delete([repo.wal_key(first)])
+        proc = run_pitr(prod.cfg, "verify", "--json", check=False)
+        assert proc.returncode == CheckFailed.exit_code
+        report = json.loads(proc.stdout)
+        assert [c["name"] for c in report["checks"]] == ["plan"]
+        assert first in report["checks"][0]["detail"]
+        assert report["scratch"] == {}
+    finally:
+        for key, data in saved.items():
+            put_bytes(repo.storage, key, data)

@@ -69,12 +69,13 @@ def test_min_backups_keeps_the_newest_n_and_pins_survive() -> None:
                  "b9": ("newest", "min_backups")}
 
 
-def test_backups_from_the_future_count_in_the_current_period() -> None:
+def test_backups_from_the_future_are_kept_in_addition() -> None:
     now = datetime(2025, 5, 10, 12, tzinfo=UTC)
     backups = [backup("today", now - timedelta(hours=1), 1),
                backup("skewed", now + timedelta(days=2), 2)]
     r = choose_backups(backups, Policy(1, 0, 0, 1), now)
-    assert "skewed" in r and r["skewed"][0] == "newest"
+    assert r["skewed"] == ("newest", "min_backups", "daily")
+    assert r["today"] == ("daily",)  # skew does not push today's backup out
 
 
 def test_wal_before_the_oldest_kept_backup_goes_and_the_rest_stays() -> None:
