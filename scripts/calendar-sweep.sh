@@ -5,7 +5,7 @@
 #     wall clock moved to noon of that date by libfaketime (Debian package `faketime`);
 #   - the expire tests against SeaweedFS get the date injected (PITR_TEST_TODAY), since
 #     S3 signatures must carry the real time.
-# Usage: scripts/calendar-sweep.sh [VENV]   (default /opt/pitr-venv, made by `make setup`)
+# Usage: scripts/calendar-sweep.sh [VENV]   (default /opt/pitr-venv, made by `bash scripts/dev.sh setup`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-/opt/pitr-venv}

@@ -1,8 +1,8 @@
 """What users deploy: systemd units, docker/, conf/. No Docker engine or systemd
 manager runs here, so this checks everything that can be checked without one:
 units pass `systemd-analyze verify` and name real pitr commands, the compose file
-parses and references files that exist, the image installs pitr the way `make
-setup` does, and conf/ matches what the code really does."""
+parses and references files that exist, the image installs pitr the way
+`scripts/dev.sh setup` does, and conf/ matches what the code really does."""
 
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_dockerfile_copies_files_that_exist_and_installs_like_make_setup() -> None:
+def test_dockerfile_copies_files_that_exist_and_installs_like_dev_setup() -> None:
     ins = dockerfile_instructions()
     assert ins[0] == ("FROM", "debian:bookworm-slim")
     for word, rest in ins:
@@ -249,14 +249,13 @@ def test_dockerfile_copies_files_that_exist_and_installs_like_make_setup() -> No
     copied = {src for word, rest in ins if word == "COPY" for src in rest.split()[:-1]}
     assert {"pyproject.toml", project["readme"], "pitr"} <= copied
     runs = " && ".join(rest for word, rest in ins if word == "RUN")
-    makefile = (ROOT / "Makefile").read_text()
+    dev = (ROOT / "scripts" / "dev.sh").read_text()
     # The host recipe and the image run the same setup script with the same venv path...
-    assert "./scripts/setup-host.sh \"$(VENV)\"" in makefile and "VENV    ?= /opt/pitr-venv" in \
-        makefile
+    assert './scripts/setup-host.sh "$venv"' in dev and "venv=${VENV:-/opt/pitr-venv}" in dev
     assert "/scripts/setup-host.sh /opt/pitr-venv postgres" in runs
-    # ...and the same pip install (the Makefile adds the test extras and an editable mode).
+    # ...and the same pip install (dev.sh adds the test extras and an editable mode).
     pip = "-m pip install --quiet --disable-pip-version-check"
-    assert pip in makefile and pip in runs
+    assert pip in dev and pip in runs
     assert "pitr --version" in runs, "the build proves the installed pitr runs"
     entry = [rest for word, rest in ins if word == "ENTRYPOINT"]
     assert entry == ['["/usr/local/bin/pitr-entrypoint"]']
