@@ -25,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
          "runs test clusters as the user ${PGUSER_OS:-pgtest})" >&2
     exit 2
   fi
-  exec sudo --preserve-env=VENV,PGUSER_OS,PYTEST_ARGS,PITR_TEST_TODAY,PITR_TEST_TMP \
+  exec sudo --preserve-env=VENV,PGUSER_OS,PYTEST_ARGS,PITR_TEST_TODAY,PITR_TEST_TMP,PITR_TEST_WORKERS \
     bash "$0" "$cmd" "$@"
 fi
 
@@ -71,8 +71,12 @@ case "$cmd" in
   test)
     install test
     lint
+    # Two workers (this machine's cores), a test module per worker at a time so module
+    # fixtures (a cluster, a year of history) are built once; PITR_TEST_WORKERS=0 runs
+    # everything in this process.
     # shellcheck disable=SC2086
-    PITR_TEST_PGUSER=$pguser "$venv/bin/pytest" ${PYTEST_ARGS:-} "$@" ;;
+    PITR_TEST_PGUSER=$pguser "$venv/bin/pytest" -n "${PITR_TEST_WORKERS:-2}" --dist loadfile \
+      ${PYTEST_ARGS:-} "$@" ;;
   demo)
     install ""
     PITR_TEST_PGUSER=$pguser "$venv/bin/python" scripts/demo.py "$@" ;;

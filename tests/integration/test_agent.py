@@ -33,6 +33,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.s3]
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 
 
+def _live_pid(lock: Path) -> int | None:
+    """The pid the lock file names once it names a live process. The agent writes it just
+    after taking the flock, so right after a restart the file is empty for a moment or
+    still names the killed agent (the CI failure of the kill -9 test)."""
+    words = lock.read_text().split()
+    if not words:
+        return None
+    try:
+        os.kill(int(words[0]), 0)
+    except ProcessLookupError:
+        return None
+    return int(words[0])
+
+
 class AgentProc:
     """`pitr agent` run as the cluster user; signals go to the agent itself (its pid
     is in the flock'ed agent.lock), not to runuser."""
@@ -46,11 +60,12 @@ class AgentProc:
                 stdout=out, stderr=subprocess.STDOUT,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         deadline = time.monotonic() + 60
-        while not (lock_held(spool.agent_lock) and spool.status_path.exists()):
+        while not (lock_held(spool.agent_lock) and spool.status_path.exists()
+                   and (pid := _live_pid(spool.agent_lock))):
             assert self.proc.poll() is None, f"agent exited: {log.read_text()}"
             assert time.monotonic() < deadline, f"agent did not start: {log.read_text()}"
             time.sleep(0.05)
-        self.pid = int(spool.agent_lock.read_text().split()[0])
+        self.pid = pid
 
     def signal(self, sig: int) -> int:
         os.kill(self.pid, sig)
