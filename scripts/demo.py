@@ -1,4 +1,5 @@
-"""`bash scripts/dev.sh demo` (README quick start): the whole disaster-recovery path on a throwaway cluster, proven.
+"""`bash scripts/dev.sh demo` (README quick start): the whole disaster-recovery path on a
+throwaway cluster, proven.
 
 1. start a PostgreSQL 15 cluster whose archive_command is `pitr archive-push %p`
    into a local-directory repository;
