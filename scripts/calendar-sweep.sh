@@ -25,9 +25,10 @@ failed=()
 for d in $dates; do
   echo "== $d"
   PITR_TEST_TODAY=$d faketime "$d 12:00:00" "$venv/bin/pytest" -q -p no:cacheprovider \
-    "${pure[@]}" | tail -n 1 || failed+=("$d (pure)")
+    "${pure[@]}" | grep -E '^(FAILED|ERROR)|passed|failed' || failed+=("$d (pure)")
   PITR_TEST_TODAY=$d PITR_TEST_PGUSER=${PITR_TEST_PGUSER:-pgtest} "$venv/bin/pytest" -q \
-    -p no:cacheprovider "${integration[@]}" | tail -n 1 || failed+=("$d (expire)")
+    -p no:cacheprovider "${integration[@]}" | grep -E '^(FAILED|ERROR)|passed|failed' \
+    || failed+=("$d (expire)")
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "calendar-sweep: FAILED on ${failed[*]}" >&2; exit 1

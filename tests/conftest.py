@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
 
 from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir, run_as
 
 PITR_EXE = Path(sys.executable).parent / "pitr"
+
+# No timing thresholds in tests: hypothesis's per-example deadline (200 ms) and its
+# too-slow health check fail on a loaded machine, not on a wrong answer.
+settings.register_profile("pitr", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pitr")
 
 
 def toml_value(value: Any) -> str:
@@ -63,7 +70,8 @@ def testdir(workdir: Path, request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def pitr_exe() -> Path:
-    """The pitr console script, proven runnable by the cluster user (DESIGN.md §5 trap)."""
+    """The pitr console script, proven runnable by the cluster user (a venv under a 0700
+    home is not: README, "Development")."""
     if not (PG_BINDIR / "initdb").exists():
         pytest.skip(f"PostgreSQL binaries not found in {PG_BINDIR}")
     if not PITR_EXE.exists():
@@ -136,7 +144,7 @@ def run_pitr(config: Path, *args: str, user: str | None = PG_USER, check: bool =
     return run_as(argv, user=user, check=check, env=env, timeout=timeout)
 
 
-# -- S3 (SeaweedFS `weed mini`, DESIGN.md §5) ------------------------------------------
+# -- S3 (SeaweedFS `weed mini`: tests/support/s3server.py) -------------------------------
 
 def _start_s3_server(data_dir: Path) -> Any:
     """Skip only when weed is genuinely absent; fail loudly when it exists but won't start."""
