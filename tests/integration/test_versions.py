@@ -71,6 +71,8 @@ def test_a_stanza_backup_or_binaries_of_another_major_are_refused(
     checks = json.loads(run_pitr(cfg18, "check", "--json", check=False).stdout)["checks"]
     [version] = [c for c in checks if c["name"] == "version"]
     assert version["status"] == "FAIL" and "holds PostgreSQL 15" in version["detail"]
+    proc = run_pitr(cfg18, "setup", check=False)  # a dry run says so too
+    assert proc.returncode == VersionMismatch.exit_code, proc.stderr
     proc = run_pitr(cfg18, "backup", check=False)
     assert proc.returncode == VersionMismatch.exit_code, proc.stderr
     assert "holds PostgreSQL 15 WAL and backups" in proc.stderr
