@@ -34,6 +34,7 @@ from pitr.lock import StanzaLock
 from pitr.log import event
 from pitr.pg import basebackup as pgbb
 from pitr.pg.names import backup_history_name, format_lsn, lsn_to_segno, parse_lsn, segment_name
+from pitr.pg.version import require_same_major, resolve_bindir
 from pitr.progress import Progress
 from pitr.repo import Repo
 from pitr.storage import open_storage
@@ -141,6 +142,9 @@ def _check_cluster(cluster: pgbb.ClusterInfo) -> None:
 
 def _check_identity(repo: Repo, cluster: pgbb.ClusterInfo) -> None:
     ident = repo.read_identity()
+    if ident is not None:
+        require_same_major(repo.stanza, ident.pg_version, cluster.major,
+                           f"postgres.dsn's cluster {cluster.system_id}")
     if ident is not None and ident.system_id != cluster.system_id:
         raise SystemIdMismatch(
             f"stanza {repo.stanza!r} belongs to the cluster with system identifier "
@@ -211,8 +215,10 @@ class _StopPoint:
 def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
           max_rate: str | None, progress: Progress | None) -> BackupRecord:
     server = cfg.backup.server_compression
+    bindir = resolve_bindir(cfg.postgres.bindir, cluster.major, tool="pg_basebackup",
+                            what=f"postgres.dsn's cluster {cluster.system_id}")
     opts = pgbb.BaseBackupOptions(
-        bindir=cfg.postgres.bindir, dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
+        bindir=str(bindir), dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
         server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate)
     t0 = time.monotonic()
     obj, backup_label = _stream(repo, backup_id, opts, cfg, progress)

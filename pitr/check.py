@@ -41,6 +41,26 @@ def _fail(name: str, err: PitrError | str, hint: str = "") -> CheckResult:
     return CheckResult(name, "FAIL", err, hint)
 
 
+def check_version(cfg: Config, repo: Repo | None, major: int) -> CheckResult:
+    """The server's major version against the stanza's and the binaries' (README
+    "Supported PostgreSQL versions")."""
+    from pitr.pg.version import TESTED_MAJORS, require_same_major, resolve_bindir
+
+    try:
+        ident = repo.read_identity() if repo is not None else None
+        if ident is not None:
+            require_same_major(cfg.stanza, ident.pg_version, major, "postgres.dsn's cluster")
+        bindir = resolve_bindir(cfg.postgres.bindir, major, tool="pg_basebackup",
+                                what="postgres.dsn's cluster")
+    except PitrError as exc:
+        return _fail("version", exc)
+    recorded = "not yet recorded" if ident is None else f"recorded {ident.pg_version}"
+    tested = "" if major in TESTED_MAJORS else (
+        f" (pitr is tested on {' and '.join(map(str, TESTED_MAJORS))}; run `pitr verify`)")
+    return CheckResult("version", "ok", f"PostgreSQL {major} (stanza: {recorded}), "
+                       f"binaries {bindir}{tested}")
+
+
 def check_repository(repo: Repo) -> CheckResult:
     """Write, read back and delete a probe object."""
     from pitr.storage.base import put_bytes, read_bytes
@@ -99,7 +119,11 @@ def check_archiving(repo: Repo, conn: Any, *, timeout: float,
         if pgconn.scalar(conn, "select pg_is_in_recovery()"):
             return CheckResult(name, "skip", "server is in recovery: pg_switch_wal() is not "
                                "possible here; run pitr check on the primary")
-        segment = str(pgconn.scalar(conn, "select pg_walfile_name(pg_switch_wal())"))
+        # The switch returns the end of the segment it completed; with nothing written
+        # since the last switch that is a segment boundary, which pg_walfile_name names
+        # as the segment before it on 15 but as the still-open one after it on 18.
+        # One byte back names the completed segment on every major.
+        segment = str(pgconn.scalar(conn, "select pg_walfile_name(pg_switch_wal() - 1)"))
     except PitrError as exc:
         return _fail(name, exc, "pg_switch_wal() needs superuser or an explicit GRANT")
     key = repo.wal_key(segment)
@@ -156,6 +180,8 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
     with conn:
         version = pgconn.scalar(conn, "show server_version")
         results.append(CheckResult("postgres", "ok", f"connected, server version {version}"))
+        major = int(pgconn.scalar(conn, "select current_setting('server_version_num')::int"))
+        results.append(check_version(cfg, repo if repo_ok else None, major // 10000))
         from pitr.setup import proof_dir_of
 
         settings = check_settings(pgconn.settings(

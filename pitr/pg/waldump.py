@@ -20,6 +20,7 @@ from pathlib import Path
 from pitr.catalog import BackupRecord, Catalog
 from pitr.errors import PostgresError
 from pitr.pg.names import lsn_to_segno, segment_name
+from pitr.pg.version import resolve_bindir
 from pitr.repo import Repo
 from pitr.wal.fetch import fetch_to_bytes
 
@@ -83,10 +84,9 @@ def last_xact_end_time(repo: Repo, catalog: Catalog, backup: BackupRecord, bindi
     Reads segments newest first and stops at the first that has one; None when
     none of the newest ``limit`` segments has any (then no time target after
     them can be reached)."""
-    pg_waldump = Path(bindir) / "pg_waldump"
-    if not pg_waldump.exists():
-        raise PostgresError(f"{pg_waldump} not found",
-                            hint="set postgres.bindir to the PostgreSQL binaries' directory")
+    # pg_waldump reads only WAL of its own major version (the page magic).
+    pg_waldump = resolve_bindir(str(bindir), backup.pg_version, tool="pg_waldump",
+                                what=f"the WAL after backup {backup.id}") / "pg_waldump"
     with tempfile.TemporaryDirectory(prefix="pitr-waldump-") as tmp:
         for name in segments_to_scan(catalog, backup, limit):
             path = Path(tmp) / name

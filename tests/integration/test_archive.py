@@ -122,6 +122,7 @@ def test_cluster_archives_exact_segments_and_protects_the_stanza(
             (pg.pgdata / "pg_wal" / other_seg).read_bytes()
 
 
+@pytest.mark.pg_versions(15, 18)
 def test_recovery_replays_wal_through_archive_get(
         pg_factory: Any, pitr_exe: Path, pitr_config: Any, repo_section: dict[str, Any],
         testdir: Path) -> None:

@@ -14,6 +14,7 @@ from pitr.errors import CheckFailed
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.pg_versions(15, 18)
 def test_check_passes_on_an_archiving_cluster(pg_factory: Any, pitr_exe: Path,
                                               pitr_config: Any, testdir: Path) -> None:
     pg = pg_factory("pg")
@@ -26,8 +27,8 @@ def test_check_passes_on_an_archiving_cluster(pg_factory: Any, pitr_exe: Path,
     proc = run_pitr(cfg, "check")
     lines = proc.stdout.splitlines()
     names = [line.split()[0] for line in lines if line.strip()]
-    assert names == ["config", "repository", "postgres", "wal_level", "archive_mode",
-                     "archive_command", "archive"], proc.stdout
+    assert names == ["config", "repository", "postgres", "version", "wal_level",
+                     "archive_mode", "archive_command", "archive"], proc.stdout
     assert all(line.split()[1] == "ok" for line in lines), proc.stdout
 
     doc = json.loads(run_pitr(cfg, "check", "--json").stdout)

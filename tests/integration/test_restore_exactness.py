@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import run_pitr, s3_repo_for, write_config
-from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, free_port, make_user_dir
+from support.pgcluster import PG_USER, PgCluster, free_port, make_user_dir
 
 from pitr import config as config_mod
 from pitr.repo import Repo
@@ -84,14 +84,14 @@ def switch_and_wait(cluster: PgCluster) -> str:
 
 
 @pytest.fixture(scope="module")
-def source(workdir: Path, s3_server: Any, pitr_exe: Path) -> Iterator[Source]:
+def source(workdir: Path, s3_server: Any, pitr_exe: Path, pg_bindir: Path) -> Iterator[Source]:
     base = make_user_dir(workdir / f"exactness-{uuid.uuid4().hex[:6]}", mode=0o755)
-    cluster = PgCluster(base, "src")
+    cluster = PgCluster(base, "src", bindir=pg_bindir)
     cfg = write_config(base / "pitr.toml", {
         "stanza": "exact",
         "repository": s3_repo_for(s3_server),
         "archive": {"spool_dir": str(make_user_dir(base / "spool"))},
-        "postgres": {"bindir": str(PG_BINDIR), "user": PG_USER, "dsn": cluster.dsn,
+        "postgres": {"bindir": str(pg_bindir), "user": PG_USER, "dsn": cluster.dsn,
                      "pgdata": str(cluster.pgdata)},
     })
     cluster.initdb(conf={"archive_mode": "on",
@@ -115,7 +115,7 @@ def source(workdir: Path, s3_server: Any, pitr_exe: Path) -> Iterator[Source]:
 def restore(src: Source, name: str, *args: str, user: str | None = PG_USER,
             check: bool = True) -> tuple[PgCluster, dict[str, Any]]:
     """`pitr restore ... --start --json` into a fresh directory; the restored cluster."""
-    target = PgCluster(src.base, name)
+    target = PgCluster(src.base, name, bindir=src.cluster.bindir)
     target.port = free_port()
     target.socket_dir = src.cluster.socket_dir  # the restored copy keeps the source's setting
     proc = run_pitr(src.config, "restore", "--pgdata", str(target.pgdata), "--start", "--port",
@@ -129,6 +129,7 @@ def numbers(cluster: PgCluster) -> list[int]:
     return [r[0] for r in cluster.sql("select n from t order by n")]
 
 
+@pytest.mark.pg_versions(15, 18)
 @pytest.mark.parametrize(("k", "action", "as_root"),
                          [(2, "pause", False), (6, "promote", True), (11, "promote", False)])
 def test_restore_to_time_between_commits_is_exact(source: Source, k: int, action: str,
@@ -218,6 +219,7 @@ def test_target_after_the_archive(source: Source) -> None:
     assert "later than the archived WAL" in err and "behind" in err
 
 
+@pytest.mark.pg_versions(15, 18)
 def test_deleted_segment_in_the_middle(source: Source) -> None:
     cfg = config_mod.load(source.config, env={})
     repo = Repo(open_storage(cfg.repository), cfg.stanza)

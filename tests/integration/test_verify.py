@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import PITR_EXE, run_pitr, s3_repo_for, write_config
-from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, free_port, make_user_dir
+from support.pgcluster import PG_USER, PgCluster, free_port, make_user_dir
 
 from pitr import config
 from pitr.catalog import load_catalog
@@ -59,15 +59,15 @@ class Prod:
 
 
 @pytest.fixture(scope="module")
-def prod(workdir: Path, pitr_exe: Path, s3_server: Any) -> Iterator[Prod]:
+def prod(workdir: Path, pitr_exe: Path, s3_server: Any, pg_bindir: Path) -> Iterator[Prod]:
     """A production cluster archiving to S3, with one base backup and WAL after it."""
     base = make_user_dir(workdir / f"verify-{uuid.uuid4().hex[:6]}", mode=0o755)
-    cluster = PgCluster(base, "prod")
+    cluster = PgCluster(base, "prod", bindir=pg_bindir)
     settings: dict[str, Any] = {
         "stanza": "prod",
         "repository": s3_repo_for(s3_server),
         "archive": {"spool_dir": str(make_user_dir(base / "spool"))},
-        "postgres": {"bindir": str(PG_BINDIR), "user": PG_USER, "dsn": cluster.dsn,
+        "postgres": {"bindir": str(pg_bindir), "user": PG_USER, "dsn": cluster.dsn,
                      "pgdata": str(cluster.pgdata)},
         "verify": {"scratch_dir": str(make_user_dir(base / "scratch", mode=0o755))},
     }
@@ -167,6 +167,7 @@ equals = 125250
 """
 
 
+@pytest.mark.pg_versions(15, 18)
 def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None:
     cfg = prod.config_with("good.toml", USER_CHECKS)
     wal_before = prod.keys("wal/")
@@ -205,6 +206,7 @@ def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None
     assert not any("/00000002" in k for k in prod.keys("wal/"))
 
 
+@pytest.mark.pg_versions(15, 18)  # pg_waldump's output of each major
 def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> None:
     """The random drill target is bounded by the newest commit record in the archive;
     a restore to a time after it says so.
@@ -240,7 +242,7 @@ def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> 
     catalog = load_catalog(repo)
     backup = next(b for b in catalog.backups if b.id == prod.backup_id)
     started = time.monotonic()
-    found = last_xact_end_time(repo, catalog, backup, PG_BINDIR, budget=30)
+    found = last_xact_end_time(repo, catalog, backup, prod.cluster.bindir, budget=30)
     elapsed = time.monotonic() - started
     assert found is not None and found.tzinfo is not None
     assert before <= found <= after, (before, after, found)
@@ -325,6 +327,7 @@ def test_sigterm_mid_drill_cleans_up_reports_and_exits_interrupted(prod: Prod) -
     assert port_free(stored["scratch"]["port"])
 
 
+@pytest.mark.pg_versions(15, 18)
 def test_deleted_wal_segment_fails_with_the_segment_named(prod: Prod) -> None:
     repo = prod.repo()
     catalog = load_catalog(repo)

