@@ -25,6 +25,8 @@ code class                         meaning
                                   user's data directory)
 16   BackupError                  pg_basebackup failed / backup incomplete
 17   Interrupted                  stopped by a signal before finishing
+18   ReplayEndedShort             recovery ended before the end of WAL the
+                                  restore plan promised
 70   InternalError                a bug: please report it (with --debug)
 ==== ============================ ==============================================
 
@@ -130,6 +132,12 @@ class BackupError(PitrError):
 
 class Interrupted(PitrError):
     exit_code = 17
+
+
+class ReplayEndedShort(PitrError):
+    """Recovery ended before the end of WAL the restore plan promised."""
+
+    exit_code = 18
 
 
 class WalNotFound(NotFound):

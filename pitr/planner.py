@@ -50,6 +50,12 @@ class RestorePlan:
     wal_bytes: int  # stored (compressed) bytes of those segments
     recovery_settings: dict[str, str]  # recovery_target_* (values unquoted)
     end_lsn: int  # start LSN of the segment after the last planned one (upper bound)
+    # Replay must reach at least this LSN. For "latest", the start of the last planned
+    # segment: PostgreSQL ends such a recovery wherever archive-get first says "absent"
+    # and cannot know it was told too early. Explicit targets PostgreSQL checks itself
+    # ("recovery ended before configured recovery target was reached"), so for them
+    # it is the end of the backup.
+    replay_until: int
     wal_end_time: datetime | None  # archive time of the last planned segment
     notes: tuple[str, ...] = field(default=())
 
@@ -77,6 +83,7 @@ class RestorePlan:
                     "last": self.segments[-1] if self.segments else None,
                     "count": self.segment_count, "stored_bytes": self.wal_bytes,
                     "end_time": self.wal_end_time.isoformat() if self.wal_end_time else None,
+                    "replay_until": format_lsn(self.replay_until),
                     "segments": list(self.segments)},
             "recovery_settings": dict(self.recovery_settings),
             "notes": list(self.notes),
@@ -347,7 +354,10 @@ def plan(catalog: Catalog, target: Target, now: datetime,
         segments=tuple(segment_name(s.timeline, s.segno, size) for s in chosen),
         wal_bytes=sum(s.stored_bytes for s in chosen),
         recovery_settings=recovery_settings(target, tli),
-        end_lsn=(last.segno + 1) * size, wal_end_time=last.archived_at, notes=tuple(notes))
+        end_lsn=(last.segno + 1) * size,
+        replay_until=(max(backup.stop_lsn, last.segno * size) if target.kind is TargetKind.LATEST
+                      else backup.stop_lsn),
+        wal_end_time=last.archived_at, notes=tuple(notes))
 
 
 def _covers(seg: WalSegment, segno: int, target: Target, size: int) -> bool:

@@ -41,9 +41,11 @@ from pitr.errors import (
     PermissionRefused,
     PitrError,
     PostgresError,
+    ReplayEndedShort,
     TargetDirError,
 )
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
+from pitr.pg.names import format_lsn, parse_lsn
 from pitr.planner import RestorePlan
 from pitr.security import write_private
 from pitr.setup import pitr_executable
@@ -439,7 +441,31 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
             raise
         if result.recovery.timeline is None:
             result.recovery.timeline = plan.timeline
+        if result.recovery.state != "shutdown":  # a stopped server has no LSN to ask
+            short = replay_shortfall(plan, result.recovery.replay_lsn)
+            if short is not None:
+                raise ReplayEndedShort(
+                    f"{short}; the restored server in {opts.pgdata} is {result.recovery.state} "
+                    "there, short of the restore's target",
+                    hint="do not use this copy: find out why archive-get answered 'absent' "
+                         "early (its lines in the server log), then restore again")
     return result
+
+
+def replay_shortfall(plan: RestorePlan, replay_lsn: str | None) -> str | None:
+    """Why replay ending at ``replay_lsn`` breaks the plan's promise; None when it kept it.
+
+    One rule for `restore --start` and the drill: recovery must reach
+    ``plan.replay_until`` (see :class:`pitr.planner.RestorePlan`).
+    """
+    replay = parse_lsn(replay_lsn) if replay_lsn else None
+    if replay is not None and replay >= plan.replay_until:
+        return None
+    where = (f"the start of {plan.segments[-1]}, the last WAL segment the plan replays"
+             if plan.segments and plan.replay_until > plan.backup.stop_lsn
+             else "the end of the backup")
+    return (f"recovery ended at {replay_lsn or 'an unknown LSN'}, before "
+            f"{format_lsn(plan.replay_until)} ({where}): archived WAL was not replayed")
 
 
 ENDED_BEFORE_TARGET = "recovery ended before configured recovery target was reached"

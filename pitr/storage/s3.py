@@ -49,7 +49,8 @@ SINGLE_PUT_SLACK = 1 * MIB
 PARTS_PER_SIZE_STEP = 2000
 DELETE_BATCH = 1000
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_NO_SUCH = {"NoSuchKey", "NoSuchUpload"}  # the server itself says the object is absent
+_NOT_FOUND = {"404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _TRANSIENT = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
@@ -494,8 +495,16 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
         if code == "NoSuchBucket":
             return StorageError(f"{what}: the bucket of {where} does not exist",
                                 hint="create the bucket, or fix repository.url")
-        if code in _NOT_FOUND or (status == 404 and code not in _AUTH):
+        if code in _NO_SUCH or (op == "stat" and status == 404):
             return NotFound(f"{key}: not found in the repository ({where})")
+        if status == 404 or code in _NOT_FOUND:
+            # Only the server's own "no such key" proves an object absent (README "Exit
+            # codes", archive-get); a bare 404 to a GET comes from a proxy, a wrong
+            # endpoint or prefix. HEAD has no body to say more, so stat keeps 404.
+            return StorageError(f"{what}: unexpected 404 ({code}) from {where}: not the "
+                                "server's NoSuchKey, so the object is not known to be absent",
+                                hint="check repository.endpoint_url, the bucket and any proxy "
+                                     "in between")
         if code in _CONFLICT or status == 412:
             return AlreadyExists(f"{key}: already exists in the repository ({where})")
         if code in _TRANSIENT or status == 429 or status >= 500:

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pitr import codec
-from pitr.errors import AlreadyExists, IntegrityError, NotFound, UsageError, WalConflict
+from pitr.errors import AlreadyExists, NotFound, UsageError, WalConflict
 from pitr.log import event
-from pitr.pg.names import WalKind, classify, parse_segment_name
-from pitr.pg.walheader import parse_header
+from pitr.pg.names import WalKind, classify
+from pitr.pg.walheader import check_segment
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
 from pitr.storage.base import put_bytes, read_bytes
@@ -79,16 +79,7 @@ def read_wal_file(path: Path) -> tuple[str, WalKind, bytes]:
 
 def _check_segment(name: str, kind: WalKind, raw: bytes) -> dict[str, Any]:
     """Validate a (partial) segment against its own header; returns its identity fields."""
-    header = parse_header(raw, name)
-    _tli, segno = parse_segment_name(name[:24], header.seg_size)
-    if kind is WalKind.SEGMENT and len(raw) != header.seg_size:
-        raise IntegrityError(f"{name}: {len(raw)} bytes, but its header says segments are "
-                             f"{header.seg_size} bytes", hint="the file is truncated")
-    # The first page of a segment always starts at the segment's own LSN; a
-    # mismatch means the file under this name holds some other segment.
-    if header.pageaddr != segno * header.seg_size:
-        raise IntegrityError(f"{name}: first page is for LSN {header.pageaddr:#x}, not for this "
-                             f"segment", hint="the file is not the segment its name says")
+    header = check_segment(raw, name, whole=kind is WalKind.SEGMENT)
     return {"system_id": header.system_id, "pg_version": header.pg_version,
             "seg_size": header.seg_size}
 

@@ -240,3 +240,28 @@ def test_plan_json_is_complete() -> None:
     assert doc["wal"]["first"] == "00000001000000000000000A"
     assert doc["backup"]["id"] == "B"
     assert doc["recovery_settings"]["recovery_target_timeline"] == "2"
+
+
+# -- the end of replay the plan promises (README "Exit codes": ReplayEndedShort) ----------
+def test_latest_promises_replay_into_the_last_planned_segment() -> None:
+    from pitr.pg.names import format_lsn
+    from pitr.restore import replay_shortfall
+
+    p = plan(linear(gaps=(15,)), Target.latest(), NOW)
+    assert names(p)[-1].endswith("0E")  # latest stops at the gap before 15
+    assert p.replay_until == 0x0E * SEG
+    assert replay_shortfall(p, format_lsn(0x0E * SEG + 40)) is None
+    assert replay_shortfall(p, format_lsn(0x0F * SEG)) is None
+    short = replay_shortfall(p, format_lsn(0x0D * SEG + 4096))
+    assert short is not None
+    assert format_lsn(0x0D * SEG + 4096) in short and format_lsn(0x0E * SEG) in short
+    assert names(p)[-1] in short
+    assert "unknown LSN" in (replay_shortfall(p, None) or "")
+
+
+def test_explicit_targets_leave_the_end_to_postgresql() -> None:
+    """PostgreSQL refuses to end before an explicit target; pitr only asks for the end of
+    the backup there (a copy that is not even consistent)."""
+    p = plan(linear(), Target.at_time(minutes(12.5)), NOW)
+    assert p.replay_until == p.backup.stop_lsn
+    assert p.to_json()["wal"]["replay_until"] == "0/A000138"  # backup B's stop LSN
