@@ -50,11 +50,12 @@ class RestorePlan:
     wal_bytes: int  # stored (compressed) bytes of those segments
     recovery_settings: dict[str, str]  # recovery_target_* (values unquoted)
     end_lsn: int  # start LSN of the segment after the last planned one (upper bound)
-    # Replay must reach at least this LSN. For "latest", the start of the last planned
-    # segment: PostgreSQL ends such a recovery wherever archive-get first says "absent"
-    # and cannot know it was told too early. Explicit targets PostgreSQL checks itself
-    # ("recovery ended before configured recovery target was reached"), so for them
-    # it is the end of the backup.
+    # Replay must reach at least this LSN. For "latest", one byte into the last planned
+    # segment (a record must end in it: a segment missing after a switch record leaves
+    # replay exactly at its start): PostgreSQL ends such a recovery wherever archive-get
+    # first says "absent" and cannot know it was told too early. Explicit targets
+    # PostgreSQL checks itself ("recovery ended before configured recovery target was
+    # reached"), so for them it is the end of the backup.
     replay_until: int
     wal_end_time: datetime | None  # archive time of the last planned segment
     notes: tuple[str, ...] = field(default=())
@@ -355,8 +356,8 @@ def plan(catalog: Catalog, target: Target, now: datetime,
         wal_bytes=sum(s.stored_bytes for s in chosen),
         recovery_settings=recovery_settings(target, tli),
         end_lsn=(last.segno + 1) * size,
-        replay_until=(max(backup.stop_lsn, last.segno * size) if target.kind is TargetKind.LATEST
-                      else backup.stop_lsn),
+        replay_until=(max(backup.stop_lsn, last.segno * size + 1)
+                      if target.kind is TargetKind.LATEST else backup.stop_lsn),
         wal_end_time=last.archived_at, notes=tuple(notes))
 
 

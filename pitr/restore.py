@@ -461,11 +461,14 @@ def replay_shortfall(plan: RestorePlan, replay_lsn: str | None) -> str | None:
     replay = parse_lsn(replay_lsn) if replay_lsn else None
     if replay is not None and replay >= plan.replay_until:
         return None
-    where = (f"the start of {plan.segments[-1]}, the last WAL segment the plan replays"
-             if plan.segments and plan.replay_until > plan.backup.stop_lsn
-             else "the end of the backup")
-    return (f"recovery ended at {replay_lsn or 'an unknown LSN'}, before "
-            f"{format_lsn(plan.replay_until)} ({where}): archived WAL was not replayed")
+    got = replay_lsn or "an unknown LSN"
+    if plan.segments and plan.replay_until > plan.backup.stop_lsn:
+        last = plan.segments[-1]
+        return (f"recovery ended at {got}, before any record of {last}, the last WAL segment "
+                f"the plan replays (it starts at {format_lsn(plan.replay_until - 1)}): "
+                "archived WAL was not replayed")
+    return (f"recovery ended at {got}, before the end of the backup at "
+            f"{format_lsn(plan.replay_until)}: the copy is not even consistent")
 
 
 ENDED_BEFORE_TARGET = "recovery ended before configured recovery target was reached"

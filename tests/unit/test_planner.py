@@ -249,13 +249,14 @@ def test_latest_promises_replay_into_the_last_planned_segment() -> None:
 
     p = plan(linear(gaps=(15,)), Target.latest(), NOW)
     assert names(p)[-1].endswith("0E")  # latest stops at the gap before 15
-    assert p.replay_until == 0x0E * SEG
+    assert p.replay_until == 0x0E * SEG + 1
     assert replay_shortfall(p, format_lsn(0x0E * SEG + 40)) is None
-    assert replay_shortfall(p, format_lsn(0x0F * SEG)) is None
-    short = replay_shortfall(p, format_lsn(0x0D * SEG + 4096))
-    assert short is not None
-    assert format_lsn(0x0D * SEG + 4096) in short and format_lsn(0x0E * SEG) in short
-    assert names(p)[-1] in short
+    assert replay_shortfall(p, format_lsn(0x0F * SEG)) is None  # its switch record's end
+    for ended in (0x0D * SEG + 4096, 0x0E * SEG):  # 0/E000000: the previous switch's end
+        short = replay_shortfall(p, format_lsn(ended))
+        assert short is not None
+        assert format_lsn(ended) in short and format_lsn(0x0E * SEG) in short
+        assert names(p)[-1] in short
     assert "unknown LSN" in (replay_shortfall(p, None) or "")
 
 
