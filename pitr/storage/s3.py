@@ -249,12 +249,14 @@ class S3Storage:
 
     def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
-        if self.upload_checksum == "crc32":
-            extra["ChecksumCRC32"] = checksum_crc32(data)
-        else:
-            extra["ContentMD5"] = content_md5(data)
         self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
-                   Body=data, **self._put_args, **extra)
+                   Body=data, **self._put_args, **extra, **self._checksum(data))
+
+    def _checksum(self, data: bytes | bytearray) -> dict[str, str]:
+        """The checksum header the server verifies the body against (see content_md5)."""
+        if self.upload_checksum == "crc32":
+            return {"ChecksumCRC32": checksum_crc32(data)}
+        return {"ContentMD5": content_md5(data)}
 
     def _put_multipart(self, key: str, full: str, first: list[bytearray], reader: _Chunker,
                        if_absent: bool) -> int:
@@ -318,6 +320,20 @@ class S3Storage:
         except TransientStorageError:
             resp = self._call("put", key, self._client.upload_part, **args)
         etags[part] = resp["ETag"]  # distinct keys per thread: safe under the GIL
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        resp = self._call("open", key, self._client.get_object, Bucket=self.bucket,
+                          Key=self._full(key))
+        with contextlib.closing(_Body(resp["Body"], key, self._translate)) as body:
+            return body.read(), str(resp["ETag"])
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> int:
+        """One PutObject with ``If-Match``: the server compares and writes atomically
+        (412 when the ETag changed). Whole objects only: callers replace WAL objects."""
+        self._call("put", key, self._client.put_object, Bucket=self.bucket,
+                   Key=self._full(key), Body=data, IfMatch=etag, **self._put_args,
+                   **self._checksum(data))
+        return len(data)
 
     def open(self, key: str) -> BinaryIO:
         resp = self._call("open", key, self._client.get_object, Bucket=self.bucket,

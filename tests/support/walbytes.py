@@ -16,7 +16,8 @@ def segment_bytes(name: str, *, seg_size: int, sysid: int = SYSID,
     segno = int(name[8:16], 16) * (0x100000000 // seg_size) + int(name[16:24], 16)
     header = struct.pack("<HHIQI4xQII", PG15_PAGE_MAGIC, 0x0002, int(name[:8], 16),
                          segno * seg_size, 0, sysid, seg_size, 8192)
-    return header + (fill * (seg_size - len(header)))[: seg_size - len(header)]
+    body = seg_size - len(header)
+    return header + (fill * (body // len(fill) + 1))[:body]
 
 
 def write_pg_control(datadir: Path, sysid: int = SYSID) -> Path:

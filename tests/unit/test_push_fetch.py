@@ -79,6 +79,86 @@ def test_duplicate_push_same_bytes_is_success(repo: Repo, tmp_path: Path,
     assert "already archived" in caplog.text
 
 
+def _damage(blob: bytes, how: str) -> bytes:
+    header_len = codec.decode_header(blob, "x")[1]
+    if how == "truncated to 64 KiB":
+        return blob[:65536]
+    if how == "bit flipped in the frame":
+        i = header_len + (len(blob) - header_len) // 2
+        return blob[:i] + bytes([blob[i] ^ 0x10]) + blob[i + 1:]
+    if how == "bit flipped in the header":
+        i = blob.index(b'"sha256":"') + 12  # inside the recorded checksum
+        return blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1:]
+    if how == "bytes appended":
+        return blob + b"\x00" * 100
+    assert how == "empty"
+    return b""
+
+
+DAMAGES = ["truncated to 64 KiB", "bit flipped in the frame", "bit flipped in the header",
+           "bytes appended", "empty"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_stored_object_is_never_already_archived(
+        repo: Repo, tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """PostgreSQL recycles a segment once archive-push says 0: a damaged copy must be
+    detected and replaced, not taken for "already archived"."""
+    name = "000000010000000000000006"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name, fill=os.urandom(SEG)))
+    push_wal(repo, p, level=3, budget=5)
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    good = path.read_bytes()
+    assert len(good) > 65536
+    path.write_bytes(_damage(good, how))
+    with pytest.raises(IntegrityError):
+        codec.verify_blob(path.read_bytes(), name)
+    again = push_wal(repo, p, level=3, budget=5)
+    assert again.status == "stored"
+    assert codec.verify_blob(path.read_bytes(), name)[1] == p.read_bytes()
+    if how == "empty":
+        assert "empty object" in caplog.text
+    else:
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert errors and "damaged" in errors[0].getMessage()
+        assert str(len(_damage(good, how))) in errors[0].getMessage()
+    assert push_wal(repo, p, level=3, budget=5).status == "already-archived"
+
+
+def test_pushers_racing_over_a_damaged_object_both_succeed(repo: Repo, tmp_path: Path) -> None:
+    """Each replaces only the object it read (conditional on its ETag): the loser reads
+    the winner's copy, proves it and answers "already archived"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = "000000010000000000000007"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name, fill=os.urandom(SEG)))
+    push_wal(repo, p, level=3, budget=5)
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    for how in ("empty", "truncated to 64 KiB"):
+        path.write_bytes(_damage(path.read_bytes(), how) if how != "empty" else b"")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _i: push_wal(repo, p, level=3, budget=10).status,
+                                    range(4)))
+        assert sorted(set(results)) in (["already-archived", "stored"], ["stored"])
+        assert codec.verify_blob(path.read_bytes(), name)[1] == p.read_bytes()
+
+
+def test_a_conflict_is_judged_on_a_proven_object(repo: Repo, tmp_path: Path) -> None:
+    """A whole, valid object with other content is a conflict and stays; the stored
+    header's name must be this file's too."""
+    name, other = "000000010000000000000008", "000000010000000000000009"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name))
+    q = write_wal(tmp_path / "wal", other, segment_bytes(other))
+    push_wal(repo, q, level=3, budget=5)
+    foreign = (repo.storage.root / repo.wal_key(other)).read_bytes()  # type: ignore[attr-defined]
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(foreign)
+    with pytest.raises(WalConflict):
+        push_wal(repo, p, level=3, budget=5)
+    assert path.read_bytes() == foreign
+
+
 def test_conflicting_push_fails_and_keeps_original(repo: Repo, tmp_path: Path) -> None:
     name = "000000010000000000000005"
     original = segment_bytes(name, fill=b"a")
