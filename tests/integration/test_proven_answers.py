@@ -26,8 +26,18 @@ from pathlib import Path
 
 import pytest
 from conftest import PITR_EXE, run_pitr, write_config
-from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, as_user_cmd, free_port, make_user_dir
+from support.pgcluster import (
+    PG_BINDIR,
+    PG_USER,
+    PgCluster,
+    as_user_cmd,
+    chown_user,
+    free_port,
+    make_user_dir,
+)
 
+from pitr import codec
+from pitr.errors import IntegrityError
 from pitr.pg.names import format_lsn, parse_lsn, parse_segment_name, segno_to_lsn
 from pitr.repo import Repo
 from pitr.storage.fs import FsStorage
@@ -35,6 +45,7 @@ from pitr.storage.fs import FsStorage
 pytestmark = [pytest.mark.integration]
 
 SEGMENTS = 8  # archived after the backup, one row each
+HEAVY = 4  # the row whose segment also holds a few MB of table data
 RESTORED = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
 
 
@@ -77,9 +88,13 @@ def source(workdir: Path, pitr_exe: Path) -> Iterator[Source]:
     try:
         cluster.start()
         cluster.sql("create table t (n int primary key)")
+        cluster.sql("create table bulk (v text)")
         run_pitr(cfg, "backup")
         for n in range(1, SEGMENTS + 1):
             cluster.sql("insert into t values (%s)", (n,))
+            if n == HEAVY:  # a segment whose object is well past 64 KiB
+                cluster.sql("insert into bulk select repeat(md5(random()::text), 20) "
+                            "from generate_series(1, 4000)")
             src.rows.append(n)
             seg = cluster.switch_wal()
             src.segments.append(seg)
@@ -159,6 +174,10 @@ def numbers(cluster: PgCluster) -> list[int]:
     return [r[0] for r in cluster.sql("select n from t order by n")]
 
 
+def bulk_rows(cluster: PgCluster) -> int:
+    return int(cluster.scalar("select count(*) from bulk"))
+
+
 def finish_recovery(target: PgCluster) -> None:
     """Start the copy again (the fault gone): recovery resumes where it stopped."""
     target.start()
@@ -187,7 +206,7 @@ def test_repository_vanishing_mid_replay_stops_recovery(source: Source) -> None:
     # finishes recovery with every row
     assert source.archived() == before
     finish_recovery(target)
-    assert numbers(target) == source.rows
+    assert numbers(target) == source.rows and bulk_rows(target) == 4000
 
 
 def test_archive_ending_early_is_replay_ended_short(source: Source) -> None:
@@ -211,3 +230,53 @@ def test_archive_ending_early_is_replay_ended_short(source: Source) -> None:
     assert f"before any record of {last}" in err and f"starts at {promised}" in err, err
     ended = re.search(r"recovery ended at ([0-9A-F]+/[0-9A-F]+)", err)
     assert ended is not None and parse_lsn(ended.group(1)) <= parse_lsn(promised)
+
+
+def _damaged(blob: bytes, how: str) -> bytes:
+    if how == "truncated to 64 KiB":
+        return blob[:65536]
+    i = len(blob) // 2  # one bit, inside the compressed frame
+    return blob[:i] + bytes([blob[i] ^ 0x04]) + blob[i + 1:]
+
+
+@pytest.mark.parametrize("how", ["truncated to 64 KiB", "bit flipped"])
+def test_damaged_object_is_refused_by_archive_get_and_repaired_by_push(
+        source: Source, how: str) -> None:
+    seg = source.segments[HEAVY - 1]
+    key = source.key_path(seg)
+    good = key.read_bytes()
+    assert len(good) > 2 * 65536, "the heavy segment compressed too well to cut"
+    raw = codec.decompress_blob(good, seg)
+    before = source.archived()
+    key.write_bytes(_damaged(good, how))
+    try:
+        target = PgCluster(source.base, f"damaged-{how.split()[0]}")
+        target.port = free_port()
+        source.restored.append(target)
+        proc = run_pitr(source.config, "restore", "--pgdata", str(target.pgdata), "--latest",
+                        "--start", "--port", str(target.port), "--wait-timeout", "120",
+                        check=False)
+        log = (target.pgdata / "pitr-restore.log").read_text(errors="replace")
+        # archive-get refused the segment (150 + IntegrityError): recovery stopped there
+        assert proc.returncode == 10, proc.stderr
+        assert f'could not restore file "{seg}"' in log and "exit code 159" in log, log[-3000:]
+        assert not_promoted(log, target.pgdata), log[-3000:]
+
+        # PostgreSQL's archiver pushing the same segment again finds the damage, names
+        # it and replaces the object (conditional on the ETag it read)
+        wal = make_user_dir(source.base / f"pg_wal-{how.split()[0]}")
+        (wal / seg).write_bytes(raw)
+        chown_user(wal / seg)
+        push = run_pitr(source.config, "archive-push", str(wal / seg), check=False)
+        assert push.returncode == 0, push.stderr
+        assert "the archived object was damaged (" in push.stderr, push.stderr
+        assert codec.verify_blob(key.read_bytes(), seg)[1] == raw
+    finally:
+        try:  # a failed test leaves the archive whole for the others
+            codec.verify_blob(key.read_bytes(), seg)
+        except IntegrityError:
+            key.write_bytes(good)
+    # no segment lost: the same copy now finishes recovery exact to the row
+    assert source.archived() == before
+    finish_recovery(target)
+    assert numbers(target) == source.rows and bulk_rows(target) == 4000
