@@ -131,6 +131,16 @@ def _created_at(catalog: Catalog, tli: int) -> datetime | None:
     return min((s.archived_at for s in segs), default=None)
 
 
+def cluster_timezone(catalog: Catalog, backup_id: str | None = None) -> str | None:
+    """The TimeZone a zone-less target is read in: the one recorded by ``backup_id``, else
+    by the newest backup (the cluster's setting as of then). None when that backup
+    predates the recording: the caller must then refuse zone-less input."""
+    backups = [b for b in catalog.backups if backup_id is None or b.id == backup_id]
+    if not backups:
+        return None
+    return max(backups, key=lambda b: b.stop_time).timezone
+
+
 def segment_timeline(path: tuple[PathStep, ...], segno: int, seg_size: int) -> int:
     """Timeline PostgreSQL reads segment ``segno`` from: the newest one begun by then."""
     tli = path[0].tli

@@ -14,6 +14,7 @@ holds every segment, and the restore finishes exact to the row once the fault is
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -46,6 +47,8 @@ pytestmark = [pytest.mark.integration]
 
 SEGMENTS = 8  # archived after the backup, one row each
 HEAVY = 4  # the row whose segment also holds a few MB of table data
+MARKED = 5  # the row after which the wall clock is read (zone-less target)
+ZONE = "America/New_York"  # the source cluster's TimeZone
 RESTORED = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
 
 
@@ -58,6 +61,7 @@ class Source:
     rows: list[int]
     segments: list[str]  # archived after the backup, in order
     restored: list[PgCluster] = field(default_factory=list)
+    marked: str = ""  # local wall-clock time (no zone) after row MARKED committed
 
     def key_path(self, name: str) -> Path:
         return self.repo_dir / Repo(FsStorage(self.repo_dir), self.stanza).wal_key(name)
@@ -83,7 +87,9 @@ def source(workdir: Path, pitr_exe: Path) -> Iterator[Source]:
                      "pgdata": str(cluster.pgdata)},
     })
     cluster.initdb(conf={"archive_mode": "on",
-                         "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
+                         "archive_command": f"{pitr_exe} --config {cfg} archive-push %p",
+                         # zone-less restore targets are read in this (test_zone_less_...)
+                         "timezone": ZONE})
     src = Source(base, cfg, repo_dir, "proven", [], [])
     try:
         cluster.start()
@@ -95,6 +101,10 @@ def source(workdir: Path, pitr_exe: Path) -> Iterator[Source]:
             if n == HEAVY:  # a segment whose object is well past 64 KiB
                 cluster.sql("insert into bulk select repeat(md5(random()::text), 20) "
                             "from generate_series(1, 4000)")
+            if n == MARKED:  # a wall-clock time in the cluster's zone, between two rows
+                src.marked = str(cluster.scalar(
+                    "select to_char(clock_timestamp(), 'YYYY-MM-DD HH24:MI:SS.US')"))
+                time.sleep(0.5)
             src.rows.append(n)
             seg = cluster.switch_wal()
             src.segments.append(seg)
@@ -213,7 +223,9 @@ def test_archive_ending_early_is_replay_ended_short(source: Source) -> None:
     """A segment the plan counted on, gone mid-replay, is a real "absent" (the right
     repository, no such object), so PostgreSQL ends recovery there: pitr compares
     where replay ended with the plan and fails with ReplayEndedShort."""
-    last = source.segments[-1]
+    # the plan's last segment: the source's shutdown may have archived one more
+    last = json.loads(run_pitr(source.config, "plan", "--latest", "--json").stdout)["wal"]["last"]
+    assert last >= source.segments[-1]
     kept = source.key_path(last).read_bytes()
 
     def lose_last(restored: list[str]) -> None:
@@ -280,3 +292,28 @@ def test_damaged_object_is_refused_by_archive_get_and_repaired_by_push(
     assert source.archived() == before
     finish_recovery(target)
     assert numbers(target) == source.rows and bulk_rows(target) == 4000
+
+
+def test_zone_less_target_is_read_in_the_cluster_timezone(source: Source) -> None:
+    """The backup records the cluster's TimeZone; a zone-less --to is read in it (not in
+    UTC), plan shows the UTC instant beside the input, and the restore is exact."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from pitr.catalog import load_catalog
+    from pitr.targets import format_time
+
+    catalog = load_catalog(Repo(FsStorage(source.repo_dir), source.stanza))
+    assert [b.timezone for b in catalog.backups] == [ZONE]
+    instant = datetime.fromisoformat(source.marked).replace(tzinfo=ZoneInfo(ZONE))
+    utc_text = format_time(instant)
+    plan = run_pitr(source.config, "plan", "--to", source.marked)
+    assert f"time {utc_text} (UTC; input '{source.marked}', read in the cluster's " \
+           f"TimeZone {ZONE})" in plan.stdout, plan.stdout
+    target = PgCluster(source.base, "zoned")
+    target.port = free_port()
+    target.socket_dir = source.base / "src" / "sock"  # the restored copy keeps the source's
+    source.restored.append(target)
+    run_pitr(source.config, "restore", "--pgdata", str(target.pgdata), "--to", source.marked,
+             "--start", "--port", str(target.port), "--wait-timeout", "120")
+    assert numbers(target) == list(range(1, MARKED + 1))

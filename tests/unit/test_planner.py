@@ -266,3 +266,20 @@ def test_explicit_targets_leave_the_end_to_postgresql() -> None:
     p = plan(linear(), Target.at_time(minutes(12.5)), NOW)
     assert p.replay_until == p.backup.stop_lsn
     assert p.to_json()["wal"]["replay_until"] == "0/A000138"  # backup B's stop LSN
+
+
+def test_the_cluster_timezone_comes_from_the_newest_or_the_chosen_backup() -> None:
+    from dataclasses import replace
+
+    from pitr.planner import cluster_timezone
+
+    cat = linear()
+    a, b = sorted(cat.backups, key=lambda r: r.stop_time)
+    assert cluster_timezone(cat) is None  # backups from before pitr recorded it
+    cat = replace(cat, backups=(replace(a, timezone="Europe/Berlin"), b))
+    assert cluster_timezone(cat) is None  # the newest (B) decides, and it does not know
+    assert cluster_timezone(cat, "A") == "Europe/Berlin"
+    cat = replace(cat, backups=(replace(a, timezone="Europe/Berlin"),
+                                replace(b, timezone="America/New_York")))
+    assert cluster_timezone(cat) == "America/New_York"
+    assert cluster_timezone(cat, "nope") is None
