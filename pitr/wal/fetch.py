@@ -122,15 +122,16 @@ def archive_get(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
             cluster = _stanza_system_id(repo, name, budget=budget)
         return fetch_wal(repo, name, dest, budget=budget, system_id=cluster)
     except WalNotFound:
-        if unknown is not None:
+        if unknown is not None or cluster is None:
             raise TargetDirError(
                 f"{name} is not in the repository, but whether that is the end of the archive "
-                f"cannot be proven: {unknown.message}", hint=unknown.hint) from None
+                f"cannot be proven: {unknown.message if unknown else 'no cluster identity'}",
+                hint=unknown.hint if unknown else None) from None
         prove_absent(repo, name, cluster, budget=budget)
         raise
 
 
-def prove_absent(repo: Repo, name: str, system_id: int | None, *, budget: float) -> None:
+def prove_absent(repo: Repo, name: str, system_id: int, *, budget: float) -> None:
     """Return only when "``name`` is absent" is the truth about the right repository.
 
     Read afresh on every "absent" answer (that is at most a handful per restore, and
@@ -140,7 +141,7 @@ def prove_absent(repo: Repo, name: str, system_id: int | None, *, budget: float)
     archive-get turns into an exit code above 125.
     """
     stanza = _stanza_system_id(repo, name, budget=budget)
-    if system_id is not None and stanza != system_id:
+    if stanza != system_id:
         raise SystemIdMismatch(
             f"{name} is not in the repository, and the repository is not this cluster's: "
             f"stanza {repo.stanza!r} ({repo.storage.url}) belongs to system identifier "
