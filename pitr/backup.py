@@ -239,7 +239,7 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         stop_time=stop.stop_time + timedelta(seconds=1),
         timeline=stop.start_tli, system_id=cluster.system_id, pg_version=cluster.major,
         db_size=cluster.db_size, raw_bytes=obj.raw_bytes, stored_bytes=obj.stored_bytes,
-        objects=(obj,), pitr_version=__version__,
+        objects=(obj,), pitr_version=__version__, timezone=cluster.timezone,
         extra={
             "pg_version_num": cluster.version_num,
             "stop_timeline": stop.stop_tli,

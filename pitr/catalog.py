@@ -69,6 +69,9 @@ class BackupRecord:
     objects: tuple[BackupObject, ...] = ()
     pitr_version: str = ""
     pinned: bool = False
+    # the cluster's TimeZone when the backup was taken; None for backups taken before
+    # pitr recorded it (zone-less restore targets are then refused, see pitr.targets)
+    timezone: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property

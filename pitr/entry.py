@@ -9,10 +9,14 @@ before any I/O. Two cases are answered here with :mod:`pitr.fastpath` only
   this very file is stored (see :mod:`pitr.wal.spool` for why the identity
   check is sound). A running agent that has not reached the segment yet gets
   up to ``archive.fast_path_wait`` seconds.
-* ``[--config X] archive-get NAME DEST``: record NAME as the restore position,
-  start the detached prefetch worker if none runs, and if NAME was prefetched
-  (verified, decompressed, renamed into the spool only when complete) rename
-  it to DEST.
+* ``[--config X] archive-get NAME DEST`` for a segment NAME: record NAME as the
+  restore position, start the detached prefetch worker if none runs, and if
+  NAME was prefetched (verified, decompressed, renamed into the spool only when
+  complete) and its page header names this segment and the system identifier
+  of the cluster being recovered (its pg_control), rename it to DEST. The fast
+  path never answers "absent": that needs the proof only the full path gives
+  (README "Exit codes", archive-get), and it is asked a handful of times per
+  restore. History files (no page header to prove) take the full path too.
 
 Anything else, and every doubt or error on these paths (root included: the
 full CLI refuses root over the cluster's files), falls through to the full
@@ -134,7 +138,7 @@ def _wait_for_agent(base: str, name: str, st: os.stat_result, url: str,
 def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     from pitr import fastpath as fp
 
-    if not fp.is_wal_name(name) or name.endswith(".backup") or os.geteuid() == 0:
+    if not fp.is_segment_name(name) or os.geteuid() == 0:
         return None
     cfg = fp.load_config(config)
     if cfg.prefetch <= 0:
@@ -145,9 +149,8 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     # Publish the request before looking for a worker: a worker that is about to
     # exit re-reads both after dropping its lock, so no request is ever stranded.
     src = os.path.join(pdir, name)
-    if fp.is_segment_name(name):  # the position the worker reads ahead of
-        fp.atomic_write(os.path.join(base, fp.PREFETCH_WANT), name + "\n")
-    if not os.path.exists(src):  # ask for this very file (history files always)
+    fp.atomic_write(os.path.join(base, fp.PREFETCH_WANT), name + "\n")  # the position
+    if not os.path.exists(src):  # ask for this very file
         os.close(os.open(src + fp.REQUEST_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600))
     if not fp.lock_held(os.path.join(base, fp.PREFETCH_LOCK)):
         spawn_prefetcher(config, os.path.join(base, fp.PREFETCH_WORKER_LOG))
@@ -168,16 +171,23 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
                     os.unlink(missing)  # old news; the worker asks again shortly
                 except FileNotFoundError:
                     pass
-            elif _read(missing) == fp.ABSENT:
-                # The repository said "no such object" for NAME moments ago: the
-                # end of the archive. Exit 1 is PostgreSQL's "not found".
-                fp.append_line(log, f"{time.time():.3f} absent {name}")
-                return 1
             else:
-                break  # the worker failed: the full CLI fetches and reports properly
+                # The worker found no object (or failed): only the full path may say
+                # "absent" (exit 1 ends recovery), after proving the repository is
+                # this cluster's; any other failure it reports properly.
+                word = (_read(missing).split() or ["missing"])[0]
+                fp.append_line(log, f"{time.time():.3f} {word} {name}")
+                return None
         time.sleep(0.005)
     if not os.path.exists(src):
         fp.append_line(log, f"{time.time():.3f} miss {name}")
+        return None
+    if not fp.segment_proven(src, name, fp.data_dir_of(dest, cfg.pgdata)):
+        try:  # noqa: SIM105 - contextlib is one import more on the hot path
+            os.unlink(src)  # not what PostgreSQL asked for: never handed over
+        except FileNotFoundError:
+            pass
+        fp.append_line(log, f"{time.time():.3f} unproven {name}")
         return None
     move_into_place(src, dest)
     fp.append_line(log, f"{time.time():.3f} hit {name}")

@@ -27,6 +27,8 @@ code class                         meaning
 17   Interrupted                  stopped by a signal before finishing
 18   VersionMismatch              PostgreSQL major versions differ (stanza,
                                   backup, cluster or binaries)
+19   ReplayEndedShort             recovery ended before the end of WAL the
+                                  restore plan promised
 70   InternalError                a bug: please report it (with --debug)
 ==== ============================ ==============================================
 
@@ -138,6 +140,12 @@ class VersionMismatch(PitrError):
     """Across major versions, data directories, WAL and backups are not interchangeable."""
 
     exit_code = 18
+
+
+class ReplayEndedShort(PitrError):
+    """Recovery ended before the end of WAL the restore plan promised."""
+
+    exit_code = 19
 
 
 class WalNotFound(NotFound):

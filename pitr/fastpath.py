@@ -256,3 +256,36 @@ def agent_running(base: str) -> bool:
 
 def has_error(base: str, name: str) -> bool:
     return os.path.exists(os.path.join(base, ARCHIVE_DIR, name + ".error"))
+
+
+# -- archive-get: proving a prefetched segment ---------------------------------------
+def data_dir_of(dest: str, pgdata: str) -> str:
+    """Same answer as :func:`pitr.wal.commands.data_dir_of`, without pathlib."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    if os.path.basename(parent) == "pg_wal":
+        return os.path.dirname(parent)
+    return pgdata or os.getcwd()
+
+
+def segment_proven(path: str, name: str, datadir: str) -> bool:
+    """Is the spool file at ``path`` segment ``name`` of the cluster in ``datadir``?
+
+    The long page header at its start (layout in :mod:`pitr.pg.walheader`) names
+    the segment's first LSN and the system identifier, which must equal the first
+    8 bytes of ``global/pg_control`` (see :mod:`pitr.pg.control`). Any doubt: False.
+    """
+    try:
+        with open(os.path.join(datadir, "global", "pg_control"), "rb") as fh:
+            cluster = fh.read(8)
+        with open(path, "rb") as fh:
+            head = fh.read(40)
+    except OSError:
+        return False
+    if len(cluster) < 8 or len(head) < 40 or not int.from_bytes(head[2:4], "little") & 2:
+        return False
+    seg_size = int.from_bytes(head[32:36], "little")
+    if seg_size <= 0 or seg_size & (seg_size - 1) or seg_size > 1 << 32:
+        return False
+    segno = int(name[8:16], 16) * (0x100000000 // seg_size) + int(name[16:24], 16)
+    return (int.from_bytes(head[8:16], "little") == segno * seg_size
+            and head[24:32] == cluster)

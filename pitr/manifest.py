@@ -20,7 +20,7 @@ from pitr.pg.names import format_lsn, parse_lsn
 
 _CORE = {"format", "id", "label", "start_lsn", "start_lsn_int", "stop_lsn", "stop_lsn_int",
          "start_time", "stop_time", "timeline", "system_id", "pg_version", "db_size",
-         "raw_bytes", "stored_bytes", "objects", "pitr_version"}
+         "raw_bytes", "stored_bytes", "objects", "pitr_version", "timezone"}
 
 
 def _time(dt: datetime) -> str:
@@ -51,6 +51,8 @@ def encode(rec: BackupRecord) -> bytes:
         ],
         "pitr_version": rec.pitr_version,
     }
+    if rec.timezone is not None:
+        doc["timezone"] = rec.timezone
     doc.update({k: v for k, v in rec.extra.items() if k not in _CORE})
     return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -99,6 +101,7 @@ def decode(data: bytes, key: str = "manifest.json") -> BackupRecord:
             stored_bytes=int(doc.get("stored_bytes", 0)),
             objects=objects,
             pitr_version=str(doc.get("pitr_version", "")),
+            timezone=str(doc["timezone"]) if doc.get("timezone") else None,
             extra={k: v for k, v in doc.items() if k not in _CORE},
         )
     except IntegrityError:

@@ -50,6 +50,13 @@ class RestorePlan:
     wal_bytes: int  # stored (compressed) bytes of those segments
     recovery_settings: dict[str, str]  # recovery_target_* (values unquoted)
     end_lsn: int  # start LSN of the segment after the last planned one (upper bound)
+    # Replay must reach at least this LSN. For "latest", one byte into the last planned
+    # segment (a record must end in it: a segment missing after a switch record leaves
+    # replay exactly at its start): PostgreSQL ends such a recovery wherever archive-get
+    # first says "absent" and cannot know it was told too early. Explicit targets
+    # PostgreSQL checks itself ("recovery ended before configured recovery target was
+    # reached"), so for them it is the end of the backup.
+    replay_until: int
     wal_end_time: datetime | None  # archive time of the last planned segment
     notes: tuple[str, ...] = field(default=())
 
@@ -77,6 +84,7 @@ class RestorePlan:
                     "last": self.segments[-1] if self.segments else None,
                     "count": self.segment_count, "stored_bytes": self.wal_bytes,
                     "end_time": self.wal_end_time.isoformat() if self.wal_end_time else None,
+                    "replay_until": format_lsn(self.replay_until),
                     "segments": list(self.segments)},
             "recovery_settings": dict(self.recovery_settings),
             "notes": list(self.notes),
@@ -121,6 +129,16 @@ def _created_at(catalog: Catalog, tli: int) -> datetime | None:
         return tl.created_at
     segs = catalog.segments.get(tli, ())
     return min((s.archived_at for s in segs), default=None)
+
+
+def cluster_timezone(catalog: Catalog, backup_id: str | None = None) -> str | None:
+    """The TimeZone a zone-less target is read in: the one recorded by ``backup_id``, else
+    by the newest backup (the cluster's setting as of then). None when that backup
+    predates the recording: the caller must then refuse zone-less input."""
+    backups = [b for b in catalog.backups if backup_id is None or b.id == backup_id]
+    if not backups:
+        return None
+    return max(backups, key=lambda b: b.stop_time).timezone
 
 
 def segment_timeline(path: tuple[PathStep, ...], segno: int, seg_size: int) -> int:
@@ -347,7 +365,10 @@ def plan(catalog: Catalog, target: Target, now: datetime,
         segments=tuple(segment_name(s.timeline, s.segno, size) for s in chosen),
         wal_bytes=sum(s.stored_bytes for s in chosen),
         recovery_settings=recovery_settings(target, tli),
-        end_lsn=(last.segno + 1) * size, wal_end_time=last.archived_at, notes=tuple(notes))
+        end_lsn=(last.segno + 1) * size,
+        replay_until=(max(backup.stop_lsn, last.segno * size + 1)
+                      if target.kind is TargetKind.LATEST else backup.stop_lsn),
+        wal_end_time=last.archived_at, notes=tuple(notes))
 
 
 def _covers(seg: WalSegment, segno: int, target: Target, size: int) -> bool:

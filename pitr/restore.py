@@ -41,10 +41,12 @@ from pitr.errors import (
     PermissionRefused,
     PitrError,
     PostgresError,
+    ReplayEndedShort,
     TargetDirError,
     VersionMismatch,
 )
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
+from pitr.pg.names import format_lsn, parse_lsn
 from pitr.pg.version import data_dir_major, resolve_bindir
 from pitr.planner import RestorePlan
 from pitr.security import write_private
@@ -447,6 +449,14 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
             raise
         if result.recovery.timeline is None:
             result.recovery.timeline = plan.timeline
+        if result.recovery.state != "shutdown":  # a stopped server has no LSN to ask
+            short = replay_shortfall(plan, result.recovery.replay_lsn)
+            if short is not None:
+                raise ReplayEndedShort(
+                    f"{short}; the restored server in {opts.pgdata} is {result.recovery.state} "
+                    "there, short of the restore's target",
+                    hint="do not use this copy: find out why archive-get answered 'absent' "
+                         "early (its lines in the server log), then restore again")
     return result
 
 
@@ -462,6 +472,25 @@ def _check_data_major(pgdata: Path, plan: RestorePlan) -> None:
             + ("no PG_VERSION" if found is None else f"PostgreSQL {found} (PG_VERSION)"),
             hint="the backup's manifest and its data disagree; restore another backup "
                  "(`pitr list`); the directory was left as extracted for inspection")
+
+
+def replay_shortfall(plan: RestorePlan, replay_lsn: str | None) -> str | None:
+    """Why replay ending at ``replay_lsn`` breaks the plan's promise; None when it kept it.
+
+    One rule for `restore --start` and the drill: recovery must reach
+    ``plan.replay_until`` (see :class:`pitr.planner.RestorePlan`).
+    """
+    replay = parse_lsn(replay_lsn) if replay_lsn else None
+    if replay is not None and replay >= plan.replay_until:
+        return None
+    got = replay_lsn or "an unknown LSN"
+    if plan.segments and plan.replay_until > plan.backup.stop_lsn:
+        last = plan.segments[-1]
+        return (f"recovery ended at {got}, before any record of {last}, the last WAL segment "
+                f"the plan replays (it starts at {format_lsn(plan.replay_until - 1)}): "
+                "archived WAL was not replayed")
+    return (f"recovery ended at {got}, before the end of the backup at "
+            f"{format_lsn(plan.replay_until)}: the copy is not even consistent")
 
 
 ENDED_BEFORE_TARGET = "recovery ended before configured recovery target was reached"

@@ -1,11 +1,17 @@
 """Recovery targets: what `--to/--lsn/--xid/--name/--immediate/--latest` mean.
 
 Parsing is strict and explains itself, because a mistyped target restores the
-wrong data: exactly one target kind, times in ISO 8601 (a time without a zone
-is UTC, as DESIGN.md §3 promises), LSNs as ``X/Y``.
+wrong data: exactly one target kind, times in ISO 8601, LSNs as ``X/Y``.
 
->>> parse_time("2025-02-15 01:30").isoformat()
-'2025-02-15T01:30:00+00:00'
+A time without a zone is read in the cluster's ``TimeZone`` (the zone its
+users read and write times in), which every backup records in its manifest
+(README "Restoring"). It is never read silently as UTC: when the backups do
+not record the zone, or the local time does not exist or happens twice (a
+daylight-saving change), the input is refused and the error says how to
+write it with a zone.
+
+>>> parse_time("2025-02-15 01:30", "Europe/Berlin").isoformat()
+'2025-02-15T00:30:00+00:00'
 >>> parse_time("2025-02-15T03:30+02:00").isoformat()
 '2025-02-15T01:30:00+00:00'
 >>> str(Target.at_lsn("0/3000028"))
@@ -15,8 +21,9 @@ is UTC, as DESIGN.md §3 promises), LSNs as ``X/Y``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from pitr.errors import UsageError
@@ -43,6 +50,9 @@ class Target:
     name: str | None = None  # NAME (restore point)
     timeline: int | None = None
     inclusive: bool = True  # stop after (not before) the target transaction
+    # TIME: what the user wrote, and the zone a zone-less input was read in
+    text: str | None = field(default=None, compare=False)
+    zone: str | None = field(default=None, compare=False)
 
     @classmethod
     def at_time(cls, value: str | datetime, timeline: int | None = None) -> Target:
@@ -75,10 +85,20 @@ class Target:
             return f"restore point {self.name!r}"
         return self.kind.value
 
+    def describe(self) -> str:
+        """``str(self)``, plus for a time the input beside the absolute UTC instant."""
+        if self.kind is not TargetKind.TIME or self.text is None:
+            return str(self)
+        where = f", read in the cluster's TimeZone {self.zone}" if self.zone else ""
+        return f"{self} (UTC; input {self.text!r}{where})"
+
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {"kind": self.kind.value}
         if self.time is not None:
             doc["time"] = format_time(self.time)
+        if self.text is not None:
+            doc["input"] = self.text
+            doc["input_zone"] = self.zone
         if self.lsn is not None:
             doc["lsn"] = format_lsn(self.lsn)
         if self.xid is not None:
@@ -104,12 +124,67 @@ def _as_utc(t: datetime) -> datetime:
 _SPACE_T = re.compile(r"^(\d{4}-\d{2}-\d{2})[ T](.*)$")
 
 
-def parse_time(text: str) -> datetime:
-    """ISO 8601 date-time (or date) -> aware UTC datetime; naive means UTC.
+def parse_time(text: str, zone: str | None = None) -> datetime:
+    """ISO 8601 date-time (or date) -> aware UTC datetime.
 
     Accepts ``2025-02-15T01:30Z``, ``2025-02-15 01:30:05.25+01:00``,
-    ``2025-02-15 01:30`` and ``2025-02-15`` (midnight UTC).
+    ``2025-02-15 01:30 UTC``, and without a zone ``2025-02-15 01:30`` and
+    ``2025-02-15`` (midnight), which are read in ``zone`` (an IANA name such as
+    PostgreSQL's TimeZone setting). Without ``zone`` such input is refused.
     """
+    t = _parse_iso(text)
+    if t.tzinfo is not None:
+        return t.astimezone(UTC)
+    if zone is None:
+        raise UsageError(
+            f"{text.strip()!r} has no time zone, and the backups do not record the cluster's "
+            "TimeZone to read it in",
+            hint="write the zone, e.g. --to '2025-02-15 01:30+01' or --to "
+                 "'2025-02-15T00:30Z' (UTC); backups taken by this pitr record the cluster's "
+                 "TimeZone, and a time without a zone is then read in it")
+    return local_to_utc(t, zone, text.strip())
+
+
+def local_to_utc(local: datetime, zone: str, text: str) -> datetime:
+    """The UTC instant of the wall-clock time ``local`` in ``zone``; refuses a time that a
+    daylight-saving change skipped (a gap) or repeated (an overlap)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zi = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(
+            f"{text!r} has no time zone, and the cluster's TimeZone {zone!r} is not a zone "
+            "this host knows", hint="write the zone in the target, e.g. --to "
+            f"'{text}+01' or --to '{text} UTC'") from None
+    first = local.replace(tzinfo=zi, fold=0)
+    second = local.replace(tzinfo=zi, fold=1)
+    if first.astimezone(UTC).astimezone(zi).replace(tzinfo=None) != local:
+        before = _offset(first.utcoffset())
+        after = _offset(second.utcoffset())
+        raise UsageError(
+            f"{text!r} does not exist in {zone}: the clocks jumped forward over it "
+            f"(UTC{before} to UTC{after}, daylight saving time)",
+            hint=f"write the offset you mean, e.g. --to '{text}{before}' or --to "
+                 f"'{text}{after}'")
+    if first.utcoffset() != second.utcoffset():
+        a, b = _offset(first.utcoffset()), _offset(second.utcoffset())
+        raise UsageError(
+            f"{text!r} happened twice in {zone}: the clocks went back over it, so it is "
+            f"{format_time(first)} (UTC{a}) or {format_time(second)} (UTC{b})",
+            hint=f"write the offset to say which: --to '{text}{a}' or --to '{text}{b}'")
+    return first.astimezone(UTC)
+
+
+def _offset(delta: timedelta | None) -> str:
+    minutes = int(delta.total_seconds()) // 60 if delta is not None else 0
+    sign = "-" if minutes < 0 else "+"
+    hours, mins = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{mins:02d}" if mins else f"{sign}{hours:02d}"
+
+
+def _parse_iso(text: str) -> datetime:
+    """The datetime ``text`` names, naive when it names no zone."""
     raw = text.strip()
     s = raw
     if s.endswith(("Z", "z")):
@@ -124,13 +199,12 @@ def parse_time(text: str) -> datetime:
         rest = re.sub(r"([+-])(\d{2})$", r"\1\2:00", rest)
         s = f"{m.group(1)}T{rest}"
     try:
-        t = datetime.fromisoformat(s)
+        return datetime.fromisoformat(s)
     except ValueError:
         raise UsageError(
             f"not a time: {raw!r}",
-            hint="use ISO 8601, e.g. --to '2025-02-15T01:30:00Z' or --to '2025-02-15 01:30' "
-                 "(a time without a zone is UTC)") from None
-    return _as_utc(t)
+            hint="use ISO 8601 with a zone, e.g. --to '2025-02-15T01:30:00Z' or --to "
+                 "'2025-02-15 01:30+01' (without a zone: the cluster's TimeZone)") from None
 
 
 def _parse_lsn(text: str) -> int:
@@ -143,8 +217,13 @@ def _parse_lsn(text: str) -> int:
 
 def from_options(*, to: str | None = None, lsn: str | None = None, xid: str | None = None,
                  name: str | None = None, immediate: bool = False, latest: bool = False,
-                 timeline: int | None = None, exclusive: bool = False) -> Target:
-    """Build the one target the command line asked for (UsageError otherwise)."""
+                 timeline: int | None = None, exclusive: bool = False,
+                 zone: Callable[[], str | None] | None = None) -> Target:
+    """Build the one target the command line asked for (UsageError otherwise).
+
+    ``zone`` gives the cluster's TimeZone (None: not recorded); it is asked only
+    for a time written without a zone.
+    """
     given = [flag for flag, v in (("--to", to), ("--lsn", lsn), ("--xid", xid),
                                   ("--name", name)) if v is not None]
     given += [flag for flag, v in (("--immediate", immediate), ("--latest", latest)) if v]
@@ -157,8 +236,7 @@ def from_options(*, to: str | None = None, lsn: str | None = None, xid: str | No
         raise UsageError(f"--timeline must be 1 or more, got {timeline}")
     inclusive = not exclusive
     if to is not None:
-        return Target(TargetKind.TIME, time=parse_time(to), timeline=timeline,
-                      inclusive=inclusive)
+        return at_time_text(to, zone, timeline=timeline, inclusive=inclusive)
     if lsn is not None:
         return Target(TargetKind.LSN, lsn=_parse_lsn(lsn), timeline=timeline, inclusive=inclusive)
     if xid is not None:
@@ -173,3 +251,12 @@ def from_options(*, to: str | None = None, lsn: str | None = None, xid: str | No
     if immediate:
         return Target(TargetKind.IMMEDIATE, timeline=timeline)
     return Target(TargetKind.LATEST, timeline=timeline)
+
+
+def at_time_text(text: str, zone: Callable[[], str | None] | None, *,
+                 timeline: int | None = None, inclusive: bool = True) -> Target:
+    """A time target from what the user wrote; ``zone`` as in :func:`from_options`."""
+    local = _parse_iso(text).tzinfo is None
+    name = zone() if (local and zone is not None) else None
+    return Target(TargetKind.TIME, time=parse_time(text, name), timeline=timeline,
+                  inclusive=inclusive, text=text.strip(), zone=name)

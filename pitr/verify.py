@@ -48,7 +48,7 @@ from pitr.errors import (
     UsageError,
 )
 from pitr.monitor.health import recovery_window
-from pitr.pg.names import format_lsn, lsn_to_segno, parse_lsn, segment_name
+from pitr.pg.names import lsn_to_segno, segment_name
 from pitr.repo import Repo
 from pitr.targets import Target, TargetKind
 from pitr.verify_checks import CheckResult, ClusterProbe, run_builtin, run_user_checks
@@ -293,24 +293,15 @@ def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any)
         fh.write("\n".join(lines) + "\n")
 
 
-def _recovery_check(plan: Any, outcome: Any, seg_size: int) -> CheckResult:
-    from pitr.pg.names import segno_to_lsn
+def _recovery_check(plan: Any, outcome: Any) -> CheckResult:
+    from pitr.restore import replay_shortfall
 
-    replay = parse_lsn(outcome.replay_lsn) if outcome.replay_lsn else None
     if outcome.state != "promoted" or outcome.in_recovery:
         return CheckResult("recovery", False, f"the copy did not leave recovery "
                            f"(state {outcome.state})")
-    need = plan.backup.stop_lsn
-    if plan.target.kind is TargetKind.LATEST and plan.segments:
-        last = plan.segments[-1]
-        from pitr.pg.names import parse_segment_name
-
-        need = max(need, segno_to_lsn(parse_segment_name(last, seg_size)[1], seg_size))
-    if replay is None or replay < need:
-        got = outcome.replay_lsn or "nothing"
-        return CheckResult("recovery", False, f"replay ended at {got}, before "
-                           f"{format_lsn(need)}: archived WAL was not replayed",
-                           data={"log": outcome.log_lines})
+    short = replay_shortfall(plan, outcome.replay_lsn)
+    if short is not None:
+        return CheckResult("recovery", False, short, data={"log": outcome.log_lines})
     return CheckResult("recovery", True, f"reached {plan.target}: replayed to "
                        f"{outcome.replay_lsn}, last transaction {outcome.replay_timestamp}",
                        data={"log": outcome.log_lines})
@@ -437,7 +428,7 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
         return
     report.measures["rto_seconds"] = round(time.monotonic() - t0, 3)
     report.recovery = outcome.to_json()
-    report.checks.append(_recovery_check(plan, outcome, catalog.segment_size))
+    report.checks.append(_recovery_check(plan, outcome))
     if outcome.replay_lsn:
         from pitr.pg.names import parse_lsn
 

@@ -12,14 +12,16 @@ import typer
 from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
 
 if TYPE_CHECKING:
+    from pitr.catalog import Catalog
     from pitr.config import Config
     from pitr.planner import RestorePlan
     from pitr.restore import RestoreResult
     from pitr.storage.base import Storage
 
 To = Annotated[str | None, typer.Option(
-    "--to", help="recover to this time: ISO 8601, a time without zone is UTC "
-                 "(e.g. '2025-02-15 01:30' or 2025-02-15T01:30:00+01:00)", show_default=False)]
+    "--to", help="recover to this time: ISO 8601; a time without a zone is read in the "
+                 "cluster's TimeZone, recorded by each backup (e.g. '2025-02-15 01:30' or "
+                 "2025-02-15T01:30:00+01:00)", show_default=False)]
 Lsn = Annotated[str | None, typer.Option("--lsn", help="recover to this WAL location, "
                                          "e.g. 0/3000028", show_default=False)]
 Xid = Annotated[str | None, typer.Option("--xid", help="recover to the commit of this "
@@ -47,11 +49,20 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
     from pitr.repo import Repo
     from pitr.storage import open_storage
 
-    target = targets.from_options(to=to, lsn=lsn, xid=xid, name=name, immediate=immediate,
-                                  latest=latest, timeline=timeline, exclusive=exclusive)
-    cfg = load_config(command=command)
-    storage = open_storage(cfg.repository)
-    catalog = load_catalog(Repo(storage, cfg.stanza))
+    loaded: list[tuple[Config, Storage, Catalog]] = []
+
+    def context() -> tuple[Config, Storage, Catalog]:
+        if not loaded:  # after the command line is checked, and only once
+            cfg = load_config(command=command)
+            storage = open_storage(cfg.repository)
+            loaded.append((cfg, storage, load_catalog(Repo(storage, cfg.stanza))))
+        return loaded[0]
+
+    target = targets.from_options(
+        to=to, lsn=lsn, xid=xid, name=name, immediate=immediate, latest=latest,
+        timeline=timeline, exclusive=exclusive,
+        zone=lambda: planner.cluster_timezone(context()[2], backup))
+    cfg, storage, catalog = context()
     return cfg, storage, planner.plan(catalog, target, datetime.now(UTC), backup_id=backup)
 
 
@@ -128,7 +139,7 @@ def _print_plan(stanza: str, plan: RestorePlan) -> None:
 
     b = plan.backup
     echo = typer.echo
-    echo(f"Restore plan for stanza {stanza!r}, target {plan.target}:")
+    echo(f"Restore plan for stanza {stanza!r}, target {plan.target.describe()}:")
     echo(f"  backup      {b.id} (timeline {b.timeline}, finished {b.stop_time.isoformat()}, "
          f"LSN {format_lsn(b.start_lsn)} .. {format_lsn(b.stop_lsn)}, "
          f"{_mib(b.stored_bytes)} stored)")

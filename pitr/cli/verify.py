@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
 from pitr.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from pitr.config import Config
+    from pitr.targets import Target
 
 
 def render_text(doc: dict[str, Any]) -> str:
@@ -53,7 +57,8 @@ def verify(
     backup: Annotated[str | None, typer.Option("--backup", help="backup ID (default: the "
                                                "newest that reaches the target)")] = None,
     to: Annotated[str | None, typer.Option("--to", help="restore to this time (ISO 8601; "
-                                           "UTC when no zone); default: all archived WAL")] = None,
+                                           "without a zone: the cluster's TimeZone); "
+                                           "default: all archived WAL")] = None,
     random_point: Annotated[bool, typer.Option(
         "--random-point", help="restore to a random time inside the recovery window")] = False,
     seed: Annotated[int | None, typer.Option(
@@ -68,13 +73,12 @@ def verify(
     <stanza>/verify/ in the repository either way.
     """
     from pitr.errors import UsageError
-    from pitr.targets import Target
     from pitr.verify import DrillOptions, run_verify
 
     cfg = load_config(command="verify")
     if to is not None and random_point:
         raise UsageError("--to and --random-point exclude each other")
-    opts = DrillOptions(backup_id=backup, target=Target.at_time(to) if to else None,
+    opts = DrillOptions(backup_id=backup, target=_time_target(cfg, to, backup) if to else None,
                         random_point=random_point, seed=seed, keep=keep)
     _signals_interrupt()
     report = run_verify(cfg, opts, config_path=OPTS.config_path)
@@ -87,3 +91,18 @@ def verify(
         raise CheckFailed("restore drill failed: " + "; ".join(
             f"{c.name}: {c.detail.splitlines()[0]}" for c in report.failed),
             hint=f"report: {report.key}" if report.key else None)
+
+
+def _time_target(cfg: Config, to: str, backup: str | None) -> Target:
+    """--to as `pitr restore` reads it (a zone-less time in the cluster's TimeZone)."""
+    from pitr.catalog import load_catalog
+    from pitr.planner import cluster_timezone
+    from pitr.repo import Repo
+    from pitr.storage import open_storage
+    from pitr.targets import at_time_text
+
+    def zone() -> str | None:
+        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        return cluster_timezone(load_catalog(repo), backup)
+
+    return at_time_text(to, zone)

@@ -56,6 +56,9 @@ class ClusterInfo:
     archive_command: str
     archive_library: str
     in_recovery: bool
+    # The cluster's TimeZone: a zone-less restore target is read in it (README
+    # "Restoring"), so each backup records it
+    timezone: str
 
     @property
     def major(self) -> int:
@@ -75,7 +78,8 @@ select (select system_identifier::text from pg_control_system()),
        current_setting('archive_mode'),
        current_setting('archive_command'),
        coalesce(current_setting('archive_library', true), ''),
-       pg_is_in_recovery()
+       pg_is_in_recovery(),
+       current_setting('TimeZone')
 """
 
 
@@ -84,7 +88,8 @@ def probe(dsn: str) -> ClusterInfo:
     with connect(dsn, application_name="pitr-backup") as conn:
         row = query(conn, _PROBE_SQL)[0]
     return ClusterInfo(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4] or 0),
-                       tuple(row[5]), str(row[6]), str(row[7]), str(row[8]), bool(row[9]))
+                       tuple(row[5]), str(row[6]), str(row[7]), str(row[8]), bool(row[9]),
+                       str(row[10]))
 
 
 def server_parse_times(dsn: str, texts: list[str]) -> list[datetime]:

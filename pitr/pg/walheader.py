@@ -41,3 +41,23 @@ def parse_header(data: bytes, name: str = "segment") -> WalHeader:
         raise IntegrityError(f"{name}: no valid WAL long page header (magic {magic:#06x})",
                              hint="the file is not a PostgreSQL WAL segment, or it is damaged")
     return WalHeader(magic, tli, pageaddr, sysid, seg_size, blcksz)
+
+
+def check_segment(raw: bytes, name: str, *, whole: bool) -> WalHeader:
+    """The header of the (partial) segment ``raw``, proven to belong under ``name``.
+
+    ``whole``: a complete segment, whose length must be the header's segment size.
+    The first page of a segment always starts at the segment's own LSN; a
+    mismatch means the bytes under this name hold some other segment.
+    """
+    from pitr.pg.names import parse_segment_name
+
+    header = parse_header(raw, name)
+    _tli, segno = parse_segment_name(name[:24], header.seg_size)
+    if whole and len(raw) != header.seg_size:
+        raise IntegrityError(f"{name}: {len(raw)} bytes, but its header says segments are "
+                             f"{header.seg_size} bytes", hint="the file is truncated")
+    if header.pageaddr != segno * header.seg_size:
+        raise IntegrityError(f"{name}: first page is for LSN {header.pageaddr:#x}, not for this "
+                             f"segment", hint="the file is not the segment its name says")
+    return header

@@ -57,6 +57,14 @@ class Storage(Protocol):
     * ``delete`` removes keys (batched by the driver); absent keys are not an error.
     * ``cleanup_incomplete`` removes leftovers of interrupted writes under a prefix
       (temp files, unfinished multipart uploads); returns how many it removed.
+    * ``read_with_etag`` returns the whole object and its ETag, a tag that changes
+      whenever the object is replaced (S3's ETag; the local driver's inode, size and
+      times), taken from the same read; :class:`NotFound` if absent.
+    * ``put_if_match`` replaces the object under ``key`` with ``data`` only while it
+      still carries ``etag``, atomically against every other conditional write. When
+      it was replaced or removed since, nothing is written and it raises
+      :class:`AlreadyExists` (or :class:`NotFound` when the server says the key is
+      gone; some answer 412 for both). Returns the number of bytes stored.
     * Retryable failures (timeouts, throttling, 5xx, connection errors) raise
       :class:`TransientStorageError`; callers own the retry policy.
     """
@@ -74,6 +82,10 @@ class Storage(Protocol):
     def delete(self, keys: Iterable[str]) -> int: ...
 
     def cleanup_incomplete(self, prefix: str = "") -> int: ...
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]: ...
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> int: ...
 
 
 def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -43,6 +44,12 @@ def _translate(exc: OSError, key: str) -> StorageError:
 
 def _reraise(exc: OSError) -> None:
     raise exc
+
+
+def _etag(st: os.stat_result) -> str:
+    """A new object is always a new inode (temp file + rename/link), and size and times
+    tell a reused inode number apart."""
+    return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -118,6 +125,45 @@ class FsStorage:
             return written
         except OSError as exc:
             raise _translate(exc, key) from exc
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        try:
+            with open(self._path(key), "rb") as fh:
+                tag = _etag(os.fstat(fh.fileno()))
+                return fh.read(), tag
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> int:
+        """Write a temp file, then compare and rename under an exclusive flock on the
+        directory: every conditional replace of a name in it is serialized, and the
+        tag of the object being replaced is checked in the same critical section."""
+        dest = self._path(key)
+        tmp = dest.parent / f"{_TMP_MARK}{dest.name}.{uuid.uuid4().hex}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=True) as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fcntl.flock(dfd, fcntl.LOCK_EX)
+                    current = _etag(os.stat(dest))
+                    if current != etag:
+                        raise AlreadyExists(f"{key}: changed since it was read "
+                                            f"(tag {current}, expected {etag})")
+                    os.replace(tmp, dest)
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)  # drops the flock
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        return len(data)
 
     def open(self, key: str) -> BinaryIO:
         try:

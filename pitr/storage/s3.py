@@ -49,7 +49,8 @@ SINGLE_PUT_SLACK = 1 * MIB
 PARTS_PER_SIZE_STEP = 2000
 DELETE_BATCH = 1000
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_NO_SUCH = {"NoSuchKey", "NoSuchUpload"}  # the server itself says the object is absent
+_NOT_FOUND = {"404", "NotFound"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _TRANSIENT = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
@@ -248,12 +249,14 @@ class S3Storage:
 
     def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
-        if self.upload_checksum == "crc32":
-            extra["ChecksumCRC32"] = checksum_crc32(data)
-        else:
-            extra["ContentMD5"] = content_md5(data)
         self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
-                   Body=data, **self._put_args, **extra)
+                   Body=data, **self._put_args, **extra, **self._checksum(data))
+
+    def _checksum(self, data: bytes | bytearray) -> dict[str, str]:
+        """The checksum header the server verifies the body against (see content_md5)."""
+        if self.upload_checksum == "crc32":
+            return {"ChecksumCRC32": checksum_crc32(data)}
+        return {"ContentMD5": content_md5(data)}
 
     def _put_multipart(self, key: str, full: str, first: list[bytearray], reader: _Chunker,
                        if_absent: bool) -> int:
@@ -317,6 +320,20 @@ class S3Storage:
         except TransientStorageError:
             resp = self._call("put", key, self._client.upload_part, **args)
         etags[part] = resp["ETag"]  # distinct keys per thread: safe under the GIL
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        resp = self._call("open", key, self._client.get_object, Bucket=self.bucket,
+                          Key=self._full(key))
+        with contextlib.closing(_Body(resp["Body"], key, self._translate)) as body:
+            return body.read(), str(resp["ETag"])
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> int:
+        """One PutObject with ``If-Match``: the server compares and writes atomically
+        (412 when the ETag changed). Whole objects only: callers replace WAL objects."""
+        self._call("put", key, self._client.put_object, Bucket=self.bucket,
+                   Key=self._full(key), Body=data, IfMatch=etag, **self._put_args,
+                   **self._checksum(data))
+        return len(data)
 
     def open(self, key: str) -> BinaryIO:
         resp = self._call("open", key, self._client.get_object, Bucket=self.bucket,
@@ -494,8 +511,16 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
         if code == "NoSuchBucket":
             return StorageError(f"{what}: the bucket of {where} does not exist",
                                 hint="create the bucket, or fix repository.url")
-        if code in _NOT_FOUND or (status == 404 and code not in _AUTH):
+        if code in _NO_SUCH or (op == "stat" and status == 404):
             return NotFound(f"{key}: not found in the repository ({where})")
+        if status == 404 or code in _NOT_FOUND:
+            # Only the server's own "no such key" proves an object absent (README "Exit
+            # codes", archive-get); a bare 404 to a GET comes from a proxy, a wrong
+            # endpoint or prefix. HEAD has no body to say more, so stat keeps 404.
+            return StorageError(f"{what}: unexpected 404 ({code}) from {where}: not the "
+                                "server's NoSuchKey, so the object is not known to be absent",
+                                hint="check repository.endpoint_url, the bucket and any proxy "
+                                     "in between")
         if code in _CONFLICT or status == 412:
             return AlreadyExists(f"{key}: already exists in the repository ({where})")
         if code in _TRANSIENT or status == 429 or status >= 500:

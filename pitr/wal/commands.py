@@ -7,7 +7,7 @@ CLI framework: :mod:`pitr.cli.archive` wraps these for ``pitr archive-push`` /
 ``archive-get``, and :mod:`pitr.entry` may call them directly for
 ``[--config X] archive-push|archive-get ARGS``.
 
-The exit-code contract (DESIGN.md §3): archive-push exits 0 only once the file
+The exit-code contract (README "Exit codes"): archive-push exits 0 only once the file
 is durable and never above 125. archive-get exits 1 only when the file is
 confirmed absent (or under standby.signal), and RECOVERY_ABORT_OFFSET + code
 for everything else, so PostgreSQL stops recovery instead of promoting early.
@@ -61,13 +61,14 @@ def archive_get_main(config_path: str | None, walname: str, dest: str, *,
         from pitr.repo import Repo
         from pitr.security import check_command_user
         from pitr.storage import open_storage
-        from pitr.wal.fetch import fetch_wal
+        from pitr.wal.fetch import archive_get
 
         cfg = _load(config_path, "archive-get", debug, log_format)
         pgdata = cfg.postgres.pgdata
         check_command_user("archive-get", pgdata)
         repo = Repo(open_storage(cfg.repository), cfg.stanza)
-        fetch_wal(repo, walname, Path(dest), budget=cfg.repository.timeout)
+        archive_get(repo, walname, Path(dest), datadir=data_dir_of(Path(dest), pgdata),
+                    budget=cfg.repository.timeout)
         return 0
     except BaseException as exc:  # none may escape as an accidental 1..125
         err = _as_pitr_error(exc, debug)
@@ -99,21 +100,21 @@ def archive_get_exit_code(err: PitrError, *, standby: bool) -> int:
     return RECOVERY_ABORT_OFFSET + err.exit_code
 
 
-def is_standby(dest: Path, pgdata: str) -> bool:
-    """Whether the data directory restore_command serves has standby.signal.
+def data_dir_of(dest: Path, pgdata: str) -> Path:
+    """The data directory restore_command serves.
 
     %p is "pg_wal/RECOVERYXLOG" relative to the data directory (the command's
     cwd), so the directory above dest's pg_wal is the most reliable answer;
-    postgres.pgdata and the cwd are fallbacks.
+    postgres.pgdata and the cwd are fallbacks. The fast path shares the rule.
     """
-    dest = Path(dest).absolute()
-    if dest.parent.name == "pg_wal":
-        datadir = dest.parent.parent
-    elif pgdata:
-        datadir = Path(pgdata)
-    else:
-        datadir = Path.cwd()
-    return (datadir / "standby.signal").exists()
+    from pitr.fastpath import data_dir_of as rule
+
+    return Path(rule(str(dest), pgdata))
+
+
+def is_standby(dest: Path, pgdata: str) -> bool:
+    """Whether the data directory restore_command serves has standby.signal."""
+    return (data_dir_of(dest, pgdata) / "standby.signal").exists()
 
 
 def report_error(exc: PitrError, log_format: str | None = None) -> None:
@@ -156,5 +157,5 @@ def _as_pitr_error(exc: BaseException, debug: bool) -> PitrError:
                          hint="run again with --debug and report the traceback")
 
 
-__all__ = ["archive_get_exit_code", "archive_get_main", "archive_push_main", "is_standby",
-           "report_error"]
+__all__ = ["archive_get_exit_code", "archive_get_main", "archive_push_main", "data_dir_of",
+           "is_standby", "report_error"]

@@ -1,4 +1,4 @@
-"""Fetch one archived WAL file (restore_command's job): get, verify, write atomically.
+"""Fetch one archived WAL file (restore_command's job): get, prove, write atomically.
 
 The destination only ever appears complete and verified: the bytes go to a
 temp file in the same directory, are fsynced and renamed over the name. On any
@@ -14,16 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitr import codec
-from pitr.errors import NotFound, TargetDirError, UsageError, WalNotFound
+from pitr.errors import (
+    IntegrityError,
+    NotFound,
+    PitrError,
+    SystemIdMismatch,
+    TargetDirError,
+    UsageError,
+    WalNotFound,
+)
 from pitr.log import event
-from pitr.pg.names import classify
+from pitr.pg.control import read_system_id
+from pitr.pg.names import WalKind, classify
+from pitr.pg.walheader import check_segment, parse_header
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
 from pitr.security import write_private
 from pitr.storage.base import read_bytes
 
 log = logging.getLogger("pitr.wal.fetch")
-
 
 
 @dataclass(frozen=True)
@@ -62,12 +71,21 @@ def fetch_to_bytes(repo: Repo, name: str, *, budget: float) -> bytes:
     return codec.decompress_blob(fetch_object(repo, name, budget=budget), name)
 
 
-def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float) -> FetchResult:
-    """Fetch ``name`` into ``dest`` (restore_command's %p), verified against its sha256."""
+def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
+              system_id: int | None = None) -> FetchResult:
+    """Fetch ``name`` into ``dest`` (restore_command's %p), proven before it is written.
+
+    Proven: the sha256 and size of the decompressed bytes (the stored header), the
+    name (the header records it; a segment's first page names its own LSN), and,
+    when ``system_id`` is given, the system identifier in a segment's page header.
+    WalNotFound here means only "no object under this key": :func:`archive_get`
+    owns the proof that this is the end of the archive.
+    """
     started = time.monotonic()
     blob = fetch_object(repo, name, budget=budget)
-    raw = codec.decompress_blob(blob, name)
-    digest = codec.decode_header(blob[:65536], name)[0].sha256
+    raw, header = _proven_content(blob, name)
+    if system_id is not None:
+        _prove_system_id(repo, name, raw, system_id, budget=budget)
     try:
         write_private(dest, raw)  # temp + fsync + rename: never a partial %p
     except OSError as exc:
@@ -77,4 +95,99 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float) -> FetchResul
     seconds = time.monotonic() - started
     event(log, logging.DEBUG, f"restored {name}", raw_bytes=len(raw), stored_bytes=len(blob),
           seconds=round(seconds, 3))
-    return FetchResult(name, digest, len(raw), len(blob), seconds)
+    return FetchResult(name, header.sha256, len(raw), len(blob), seconds)
+
+
+def archive_get(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
+                budget: float) -> FetchResult:
+    """restore_command's whole answer: ``dest`` written and proven, or WalNotFound only
+    when the absence is proven (README "Exit codes", archive-get).
+
+    ``datadir`` is the cluster being recovered; its pg_control names the system
+    identifier every fetched segment must carry and the stanza's repo.json must
+    claim. Without a readable one (archive-get run by hand elsewhere) segments are
+    checked against repo.json instead, and nothing can be proven absent.
+    """
+    cluster: int | None = None
+    unknown: PitrError | None = None
+    try:
+        if datadir is None:
+            raise TargetDirError("no data directory: %p is not under pg_wal and "
+                                 "postgres.pgdata is not set")
+        cluster = read_system_id(datadir)
+    except TargetDirError as exc:
+        unknown = exc
+    try:
+        if cluster is None:
+            cluster = _stanza_system_id(repo, name, budget=budget)
+        return fetch_wal(repo, name, dest, budget=budget, system_id=cluster)
+    except WalNotFound:
+        if unknown is not None or cluster is None:
+            raise TargetDirError(
+                f"{name} is not in the repository, but whether that is the end of the archive "
+                f"cannot be proven: {unknown.message if unknown else 'no cluster identity'}",
+                hint=unknown.hint if unknown else None) from None
+        prove_absent(repo, name, cluster, budget=budget)
+        raise
+
+
+def prove_absent(repo: Repo, name: str, system_id: int, *, budget: float) -> None:
+    """Return only when "``name`` is absent" is the truth about the right repository.
+
+    Read afresh on every "absent" answer (that is at most a handful per restore, and
+    a cached identity must never turn "unknown" into "absent"): the stanza's repo.json
+    must be there and claim the cluster being recovered. A missing repository
+    directory, a wrong stanza, prefix or bucket all end here with an error, which
+    archive-get turns into an exit code above 125.
+    """
+    stanza = _stanza_system_id(repo, name, budget=budget)
+    if stanza != system_id:
+        raise SystemIdMismatch(
+            f"{name} is not in the repository, and the repository is not this cluster's: "
+            f"stanza {repo.stanza!r} ({repo.storage.url}) belongs to system identifier "
+            f"{stanza}, the cluster being recovered is {system_id}",
+            hint="restore_command reads the wrong stanza or repository; fix stanza / "
+                 "repository.url in the configuration restore_command uses")
+
+
+def _stanza_system_id(repo: Repo, name: str, *, budget: float) -> int:
+    ident = call_with_budget(repo.read_identity, budget=budget,
+                             what=f"archive-get {name}: reading repo.json")
+    if ident is None:
+        raise NotFound(
+            f"{name}: the stanza {repo.stanza!r} has no repo.json in {repo.storage.url}: "
+            "the repository is missing, unmounted or not this one, so no WAL can be proven "
+            "absent or present",
+            hint="check repository.url and stanza (and that the repository is mounted); "
+                 "PostgreSQL stops recovery here instead of ending it early")
+    return int(ident.system_id)
+
+
+def _proven_content(blob: bytes, name: str) -> tuple[bytes, codec.Header]:
+    """The decompressed bytes, verified against the stored header, and that header."""
+    raw = codec.decompress_blob(blob, name)
+    header = codec.decode_header(blob[:65536], name)[0]
+    stored_name = header.extra.get("name")
+    if stored_name is not None and stored_name != name:
+        raise IntegrityError(f"{name}: the stored object holds {stored_name!r}",
+                             hint="the object is stored under the wrong name; it was not "
+                                  "written by archive-push of this file")
+    kind = classify(name)
+    if kind in (WalKind.SEGMENT, WalKind.PARTIAL):
+        check_segment(raw, name, whole=kind is WalKind.SEGMENT)
+    return raw, header
+
+
+def _prove_system_id(repo: Repo, name: str, raw: bytes, system_id: int, *,
+                     budget: float) -> None:
+    """Segments carry their cluster's identifier in every long page header; history and
+    backup-history files do not, so for them the stanza's repo.json must claim it."""
+    if classify(name) in (WalKind.SEGMENT, WalKind.PARTIAL):
+        found = parse_header(raw, name).system_id
+    else:
+        found = _stanza_system_id(repo, name, budget=budget)
+    if found != system_id:
+        raise SystemIdMismatch(
+            f"{name} in the repository belongs to system identifier {found}, the cluster "
+            f"being recovered is {system_id}",
+            hint="restore_command reads another cluster's stanza or repository")

@@ -3,19 +3,27 @@
 The file is read once. Segments and partial segments carry a WAL long page
 header: its system identifier must match the stanza's ``repo.json`` (created
 by the first push), so two clusters can never mix WAL under one name. The
-object is written with a conditional put; when the name is taken, the stored
-header's sha256 decides between "already archived" (a retry or a standby
-pushing the same bytes: success) and a conflict (different bytes: error, the
-stored object stays as it is).
+object is written with a conditional put. When the name is taken, the stored
+object is read WHOLE and proven against itself (README "What archive-push
+guarantees"): its header, one complete zstd frame and nothing after it, the
+size and sha256 of what it decompresses to. Only then does its sha256 decide:
 
-One exception to "the stored object stays": an EMPTY object. Every object pitr
-writes starts with a header, so an empty one holds no archived data; it is what
-an S3 server that does not enforce Content-Length (SeaweedFS does this) keeps
-of a PUT whose writer died after the request headers and before the body, e.g.
-``pitr agent`` killed with -9 mid-upload. Left alone it would take the name
-forever: every later push of that segment would fail, and archiving would
-stall with it. So an empty object under the name is removed and the push
-retried, once.
+* the same as this file: "already archived" (a retry, or a standby pushing
+  the same bytes): success. PostgreSQL will recycle its copy, so a damaged
+  stored object must never pass for this.
+* different: a conflict. The stored object stays as it is.
+* the stored object fails its own check: it is damaged, and holds nothing a
+  restore could use. It is replaced by this file, with a conditional write on
+  the ETag it was read with, and an error is logged naming the damage. An
+  EMPTY object is the usual case: every object pitr writes starts with a
+  header, and an empty one is what an S3 server that does not enforce
+  Content-Length (SeaweedFS does this) keeps of a PUT whose writer died after
+  the request headers and before the body (``pitr agent`` killed with -9
+  mid-upload). Left alone it would take the name forever.
+
+The replacement is conditional on the ETag, never a delete: two pushers that
+both find the damaged object cannot delete each other's good copy; the one
+whose write loses reads the name again and finds a proven object.
 """
 
 from __future__ import annotations
@@ -24,22 +32,27 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from pitr import codec
-from pitr.errors import AlreadyExists, IntegrityError, NotFound, UsageError, WalConflict
+from pitr.errors import (
+    AlreadyExists,
+    IntegrityError,
+    NotFound,
+    TransientStorageError,
+    UsageError,
+    WalConflict,
+)
 from pitr.log import event
-from pitr.pg.names import WalKind, classify, parse_segment_name
-from pitr.pg.walheader import parse_header
+from pitr.pg.names import WalKind, classify
+from pitr.pg.walheader import check_segment
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
-from pitr.storage.base import put_bytes, read_bytes
+from pitr.storage.base import put_bytes
 
 log = logging.getLogger("pitr.wal.push")
-
-# Enough to hold any header codec.encode_header writes.
-HEADER_PROBE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -79,16 +92,7 @@ def read_wal_file(path: Path) -> tuple[str, WalKind, bytes]:
 
 def _check_segment(name: str, kind: WalKind, raw: bytes) -> dict[str, Any]:
     """Validate a (partial) segment against its own header; returns its identity fields."""
-    header = parse_header(raw, name)
-    _tli, segno = parse_segment_name(name[:24], header.seg_size)
-    if kind is WalKind.SEGMENT and len(raw) != header.seg_size:
-        raise IntegrityError(f"{name}: {len(raw)} bytes, but its header says segments are "
-                             f"{header.seg_size} bytes", hint="the file is truncated")
-    # The first page of a segment always starts at the segment's own LSN; a
-    # mismatch means the file under this name holds some other segment.
-    if header.pageaddr != segno * header.seg_size:
-        raise IntegrityError(f"{name}: first page is for LSN {header.pageaddr:#x}, not for this "
-                             f"segment", hint="the file is not the segment its name says")
+    header = check_segment(raw, name, whole=kind is WalKind.SEGMENT)
     return {"system_id": header.system_id, "pg_version": header.pg_version,
             "seg_size": header.seg_size}
 
@@ -126,28 +130,8 @@ def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult
     blob, digest = codec.compress_blob(raw, level, **extra)
     key = repo.wal_key(name)
     status: Literal["stored", "already-archived"] = "stored"
-    prefix: bytes | None = None
-    stored_new = _put_if_absent(repo, key, blob, deadline, name)
-    if not stored_new:
-        prefix = _stored_prefix(repo, key, deadline, name)
-        if not prefix:  # empty, or gone meanwhile: the name is free (see the module doc)
-            if prefix is not None:
-                _remove_empty(repo, key, deadline, name)
-            stored_new = _put_if_absent(repo, key, blob, deadline, name)
-            if not stored_new:
-                prefix = _stored_prefix(repo, key, deadline, name)
-    if not stored_new:
-        stored = codec.decode_header(prefix or b"", name)[0].sha256
-        if stored != digest:
-            raise WalConflict(
-                f"{name} is already archived with different content: repository sha256 "
-                f"{stored}, this file sha256 {digest}",
-                hint="the archived copy was left untouched. Two clusters may share this "
-                     "stanza, or a restored cluster reused the timeline; inspect both "
-                     "before removing anything") from None
-        status = "already-archived"
-        event(log, logging.WARNING, f"{name} was already archived with the same content",
-              sha256=digest)
+    if not _put_if_absent(repo, key, blob, deadline, name):
+        status = _settle_taken_name(repo, key, blob, digest, deadline, name)
     seconds = time.monotonic() - started
     event(log, logging.DEBUG, f"archived {name}", status=status, raw_bytes=len(raw),
           stored_bytes=len(blob), seconds=round(seconds, 3))
@@ -164,26 +148,59 @@ def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name:
     return True
 
 
-def _stored_prefix(repo: Repo, key: str, deadline: _Deadline, name: str) -> bytes | None:
-    """The first bytes of the object under ``key`` (its header); None when it is gone."""
+# A name keeps changing under us only while other writers race for it; each round
+# ends with one of them having stored a proven object, so a few rounds settle it.
+SETTLE_ROUNDS = 4
+
+
+def _settle_taken_name(repo: Repo, key: str, blob: bytes, digest: str, deadline: _Deadline,
+                       name: str) -> Literal["stored", "already-archived"]:
+    """The name is taken: answer only from a proven stored object (see the module doc)."""
+    for _ in range(SETTLE_ROUNDS):
+        try:
+            stored, etag = call_with_budget(lambda: repo.storage.read_with_etag(key),
+                                            budget=deadline.left(),
+                                            what=f"{name}: reading the stored object")
+        except NotFound:  # removed meanwhile (expire): the name is free again
+            if _put_if_absent(repo, key, blob, deadline, name):
+                return "stored"
+            continue
+        damage = stored_damage(stored, name)
+        if damage is None:
+            theirs = codec.decode_header(stored, name)[0]
+            if theirs.sha256 == digest and theirs.extra.get("name", name) == name:
+                event(log, logging.WARNING, f"{name} was already archived with the same content",
+                      sha256=digest)
+                return "already-archived"
+            raise WalConflict(
+                f"{name} is already archived with different content: repository sha256 "
+                f"{theirs.sha256}, this file sha256 {digest}",
+                hint="the archived copy was left untouched. Two clusters may share this "
+                     "stanza, or a restored cluster reused the timeline; inspect both "
+                     "before removing anything")
+        try:
+            call_with_budget(partial(repo.storage.put_if_match, key, blob, etag),
+                             budget=deadline.left(), what=f"archive-push {name}: replacing")
+        except (AlreadyExists, NotFound):
+            continue  # another writer replaced it since we read it: prove that one
+        if stored:
+            event(log, logging.ERROR, f"{name}: the archived object was damaged ({damage}); "
+                  "replaced it with this file", key=key, stored_bytes=len(stored), etag=etag)
+        else:
+            event(log, logging.WARNING, f"{name}: replaced an empty object under its name, left "
+                  "by an interrupted upload (the server kept a PUT whose body never arrived)",
+                  key=key)
+        return "stored"
+    raise TransientStorageError(f"{name}: the stored object kept changing while it was checked "
+                                f"({SETTLE_ROUNDS} rounds); PostgreSQL will retry the segment")
+
+
+def stored_damage(stored: bytes, name: str) -> str | None:
+    """What is wrong with a stored WAL object on its own terms; None when it is whole."""
+    if not stored:
+        return "empty"
     try:
-        return call_with_budget(lambda: read_bytes(repo.storage, key, HEADER_PROBE_BYTES),
-                                budget=deadline.left(), what=f"{name}: reading the stored header")
-    except NotFound:
-        return None
-
-
-def _remove_empty(repo: Repo, key: str, deadline: _Deadline, name: str) -> None:
-    """Delete the empty object just read under ``key`` (see the module doc).
-
-    It was read empty right before the delete, so only a writer that stores this
-    name between that read and the delete could see its object replaced by ours.
-    Such a writer normally holds the same segment (PostgreSQL's archive-push
-    racing the agent), so the name still ends up with the same bytes; a foreign
-    cluster's different bytes would go unnoticed only if it also hit this
-    instant of an empty leftover.
-    """
-    call_with_budget(lambda: repo.storage.delete([key]), budget=deadline.left(),
-                     what=f"archive-push {name}: removing an empty object")
-    event(log, logging.WARNING, f"{name}: removed an empty object under its name, left by an "
-          "interrupted upload (the server kept a PUT whose body never arrived)", key=key)
+        codec.verify_blob(stored, name)
+    except IntegrityError as exc:
+        return f"{len(stored)} bytes: {exc.message.removeprefix(f'{name}: ')}"
+    return None

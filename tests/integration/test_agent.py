@@ -308,7 +308,7 @@ def test_empty_object_left_by_an_interrupted_upload_does_not_block_the_name(
                    f"the agent to store {first}", timeout=60)
     assert doc["failures"]["total"] == 0, (doc, (testdir / "agent.log").read_text())
     assert doc["totals"]["stored"] >= 1
-    assert "removed an empty object" in (testdir / "agent.log").read_text()
+    assert "replaced an empty object" in (testdir / "agent.log").read_text()
     assert stored_bytes_of(cfg, first) == (pg.pgdata / "pg_wal" / first).read_bytes()
     assert agent.signal(signal.SIGTERM) == 0
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import run_pitr
 from support.pgcluster import PgCluster, chown_user, make_user_dir, run_as
+from support.walbytes import segment_bytes, write_pg_control
 
 from pitr import codec, config
 from pitr.errors import RECOVERY_ABORT_OFFSET, IntegrityError, SystemIdMismatch, WalConflict
@@ -162,6 +163,8 @@ def test_archive_get_missing_and_corrupt(
     src = push_synthetic(cfg, testdir, seg)
     datadir = make_user_dir(testdir / "fake-data", mode=0o700)
     make_user_dir(datadir / "pg_wal", mode=0o700)
+    make_user_dir(datadir / "global", mode=0o700)
+    chown_user(write_pg_control(datadir, SYNTHETIC_SYSID))  # the cluster being "recovered"
     dest = datadir / "pg_wal" / "RECOVERYXLOG"
 
     run_pitr(cfg, "archive-get", seg, str(dest))
@@ -192,6 +195,19 @@ def test_archive_get_missing_and_corrupt(
     (datadir / "standby.signal").touch()
     proc = run_pitr(cfg, "archive-get", seg, str(dest), check=False)
     assert proc.returncode == 1 and not dest.exists()
+
+    # Pushing the same segment again proves the stored object before answering: the
+    # damage is found, named, and repaired by a write conditional on its ETag.
+    proc = run_pitr(cfg, "archive-push", str(src), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "the archived object was damaged (" in proc.stderr, proc.stderr
+    assert codec.verify_blob(fetch_object_raw(repo_section, repo, key), seg)[1] == \
+        src.read_bytes()
+    (datadir / "standby.signal").unlink()
+    run_pitr(cfg, "archive-get", seg, str(dest))
+    assert dest.read_bytes() == src.read_bytes()
+    proc = run_pitr(cfg, "archive-push", str(src))
+    assert "already archived" in proc.stderr
 
 
 def push_synthetic(cfg: Path, testdir: Path, name: str) -> Path:
@@ -264,13 +280,12 @@ def test_archive_get_from_a_hung_s3_server_aborts_within_budget(
     assert dest.read_bytes() == src.read_bytes()
 
 
-def synthetic_segment(name: str, seg_size: int = 16 << 20) -> bytes:
-    import struct
+SYNTHETIC_SYSID = 7000000000000000001
 
-    segno = int(name[8:16], 16) * (0x100000000 // seg_size) + int(name[16:24], 16)
-    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, int(name[:8], 16), segno * seg_size, 0,
-                         7000000000000000001, seg_size, 8192)
+
+def synthetic_segment(name: str, seg_size: int = 16 << 20) -> bytes:
     # Random bytes at the start so corruption tests hit real compressed data.
-    body = os.urandom(256 * 1024) + bytes(seg_size - len(header) - 256 * 1024)
-    return header + body
+    head = segment_bytes(name, seg_size=seg_size, sysid=SYNTHETIC_SYSID)[:40]
+    body = os.urandom(256 * 1024) + bytes(seg_size - len(head) - 256 * 1024)
+    return head + body
 

@@ -277,6 +277,12 @@ class _FailingStorage:
     def cleanup_incomplete(self, prefix: str = "") -> int:
         return self.inner.cleanup_incomplete(prefix)
 
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        return self.inner.read_with_etag(key)
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> int:
+        return self.inner.put_if_match(key, data, etag)
+
 
 def test_interrupted_expiry_is_finished_by_a_rerun(workdir: Path, s3_server: Any,
                                                    pitr_exe: Path) -> None:

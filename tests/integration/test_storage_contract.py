@@ -171,6 +171,54 @@ def test_overwrite_without_if_absent(driver: Driver) -> None:
     assert s.stat("k").size == 14
 
 
+def test_put_if_match_replaces_only_the_object_that_was_read(driver: Driver) -> None:
+    s = driver.storage
+    put_bytes(s, "cas/k", b"damaged", if_absent=True)
+    data, etag = s.read_with_etag("cas/k")
+    assert data == b"damaged" and etag
+    assert s.read_with_etag("cas/k")[1] == etag  # unchanged object, same tag
+    assert s.put_if_match("cas/k", b"repaired", etag) == 8
+    assert read_bytes(s, "cas/k") == b"repaired"
+    # the tag it was read with is stale now: refused, the object untouched
+    with pytest.raises(AlreadyExists):
+        s.put_if_match("cas/k", b"again", etag)
+    assert read_bytes(s, "cas/k") == b"repaired"
+    # an empty object (an interrupted upload's leftover) is replaced the same way
+    put_bytes(s, "cas/empty", b"")
+    data, etag = s.read_with_etag("cas/empty")
+    assert data == b""
+    s.put_if_match("cas/empty", b"whole", etag)
+    assert read_bytes(s, "cas/empty") == b"whole"
+    # gone since it was read: nothing is written
+    s.delete(["cas/empty"])
+    with pytest.raises((AlreadyExists, NotFound)):
+        s.put_if_match("cas/empty", b"late", etag)
+    with pytest.raises(NotFound):
+        s.stat("cas/empty")
+    with pytest.raises(NotFound):
+        s.read_with_etag("cas/never")
+
+
+def test_put_if_match_racers_exactly_one_wins(driver: Driver) -> None:
+    """Writers that read the same object each replace it conditionally: one succeeds,
+    the others are refused, so nobody overwrites a copy they never saw."""
+    s = driver.storage
+    put_bytes(s, "cas/race", b"")
+    _data, etag = s.read_with_etag("cas/race")
+
+    def attempt(i: int) -> bool:
+        try:
+            s.put_if_match("cas/race", f"writer {i}".encode(), etag)
+        except AlreadyExists:
+            return False
+        return True
+
+    with ThreadPoolExecutor(6) as pool:
+        wins = [i for i, ok in enumerate(pool.map(attempt, range(6))) if ok]
+    assert len(wins) == 1
+    assert read_bytes(s, "cas/race") == f"writer {wins[0]}".encode()
+
+
 def test_missing_key_is_not_found(driver: Driver) -> None:
     s = driver.storage
     with pytest.raises(NotFound):

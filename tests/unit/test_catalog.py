@@ -220,15 +220,17 @@ _times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1
 
 @given(start=_lsns, stop=_lsns, t=_times, sysid=st.integers(1, (1 << 64) - 1),
        raw=st.integers(0, 1 << 50), stored=st.integers(0, 1 << 50),
-       label=st.sampled_from(["manual", "scheduled"]), tli=st.integers(1, 0xFFFFFFFF))
+       label=st.sampled_from(["manual", "scheduled"]), tli=st.integers(1, 0xFFFFFFFF),
+       tz=st.sampled_from([None, "UTC", "America/New_York", "Europe/Berlin"]))
 def test_manifest_round_trip(start: int, stop: int, t: datetime, sysid: int, raw: int,
-                             stored: int, label: str, tli: int) -> None:
+                             stored: int, label: str, tli: int, tz: str | None) -> None:
     rec = BackupRecord(
         id="20250215T013000Z", label=label, start_lsn=start, stop_lsn=stop, start_time=t,
         stop_time=t + timedelta(seconds=5), timeline=tli, system_id=str(sysid), pg_version=15,
         db_size=raw, raw_bytes=raw, stored_bytes=stored,
         objects=(BackupObject("base.tar.zst", "k", raw, stored, "a" * 64, "b" * 64),),
-        pitr_version="0.1.0", extra={"compression": {"codec": "zstd", "level": 3}})
+        pitr_version="0.1.0", extra={"compression": {"codec": "zstd", "level": 3}},
+        timezone=tz)
     back = manifest.decode(manifest.encode(rec))
     assert back == rec
     assert back.extra == rec.extra
@@ -240,6 +242,8 @@ def test_manifest_is_readable_json_with_text_and_int_lsns() -> None:
     assert (doc["start_lsn"], doc["start_lsn_int"]) == ("0/2000028", 0x2000028)
     assert doc["stop_time"] == "2025-02-15T01:00:30+00:00"
     assert "pinned" not in doc  # pins are separate objects
+    assert "timezone" not in doc  # a backup that did not record the cluster's TimeZone
+    assert manifest.decode(json.dumps(doc).encode()).timezone is None
     assert doc["objects"][0]["sha256"] == "ab" * 32
 
 

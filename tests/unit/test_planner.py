@@ -240,3 +240,46 @@ def test_plan_json_is_complete() -> None:
     assert doc["wal"]["first"] == "00000001000000000000000A"
     assert doc["backup"]["id"] == "B"
     assert doc["recovery_settings"]["recovery_target_timeline"] == "2"
+
+
+# -- the end of replay the plan promises (README "Exit codes": ReplayEndedShort) ----------
+def test_latest_promises_replay_into_the_last_planned_segment() -> None:
+    from pitr.pg.names import format_lsn
+    from pitr.restore import replay_shortfall
+
+    p = plan(linear(gaps=(15,)), Target.latest(), NOW)
+    assert names(p)[-1].endswith("0E")  # latest stops at the gap before 15
+    assert p.replay_until == 0x0E * SEG + 1
+    assert replay_shortfall(p, format_lsn(0x0E * SEG + 40)) is None
+    assert replay_shortfall(p, format_lsn(0x0F * SEG)) is None  # its switch record's end
+    for ended in (0x0D * SEG + 4096, 0x0E * SEG):  # 0/E000000: the previous switch's end
+        short = replay_shortfall(p, format_lsn(ended))
+        assert short is not None
+        assert format_lsn(ended) in short and format_lsn(0x0E * SEG) in short
+        assert names(p)[-1] in short
+    assert "unknown LSN" in (replay_shortfall(p, None) or "")
+
+
+def test_explicit_targets_leave_the_end_to_postgresql() -> None:
+    """PostgreSQL refuses to end before an explicit target; pitr only asks for the end of
+    the backup there (a copy that is not even consistent)."""
+    p = plan(linear(), Target.at_time(minutes(12.5)), NOW)
+    assert p.replay_until == p.backup.stop_lsn
+    assert p.to_json()["wal"]["replay_until"] == "0/A000138"  # backup B's stop LSN
+
+
+def test_the_cluster_timezone_comes_from_the_newest_or_the_chosen_backup() -> None:
+    from dataclasses import replace
+
+    from pitr.planner import cluster_timezone
+
+    cat = linear()
+    a, b = sorted(cat.backups, key=lambda r: r.stop_time)
+    assert cluster_timezone(cat) is None  # backups from before pitr recorded it
+    cat = replace(cat, backups=(replace(a, timezone="Europe/Berlin"), b))
+    assert cluster_timezone(cat) is None  # the newest (B) decides, and it does not know
+    assert cluster_timezone(cat, "A") == "Europe/Berlin"
+    cat = replace(cat, backups=(replace(a, timezone="Europe/Berlin"),
+                                replace(b, timezone="America/New_York")))
+    assert cluster_timezone(cat) == "America/New_York"
+    assert cluster_timezone(cat, "nope") is None

@@ -4,7 +4,6 @@ against the real local-directory driver (S3 runs in tests/integration)."""
 from __future__ import annotations
 
 import os
-import struct
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, BinaryIO
 
 import pytest
 import zstandard
+from support import walbytes
 
 from pitr import codec
 from pitr.cli import main as cli_main
@@ -33,15 +33,11 @@ from pitr.wal.fetch import fetch_to_bytes, fetch_wal
 from pitr.wal.push import push_wal
 
 SEG = 1 << 20  # 1 MiB segments (initdb --wal-segsize=1) keep these tests fast
-SYSID = 7301234567890123456
+SYSID = walbytes.SYSID
 
 
 def segment_bytes(name: str, *, sysid: int = SYSID, fill: bytes = b"\x00") -> bytes:
-    """A plausible WAL segment: a PG 15 long page header for the segment ``name``."""
-    segno = int(name[8:16], 16) * (0x100000000 // SEG) + int(name[16:24], 16)
-    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, int(name[:8], 16), segno * SEG, 0,
-                         sysid, SEG, 8192)
-    return header + (fill * (SEG - len(header)))[: SEG - len(header)]
+    return walbytes.segment_bytes(name, seg_size=SEG, sysid=sysid, fill=fill)
 
 
 @pytest.fixture
@@ -81,6 +77,86 @@ def test_duplicate_push_same_bytes_is_success(repo: Repo, tmp_path: Path,
     again = push_wal(repo, p, level=9, budget=5)  # another level: same raw bytes still match
     assert again.status == "already-archived" and again.sha256 == first.sha256
     assert "already archived" in caplog.text
+
+
+def _damage(blob: bytes, how: str) -> bytes:
+    header_len = codec.decode_header(blob, "x")[1]
+    if how == "truncated to 64 KiB":
+        return blob[:65536]
+    if how == "bit flipped in the frame":
+        i = header_len + (len(blob) - header_len) // 2
+        return blob[:i] + bytes([blob[i] ^ 0x10]) + blob[i + 1:]
+    if how == "bit flipped in the header":
+        i = blob.index(b'"sha256":"') + 12  # inside the recorded checksum
+        return blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1:]
+    if how == "bytes appended":
+        return blob + b"\x00" * 100
+    assert how == "empty"
+    return b""
+
+
+DAMAGES = ["truncated to 64 KiB", "bit flipped in the frame", "bit flipped in the header",
+           "bytes appended", "empty"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_stored_object_is_never_already_archived(
+        repo: Repo, tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """PostgreSQL recycles a segment once archive-push says 0: a damaged copy must be
+    detected and replaced, not taken for "already archived"."""
+    name = "000000010000000000000006"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name, fill=os.urandom(SEG)))
+    push_wal(repo, p, level=3, budget=5)
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    good = path.read_bytes()
+    assert len(good) > 65536
+    path.write_bytes(_damage(good, how))
+    with pytest.raises(IntegrityError):
+        codec.verify_blob(path.read_bytes(), name)
+    again = push_wal(repo, p, level=3, budget=5)
+    assert again.status == "stored"
+    assert codec.verify_blob(path.read_bytes(), name)[1] == p.read_bytes()
+    if how == "empty":
+        assert "empty object" in caplog.text
+    else:
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert errors and "damaged" in errors[0].getMessage()
+        assert str(len(_damage(good, how))) in errors[0].getMessage()
+    assert push_wal(repo, p, level=3, budget=5).status == "already-archived"
+
+
+def test_pushers_racing_over_a_damaged_object_both_succeed(repo: Repo, tmp_path: Path) -> None:
+    """Each replaces only the object it read (conditional on its ETag): the loser reads
+    the winner's copy, proves it and answers "already archived"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = "000000010000000000000007"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name, fill=os.urandom(SEG)))
+    push_wal(repo, p, level=3, budget=5)
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    for how in ("empty", "truncated to 64 KiB"):
+        path.write_bytes(_damage(path.read_bytes(), how) if how != "empty" else b"")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _i: push_wal(repo, p, level=3, budget=10).status,
+                                    range(4)))
+        assert sorted(set(results)) in (["already-archived", "stored"], ["stored"])
+        assert codec.verify_blob(path.read_bytes(), name)[1] == p.read_bytes()
+
+
+def test_a_conflict_is_judged_on_a_proven_object(repo: Repo, tmp_path: Path) -> None:
+    """A whole, valid object with other content is a conflict and stays; the stored
+    header's name must be this file's too."""
+    name, other = "000000010000000000000008", "000000010000000000000009"
+    p = write_wal(tmp_path / "wal", name, segment_bytes(name))
+    q = write_wal(tmp_path / "wal", other, segment_bytes(other))
+    push_wal(repo, q, level=3, budget=5)
+    foreign = (repo.storage.root / repo.wal_key(other)).read_bytes()  # type: ignore[attr-defined]
+    path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(foreign)
+    with pytest.raises(WalConflict):
+        push_wal(repo, p, level=3, budget=5)
+    assert path.read_bytes() == foreign
 
 
 def test_conflicting_push_fails_and_keeps_original(repo: Repo, tmp_path: Path) -> None:
@@ -287,10 +363,16 @@ def _get(cfg: Path, name: str, dest: Path, capsys: pytest.CaptureFixture[str]) -
     return code, capsys.readouterr().err
 
 
+def make_datadir(path: Path, sysid: int = SYSID) -> Path:
+    """A data directory as archive-get sees it: pg_wal and the pg_control identity."""
+    (path / "pg_wal").mkdir(parents=True)
+    walbytes.write_pg_control(path, sysid)
+    return path
+
+
 def test_cli_archive_get_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path)
-    pgdata = tmp_path / "data"
-    (pgdata / "pg_wal").mkdir(parents=True)
+    pgdata = make_datadir(tmp_path / "data")
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     name = "00000001000000000000000C"
     seg = write_wal(tmp_path / "src", name, segment_bytes(name))
@@ -312,6 +394,78 @@ def test_cli_archive_get_contract(tmp_path: Path, capsys: pytest.CaptureFixture[
     (pgdata / "standby.signal").touch()
     code, err = _get(cfg, name, dest, capsys)
     assert code == 1 and "standby" in err and not dest.exists()
+
+
+ABORT = RECOVERY_ABORT_OFFSET
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A repository holding one segment of cluster SYSID, and its config."""
+    cfg = _config(tmp_path)
+    name = "00000001000000000000000C"
+    seg = write_wal(tmp_path / "src", name, segment_bytes(name))
+    assert cli_main(["--config", str(cfg), "archive-push", str(seg)]) == 0
+    return cfg, tmp_path / "repo", name
+
+
+def test_archive_get_absent_only_for_the_right_repository(
+        archived: tuple[Path, Path, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, repo_dir, _name = archived
+    absent = "00000001000000000000000D"
+    ours = make_datadir(tmp_path / "ours")
+    assert _get(cfg, absent, ours / "pg_wal" / "RECOVERYXLOG", capsys)[0] == 1
+    assert _get(cfg, "00000002.history", ours / "pg_wal" / "RECOVERYHISTORY", capsys)[0] == 1
+
+    other = make_datadir(tmp_path / "other", sysid=SYSID + 1)
+    code, err = _get(cfg, absent, other / "pg_wal" / "RECOVERYXLOG", capsys)
+    assert code == ABORT + SystemIdMismatch.exit_code
+    assert str(SYSID) in err and str(SYSID + 1) in err
+
+    nowhere = make_datadir(tmp_path / "nowhere")  # no pg_control: cannot prove anything
+    (nowhere / "global" / "pg_control").unlink()
+    code, err = _get(cfg, absent, nowhere / "pg_wal" / "RECOVERYXLOG", capsys)
+    assert code == ABORT + 13 and "cannot be proven" in err
+
+    (repo_dir / "t" / "repo.json").rename(tmp_path / "repo.json.away")
+    code, err = _get(cfg, absent, ours / "pg_wal" / "RECOVERYXLOG", capsys)
+    assert code == ABORT + 6 and "repo.json" in err
+    (tmp_path / "repo.json.away").rename(repo_dir / "t" / "repo.json")
+
+    repo_dir.rename(tmp_path / "repo.unmounted")  # the repository vanished
+    code, err = _get(cfg, absent, ours / "pg_wal" / "RECOVERYXLOG", capsys)
+    assert code > 125 and "repo.json" in err
+    assert not (ours / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_archive_get_proves_every_file_it_writes(
+        archived: tuple[Path, Path, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, repo_dir, name = archived
+    ours = make_datadir(tmp_path / "ours")
+    dest = ours / "pg_wal" / "RECOVERYXLOG"
+    assert _get(cfg, name, dest, capsys)[0] == 0
+    dest.unlink()
+    # another cluster's segment: its page header names that cluster
+    other = make_datadir(tmp_path / "other", sysid=SYSID + 1)
+    code, err = _get(cfg, name, other / "pg_wal" / "RECOVERYXLOG", capsys)
+    assert code == ABORT + SystemIdMismatch.exit_code
+    assert not (other / "pg_wal" / "RECOVERYXLOG").exists()
+    # the object of one segment stored under another's name
+    key = repo_dir / Repo(FsStorage(repo_dir), "t").wal_key(name)
+    moved = "00000001000000000000000E"
+    target = repo_dir / Repo(FsStorage(repo_dir), "t").wal_key(moved)
+    target.write_bytes(key.read_bytes())
+    code, err = _get(cfg, moved, dest, capsys)
+    assert code == ABORT + IntegrityError.exit_code and "holds" in err and not dest.exists()
+    # the same bytes with the name left out of the header: the page address tells
+    raw = segment_bytes(name)
+    blob, _digest = codec.compress_blob(raw, 3)
+    target.write_bytes(blob)
+    code, err = _get(cfg, moved, dest, capsys)
+    assert code == ABORT + IntegrityError.exit_code and "first page" in err
+    assert not dest.exists()
 
 
 def test_cli_archive_get_config_error_aborts(tmp_path: Path,
@@ -364,14 +518,13 @@ def test_command_functions_need_no_cli_framework(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     name = "00000001000000000000000F"
     seg = write_wal(tmp_path / "src", name, segment_bytes(name))
-    (tmp_path / "pg_wal").mkdir()
-    dest = tmp_path / "pg_wal" / "X"
+    dest = make_datadir(tmp_path / "data") / "pg_wal" / "X"
     script = (
         "import sys\n"
         "from pitr.wal.commands import archive_get_main, archive_push_main\n"
         f"assert archive_push_main({str(cfg)!r}, {str(seg)!r}) == 0\n"
         f"assert archive_get_main({str(cfg)!r}, {name!r}, {str(dest)!r}) == 0\n"
-        f"assert archive_get_main({str(cfg)!r}, 'AAAAAAAA0000000000000000', 'x') == 1\n"
+        f"assert archive_get_main({str(cfg)!r}, 'AAAAAAAA0000000000000000', {str(dest)!r}) == 1\n"
         "heavy = [m for m in ('typer', 'pydantic', 'boto3', 'psycopg') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -27,7 +27,6 @@ def client_error(code: str, status: int, message: str = "msg") -> bx.ClientError
 
 @pytest.mark.parametrize(("code", "status", "expected"), [
     ("NoSuchKey", 404, NotFound),
-    ("404", 404, NotFound),
     ("NoSuchUpload", 404, NotFound),
     ("PreconditionFailed", 412, AlreadyExists),
     ("ConditionalRequestConflict", 409, AlreadyExists),
@@ -51,6 +50,21 @@ def test_auth_errors_are_permanent_with_a_credentials_hint(code: str) -> None:
     err = _classify(client_error(code, 403), "k", "put", "s3://b/p/")
     assert type(err) is StorageError
     assert err.hint and "access_key_id" in err.hint and "IAM" in err.hint
+
+
+@pytest.mark.parametrize(("code", "op"), [("404", "open"), ("NotFound", "open"),
+                                          ("Whatever", "put"), ("404", "list")])
+def test_a_404_that_is_not_nosuchkey_is_not_absence(code: str, op: str) -> None:
+    """A proxy or a wrong endpoint answering 404 must never read as "segment absent"
+    (archive-get would end recovery early on it)."""
+    err = _classify(client_error(code, 404), "k", op, "s3://b/p/")
+    assert type(err) is StorageError
+    assert "unexpected 404" in err.message and err.hint and "proxy" in err.hint
+
+
+def test_head_404_is_not_found() -> None:
+    """HEAD responses carry no body: a 404 is all the server can say there."""
+    assert type(_classify(client_error("404", 404), "k", "stat", "s3://b/p/")) is NotFound
 
 
 def test_missing_bucket_is_permanent_with_a_hint() -> None:

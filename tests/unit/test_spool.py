@@ -28,6 +28,7 @@ from pitr.wal.spool import WAL_NAME_RE, FileIdentity, Receipt, Spool, lock_held,
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from support.pgcluster import PG_USER, as_user_cmd
+from support.walbytes import SYSID, segment_bytes, write_pg_control
 
 SEG = "000000010000000000000003"
 HEAVY = ("boto3", "botocore", "zstandard", "typer", "click", "pydantic", "psycopg", "watchdog")
@@ -60,6 +61,7 @@ def setup(tmp_user_path: Path) -> tuple[Spool, Path, Path]:
     wal.mkdir()
     seg = wal / SEG
     seg.write_bytes(os.urandom(4096))
+    write_pg_control(tmp_path)  # restore_command runs in the data directory: tmp_path
     cfg = tmp_path / "pitr.toml"
     cfg.write_text(f'stanza = "main"\n[repository]\nurl = "file://{tmp_path}/repo"\n'
                    f'[archive]\nspool_dir = "{tmp_path}/spool"\nfast_path_wait = 0\n')
@@ -162,7 +164,7 @@ def test_fast_path_answers_from_a_receipt_without_heavy_imports(
 def test_archive_get_fast_path_renames_a_prefetched_segment(
         setup: tuple[Spool, Path, Path]) -> None:
     spool, seg, cfg = setup
-    data = os.urandom(8192)
+    data = segment_bytes(SEG, seg_size=1 << 20, fill=os.urandom(64))
     spool.prefetched(SEG).write_bytes(data)
     # Pretend a worker runs, so the fast path does not start a real one.
     fd = try_lock(spool.prefetch_lock)
@@ -274,9 +276,41 @@ def test_config_cache_follows_the_file_and_the_environment(
     assert fastpath.load_config(str(cfg)).stanza == "two"
 
 
-def test_archive_get_answers_not_found_from_a_fresh_absent_marker(
-        setup: tuple[Spool, Path, Path]) -> None:
+@pytest.mark.parametrize("other_sysid", [False, True])
+def test_archive_get_fast_path_never_hands_over_an_unproven_segment(
+        setup: tuple[Spool, Path, Path], other_sysid: bool) -> None:
+    """Another cluster's segment, or another segment under this name, is not handed to
+    PostgreSQL: the fast path drops it and the full path decides."""
     spool, seg, cfg = setup
+    name = "000000010000000000000004" if not other_sysid else SEG
+    spool.prefetched(SEG).write_bytes(
+        segment_bytes(name, seg_size=1 << 20, sysid=SYSID + other_sysid))
+    fd = try_lock(spool.prefetch_lock)
+    try:
+        proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
+                         "pg_wal/RECOVERYXLOG")
+    finally:
+        assert fd is not None
+        os.close(fd)
+    assert proc.returncode > 125, proc.stderr  # the full path: no repository here
+    assert f"unproven {SEG}" in spool.prefetch_log.read_text()
+    assert not (seg.parent / "RECOVERYXLOG").exists()
+    assert not spool.prefetched(SEG).exists()
+
+
+@pytest.mark.parametrize("repository", ["vanished", "this cluster's", "another cluster's"])
+def test_an_absent_marker_is_proven_by_the_full_path(
+        setup: tuple[Spool, Path, Path], repository: str) -> None:
+    """The worker's "absent" only sends archive-get to the full path, which answers 1
+    for the right repository and above 125 for a vanished or foreign one."""
+    from pitr.repo import Repo
+    from pitr.storage.fs import FsStorage
+
+    spool, seg, cfg = setup
+    if repository != "vanished":
+        sysid = SYSID if repository == "this cluster's" else SYSID + 1
+        Repo(FsStorage(cfg.parent / "repo"), "main").ensure_identity(sysid, 15, 1 << 20)
+        give_to_user(cfg.parent / "repo")
     fd = try_lock(spool.prefetch_lock)  # a worker "runs"
     spool.missing(SEG).write_text("absent")
     try:
@@ -285,10 +319,13 @@ def test_archive_get_answers_not_found_from_a_fresh_absent_marker(
     finally:
         assert fd is not None
         os.close(fd)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stdout.strip() == ""
     assert f"absent {SEG}" in spool.prefetch_log.read_text()
     assert not (seg.parent / "RECOVERYXLOG").exists()
+    if repository == "this cluster's":
+        assert proc.returncode == 1, proc.stderr
+    else:
+        assert proc.returncode > 125, proc.stderr
+        assert ("repo.json" if repository == "vanished" else str(SYSID + 1)) in proc.stderr
 
 
 def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
@@ -300,7 +337,7 @@ def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
     old = time.time() - 60
     os.utime(marker, (old, old))  # last minute's answer is no answer now
     give_to_user(spool.base)
-    data = os.urandom(4096)
+    data = segment_bytes(SEG, seg_size=1 << 20)
 
     def worker_delivers() -> None:  # like the worker: on the request, a verified file
         request = spool.prefetch_dir / (SEG + ".request")
