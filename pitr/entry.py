@@ -11,8 +11,10 @@ before any I/O. Two cases are answered here with :mod:`pitr.fastpath` only
   up to ``archive.fast_path_wait`` seconds.
 * ``[--config X] archive-get NAME DEST``: record NAME as the restore position,
   start the detached prefetch worker if none runs, and if NAME was prefetched
-  (verified, decompressed, renamed into the spool only when complete) rename
-  it to DEST.
+  (verified, decompressed, renamed into the spool only when complete) and
+  still hashes to the sha256 the repository recorded, rename it to DEST. All of
+  it in this restore's own corner of the spool (repository, data directory,
+  system id: :func:`pitr.fastpath.restore_key`).
 
 Anything else, and every doubt or error on these paths (root included: the
 full CLI refuses root over the cluster's files), falls through to the full
@@ -139,7 +141,10 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     cfg = fp.load_config(config)
     if cfg.prefetch <= 0:
         return None
-    base = cfg.base
+    datadir = fp.datadir_of(dest)
+    base = fp.restore_base(cfg.base, cfg.url, datadir)
+    if base is None:
+        return None  # no pg_control to say whose restore this is: the full CLI fetches
     pdir = os.path.join(base, fp.PREFETCH_DIR)
     os.makedirs(pdir, mode=0o700, exist_ok=True)
     # Publish the request before looking for a worker: a worker that is about to
@@ -150,7 +155,7 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     if not os.path.exists(src):  # ask for this very file (history files always)
         os.close(os.open(src + fp.REQUEST_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600))
     if not fp.lock_held(os.path.join(base, fp.PREFETCH_LOCK)):
-        spawn_prefetcher(config, os.path.join(base, fp.PREFETCH_WORKER_LOG))
+        spawn_prefetcher(config, datadir, os.path.join(base, fp.PREFETCH_WORKER_LOG))
     # The worker's window starts at NAME itself (or NAME is a request): if NAME is
     # not there yet, waiting for the warm worker beats a cold fetch of our own,
     # unless it already failed.
@@ -179,7 +184,21 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     if not os.path.exists(src):
         fp.append_line(log, f"{time.time():.3f} miss {name}")
         return None
+    if not fp.prefetched_intact(src):
+        # Changed or damaged since the worker verified it: never PostgreSQL's. The full
+        # CLI fetches it from the repository and verifies it itself.
+        for path in (src, src + fp.CHECKSUM_SUFFIX):
+            try:  # noqa: SIM105 - contextlib is one import more on the hot path
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        fp.append_line(log, f"{time.time():.3f} damaged {name}")
+        return None
     move_into_place(src, dest)
+    try:  # noqa: SIM105
+        os.unlink(src + fp.CHECKSUM_SUFFIX)
+    except FileNotFoundError:
+        pass
     fp.append_line(log, f"{time.time():.3f} hit {name}")
     return 0
 
@@ -213,7 +232,7 @@ def move_into_place(src: str, dest: str) -> None:
     os.unlink(src)
 
 
-def spawn_prefetcher(config: str | None, log_path: str) -> None:
+def spawn_prefetcher(config: str | None, datadir: str, log_path: str) -> None:
     """Start ``pitr prefetch-worker`` detached (double fork, own session).
 
     It must outlive this short archive-get process and must not hold
@@ -222,7 +241,7 @@ def spawn_prefetcher(config: str | None, log_path: str) -> None:
     argv = [sys.executable, "-m", "pitr"]
     if config:
         argv += ["--config", os.path.abspath(config)]
-    argv.append("prefetch-worker")
+    argv += ["prefetch-worker", "--datadir", os.path.abspath(datadir)]
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:

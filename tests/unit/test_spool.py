@@ -6,6 +6,7 @@ what matters is what that process imports and how it exits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -52,10 +53,28 @@ def give_to_user(root: Path) -> None:
         subprocess.run(["chown", "-R", PG_USER, str(root)], check=True)
 
 
+def write_pg_control(datadir: Path, system_id: int) -> None:
+    """What archive-get reads of a data directory's global/pg_control: its first 8 bytes."""
+    (datadir / "global").mkdir(parents=True, exist_ok=True)
+    (datadir / "global" / "pg_control").write_bytes(system_id.to_bytes(8, "little") + bytes(8184))
+
+
+def write_prefetched(spool: Spool, name: str, data: bytes) -> None:
+    """What the worker leaves: the checksum record, then the file renamed into place."""
+    spool.checksum(name).write_text(hashlib.sha256(data).hexdigest() + "\n")
+    tmp = spool.prefetch_dir / f".{name}.part"
+    tmp.write_bytes(data)
+    os.replace(tmp, spool.prefetched(name))
+
+
 @pytest.fixture
 def setup(tmp_user_path: Path) -> tuple[Spool, Path, Path]:
+    """The data directory is tmp_user_path itself (archive-get runs there)."""
     tmp_path = tmp_user_path
-    spool = Spool(tmp_path / "spool", "main").ensure()
+    write_pg_control(tmp_path, 7301234567890123456)
+    restore = Spool.for_restore(tmp_path / "spool", "main", f"file://{tmp_path}/repo", tmp_path)
+    assert restore is not None
+    spool = restore.ensure()
     wal = tmp_path / "pg_wal"
     wal.mkdir()
     seg = wal / SEG
@@ -163,7 +182,7 @@ def test_archive_get_fast_path_renames_a_prefetched_segment(
         setup: tuple[Spool, Path, Path]) -> None:
     spool, seg, cfg = setup
     data = os.urandom(8192)
-    spool.prefetched(SEG).write_bytes(data)
+    write_prefetched(spool, SEG, data)
     # Pretend a worker runs, so the fast path does not start a real one.
     fd = try_lock(spool.prefetch_lock)
     try:
@@ -175,9 +194,45 @@ def test_archive_get_fast_path_renames_a_prefetched_segment(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"fast path imported {proc.stdout.strip()}"
     assert (seg.parent / "RECOVERYXLOG").read_bytes() == data
-    assert not spool.prefetched(SEG).exists()
+    assert not spool.prefetched(SEG).exists() and not spool.checksum(SEG).exists()
     assert spool.read_want() == SEG
     assert f"hit {SEG}" in spool.prefetch_log.read_text()
+
+
+def test_archive_get_never_hands_over_a_prefetched_file_that_changed(
+        setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, cfg = setup
+    write_prefetched(spool, SEG, os.urandom(8192))
+    with open(spool.prefetched(SEG), "r+b") as fh:  # one byte flipped in the spool
+        first = fh.read(1)
+        fh.seek(0)
+        fh.write(bytes([first[0] ^ 1]))
+    fd = try_lock(spool.prefetch_lock)
+    try:
+        proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
+                         "pg_wal/RECOVERYXLOG")
+    finally:
+        assert fd is not None
+        os.close(fd)
+    # The full CLI took over and asked the (empty) repository itself.
+    assert proc.returncode != 0 and not (seg.parent / "RECOVERYXLOG").exists()
+    assert not spool.prefetched(SEG).exists()
+    assert f"damaged {SEG}" in spool.prefetch_log.read_text()
+
+
+def test_restores_are_keyed_by_repository_data_directory_and_system_id(
+        tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_pg_control(a, 1)
+    write_pg_control(b, 1)
+    key = fastpath.restore_key
+    keys = {key("s3://x/p", str(a), 1), key("s3://y/p", str(a), 1),
+            key("s3://x/p", str(b), 1), key("s3://x/p", str(a), 2)}
+    assert len(keys) == 4
+    assert fastpath.read_system_id(str(a)) == 1
+    assert fastpath.read_system_id(str(tmp_path)) is None  # no pg_control: no key, no prefetch
+    assert Spool.for_restore(tmp_path, "s", "u", tmp_path) is None
+    assert fastpath.datadir_of(str(a / "pg_wal" / "RECOVERYXLOG")) == str(a)
 
 
 names = st.builds(lambda tli, segno: segment_name(tli, segno),
@@ -308,9 +363,7 @@ def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
         while not request.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.3)
-        tmp = spool.prefetch_dir / ".tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, spool.prefetched(SEG))  # the directory is the user's: it may rename
+        write_prefetched(spool, SEG, data)  # the directory is the user's: it may rename
 
     import threading
 
