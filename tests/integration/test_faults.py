@@ -447,18 +447,3 @@ def test_two_restores_at_once_from_two_repositories_stay_apart(lab: Lab) -> None
     for corner in corners:  # and both really were served by their own prefetch worker
         assert " hit " in (corner / "prefetch.log").read_text()
 
-
-def test_no_fault_table_row_without_its_test() -> None:
-    """README's fault table names only tests that exist in this module or its siblings."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    start = readme.index("## Fault table")
-    table = readme[start:readme.index("\n## ", start + 5)]
-    here = Path(__file__).parent
-    refs = [chunk.split("`", 1)[0] for line in table.splitlines() if line.startswith("|")
-            for chunk in line.split("`tests/")[1:]]
-    assert refs
-    for ref in refs:
-        path, _, test = ref.partition("::")
-        assert (here.parent / path).exists(), ref
-        if test:
-            assert f"def {test}(" in (here.parent / path).read_text(), ref
