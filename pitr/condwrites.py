@@ -6,8 +6,8 @@ server refuses when the key exists (README, "Conditional writes are proven, not
 assumed", under "Setting up archiving"). A server or
 proxy that ignores the header answers every such write with success, and all
 three silently stop protecting anything. So before archive-push, the agent,
-backup or the lock write anything, the repository is proven to refuse a second
-conditional write to a probe key; a server that accepts it is refused
+backup, expire (the lock) or setup (the claim) write anything, the repository
+is proven to refuse a second conditional write to a probe key; a server that accepts it is refused
 (:class:`ConditionalWritesIgnored`), unless ``repository.conditional_writes =
 false`` says the user knows (``pitr status`` and the metrics then carry a
 standing warning).

@@ -392,7 +392,8 @@ def test_full_spool_during_a_restore_still_restores_exact(lab: Lab, src: Source)
     expected = src.expected()
     with tmpfs(src.base / "spool-tmpfs", "1m") as mnt:
         fill(mnt)
-        cfg = src.variant("full-spool.toml", archive={"spool_dir": str(mnt)})
+        cfg = src.variant("full-spool.toml",
+                          archive={"spool_dir": str(mnt), "fast_path_wait": 0.3})
         restored, _ = src.restore("full-spool", config=cfg)
         assert_exact(restored, src, expected)
         restored.stop("immediate")
