@@ -3,11 +3,11 @@
 Never overwriting an archived segment, the stanza lock and the claim of a
 stanza's ``repo.json`` all rest on one primitive: a conditional write that the
 server refuses when the key exists (README, "Conditional writes are proven, not
-assumed", under "Setting up archiving"). A server or
-proxy that ignores the header answers every such write with success, and all
-three silently stop protecting anything. So before archive-push, the agent,
-backup, expire (the lock) or setup (the claim) write anything, the repository
-is proven to refuse a second conditional write to a probe key; a server that accepts it is refused
+assumed", under "Setting up archiving"). A server or proxy that ignores the
+header answers every such write with success, and all three silently stop
+protecting anything. So before archive-push, the agent, backup, expire (the
+lock) or setup (the claim) write anything, the repository is proven to refuse
+a second conditional write to a probe key; a server that accepts it is refused
 (:class:`ConditionalWritesIgnored`), unless ``repository.conditional_writes =
 false`` says the user knows (``pitr status`` and the metrics then carry a
 standing warning).
