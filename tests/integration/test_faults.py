@@ -325,6 +325,26 @@ def test_hang_during_replay_stops_recovery_then_it_finishes_exact(
     target.stop("immediate")
 
 
+def test_hang_while_a_restore_downloads_the_base_backup(lab: Lab, src: Source) -> None:
+    expected = src.expected()
+    # The manifests first: a backup whose manifest did not arrive is unknown, not "no
+    # completed backup" (it used to be read as damaged: exit 11).
+    lab.proxy.set_rules(Rule("hang", method="GET", path_contains="/manifest.json"))
+    target, proc = src.restore("hang-base", check=False)
+    assert proc.returncode == 5, proc.stderr  # TransientStorageError, after the budget
+    assert "no completed backup" not in proc.stderr
+    # Then the base backup's tar itself, mid-restore.
+    lab.proxy.set_rules(Rule("hang", method="GET", path_contains="/base.tar"))
+    proc = run_pitr(src.config, "restore", "--pgdata", str(target.pgdata), "--latest",
+                    "--start", "--port", str(target.port), check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert not target.is_running()
+    lab.proxy.clear()
+    restored, _ = src.restore("hang-base-rerun", "--force", pgdata=target.pgdata)
+    assert_exact(restored, src, expected)
+    restored.stop("immediate")
+
+
 # -- kill -9 at a random point --------------------------------------------------------------
 def _popen_as_user(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
@@ -397,6 +417,25 @@ def test_full_spool_during_a_restore_still_restores_exact(lab: Lab, src: Source)
         restored, _ = src.restore("full-spool", config=cfg)
         assert_exact(restored, src, expected)
         restored.stop("immediate")
+
+
+def test_full_spool_while_archiving_with_the_agent(lab: Lab, src: Source) -> None:
+    with tmpfs(src.base / "agent-spool-tmpfs", "1m") as mnt:
+        cfg = src.variant("agent-full-spool.toml", archive={"spool_dir": str(mnt)})
+        spool = Spool(mnt, STANZA)
+        agent = AgentProc(lab.exe, cfg, spool, src.base / "agent-full.log")
+        try:
+            fill(mnt)  # from now on no receipt, proof, status or memo can be written
+            src.cluster.sql(f"alter system set archive_command = "
+                            f"'{lab.exe} --config {cfg} archive-push %p'")
+            src.cluster.sql("select pg_reload_conf()")
+            names = src.burst(3)
+            src.archived(names[-1])
+            src.assert_nothing_lost(names)
+        finally:
+            src.cluster.sql("alter system reset archive_command")
+            src.cluster.sql("select pg_reload_conf()")
+            agent.signal(signal.SIGTERM)
 
 
 def test_full_restore_destination_fails_clearly_then_a_rerun_is_exact(
