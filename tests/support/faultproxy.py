@@ -209,17 +209,28 @@ class FaultProxy:
                     req = self._strip_if_none_match(req)
                 else:
                     action = "forward" if action == "ignore_if_none_match" else action
-                if upstream is None:
-                    upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port,
-                                                          timeout=60)
-                try:
-                    status, headers, body = _forward(upstream, req)
-                except (OSError, http.client.HTTPException):
-                    upstream.close()
+                answer = None
+                for fresh in ((False, True) if upstream is not None else (True,)):
+                    if fresh:
+                        if upstream is not None:
+                            upstream.close()
+                        upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port,
+                                                              timeout=60)
+                    try:
+                        answer = _forward(upstream, req)  # type: ignore[arg-type]
+                        break
+                    except (OSError, http.client.HTTPException):
+                        # A kept-alive upstream connection the server closed while idle
+                        # fails on reuse: once more on a new one, as any client would.
+                        continue
+                if answer is None:
+                    if upstream is not None:
+                        upstream.close()
                     upstream = None
                     self.log.append(Logged(req.method, req.path, "upstream-failed", 0))
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
+                status, headers, body = answer
                 self.log.append(Logged(req.method, req.path, action, status))
                 if action == "cut":
                     n = int(rule.arg or 0) if rule else 0
