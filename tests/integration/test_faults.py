@@ -14,6 +14,7 @@ around each).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -57,6 +58,7 @@ class Source:
     config: Path  # through the proxy
     settings: dict[str, Any]
     direct: Config  # the same repository without the proxy, for assertions
+    proxy: FaultProxy
     rows: int = 0
     restored: list[PgCluster] = field(default_factory=list)
 
@@ -121,7 +123,10 @@ class Source:
         self.restored.append(target)
         proc = run_pitr(config or self.config, "restore", "--pgdata", str(target.pgdata),
                         "--latest", "--start", "--port", str(target.port), "--json",
-                        "--wait-timeout", "300", *args, check=check, timeout=timeout)
+                        "--wait-timeout", "300", *args, check=False, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"restore {name} failed ({proc.returncode}): {proc.stderr}\n"
+                                 f"last proxy log: {list(self.proxy.log)[-20:]}")
         return target, proc
 
 
@@ -150,7 +155,7 @@ def make_source(base: Path, server: Any, proxy: FaultProxy, exe: Path, name: str
                          "archive_command": f"{exe} --config {cfg} archive-push %p"})
     cluster.start()
     cluster.sql("create table rows (i int primary key, v text)")
-    src = Source(home, cluster, cfg, settings, direct)
+    src = Source(home, cluster, cfg, settings, direct, proxy)
     src.burst(1)
     run_pitr(cfg, "backup")
     return src
@@ -175,6 +180,8 @@ def lab(workdir: Path, s3_server: Any, pitr_exe: Path) -> Iterator[Lab]:
             yield lab
         finally:
             proxy.clear()
+            counts = collections.Counter(e.action for e in proxy.log)
+            print(f"fault proxy: {dict(counts)}")
             for s in lab.sources:
                 for c in [*s.restored, s.cluster]:
                     c.stop("immediate")

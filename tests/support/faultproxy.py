@@ -17,7 +17,8 @@ time from the test (:meth:`FaultProxy.set_rules`, :meth:`FaultProxy.clear`):
                  again (AWS SigV4) with the server's credentials, since the header is
                  part of the signature
 
-Bounded: at most ``max_connections`` client connections (more are closed at once),
+Bounded: at most ``max_connections`` client connections (a new one waits up to 30 s for
+a slot, then is closed),
 each served by one daemon thread; the request log keeps the last 10 000 entries.
 Loopback only: it binds 127.0.0.1 and forwards to a 127.0.0.1 port.
 """
@@ -90,7 +91,7 @@ class _Request:
 
 class FaultProxy:
     def __init__(self, upstream_port: int, *, access_key: str = "", secret_key: str = "",
-                 max_connections: int = 64, max_hang: float = 120.0) -> None:
+                 max_connections: int = 256, max_hang: float = 120.0) -> None:
         self.upstream_port = upstream_port
         self.access_key, self.secret_key = access_key, secret_key
         self.max_hang = max_hang
@@ -171,7 +172,11 @@ class FaultProxy:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
-            if not self._slots.acquire(blocking=False):
+            # Idle keep-alive connections (boto3 pools, prefetch workers waiting to exit)
+            # hold slots: a new client waits for one rather than meeting a closed socket,
+            # which pitr would rightly report as an outage the test did not inject.
+            if not self._slots.acquire(timeout=30):
+                self.log.append(Logged("-", "-", "too-many-connections", 0))
                 conn.close()
                 continue
             with self._lock:
@@ -237,7 +242,8 @@ class FaultProxy:
                     _send_response(conn, req, status, headers, body, limit=n)
                     return
                 _send_response(conn, req, status, headers, body)
-        except OSError:
+        except OSError as exc:  # the client went away (or a bug here): say so in the log
+            self.log.append(Logged("-", "-", f"client-error {type(exc).__name__}", 0))
             return
         finally:
             if upstream is not None:
