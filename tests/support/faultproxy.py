@@ -142,6 +142,8 @@ class FaultProxy:
             self._rules = []
             self._changed.notify_all()
         with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
+        with contextlib.suppress(OSError):
             self._sock.close()
         with self._lock:
             clients = list(self._clients)
