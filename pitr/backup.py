@@ -28,6 +28,7 @@ from typing import Any
 from pitr import __version__, codec
 from pitr import manifest as manifest_mod
 from pitr.catalog import BackupObject, BackupRecord
+from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
 from pitr.errors import BackupError, Interrupted, NotFound, PitrError, SystemIdMismatch
 from pitr.lock import StanzaLock
@@ -94,6 +95,7 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                command: str = "pitr backup") -> BackupResult:
     """Take one base backup of ``cfg.postgres`` into ``cfg.repository``."""
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
     lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after)
     with _signals_raise_interrupted(), lock as held:
         started = time.monotonic()

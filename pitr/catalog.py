@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pitr.errors import IntegrityError, PitrError
+from pitr.errors import IntegrityError, PitrError, TransientStorageError
 from pitr.pg.names import (
     DEFAULT_SEGMENT_SIZE,
     HistoryEntry,
@@ -309,6 +309,11 @@ def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Except
     damaged: list[str] = []
     for backup_id, key in manifests.items():
         data = texts[key]
+        if isinstance(data, TransientStorageError):
+            # The repository did not answer: the backup's state is unknown, not "damaged".
+            # Reading it as damaged would silently plan from an older backup, or report
+            # "no completed backup" when there is one (README, Fault table).
+            raise data
         try:
             if isinstance(data, Exception):
                 raise data

@@ -61,8 +61,14 @@ def check_version(cfg: Config, repo: Repo | None, major: int) -> CheckResult:
                        f"binaries {bindir}{tested}")
 
 
-def check_repository(repo: Repo) -> CheckResult:
-    """Write, read back and delete a probe object."""
+def check_repository(repo: Repo, *, conditional_writes: bool = True) -> CheckResult:
+    """Write a probe object, write it again conditionally (which must be refused), read it
+    back and delete it.
+
+    ``conditional_writes``: repository.conditional_writes; when false the user knows the
+    server ignores If-None-Match, so an accepted second write is said, not failed.
+    """
+    from pitr.condwrites import WHAT_BREAKS, refusal, second_put_refused
     from pitr.storage.base import put_bytes, read_bytes
 
     key = f"{repo.stanza}/check/probe-{uuid.uuid4().hex}"
@@ -70,14 +76,23 @@ def check_repository(repo: Repo) -> CheckResult:
     try:
         put_bytes(repo.storage, key, payload, if_absent=True)
         try:
-            if read_bytes(repo.storage, key) != payload:
+            refused = second_put_refused(repo.storage, key)
+            if not refused and conditional_writes:
+                err = refusal(repo.storage.url)
+                return _fail("repository", err.message, err.hint or "")
+            if refused and read_bytes(repo.storage, key) != payload:
                 return _fail("repository", f"{repo.storage.url}: probe object read back "
                              "different bytes", "the storage is not returning what was stored")
         finally:
             repo.storage.delete([key])
     except PitrError as exc:
         return _fail("repository", exc, "check repository.url, credentials and permissions")
-    return CheckResult("repository", "ok", f"{repo.storage.url} is reachable and writable")
+    if not refused:
+        return CheckResult("repository", "ok", f"{repo.storage.url} is reachable and writable; "
+                           "WARNING: it ignores conditional writes (repository.conditional_writes"
+                           f" = false), so {WHAT_BREAKS}")
+    return CheckResult("repository", "ok", f"{repo.storage.url} is reachable and writable, and "
+                       "refuses to overwrite with a conditional write")
 
 
 def check_settings(s: dict[str, str], proof_dir: str | None = None) -> list[CheckResult]:
@@ -167,7 +182,8 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         repo = Repo(open_storage(cfg.repository), cfg.stanza)
     except PitrError as exc:
         return [*results, _fail("repository", exc)]
-    results.append(check_repository(repo))
+    results.append(check_repository(repo,
+                                    conditional_writes=cfg.repository.conditional_writes))
     repo_ok = results[-1].status == "ok"
 
     try:

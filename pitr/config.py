@@ -78,6 +78,10 @@ class RepositoryConfig:
                               "(Content-MD5, for servers that do not know the former); "
                               "multipart parts always carry Content-MD5",
                               choices=("crc32", "md5"))
+    conditional_writes: bool = _f(True, "require proof that the S3 server refuses a second "
+                                  "conditional write (If-None-Match); false runs on a server "
+                                  "that ignores it, without never-overwrite and the stanza "
+                                  "lock, and status then warns")
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,14 @@ before any I/O. Two cases are answered here with :mod:`pitr.fastpath` only
 * ``[--config X] archive-get NAME DEST`` for a segment NAME: record NAME as the
   restore position, start the detached prefetch worker if none runs, and if
   NAME was prefetched (verified, decompressed, renamed into the spool only when
-  complete) and its page header names this segment and the system identifier
-  of the cluster being recovered (its pg_control), rename it to DEST. The fast
-  path never answers "absent": that needs the proof only the full path gives
-  (README "Exit codes", archive-get), and it is asked a handful of times per
-  restore. History files (no page header to prove) take the full path too.
+  complete), still hashes to the sha256 the repository recorded, and its page
+  header names this segment and the system identifier of the cluster being
+  recovered (its pg_control), rename it to DEST. All of it in this restore's own
+  corner of the spool (repository, data directory, system id:
+  :func:`pitr.fastpath.restore_key`). The fast path never answers "absent": that
+  needs the proof only the full path gives (README "Exit codes", archive-get),
+  and it is asked a handful of times per restore. History files (no page header
+  to prove) take the full path too.
 
 Anything else, and every doubt or error on these paths (root included: the
 full CLI refuses root over the cluster's files), falls through to the full
@@ -143,7 +146,10 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     cfg = fp.load_config(config)
     if cfg.prefetch <= 0:
         return None
-    base = cfg.base
+    datadir = fp.data_dir_of(dest, cfg.pgdata)
+    base = fp.restore_base(cfg.base, cfg.url, datadir)
+    if base is None:
+        return None  # no pg_control to say whose restore this is: the full CLI fetches
     pdir = os.path.join(base, fp.PREFETCH_DIR)
     os.makedirs(pdir, mode=0o700, exist_ok=True)
     # Publish the request before looking for a worker: a worker that is about to
@@ -153,7 +159,7 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     if not os.path.exists(src):  # ask for this very file
         os.close(os.open(src + fp.REQUEST_SUFFIX, os.O_WRONLY | os.O_CREAT, 0o600))
     if not fp.lock_held(os.path.join(base, fp.PREFETCH_LOCK)):
-        spawn_prefetcher(config, os.path.join(base, fp.PREFETCH_WORKER_LOG))
+        spawn_prefetcher(config, datadir, os.path.join(base, fp.PREFETCH_WORKER_LOG))
     # The worker's window starts at NAME itself (or NAME is a request): if NAME is
     # not there yet, waiting for the warm worker beats a cold fetch of our own,
     # unless it already failed.
@@ -182,14 +188,23 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     if not os.path.exists(src):
         fp.append_line(log, f"{time.time():.3f} miss {name}")
         return None
-    if not fp.segment_proven(src, name, fp.data_dir_of(dest, cfg.pgdata)):
-        try:  # noqa: SIM105 - contextlib is one import more on the hot path
-            os.unlink(src)  # not what PostgreSQL asked for: never handed over
-        except FileNotFoundError:
-            pass
-        fp.append_line(log, f"{time.time():.3f} unproven {name}")
+    # Not what PostgreSQL asked for (unproven), or changed since the worker verified it
+    # (damaged): never handed over. The full CLI fetches it and proves it itself.
+    doubt = ("unproven" if not fp.segment_proven(src, name, datadir)
+             else "damaged" if not fp.prefetched_intact(src) else None)
+    if doubt is not None:
+        for path in (src, src + fp.CHECKSUM_SUFFIX):
+            try:  # noqa: SIM105 - contextlib is one import more on the hot path
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        fp.append_line(log, f"{time.time():.3f} {doubt} {name}")
         return None
     move_into_place(src, dest)
+    try:  # noqa: SIM105
+        os.unlink(src + fp.CHECKSUM_SUFFIX)
+    except FileNotFoundError:
+        pass
     fp.append_line(log, f"{time.time():.3f} hit {name}")
     return 0
 
@@ -223,7 +238,7 @@ def move_into_place(src: str, dest: str) -> None:
     os.unlink(src)
 
 
-def spawn_prefetcher(config: str | None, log_path: str) -> None:
+def spawn_prefetcher(config: str | None, datadir: str, log_path: str) -> None:
     """Start ``pitr prefetch-worker`` detached (double fork, own session).
 
     It must outlive this short archive-get process and must not hold
@@ -232,7 +247,7 @@ def spawn_prefetcher(config: str | None, log_path: str) -> None:
     argv = [sys.executable, "-m", "pitr"]
     if config:
         argv += ["--config", os.path.abspath(config)]
-    argv.append("prefetch-worker")
+    argv += ["prefetch-worker", "--datadir", os.path.abspath(datadir)]
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:

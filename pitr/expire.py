@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pitr.catalog import Catalog, load_catalog
+from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
 from pitr.errors import LockedError, NotFound, PitrError
 from pitr.lock import LockInfo, StanzaLock, stale_reason
@@ -75,6 +76,7 @@ def run_expire(cfg: Config, *, dry_run: bool = False, now: datetime | None = Non
     if dry_run:
         since = _running_since(repo, cfg.backup.lock_stale_after)
         return expire(repo, policy, now=now, dry_run=True, busy_since=since)
+    require_conditional_writes(cfg, repo.storage)  # the lock rests on it
     lock = StanzaLock(repo, LOCK_NAME, command="pitr expire",
                       stale_after=cfg.backup.lock_stale_after, what="backup or expire")
     with lock as held:

@@ -46,6 +46,10 @@ MISSING_SUFFIX = ".missing"  # prefetch/<name>.missing: the worker could not fet
 MISSING_FRESH = 2.0  # seconds a .missing marker stands; the worker retries after as long
 ABSENT = "absent"  # .missing content when the repository said "no such object"
 REQUEST_SUFFIX = ".request"  # prefetch/<name>.request: archive-get wants this one file
+CHECKSUM_SUFFIX = ".sha256"  # prefetch/<name>.sha256: the raw sha256 the repository recorded
+# Prefetch state lives in <spool>/<stanza>/restore-<key>/, one per restore: see restore_key.
+RESTORE_PREFIX = "restore-"
+PG_CONTROL = os.path.join("global", "pg_control")
 
 _HEX = frozenset("0123456789ABCDEF")
 
@@ -209,6 +213,59 @@ def lock_held(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+# -- one restore's prefetch state ---------------------------------------------------
+def read_system_id(datadir: str) -> int | None:
+    """The cluster's system identifier: the first 8 bytes of global/pg_control (native,
+    little-endian on every platform PostgreSQL 15 packages exist for). None: unreadable."""
+    try:
+        with open(os.path.join(datadir, PG_CONTROL), "rb") as fh:
+            raw = fh.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(raw, "little") if len(raw) == 8 else None
+
+
+def restore_key(url: str, datadir: str, system_id: int) -> str:
+    """Who a prefetched file is for: this repository, this cluster, this data directory.
+
+    Two restores on one host (two repositories, or one repository restored twice into
+    two directories) get two keys, so neither can hand the other a segment or an
+    "absent" marker.
+    """
+    import hashlib
+
+    text = f"{url}\0{os.path.realpath(datadir)}\0{system_id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def restore_base(base: str, url: str, datadir: str) -> str | None:
+    """``<spool>/<stanza>/restore-<key>`` for this restore; None when the data directory
+    has no readable pg_control (then nothing is prefetched)."""
+    sysid = read_system_id(datadir)
+    if sysid is None:
+        return None
+    return os.path.join(base, RESTORE_PREFIX + restore_key(url, datadir, sysid))
+
+
+def prefetched_intact(path: str) -> bool:
+    """Does the prefetched file still hash to the sha256 the repository recorded for it?
+
+    Checked at hand-over (one read of the file, 27 ms p50 for 16 MiB on a loaded 2-core
+    host; README, "Prefetch in archive-get"): a file changed or
+    damaged in the spool after the worker verified it is never given to PostgreSQL.
+    """
+    import hashlib
+
+    try:
+        with open(path + CHECKSUM_SUFFIX) as fh:
+            expected = fh.read(100).strip()
+        with open(path, "rb") as fh:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return False
+    return bool(expected) and got == expected
+
+
 # -- receipts ---------------------------------------------------------------------------
 def identity_of(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -271,21 +328,20 @@ def segment_proven(path: str, name: str, datadir: str) -> bool:
     """Is the spool file at ``path`` segment ``name`` of the cluster in ``datadir``?
 
     The long page header at its start (layout in :mod:`pitr.pg.walheader`) names
-    the segment's first LSN and the system identifier, which must equal the first
-    8 bytes of ``global/pg_control`` (see :mod:`pitr.pg.control`). Any doubt: False.
+    the segment's first LSN and the system identifier, which must equal the one in
+    ``global/pg_control`` (:func:`read_system_id`). Any doubt: False.
     """
+    cluster = read_system_id(datadir)
     try:
-        with open(os.path.join(datadir, "global", "pg_control"), "rb") as fh:
-            cluster = fh.read(8)
         with open(path, "rb") as fh:
             head = fh.read(40)
     except OSError:
         return False
-    if len(cluster) < 8 or len(head) < 40 or not int.from_bytes(head[2:4], "little") & 2:
+    if cluster is None or len(head) < 40 or not int.from_bytes(head[2:4], "little") & 2:
         return False
     seg_size = int.from_bytes(head[32:36], "little")
     if seg_size <= 0 or seg_size & (seg_size - 1) or seg_size > 1 << 32:
         return False
     segno = int(name[8:16], 16) * (0x100000000 // seg_size) + int(name[16:24], 16)
     return (int.from_bytes(head[8:16], "little") == segno * seg_size
-            and head[24:32] == cluster)
+            and int.from_bytes(head[24:32], "little") == cluster)

@@ -10,6 +10,9 @@ Taking over is not atomic on object stores (read, delete, create): two runs
 that find the same stale lock at the same instant could both proceed. The
 ``token`` check on release keeps one run from deleting the other's lock, and
 a backup run cleans only what is older than its own lock.
+
+The conditional write is only as good as the server: backup and expire prove
+it (:func:`pitr.condwrites.require_conditional_writes`) before taking the lock.
 """
 
 from __future__ import annotations

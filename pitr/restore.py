@@ -266,6 +266,15 @@ def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: 
                 raise IntegrityError(f"{obj.key}: not a readable tar: {exc}",
                                      hint="the backup object is damaged: restore another "
                                           "backup (--backup ID)") from exc
+            except OSError as exc:
+                # Writing into the data directory failed (full, read-only, quota): the
+                # destination's fault, said as such, never "a bug" (README, Fault table).
+                hashed.progress.abandon()
+                raise TargetDirError(
+                    f"cannot write the restored files into {pgdata}: {exc.strerror or exc}",
+                    hint="free space (a restore needs about the backup's database size plus "
+                         "the WAL it replays) or restore elsewhere; the partial copy there may "
+                         "be deleted (--force would only move it aside)") from exc
             except BaseException:
                 hashed.progress.abandon()
                 raise

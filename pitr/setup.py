@@ -299,6 +299,9 @@ def _stanza(cfg: Config, facts: ClusterFacts, *, create: bool) -> dict[str, Any]
         # ensure_identity raises the explained mismatch; a dry run must too.
         repo.ensure_identity(facts.system_id, facts.major, facts.segment_size)
     if create:
+        from pitr.condwrites import require_conditional_writes
+
+        require_conditional_writes(cfg, repo.storage)  # the repo.json claim rests on it
         ident = repo.ensure_identity(facts.system_id, facts.major, facts.segment_size)
         doc.update(status="exists" if existing else "created", system_id=ident.system_id)
     else:

@@ -39,9 +39,14 @@ def agent(
 def prefetch_worker(
     idle_exit: Annotated[float, typer.Option(
         "--idle-exit", help="exit after this many seconds without a request")] = 20.0,
+    datadir: Annotated[str, typer.Option(
+        "--datadir", help="data directory of the restore it serves (default: the working "
+        "directory, where PostgreSQL runs restore_command)")] = "",
 ) -> None:
     """Background fetcher started by archive-get (not meant to be run by hand)."""
+    import os
+
     from pitr.wal.prefetch import run_worker
 
     cfg = load_config(command="prefetch-worker")
-    raise typer.Exit(run_worker(cfg, idle_exit=idle_exit))
+    raise typer.Exit(run_worker(cfg, datadir=datadir or os.getcwd(), idle_exit=idle_exit))

@@ -76,7 +76,8 @@ def gather(cfg: Config) -> Inputs:
 def report_from(cfg: Config, inputs: Inputs, now: datetime | None = None) -> HealthReport:
     return evaluate(inputs.catalog, inputs.agent, inputs.last_verify,
                     Thresholds.from_config(cfg.monitor), now or datetime.now(UTC),
-                    location=location(cfg), retention=asdict(cfg.retention))
+                    location=location(cfg), retention=asdict(cfg.retention),
+                    conditional_writes=cfg.repository.conditional_writes)
 
 
 def health_report(cfg: Config, now: datetime | None = None) -> HealthReport:

@@ -222,11 +222,21 @@ def evaluate(
     *,
     location: str = "",
     retention: dict[str, Any] | None = None,
+    conditional_writes: bool = True,
 ) -> HealthReport:
-    """Decide health. ``now`` is timezone-aware UTC, as are all catalog times."""
+    """Decide health. ``now`` is timezone-aware UTC, as are all catalog times.
+
+    ``conditional_writes``: repository.conditional_writes; false is a standing warning
+    (the repository is used without never-overwrite and the stanza lock).
+    """
     findings: list[Finding] = []
     crit = lambda n, m: findings.append(Finding(n, CRITICAL, m))  # noqa: E731
     warn = lambda n, m: findings.append(Finding(n, WARNING, m))  # noqa: E731
+    if not conditional_writes:
+        from pitr.condwrites import WHAT_BREAKS
+
+        warn("conditional_writes_off", "repository.conditional_writes = false: the "
+             f"repository is not proven to refuse overwrites, so {WHAT_BREAKS}")
 
     last_backup = None
     if catalog.backups:

@@ -227,6 +227,9 @@ class S3Storage:
 
     # -- primitives --------------------------------------------------------------
 
+    # If-None-Match is the server's to enforce: pitr.condwrites proves it does.
+    conditional_by_server = True
+
     def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
         full = self._full(key)
         reader = _Chunker(src)

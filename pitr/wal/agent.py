@@ -320,11 +320,14 @@ class Agent:
         building one costs ~120 ms of CPU (each loads the S3 service model), so
         the workers share one client (and one repo.json check).
         """
+        from pitr.condwrites import require_conditional_writes
         from pitr.storage import open_storage
 
         with self._storage_lock:
             if self._storage is None:
-                self._storage = open_storage(self.cfg.repository)
+                storage = open_storage(self.cfg.repository)
+                require_conditional_writes(self.cfg, storage)
+                self._storage = storage
             return WarmRepo(self._storage, self.cfg.stanza, self._identity)
 
     def _worker(self) -> None:
@@ -343,6 +346,11 @@ class Agent:
                 if repo is None:
                     repo = self._make_repo()
                 self.push_one(repo, name)
+            except PitrError as exc:  # e.g. a repository that ignores conditional writes
+                self._failed(name, exc.message)
+                repo = None
+                with self._storage_lock:
+                    self._storage = None  # prove it again before the next push
             except Exception as exc:  # a worker must survive anything one segment does
                 self._failed(name, f"unexpected {type(exc).__name__}: {exc}")
                 log.exception("agent: pushing %s failed unexpectedly", name)

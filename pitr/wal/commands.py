@@ -44,7 +44,10 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
 
         cfg = _load(config_path, "archive-push", debug, log_format)
         check_command_user("archive-push", cfg.postgres.pgdata)
+        from pitr.condwrites import require_conditional_writes
+
         repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        require_conditional_writes(cfg, repo.storage)  # remembered: a stat() per segment
         push_wal(repo, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
         return 0
     except BaseException as exc:  # the boundary: every outcome gets a code

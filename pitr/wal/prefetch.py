@@ -3,14 +3,21 @@
 restore_command asks for one segment at a time and PostgreSQL replays it
 before asking for the next, so a plain per-segment fetch leaves replay idle
 during every download. ``archive-get NAME`` (in :mod:`pitr.entry`) records NAME
-in ``<spool>/<stanza>/prefetch.want`` and starts this worker detached if none
-runs. The worker keeps ``NAME+1 .. NAME+k`` (same timeline, k =
-``archive.prefetch``) in ``<spool>/<stanza>/prefetch/``, each fetched with
-:func:`pitr.wal.fetch.fetch_wal` (sha256-verified, decompressed, fsynced and
-renamed into place only when complete), several in parallel with one warm
-client per thread. A later request for a prefetched segment is a rename.
+in ``<spool>/<stanza>/restore-<key>/prefetch.want`` and starts this worker
+detached if none runs. The worker keeps ``NAME+1 .. NAME+k`` (same timeline, k =
+``archive.prefetch``) in ``<spool>/<stanza>/restore-<key>/prefetch/``, each
+fetched with :func:`pitr.wal.fetch.fetch_wal` (sha256-verified, decompressed,
+fsynced and renamed into place only when complete, after ``<name>.sha256``
+records the checksum the repository gave), several in parallel with one warm
+client per thread. A later request for a prefetched segment is a hash check and
+a rename.
 
-* Only one worker runs per stanza (flock on ``prefetch.lock``).
+* One restore, one key: the repository URL, the data directory and its system
+  identifier (:func:`pitr.fastpath.restore_key`). Two restores on one host never
+  share a file, a marker or a worker; a worker whose repository's ``repo.json``
+  names another system identifier serves nothing (archive-get then asks the
+  repository itself and reports the mismatch).
+* Only one worker runs per restore (flock on ``prefetch.lock``).
 * Stale files (another timeline, before the requested segment, beyond the
   window) are removed whenever the position moves.
 * A segment missing ahead is the end of the archive, not an error: it is
@@ -36,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pitr import fastpath as fp
 from pitr.config import Config
-from pitr.errors import WalNotFound
+from pitr.errors import UsageError, WalNotFound
 from pitr.log import event
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 from pitr.repo import Repo
@@ -78,10 +85,17 @@ def is_stale(name: str, want: str, k: int, seg_size: int = DEFAULT_SEGMENT_SIZE)
 
 
 class Prefetcher:
-    def __init__(self, cfg: Config, *, idle_exit: float = 20.0, poll: float = 0.01,
-                 absent_retry: float = ABSENT_RETRY) -> None:
+    def __init__(self, cfg: Config, *, datadir: str | os.PathLike[str], idle_exit: float = 20.0,
+                 poll: float = 0.01, absent_retry: float = ABSENT_RETRY) -> None:
         self.cfg = cfg
-        self.spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+        self.datadir = os.path.realpath(datadir)
+        system_id = fp.read_system_id(self.datadir)
+        if system_id is None:
+            raise UsageError(f"{self.datadir}: no readable global/pg_control",
+                             hint="the prefetch worker serves one restore's data directory")
+        self.system_id = system_id
+        self.spool = Spool(cfg.archive.spool_dir, cfg.stanza, fp.restore_key(
+            cfg.repository.url, self.datadir, system_id)).ensure()
         self.k = cfg.archive.prefetch
         self.budget = float(cfg.repository.timeout)
         self.idle_exit = idle_exit
@@ -128,6 +142,12 @@ class Prefetcher:
         ident = self._repo().read_identity()
         if ident is not None:
             self.seg_size = ident.segment_size
+            if str(ident.system_id) != str(self.system_id):
+                event(log, logging.WARNING, "prefetch: the repository belongs to another "
+                      "cluster; serving nothing", repository=str(ident.system_id),
+                      cluster=self.system_id)
+                os.close(fd)
+                return 0
         event(log, logging.INFO, "prefetch worker started", window=self.k)
         last_sig = None
         last_activity = last_plan = time.monotonic()
@@ -208,9 +228,10 @@ class Prefetcher:
     def _remove_leftovers(self) -> None:
         with os.scandir(self.spool.prefetch_dir) as it:
             for entry in it:
-                # temp files, markers of a dead worker; requests are for us
-                if not SEGMENT_RE.match(entry.name) and not entry.name.endswith(
-                        fp.REQUEST_SUFFIX):
+                # temp files, markers of a dead worker; requests are for us, and a
+                # segment keeps its recorded checksum
+                if not SEGMENT_RE.match(entry.name.removesuffix(fp.CHECKSUM_SUFFIX)) \
+                        and not entry.name.endswith(fp.REQUEST_SUFFIX):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
@@ -220,7 +241,7 @@ class Prefetcher:
             files = [e.name for e in it]
         present = {n for n in files if SEGMENT_RE.match(n)}
         for f in files:
-            seg = f.removesuffix(MISSING)
+            seg = f.removesuffix(MISSING).removesuffix(fp.CHECKSUM_SUFFIX)
             if SEGMENT_RE.match(seg) and is_stale(seg, want, self.k, self.seg_size):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spool.prefetch_dir / f)
@@ -241,7 +262,12 @@ class Prefetcher:
 
         started = time.monotonic()
         try:
-            fetch_wal(self._repo(), name, self.spool.prefetched(name), budget=self.budget)
+            # Verified into a temp name, its checksum recorded, then renamed into place:
+            # archive-get hashes the file against that record when it hands it over.
+            part = self.spool.prefetch_dir / f".{name}.part"
+            result = fetch_wal(self._repo(), name, part, budget=self.budget)
+            atomic_write(self.spool.checksum(name), result.sha256 + "\n")
+            os.replace(part, self.spool.prefetched(name))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.spool.missing(name))
             with self.lock:
@@ -267,5 +293,5 @@ class Prefetcher:
                 self.reasks.discard(name)
 
 
-def run_worker(cfg: Config, *, idle_exit: float = 20.0) -> int:
-    return Prefetcher(cfg, idle_exit=idle_exit).run()
+def run_worker(cfg: Config, *, datadir: str | os.PathLike[str], idle_exit: float = 20.0) -> int:
+    return Prefetcher(cfg, datadir=datadir, idle_exit=idle_exit).run()

@@ -9,11 +9,15 @@ Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
     <spool>/<stanza>/archive/fastpath.log  one line per archive-push answered from a receipt
     <spool>/<stanza>/archive/proofs-<tag>/<name>_<identity>  empty twin of a receipt, for
                                          pitr/archive-push.sh (tag: the repository URL's hash)
-    <spool>/<stanza>/prefetch.lock       flock'ed while a prefetch worker runs
-    <spool>/<stanza>/prefetch.want       the newest segment restore_command asked for
-    <spool>/<stanza>/prefetch.log        hit/miss/fetched lines (proof that prefetch works)
-    <spool>/<stanza>/prefetch/<name>     verified, decompressed segment, renamed into place
-    <spool>/<stanza>/prefetch/<name>.missing    the worker could not fetch <name>
+    <spool>/<stanza>/restore-<key>/      one restore's prefetch state; key: repository URL,
+                                         data directory and its system id (fastpath.restore_key)
+    <spool>/<stanza>/restore-<key>/prefetch.lock   flock'ed while its prefetch worker runs
+    <spool>/<stanza>/restore-<key>/prefetch.want   the newest segment restore_command asked for
+    <spool>/<stanza>/restore-<key>/prefetch.log    hit/miss/fetched lines (proof prefetch works)
+    <spool>/<stanza>/restore-<key>/prefetch/<name>          verified, decompressed segment
+    <spool>/<stanza>/restore-<key>/prefetch/<name>.sha256   its sha256 as the repository
+                                         recorded it, checked again when it is handed over
+    <spool>/<stanza>/restore-<key>/prefetch/<name>.missing  the worker could not fetch <name>
 
 Why a receipt may answer archive-push. A receipt is written only after the
 repository acknowledged the object (push_wal returned), and it records the
@@ -158,21 +162,39 @@ def rotate_if_big(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
 
 
 class Spool:
-    """Paths and small atomic operations of one stanza's spool."""
+    """Paths and small atomic operations of one stanza's spool.
 
-    def __init__(self, spool_dir: str | Path, stanza: str) -> None:
+    ``restore_key`` (:func:`pitr.fastpath.restore_key`) selects one restore's prefetch
+    state; without it the prefetch paths are not usable (archive-get always has one).
+    """
+
+    def __init__(self, spool_dir: str | Path, stanza: str, restore_key: str = "") -> None:
         self.base = Path(spool_dir) / stanza
         self.archive_dir = self.base / fp.ARCHIVE_DIR
-        self.prefetch_dir = self.base / fp.PREFETCH_DIR
         self.agent_lock = self.base / fp.AGENT_LOCK
         self.status_path = self.base / fp.STATUS_FILE
         self.fastpath_log = self.archive_dir / fp.FASTPATH_LOG
-        self.prefetch_lock = self.base / fp.PREFETCH_LOCK
-        self.prefetch_want = self.base / fp.PREFETCH_WANT
-        self.prefetch_log = self.base / fp.PREFETCH_LOG
+        self.restore_key = restore_key
+        self.restore_base = self.base / (fp.RESTORE_PREFIX + restore_key)
+        self.prefetch_dir = self.restore_base / fp.PREFETCH_DIR
+        self.prefetch_lock = self.restore_base / fp.PREFETCH_LOCK
+        self.prefetch_want = self.restore_base / fp.PREFETCH_WANT
+        self.prefetch_log = self.restore_base / fp.PREFETCH_LOG
+
+    @classmethod
+    def for_restore(cls, spool_dir: str | Path, stanza: str, url: str,
+                    datadir: str | Path) -> Spool | None:
+        """The spool of the restore into ``datadir`` from ``url`` (None: no pg_control)."""
+        sysid = fp.read_system_id(str(datadir))
+        if sysid is None:
+            return None
+        return cls(spool_dir, stanza, fp.restore_key(url, str(datadir), sysid))
 
     def ensure(self) -> Spool:
-        for d in (self.base, self.archive_dir, self.prefetch_dir):
+        dirs = [self.base, self.archive_dir]
+        if self.restore_key:
+            dirs += [self.restore_base, self.prefetch_dir]
+        for d in dirs:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self
 
@@ -218,6 +240,9 @@ class Spool:
 
     def missing(self, name: str) -> Path:
         return self.prefetch_dir / f"{name}{fp.MISSING_SUFFIX}"
+
+    def checksum(self, name: str) -> Path:
+        return self.prefetch_dir / f"{name}{fp.CHECKSUM_SUFFIX}"
 
     def read_want(self) -> str | None:
         try:

@@ -76,7 +76,10 @@ def test_restore_replays_prefetched_segments_with_the_same_result(
     assert "FATAL" not in with_prefetch.log_file.read_text(), with_prefetch.log_tail()
 
     c = config.load(cfg, env={})
-    spool = Spool(c.archive.spool_dir, c.stanza)
+    restore = Spool.for_restore(c.archive.spool_dir, c.stanza, c.repository.url,
+                                with_prefetch.pgdata)
+    assert restore is not None
+    spool = restore
     hits, fetched = prefetch_log(spool, "hit"), prefetch_log(spool, "fetched")
     print(f"replay with prefetch {seconds:.1f}s ({len(hits)} hits, {len(fetched)} fetched, "
           f"{len(prefetch_log(spool, 'miss'))} misses)")
@@ -90,10 +93,11 @@ def test_restore_replays_prefetched_segments_with_the_same_result(
     for p in (older, other_tli):
         p.write_bytes(b"stale")
         chown_user(p)
-    dest = testdir / "restored-last"
-    chown_user(testdir)
+    # As restore_command would for this data directory (%p below its pg_wal).
+    dest = with_prefetch.pgdata / "pg_wal" / "pitr-test-restored-last"
     run_pitr(cfg, "archive-get", last, str(dest))
     assert dest.stat().st_size == 16 * 1024 * 1024
+    dest.unlink()
     deadline = time.monotonic() + 30
     while (older.exists() or other_tli.exists()) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -47,8 +47,11 @@ def test_worker_exits_after_idle_exit_with_the_window_past_the_archive(
     pg.stop()  # nothing more gets archived: the window after `last` stays absent
 
     cfg = config.load(cfg_path, env={})
-    spool = Spool(cfg.archive.spool_dir, cfg.stanza)
-    for d in (Path(cfg.archive.spool_dir), spool.base, spool.prefetch_dir):
+    # The worker serves one restore: this (stopped) cluster's data directory.
+    restore = Spool.for_restore(cfg.archive.spool_dir, cfg.stanza, cfg.repository.url, pg.pgdata)
+    assert restore is not None
+    spool = restore
+    for d in (Path(cfg.archive.spool_dir), spool.base, spool.restore_base, spool.prefetch_dir):
         make_user_dir(d)
     # Recovery's last request, as archive-get publishes it.
     atomic_write(spool.prefetch_want, last + "\n")
@@ -60,7 +63,7 @@ def test_worker_exits_after_idle_exit_with_the_window_past_the_archive(
     wall_start, started = time.time(), time.monotonic()
     worker = subprocess.Popen(
         as_user_cmd([str(pitr_exe), "--config", str(cfg_path), "prefetch-worker",
-                     "--idle-exit", str(IDLE_EXIT)], PG_USER),
+                     "--idle-exit", str(IDLE_EXIT), "--datadir", str(pg.pgdata)], PG_USER),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = worker.communicate(timeout=IDLE_EXIT + MARGIN)

@@ -322,3 +322,16 @@ def test_dsn_password_stays_off_the_command_line() -> None:
     opts = basebackup.BaseBackupOptions("/b", "host=/s user=backup password=s3cret", "l")
     assert not any("s3cret" in a for a in basebackup.build_argv(opts))
     assert basebackup.child_env(opts)["PGPASSWORD"] == "s3cret"
+
+
+def test_a_manifest_the_repository_did_not_answer_for_is_unknown_not_damaged() -> None:
+    from pitr.catalog import _decode_manifests
+    from pitr.errors import NotFound, TransientStorageError
+
+    key = "s/backups/20250215T040000Z/manifest.json"
+    with pytest.raises(TransientStorageError):
+        _decode_manifests({"20250215T040000Z": key}, {key: TransientStorageError("timeout")},
+                          set())
+    backups, damaged = _decode_manifests({"20250215T040000Z": key}, {key: NotFound("gone")},
+                                         set())
+    assert (backups, damaged) == ([], ["20250215T040000Z"])

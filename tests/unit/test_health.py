@@ -183,3 +183,12 @@ def test_backup_age_threshold_is_exact(age: float, limit: float) -> None:
     r = evaluate(catalog((b,)), None, None, th, NOW)
     over = (NOW - b.stop_time).total_seconds() > limit
     assert ("backup_age" in names(r)) == over
+
+
+def test_conditional_writes_off_is_a_standing_warning() -> None:
+    ok = VerifySummary(NOW - timedelta(days=3), True, "b1", 42.0)
+    r = evaluate(healthy_catalog(), None, ok, TH, NOW, conditional_writes=False)
+    assert r.healthy and names(r) == {"conditional_writes_off"}
+    assert [f.severity for f in r.findings] == ["warning"]
+    assert "stanza lock" in r.findings[0].message
+    assert not evaluate(healthy_catalog(), None, ok, TH, NOW).findings

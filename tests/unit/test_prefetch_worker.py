@@ -52,6 +52,8 @@ def cfg(tmp_path: Path) -> Config:
     for n in range(1, ARCHIVED + 1):
         (wal / seg(n)).write_bytes(segment_bytes(seg(n)))
         push_wal(repo, wal / seg(n), level=1, budget=5)
+    (tmp_path / "data" / "global").mkdir(parents=True)
+    (tmp_path / "data" / "global" / "pg_control").write_bytes(SYSID.to_bytes(8, "little"))
     toml = tmp_path / "pitr.toml"
     toml.write_text(f'stanza = "t"\n[repository]\nurl = "file://{tmp_path / "repo"}"\n'
                     f'timeout = 5\n[archive]\nspool_dir = "{tmp_path / "spool"}"\n'
@@ -59,11 +61,22 @@ def cfg(tmp_path: Path) -> Config:
     return load(toml, env={})
 
 
+def datadir(cfg: Config) -> Path:
+    return Path(cfg.archive.spool_dir).parent / "data"
+
+
+def restore_spool(cfg: Config) -> Spool:
+    spool = Spool.for_restore(cfg.archive.spool_dir, cfg.stanza, cfg.repository.url,
+                              datadir(cfg))
+    assert spool is not None
+    return spool.ensure()
+
+
 class Worker:
     """A real Prefetcher.run() in a thread, timed."""
 
     def __init__(self, cfg: Config, **kw: float) -> None:
-        self.prefetcher = Prefetcher(cfg, **kw)
+        self.prefetcher = Prefetcher(cfg, datadir=datadir(cfg), **kw)
         self.spool = self.prefetcher.spool
         self.thread = threading.Thread(target=self.prefetcher.run, daemon=True)
         self.started = time.monotonic()
@@ -98,7 +111,7 @@ def test_worker_exits_after_idle_exit_while_the_window_past_the_archive_stays_ab
     # Recovery asked for the last archived segment and ended. The window ahead
     # (4..7) is absent and re-asked every absent_retry seconds; those re-asks
     # are the worker's own doing and must not keep it alive.
-    spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+    spool = restore_spool(cfg)
     ask(spool, seg(ARCHIVED))
     idle_exit, absent_retry = 1.5, 0.2
     wall_start = time.time()
@@ -121,7 +134,7 @@ def test_worker_exits_after_idle_exit_while_the_window_past_the_archive_stays_ab
 
 def test_requests_keep_the_worker_alive_past_idle_exit(
         cfg: Config, workers: list[Worker]) -> None:
-    spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+    spool = restore_spool(cfg)
     ask(spool, seg(1))
     idle_exit = 1.0
     w = Worker(cfg, idle_exit=idle_exit, absent_retry=0.2)
@@ -143,7 +156,7 @@ def test_requests_keep_the_worker_alive_past_idle_exit(
 
 
 def test_worker_exits_when_its_spool_is_removed(cfg: Config, workers: list[Worker]) -> None:
-    spool = Spool(cfg.archive.spool_dir, cfg.stanza).ensure()
+    spool = restore_spool(cfg)
     ask(spool, seg(ARCHIVED))
     w = Worker(cfg, idle_exit=600.0, absent_retry=0.2)
     workers.append(w)

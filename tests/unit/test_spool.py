@@ -6,6 +6,7 @@ what matters is what that process imports and how it exits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -53,15 +54,26 @@ def give_to_user(root: Path) -> None:
         subprocess.run(["chown", "-R", PG_USER, str(root)], check=True)
 
 
+def write_prefetched(spool: Spool, name: str, data: bytes) -> None:
+    """What the worker leaves: the checksum record, then the file renamed into place."""
+    spool.checksum(name).write_text(hashlib.sha256(data).hexdigest() + "\n")
+    tmp = spool.prefetch_dir / f".{name}.part"
+    tmp.write_bytes(data)
+    os.replace(tmp, spool.prefetched(name))
+
+
 @pytest.fixture
 def setup(tmp_user_path: Path) -> tuple[Spool, Path, Path]:
+    """The data directory is tmp_user_path itself (archive-get runs there)."""
     tmp_path = tmp_user_path
-    spool = Spool(tmp_path / "spool", "main").ensure()
+    write_pg_control(tmp_path)  # restore_command runs in the data directory: tmp_path
+    restore = Spool.for_restore(tmp_path / "spool", "main", f"file://{tmp_path}/repo", tmp_path)
+    assert restore is not None
+    spool = restore.ensure()
     wal = tmp_path / "pg_wal"
     wal.mkdir()
     seg = wal / SEG
     seg.write_bytes(os.urandom(4096))
-    write_pg_control(tmp_path)  # restore_command runs in the data directory: tmp_path
     cfg = tmp_path / "pitr.toml"
     cfg.write_text(f'stanza = "main"\n[repository]\nurl = "file://{tmp_path}/repo"\n'
                    f'[archive]\nspool_dir = "{tmp_path}/spool"\nfast_path_wait = 0\n')
@@ -165,7 +177,7 @@ def test_archive_get_fast_path_renames_a_prefetched_segment(
         setup: tuple[Spool, Path, Path]) -> None:
     spool, seg, cfg = setup
     data = segment_bytes(SEG, seg_size=1 << 20, fill=os.urandom(64))
-    spool.prefetched(SEG).write_bytes(data)
+    write_prefetched(spool, SEG, data)
     # Pretend a worker runs, so the fast path does not start a real one.
     fd = try_lock(spool.prefetch_lock)
     try:
@@ -177,9 +189,48 @@ def test_archive_get_fast_path_renames_a_prefetched_segment(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"fast path imported {proc.stdout.strip()}"
     assert (seg.parent / "RECOVERYXLOG").read_bytes() == data
-    assert not spool.prefetched(SEG).exists()
+    assert not spool.prefetched(SEG).exists() and not spool.checksum(SEG).exists()
     assert spool.read_want() == SEG
     assert f"hit {SEG}" in spool.prefetch_log.read_text()
+
+
+def test_archive_get_never_hands_over_a_prefetched_file_that_changed(
+        setup: tuple[Spool, Path, Path]) -> None:
+    spool, seg, cfg = setup
+    # this very segment of this cluster (its header proves it), then one byte of its body
+    # flipped in the spool: only the checksum can tell
+    write_prefetched(spool, SEG, segment_bytes(SEG, seg_size=1 << 20, fill=os.urandom(64)))
+    with open(spool.prefetched(SEG), "r+b") as fh:
+        fh.seek(1000)
+        first = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([first[0] ^ 1]))
+    fd = try_lock(spool.prefetch_lock)
+    try:
+        proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
+                         "pg_wal/RECOVERYXLOG")
+    finally:
+        assert fd is not None
+        os.close(fd)
+    # The full CLI took over and asked the (empty) repository itself.
+    assert proc.returncode != 0 and not (seg.parent / "RECOVERYXLOG").exists()
+    assert not spool.prefetched(SEG).exists()
+    assert f"damaged {SEG}" in spool.prefetch_log.read_text()
+
+
+def test_restores_are_keyed_by_repository_data_directory_and_system_id(
+        tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_pg_control(a, 1)
+    write_pg_control(b, 1)
+    key = fastpath.restore_key
+    keys = {key("s3://x/p", str(a), 1), key("s3://y/p", str(a), 1),
+            key("s3://x/p", str(b), 1), key("s3://x/p", str(a), 2)}
+    assert len(keys) == 4
+    assert fastpath.read_system_id(str(a)) == 1
+    assert fastpath.read_system_id(str(tmp_path)) is None  # no pg_control: no key, no prefetch
+    assert Spool.for_restore(tmp_path, "s", "u", tmp_path) is None
+    assert fastpath.data_dir_of(str(a / "pg_wal" / "RECOVERYXLOG"), "") == str(a)
 
 
 names = st.builds(lambda tli, segno: segment_name(tli, segno),
@@ -345,9 +396,7 @@ def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
         while not request.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.3)
-        tmp = spool.prefetch_dir / ".tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, spool.prefetched(SEG))  # the directory is the user's: it may rename
+        write_prefetched(spool, SEG, data)  # the directory is the user's: it may rename
 
     import threading
 
