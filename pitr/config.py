@@ -111,8 +111,12 @@ class BackupConfig:
     expire_after: bool = _f(True, "run `pitr expire` after each successful scheduled backup")
     server_compression: bool = _f(False, "compress on the server (pg_basebackup "
                                   "--compress=server-zstd) instead of in pitr")
-    lock_stale_after: Duration = _f(Duration(6 * 3600), "a backup lock older than this whose "
-                                    "holder is gone is taken over")
+    lock_stale_after: Duration = _f(Duration(6 * 3600), "a backup lock of another host is "
+                                    "taken over once its lease expired this long ago (same "
+                                    "host: once its process is gone)")
+    lock_lease: Duration = _f(Duration(60), "lease of the stanza lock (and of restore/verify "
+                              "claims: twice this): renewed every third of it while its holder "
+                              "works")
     wal_timeout: Duration = _f(Duration(600), "how long a backup waits for the WAL it needs "
                                "(up to its stop point) to be archived before it fails")
 

@@ -70,6 +70,8 @@ class RestoreOptions:
     port: int | None = None
     yes: bool = False
     wait_timeout: float = 3600.0
+    # a restore drill: nothing may be written outside pgdata's parent (README: Fault table)
+    isolated: bool = False
 
 
 @dataclass
@@ -167,6 +169,46 @@ def refuse_postmaster_pid(d: Path) -> None:
              f"`ps -p {pid}` there, `fuser -v {d}` and whether anything listens on port {port}. "
              f"Once you are sure no server uses it, stop or remove that server or delete "
              f"{pid_file}, then run the restore again")
+
+
+def check_tablespaces(cfg: Config, storage: Storage, plan: RestorePlan,
+                      opts: RestoreOptions) -> None:
+    """Refuse, before anything is written, WAL whose replay would leave the directory.
+
+    pg_waldump reads every planned segment (README: Tablespaces). A drill also
+    fetches nothing past them (``archive-get --stop-after``), so WAL archived
+    while it runs cannot bring a tablespace in unseen.
+    """
+    from pitr.pg.waldump import scan_tablespace_records, tablespace_refusal
+    from pitr.repo import Repo
+
+    records = scan_tablespace_records(
+        Repo(storage, cfg.stanza), plan.segments, cfg.postgres.bindir,
+        budget=cfg.repository.timeout, tmp_parent=opts.pgdata.parent if opts.isolated else None)
+    why = tablespace_refusal(records, isolated=opts.isolated, occupied=_occupied)
+    if why is None:
+        if records:
+            pitr_log.event(log, logging.WARNING, "the WAL creates tablespaces; replay writes "
+                           "into their recorded locations",
+                           tablespaces=sorted({r.location for r in records if r.location}))
+        return
+    raise TargetDirError(
+        f"refusing to {'run the restore drill' if opts.isolated else 'restore'}: {why}",
+        hint=("pitr does not restore tablespaces in a drill (README: Tablespaces): pick a "
+              "target before that record (--to), or a backup taken after the tablespace was "
+              "dropped" if opts.isolated else
+              "restore on another host, or move that directory's contents away first; pitr "
+              "never replays into an occupied tablespace location"))
+
+
+def _occupied(location: str) -> bool:
+    path = Path(location)
+    try:
+        if not path.exists() and not path.is_symlink():
+            return False
+        return not path.is_dir() or any(path.iterdir())
+    except OSError:
+        return True  # cannot look inside: cannot prove it is free
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -385,8 +427,12 @@ def _conf_quote(value: str) -> str:
 def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
                   config_path: Path) -> dict[str, str]:
     """Every setting appended to postgresql.auto.conf (values unquoted)."""
+    bound = ""
+    if opts.isolated and plan.segments:
+        # the drill replays only WAL its tablespace scan has read
+        bound = f"--stop-after {plan.segments[-1]} "
     restore_cmd = (f"{shlex.quote(exe)} --config {shlex.quote(str(config_path))} "
-                   "archive-get %f %p")
+                   f"archive-get {bound}%f %p")
     out = {"restore_command": restore_cmd, **plan.recovery_settings}
     if plan.target.kind is not TargetKind.LATEST:
         out["recovery_target_action"] = opts.target_action
@@ -444,6 +490,7 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
     owner = Owner.for_config(cfg)
     cfg_file = config_path_for_postgres(config_path, owner)
     check_destination(cfg, opts, confirm)
+    check_tablespaces(cfg, storage, plan, opts)
     result = RestoreResult(opts.pgdata)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,
