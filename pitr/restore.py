@@ -175,7 +175,7 @@ def check_tablespaces(cfg: Config, storage: Storage, plan: RestorePlan,
                       opts: RestoreOptions) -> None:
     """Refuse, before anything is written, WAL whose replay would leave the directory.
 
-    pg_waldump reads every planned segment (README: Tablespaces). A drill also
+    pg_waldump reads every planned segment (README: Restoring, Tablespaces). A drill also
     fetches nothing past them (``archive-get --stop-after``), so WAL archived
     while it runs cannot bring a tablespace in unseen.
     """
@@ -194,9 +194,9 @@ def check_tablespaces(cfg: Config, storage: Storage, plan: RestorePlan,
         return
     raise TargetDirError(
         f"refusing to {'run the restore drill' if opts.isolated else 'restore'}: {why}",
-        hint=("pitr does not restore tablespaces in a drill (README: Tablespaces): pick a "
-              "target before that record (--to), or a backup taken after the tablespace was "
-              "dropped" if opts.isolated else
+        hint=("pitr does not restore tablespaces in a drill (README: Restoring, "
+              "Tablespaces): pick a target before that record (--to), or a backup taken "
+              "after the tablespace was dropped" if opts.isolated else
               "restore on another host, or move that directory's contents away first; pitr "
               "never replays into an occupied tablespace location"))
 
@@ -364,7 +364,7 @@ def safe_member(member: tarfile.TarInfo, root: Path, what: str) -> None:
         raise TargetDirError(
             f"{what}: the backup holds the tablespace link {name} -> {member.linkname}; "
             "restoring it would write outside the data directory",
-            hint="pitr does not restore tablespaces (README: Tablespaces); restore this "
+            hint="pitr does not restore tablespaces (README: Restoring, Tablespaces); restore this "
                  "backup with the tool that made it")
     if os.path.isabs(name) or ".." in parts:
         raise refuse("absolute path or '..'")

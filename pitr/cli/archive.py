@@ -91,7 +91,7 @@ def check(
         for r in results:
             line = f"{r.name:<{width}}  {r.status:<4}  {r.detail}"
             typer.echo(line.rstrip())
-            if r.status == "FAIL" and r.hint:
+            if r.status in ("FAIL", "WARN") and r.hint:
                 typer.echo(f"{'':<{width}}        hint: {r.hint}")
     failed = [r.name for r in results if r.status == "FAIL"]
     if failed:

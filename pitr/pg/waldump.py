@@ -112,7 +112,7 @@ def last_xact_end_time(repo: Repo, catalog: Catalog, backup: BackupRecord, bindi
 # PostgreSQL replays CREATE TABLESPACE by (re)creating pg_tblspc/<oid> as a link to
 # the location recorded in the WAL, and then writes every relation of that
 # tablespace through it. On the database host that location is production's live
-# tablespace, so a restore must know before replay (README: Tablespaces).
+# tablespace, so a restore must know before replay (README: Restoring, Tablespaces).
 
 DEFAULT_TABLESPACES = (1663, 1664)  # pg_default, pg_global: inside the data directory
 

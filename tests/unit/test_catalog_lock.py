@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -151,4 +152,37 @@ def test_unreadable_lock_is_stale(tmp_path: Path) -> None:
     put_bytes(r.storage, r.lock_key("backup"), b"\0garbage")
     lock = StanzaLock(r, "backup", command="x", stale_after=3600)
     assert lock.acquire().command == "x"
+    lock.release()
+
+
+def test_a_backup_rechecks_its_lock_and_objects_before_its_manifest(tmp_path: Path) -> None:
+    """README: Fault table: after a takeover a backup writes no manifest over lost objects."""
+    from retention_builders import backup
+
+    from pitr.backup import recheck_before_manifest
+    from pitr.catalog import BackupObject
+    from pitr.errors import BackupError
+
+    r = repo(tmp_path)
+    key = r.backup_prefix("b1") + "base.tar.zst"
+    put_bytes(r.storage, key, b"x" * 100)
+    rec = replace(backup("b1", NOW, 2), objects=(BackupObject("base.tar.zst", key, 300, 100,
+                                                              "", ""),))
+    lock = StanzaLock(r, "backup", command="pitr backup", stale_after=3600)
+    lock.acquire()
+    recheck_before_manifest(r, rec, lock)  # all there, lock ours
+    put_bytes(r.storage, key, b"x" * 99)
+    with pytest.raises(BackupError, match=r"base.tar.zst is 99 bytes, not 100"):
+        recheck_before_manifest(r, rec, lock)
+    r.storage.delete([key])
+    lock.took_over = "its lease expired 61 s ago and its process 7 on this host is gone"
+    with pytest.raises(BackupError, match=r"is gone in the repository \(this run took over a "
+                                          r"stale lock: its lease expired"):
+        recheck_before_manifest(r, rec, lock)
+    put_bytes(r.storage, key, b"x" * 100)
+    # another run took the lock over: its cleanup may remove our objects at any moment
+    r.storage.delete([r.lock_key("backup")])
+    put_bytes(r.storage, r.lock_key("backup"), info(host="elsewhere").encode())
+    with pytest.raises(BackupError, match="the stanza lock was taken over while this backup ran"):
+        recheck_before_manifest(r, rec, lock)
     lock.release()
