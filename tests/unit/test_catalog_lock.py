@@ -186,3 +186,31 @@ def test_a_backup_rechecks_its_lock_and_objects_before_its_manifest(tmp_path: Pa
     with pytest.raises(BackupError, match="the stanza lock was taken over while this backup ran"):
         recheck_before_manifest(r, rec, lock)
     lock.release()
+
+
+def test_reader_claims_are_renewed_handed_over_and_released(tmp_path: Path) -> None:
+    from pitr.claims import Claim, claim_backup, load_claims
+    from pitr.errors import PlanError
+
+    r = repo(tmp_path)
+    with pytest.raises(PlanError, match="backup b1 was expired while this pitr restore"):
+        claim_backup(r, "b1", command="pitr restore", lease=0.6)
+    assert load_claims(r) == []  # a refused claim is not left behind
+    put_bytes(r.storage, r.manifest_key("b1"), b"{}")
+    claim = claim_backup(r, "b1", command="pitr restore", lease=0.6)
+    [first] = load_claims(r)
+    assert first.backup_id == "b1" and first.live(datetime.now(UTC))
+    deadline = time.monotonic() + 10
+    while load_claims(r)[0].renewed == first.renewed:
+        assert time.monotonic() < deadline, "the claim was never renewed"
+        time.sleep(0.1)
+    held = claim.hand_over(3600)
+    [stored] = load_claims(r)
+    assert stored == held and stored.lease == 3600
+    assert stored.live(datetime.now(UTC) + timedelta(minutes=59))
+    assert not stored.live(datetime.now(UTC) + timedelta(minutes=61))
+    claim.release()
+    assert load_claims(r) == []
+    put_bytes(r.storage, "main/claims/torn.json", b"{not json")
+    assert load_claims(r) == []  # unreadable: holds nothing (its holder rewrites it)
+    assert Claim.decode(stored.encode()) == stored
