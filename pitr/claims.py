@@ -93,7 +93,7 @@ class ReaderClaim:
     def __init__(self, repo: Repo, backup_id: str, *, command: str,
                  lease: float = CLAIM_LEASE) -> None:
         self.repo = repo
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")  # leases are seconds
         self.claim = Claim(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
                            backup_id, command, socket.gethostname(), os.getpid(), now, now,
                            lease)
@@ -109,7 +109,7 @@ class ReaderClaim:
 
     def _renew(self, lease: float | None = None) -> bool:
         self.claim = replace(self.claim, renewed=datetime.now(UTC).isoformat(
-            timespec="seconds"), lease=lease if lease is not None else self.claim.lease)
+            timespec="milliseconds"), lease=lease if lease is not None else self.claim.lease)
         put_bytes(self.repo.storage, self.key, self.claim.encode())
         return True
 

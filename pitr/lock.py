@@ -172,9 +172,11 @@ class StanzaLock:
 
     def acquire(self) -> LockInfo:
         for _ in range(_ATTEMPTS):
-            stamp = datetime.now(UTC).isoformat(timespec="seconds")
-            mine = LockInfo(self.host, self.pid, stamp, self.command, uuid.uuid4().hex, stamp,
-                            self.lease)
+            now = datetime.now(UTC)
+            # renewed to the millisecond: a lease of seconds must not lose up to one
+            mine = LockInfo(self.host, self.pid, now.isoformat(timespec="seconds"),
+                            self.command, uuid.uuid4().hex,
+                            now.isoformat(timespec="milliseconds"), self.lease)
             try:
                 put_bytes(self.repo.storage, self.key, mine.encode(), if_absent=True)
                 self.info = mine
@@ -248,7 +250,8 @@ class StanzaLock:
             log.error("the lock %s was taken over by %s while this run held it", self.key,
                       current.describe() if current else "nobody (it was deleted)")
             return False
-        renewed = replace(self.info, renewed=datetime.now(UTC).isoformat(timespec="seconds"))
+        renewed = replace(self.info,
+                          renewed=datetime.now(UTC).isoformat(timespec="milliseconds"))
         put_bytes(self.repo.storage, self.key, renewed.encode())
         self.info = renewed
         return True
