@@ -138,60 +138,58 @@ class TablespaceRecord:
         return f"{self.rmgr} record at {self.lsn} in {self.segment}: {self.desc[:160]}"
 
 
+# A cheap first pass over the whole dump: only the few lines it finds are parsed (a
+# pgbench segment has ~100k records; per-line Python took seconds). Each pattern
+# starts with a literal, which Python's re searches for at C speed.
+_TS_CANDIDATES = tuple(re.compile(p) for p in (
+    r"rmgr: Tablespace ", r"pg_tblspc/\d", r"rel (?!166[34]/)\d", r"dir (?!166[34]/)\d",
+    r" to (?!166[34]/)\d"))
+
+
+def _line_record(line: str, segment: str) -> TablespaceRecord | None:
+    m = _RECORD.match(line)
+    if not m:
+        return None
+    rmgr, lsn, desc = m.groups()
+    if rmgr == "Tablespace":
+        create = _TS_CREATE.match(desc)
+        oid = re.match(r"^\w+ (\d+)", desc)
+        return TablespaceRecord(lsn, segment, rmgr, int(oid.group(1)),
+                                create.group(2) if create else None, desc) if oid else None
+    for use in _TS_USE.finditer(desc):
+        spc = int(use.group(1) or use.group(2))
+        if spc not in DEFAULT_TABLESPACES:
+            return TablespaceRecord(lsn, segment, rmgr, spc, None, desc)
+    return None
+
+
 def tablespace_records(text: str, segment: str = "") -> list[TablespaceRecord]:
     """Records of pg_waldump output that touch a tablespace other than the defaults."""
+    starts = sorted({text.rfind("\n", 0, m.start()) + 1
+                     for rx in _TS_CANDIDATES for m in rx.finditer(text)})
     out = []
-    for line in text.splitlines():
-        m = _RECORD.match(line)
-        if not m:
-            continue
-        rmgr, lsn, desc = m.groups()
-        if rmgr == "Tablespace":
-            create = _TS_CREATE.match(desc)
-            oid = re.match(r"^\w+ (\d+)", desc)
-            if oid:
-                out.append(TablespaceRecord(lsn, segment, rmgr, int(oid.group(1)),
-                                            create.group(2) if create else None, desc))
-            continue
-        for use in _TS_USE.finditer(desc):
-            spc = int(use.group(1) or use.group(2))
-            if spc not in DEFAULT_TABLESPACES:
-                out.append(TablespaceRecord(lsn, segment, rmgr, spc, None, desc))
-                break
+    for start in starts:
+        end = text.find("\n", start)
+        rec = _line_record(text[start:end if end >= 0 else len(text)], segment)
+        if rec is not None:
+            out.append(rec)
     return out
 
 
-def _dump_window(pg_waldump: Path, first: Path, second: Path | None,
-                 stop_lsn: int | None) -> str:
-    """pg_waldump from ``first`` through ``second``; stops at the first record at or
-    after ``stop_lsn`` (those are read when ``second`` leads its own window).
+def _dump_window(pg_waldump: Path, first: Path, second: Path | None) -> str:
+    """pg_waldump from ``first`` through ``second``.
 
     Two segments make a record that starts in ``first`` and ends in ``second``
     readable; a single segment would drop it, and so miss it in both windows."""
     argv = [str(pg_waldump), str(first)] + ([str(second)] if second else [])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TZ": "UTC", "LC_ALL": "C"})
-    lines = []
-    stopped = False
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        for line in proc.stdout:
-            m = re.search(r"lsn: ([0-9A-F]+/[0-9A-F]+),", line)
-            if stop_lsn is not None and m and parse_lsn(m.group(1)) >= stop_lsn:
-                stopped = True
-                break
-            lines.append(line)
-    finally:
-        if stopped:
-            proc.kill()
-        err = proc.stderr.read()
-        proc.wait(timeout=60)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TZ": "UTC", "LC_ALL": "C"}, check=False)
     # Normal ends, as in dump_xact_end_times: zeroes after a switch, no record start.
-    if not stopped and proc.returncode != 0 and not any(
-            m in err for m in ("error in WAL record", "could not find a valid record")):
+    if proc.returncode != 0 and not any(
+            m in proc.stderr for m in ("error in WAL record", "could not find a valid record")):
         raise PostgresError(f"pg_waldump failed on {first.name}: "
-                            f"{err.strip() or f'exit {proc.returncode}'}")
-    return "".join(lines)
+                            f"{proc.stderr.strip() or f'exit {proc.returncode}'}")
+    return proc.stdout
 
 
 def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | Path, *,
@@ -221,11 +219,14 @@ def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | P
             size = first.stat().st_size  # the segment size: what a segment file holds
             tli, segno = parse_segment_name(name, size)
             nxt = names[i + 1] if i + 1 < len(names) else None
-            second = stop = None
+            second = None
+            stop = 1 << 64
             if nxt is not None and parse_segment_name(nxt, size) == (tli, segno + 1):
                 second = fetched(nxt)
-                stop = segno_to_lsn(segno + 1, size)
-            for rec in tablespace_records(_dump_window(pg_waldump, first, second, stop), name):
+                stop = segno_to_lsn(segno + 1, size)  # the rest: when ``nxt`` leads
+            for rec in tablespace_records(_dump_window(pg_waldump, first, second), name):
+                if parse_lsn(rec.lsn) >= stop:
+                    continue
                 if rec.rmgr == "Tablespace" or rec.tablespace not in used:
                     found.append(rec)
                     used.add(rec.tablespace)
