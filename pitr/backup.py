@@ -96,7 +96,8 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
     """Take one base backup of ``cfg.postgres`` into ``cfg.repository``."""
     repo = Repo(open_storage(cfg.repository), cfg.stanza)
     require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
-    lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after)
+    lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
+                      lease=cfg.backup.lock_lease)
     with _signals_raise_interrupted(), lock as held:
         started = time.monotonic()
         removed, taken = clean_leftovers(repo, before=held.started_at)
@@ -107,7 +108,7 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
             progress.total = cluster.db_size  # the tar is about this size: an estimate
         backup_id = new_backup_id(datetime.now(UTC), taken)
         try:
-            record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress)
+            record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress, lock)
         except BaseException:
             if progress is not None:
                 progress.abandon()
@@ -215,7 +216,8 @@ class _StopPoint:
 
 
 def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
-          max_rate: str | None, progress: Progress | None) -> BackupRecord:
+          max_rate: str | None, progress: Progress | None,
+          lock: StanzaLock | None = None) -> BackupRecord:
     server = cfg.backup.server_compression
     bindir = resolve_bindir(cfg.postgres.bindir, cluster.major, tool="pg_basebackup",
                             what=f"postgres.dsn's cluster {cluster.system_id}")
@@ -257,10 +259,40 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+    recheck_before_manifest(repo, record, lock)
     put_bytes(repo.storage, repo.manifest_key(backup_id), manifest_mod.encode(record),
               if_absent=True)
     log.info("backup %s completed", backup_id)
     return record
+
+
+def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock | None) -> None:
+    """The last look before the manifest makes the backup exist (README: Fault table).
+
+    A run that took our lock over (it thought us gone) may clean our objects up as
+    an interrupted backup's leftovers, and a run whose lock we took over may still
+    be writing. So: the lock must still be ours, and every object must be stored
+    with the size we wrote.
+    """
+    if lock is not None and not lock.still_mine():
+        raise BackupError(
+            f"backup {record.id}: the stanza lock was taken over while this backup ran; "
+            "its objects may be removed by the new holder, so no manifest is written",
+            hint="the backup lease is renewed while a backup works; check that this host "
+                 "reaches the repository steadily, then run the backup again")
+    why = f" (this run took over a stale lock: {lock.took_over})" if lock and lock.took_over \
+        else ""
+    for obj in record.objects:
+        try:
+            size = repo.storage.stat(obj.key).size
+        except NotFound:
+            size = None
+        if size != obj.stored_bytes:
+            raise BackupError(
+                f"backup {record.id}: {obj.key} is "
+                f"{'gone' if size is None else f'{size} bytes, not {obj.stored_bytes}'} "
+                f"in the repository{why}; no manifest is written",
+                hint="another run removed or rewrote it; run the backup again")
 
 
 def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pitr.config import Config
     from pitr.repo import Repo
 
-Status = Literal["ok", "FAIL", "skip"]
+Status = Literal["ok", "FAIL", "skip", "WARN"]  # WARN: worth fixing, exit code unaffected
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,12 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
     except ConfigError as exc:
         return [_fail("config", "; ".join(exc.problems), exc.hint or "")]
     results.append(CheckResult("config", "ok", f"stanza {cfg.stanza!r}, {cfg.repository.url}"))
+    from pitr.config import exposed_secrets_warning
+
+    exposed = exposed_secrets_warning(cfg)
+    if exposed:
+        detail, _, hint = exposed.partition(": chmod")
+        results.append(CheckResult("config_file_mode", "WARN", detail, "chmod" + hint))
 
     try:
         repo = Repo(open_storage(cfg.repository), cfg.stanza)

@@ -118,8 +118,12 @@ class BackupConfig:
     expire_after: bool = _f(True, "run `pitr expire` after each successful scheduled backup")
     server_compression: bool = _f(False, "compress on the server (pg_basebackup "
                                   "--compress=server-zstd) instead of in pitr")
-    lock_stale_after: Duration = _f(Duration(6 * 3600), "a backup lock older than this whose "
-                                    "holder is gone is taken over")
+    lock_stale_after: Duration = _f(Duration(6 * 3600), "a backup lock of another host is "
+                                    "taken over once its lease expired this long ago (same "
+                                    "host: once its process is gone)")
+    lock_lease: Duration = _f(Duration(60), "lease of the stanza lock (and of restore/verify "
+                              "claims: twice this): renewed every third of it while its holder "
+                              "works")
     wal_timeout: Duration = _f(Duration(600), "how long a backup waits for the WAL it needs "
                                "(up to its stop point) to be archived before it fails")
 
@@ -434,3 +438,29 @@ def secrets_of(cfg: Config) -> list[str]:
 
     out.extend(dsn_passwords(cfg.postgres.dsn))
     return out
+
+
+def exposed_secrets_warning(cfg: Config) -> str | None:
+    """A warning when the config file holds secrets and every user may read it.
+
+    Group-readable is fine (README: Security: ``chgrp postgres``, mode 640, so the
+    archiver reads it); readable by others hands the repository keys to any local
+    account."""
+    from pitr.security import dsn_passwords
+
+    keys = [info.dotted for info in schema()
+            if cfg.sources.get(info.dotted, "").startswith("file ")
+            and (info.secret or (info.dotted == "postgres.dsn"
+                                 and dsn_passwords(cfg.postgres.dsn)))]
+    if not keys:
+        return None
+    path = Path(cfg.sources[keys[0]][len("file "):])
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o004:
+        return None
+    return (f"the config file {path} holds {', '.join(keys)} and is readable by every user "
+            f"(mode {mode:04o}): chmod o-rwx {path} (640 with group postgres is enough for "
+            "the archiver), or move the keys to the environment of the units")

@@ -12,7 +12,10 @@ point leaves a repository the planner can use and a rerun finishes the job:
 A rerun recomputes the decision on what is left; retention keeps the same
 backups on any catalog between "before" and "after" (see :mod:`pitr.retention`),
 so it deletes exactly the rest. Expire holds the stanza lock that ``pitr backup``
-takes, so the two never run at the same time.
+takes, so the two never run at the same time. Restores and drills hold reader
+claims: a backup a live claim reads is kept with the WAL after it, and claims are
+read again before each step, so one registered mid-run stops the run
+(README: Fault table).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pitr.catalog import Catalog, load_catalog
+from pitr.claims import load_claims
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
 from pitr.errors import LockedError, NotFound, PitrError
@@ -78,7 +82,8 @@ def run_expire(cfg: Config, *, dry_run: bool = False, now: datetime | None = Non
         return expire(repo, policy, now=now, dry_run=True, busy_since=since)
     require_conditional_writes(cfg, repo.storage)  # the lock rests on it
     lock = StanzaLock(repo, LOCK_NAME, command="pitr expire",
-                      stale_after=cfg.backup.lock_stale_after, what="backup or expire")
+                      stale_after=cfg.backup.lock_stale_after, what="backup or expire",
+                      lease=cfg.backup.lock_lease)
     with lock as held:
         return expire(repo, policy, now=now, busy_since=held.started_at)
 
@@ -123,7 +128,7 @@ def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: 
     in_progress = {i for i in catalog.incomplete_backups
                    if busy_since is not None
                    and any(o.mtime >= busy_since for o in backup_objects.get(i, ()))}
-    decision = decide(catalog, policy, now, in_progress=in_progress)
+    decision = decide(catalog, policy, now, in_progress=in_progress, claims=load_claims(repo))
     result = ExpireResult(decision, catalog.segment_size, dry_run, catalog.damaged_backups)
     plan = _plan(repo, catalog, decision, backup_objects)
     result.bytes_freed = sum(size for step in plan.values() for _, size in step)
@@ -131,8 +136,11 @@ def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: 
         log.warning("left alone: backups with an unreadable manifest (%s); inspect them and "
                     "delete their directories by hand if they are garbage",
                     ", ".join(catalog.damaged_backups))
+    for note in decision.notes:
+        log.warning("expire: %s", note)
     if not dry_run:
         for step, objs in plan.items():
+            _check_new_claims(repo, decision, step)
             result.steps[step] = _delete(repo, step, [k for k, _ in objs])
             result.deleted_objects += result.steps[step]
     result.seconds = time.monotonic() - started
@@ -141,6 +149,21 @@ def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: 
           wal_segments=len(decision.wal_deleted), bytes_freed=result.bytes_freed,
           seconds=round(result.seconds, 3))
     return result
+
+
+def _check_new_claims(repo: Repo, d: RetentionDecision, step: str) -> None:
+    """Stop before ``step`` when a restore claimed a backup this run deletes.
+
+    Its claim came after the decision; the rerun decides again with it. Deleted
+    manifests are harmless to a running restore (it has its plan), the objects
+    and WAL after them are not."""
+    now = datetime.now(UTC)
+    for claim in load_claims(repo):
+        if claim.live(now) and claim.backup_id in d.deleted_ids:
+            raise LockedError(
+                f"expire stopped before deleting {step}: {claim.describe()} now reads backup "
+                f"{claim.backup_id}, which this run would delete",
+                hint="run `pitr expire` again: it keeps what that restore needs")
 
 
 def _plan(repo: Repo, catalog: Catalog, d: RetentionDecision,

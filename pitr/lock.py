@@ -2,14 +2,25 @@
 
 The lock is ``<stanza>/locks/<name>.json``, created with a conditional write
 (``if_absent``), so two hosts sharing a repository exclude each other too. It
-records who holds it. A lock whose holder is provably gone (same host, process
-not alive) or that is older than ``stale_after`` is taken over with a warning:
-a crashed run never blocks later ones for good.
+records who holds it and a **lease**: the holder rewrites ``renewed`` every
+``lease / 3`` seconds while it works (a thread), so a lock whose lease runs
+means a live holder.
+
+Takeover rule (README: Fault table). A lock is taken over, with a warning,
+only when its lease has expired **and** its holder is provably gone:
+
+* same host: the holder's process is not alive (a live process keeps its lock
+  however late its renewals are: it may be stopped, or its repository slow);
+* another host: pitr cannot see that process, so "gone" means the lease
+  expired more than ``backup.lock_stale_after`` ago (default 6 h);
+* an unreadable lock (a torn write) holds nobody.
 
 Taking over is not atomic on object stores (read, delete, create): two runs
 that find the same stale lock at the same instant could both proceed. The
-``token`` check on release keeps one run from deleting the other's lock, and
-a backup run cleans only what is older than its own lock.
+``token`` check on release and renewal keeps one run from deleting or renewing
+the other's lock; a holder whose renewal finds another token has **lost** the
+lock (``StanzaLock.lost``) and a backup then re-checks its objects before it
+writes its manifest.
 
 The conditional write is only as good as the server: backup and expire prove
 it (:func:`pitr.condwrites.require_conditional_writes`) before taking the lock.
@@ -21,19 +32,22 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
-from pitr.errors import AlreadyExists, LockedError, NotFound
+from pitr.errors import AlreadyExists, LockedError, NotFound, PitrError
 from pitr.repo import Repo
 from pitr.storage.base import put_bytes, read_bytes
 
 log = logging.getLogger("pitr.lock")
 
 _ATTEMPTS = 3
+LEASE = 60.0  # seconds; renewed every LEASE / 3
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,25 @@ class LockInfo:
     started: str  # ISO 8601 UTC
     command: str
     token: str
+    renewed: str = ""  # ISO 8601 UTC; "" (a lock written before leases): = started
+    lease: float = 0.0  # seconds after ``renewed`` the holder promises to renew by
 
     @property
     def started_at(self) -> datetime:
         return datetime.fromisoformat(self.started)
 
+    @property
+    def lease_end(self) -> datetime:
+        return datetime.fromisoformat(self.renewed or self.started) + timedelta(
+            seconds=self.lease)
+
     def describe(self) -> str:
+        try:
+            until = self.lease_end.isoformat()
+        except ValueError:
+            until = "?"
         return (f"pid {self.pid} on host {self.host}, started {self.started} "
-                f"({self.command!r})")
+                f"({self.command!r}), lease until {until}")
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
@@ -59,7 +84,8 @@ class LockInfo:
     def decode(cls, data: bytes) -> LockInfo:
         doc = json.loads(data)
         return cls(str(doc["host"]), int(doc["pid"]), str(doc["started"]),
-                   str(doc.get("command", "")), str(doc.get("token", "")))
+                   str(doc.get("command", "")), str(doc.get("token", "")),
+                   str(doc.get("renewed", "")), float(doc.get("lease", 0.0)))
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,16 +108,50 @@ def pid_alive(pid: int) -> bool:
 def stale_reason(holder: LockInfo, *, now: datetime, host: str, stale_after: float,
                  alive: Callable[[int], bool] = pid_alive) -> str | None:
     """Why ``holder``'s lock may be taken over, or None while it must be respected."""
-    if holder.host == host and not alive(holder.pid):
-        return f"its process {holder.pid} on this host is gone"
     try:
-        age = (now - holder.started_at).total_seconds()
+        overdue = (now - holder.lease_end).total_seconds()
     except (ValueError, TypeError):
         return "it is unreadable"
-    if age > stale_after:
-        return f"it is {age / 3600:.1f} h old (backup.lock_stale_after is " \
-               f"{stale_after / 3600:.1f} h)"
+    if overdue <= 0:
+        return None  # the lease runs: the holder renewed it lately
+    if holder.host == host:
+        if alive(holder.pid):
+            return None
+        return (f"its lease expired {overdue:.0f} s ago and its process {holder.pid} on "
+                "this host is gone")
+    if overdue > stale_after:
+        return (f"its lease expired {overdue / 3600:.1f} h ago on host {holder.host} "
+                f"(backup.lock_stale_after is {stale_after / 3600:.1f} h)")
     return None
+
+
+class Lease:
+    """Calls ``renew`` every ``interval`` seconds on a daemon thread until stopped."""
+
+    def __init__(self, renew: Callable[[], bool], interval: float, what: str) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._what = what
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease {what}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._renew():
+                    return
+            except PitrError as exc:  # a late renewal is safe: see the takeover rule
+                log.warning("could not renew %s: %s", self._what, exc.message)
+            except Exception as exc:
+                log.warning("could not renew %s: %s", self._what, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
 
 class StanzaLock:
@@ -99,7 +159,7 @@ class StanzaLock:
 
     def __init__(self, repo: Repo, name: str, *, command: str, stale_after: float,
                  host: str | None = None, pid: int | None = None,
-                 what: str = "backup") -> None:
+                 what: str = "backup", lease: float = LEASE) -> None:
         self.repo = repo
         self.key = repo.lock_key(name)
         self.command = command
@@ -107,35 +167,65 @@ class StanzaLock:
         self.host = host or socket.gethostname()
         self.pid = pid or os.getpid()
         self.what = what
+        self.lease = lease
         self.info: LockInfo | None = None
+        self.took_over: str | None = None  # why the lock we hold was someone else's
+        self.lost = False  # a renewal found another holder's token
+        self._lease: Lease | None = None
 
     def acquire(self) -> LockInfo:
         for _ in range(_ATTEMPTS):
-            mine = LockInfo(self.host, self.pid, datetime.now(UTC).isoformat(timespec="seconds"),
-                            self.command, uuid.uuid4().hex)
+            now = datetime.now(UTC)
+            # renewed to the millisecond: a lease of seconds must not lose up to one
+            mine = LockInfo(self.host, self.pid, now.isoformat(timespec="seconds"),
+                            self.command, uuid.uuid4().hex,
+                            now.isoformat(timespec="milliseconds"), self.lease)
             try:
                 put_bytes(self.repo.storage, self.key, mine.encode(), if_absent=True)
                 self.info = mine
+                self._lease = Lease(self._renew, self.lease / 3, f"the lock {self.key}")
+                self._lease.start()
                 return mine
             except AlreadyExists:
                 pass
             holder = self._read()
             if holder is None:
                 continue  # released between our write and our read: try again
-            reason = stale_reason(holder, now=datetime.now(UTC), host=self.host,
+            now = datetime.now(UTC)
+            reason = stale_reason(holder, now=now, host=self.host,
                                   stale_after=self.stale_after)
+            wait = self._dead_holders_lease(holder, now)
+            if reason is None and wait:
+                # provably gone (killed on this host) but its lease runs: a short wait
+                log.warning("the lock %s is held by %s, which is gone: waiting %.0f s for its "
+                            "lease to expire", self.key, holder.describe(), wait)
+                time.sleep(wait)
+                continue
             if reason is None:
                 raise LockedError(
                     f"another {self.what} holds the lock of stanza {self.repo.stanza!r}: "
                     f"{holder.describe()}",
-                    hint=f"wait for it to finish. If that process is gone on another host, "
-                         f"the lock is taken over after backup.lock_stale_after, or delete "
-                         f"{self.key} from the repository by hand")
+                    hint=f"wait for it to finish. A holder renews its lease while it works; "
+                         f"the lock is taken over once the lease expired and the holder is "
+                         f"gone (this host: its process ended; another host: "
+                         f"backup.lock_stale_after after the lease), or delete {self.key} "
+                         f"from the repository by hand once you are sure")
             log.warning("taking over the stale lock %s: %s (held by %s)", self.key, reason,
                         holder.describe())
+            self.took_over = f"{reason} (held by {holder.describe()})"
             self._delete_if(holder.token)
         raise LockedError(f"could not take the lock {self.key}: other runs keep taking it",
                           hint="another pitr process on this stanza is racing for it")
+
+    def _dead_holders_lease(self, holder: LockInfo, now: datetime) -> float:
+        """Seconds left of the lease of a holder that died on this host (else 0)."""
+        try:
+            left = (holder.lease_end - now).total_seconds()
+        except ValueError:
+            return 0.0
+        if holder.host != self.host or left <= 0 or left > holder.lease + 1:
+            return 0.0
+        return 0.0 if pid_alive(holder.pid) else left + 0.5
 
     def _read(self) -> LockInfo | None:
         try:
@@ -153,7 +243,32 @@ class StanzaLock:
         if current is not None and current.token == token:
             self.repo.storage.delete([self.key])
 
+    def _renew(self) -> bool:
+        """Push the lease on; False (stop renewing) once another run holds the lock."""
+        if self.info is None:
+            return False
+        current = self._read()
+        if current is None or current.token != self.info.token:
+            self.lost = True
+            log.error("the lock %s was taken over by %s while this run held it", self.key,
+                      current.describe() if current else "nobody (it was deleted)")
+            return False
+        renewed = replace(self.info,
+                          renewed=datetime.now(UTC).isoformat(timespec="milliseconds"))
+        put_bytes(self.repo.storage, self.key, renewed.encode())
+        self.info = renewed
+        return True
+
+    def still_mine(self) -> bool:
+        """Whether the repository's lock is still this run's (read now)."""
+        current = self._read()
+        return (self.info is not None and not self.lost and current is not None
+                and current.token == self.info.token)
+
     def release(self) -> None:
+        if self._lease is not None:
+            self._lease.stop()
+            self._lease = None
         if self.info is None:
             return
         try:

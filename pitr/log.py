@@ -26,10 +26,15 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 def register_secrets(values: list[str]) -> None:
+    from pitr.security import secret_forms
+
     for v in values:
-        # Masking 1-3 character "secrets" would shred all output and protects nothing.
-        if len(v) >= 4 and v not in _secrets:
-            _secrets.append(v)
+        # every rendered form: JSON- and repr-escaped, URL-encoded, a URL's tokens
+        for form in secret_forms(v):
+            # Masking 1-3 character "secrets" would shred all output and protects nothing.
+            if len(form) >= 4 and form not in _secrets:
+                _secrets.append(form)
+    _secrets.sort(key=len, reverse=True)  # a whole value before any part of it
     if _secrets:
         # Every output path, not only log records: typer echo, tracebacks under --debug.
         from pitr.security import scrub_std_streams

@@ -4,7 +4,9 @@ write the recovery settings, and (optionally) start the server and wait.
 Safety rules, each one a past disaster somewhere:
 * a non-empty target directory is refused; ``--force`` moves it aside
   (``DIR.pitr-old-<time>``), nothing is deleted;
-* a directory where a server is running is refused even with ``--force``;
+* a directory holding a ``postmaster.pid`` is refused even with ``--force``,
+  whether or not its pid is visible here (a server in a container lives in
+  another pid namespace and looks dead from the host);
 * the configured production data directory needs a confirmation (``--yes``);
 * extraction uses tarfile's ``data`` filter: no absolute paths, no ``..``,
   no links leaving the directory, no device files;
@@ -72,6 +74,8 @@ class RestoreOptions:
     port: int | None = None
     yes: bool = False
     wait_timeout: float = 3600.0
+    # a restore drill: nothing may be written outside pgdata's parent (README: Fault table)
+    isolated: bool = False
 
 
 @dataclass
@@ -128,15 +132,7 @@ def check_destination(cfg: Config, opts: RestoreOptions,
     d = opts.pgdata
     if d.exists() and not d.is_dir():
         raise TargetDirError(f"{d} exists and is not a directory")
-    pid_file = d / "postmaster.pid"
-    if pid_file.exists():
-        # only reads postmaster.pid: no binary runs, so any bindir does
-        ctl = PgCtl(d, bindir=Path(cfg.postgres.bindir), user=None)
-        info = ctl.postmaster()
-        if info is not None:
-            raise TargetDirError(
-                f"a PostgreSQL server (pid {info.pid}) is running in {d}",
-                hint="stop it first; pitr never restores over a running server")
+    refuse_postmaster_pid(d)
     if d.exists() and any(d.iterdir()) and not opts.force:
         raise TargetDirError(
             f"{d} is not empty",
@@ -149,6 +145,75 @@ def check_destination(cfg: Config, opts: RestoreOptions,
         if not confirm(question):
             raise TargetDirError(f"not confirmed: restore over the production data directory {d}",
                                  hint="pass --yes to confirm without a prompt")
+
+
+def refuse_postmaster_pid(d: Path) -> None:
+    """Any postmaster.pid refuses the directory, ``--force`` included.
+
+    Whether its pid is alive cannot be proven from here: a server in another pid
+    namespace (a container sharing the volume) is invisible to kill(0), and a
+    recycled pid looks alive. Only the operator can tell, so pitr says how.
+    """
+    pid_file = d / "postmaster.pid"
+    if not (pid_file.exists() or pid_file.is_symlink()):
+        return
+    try:
+        lines = pid_file.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    pid = lines[0].strip() if lines else "?"
+    port = lines[3].strip() if len(lines) > 3 else "?"
+    visible = pid.isdigit() and PgCtl(d, bindir=Path("."), user=None).postmaster() is not None
+    where = ("it is running on this host" if visible else
+             "no such process is visible here, but it may run in another pid namespace "
+             "(a container or another host sharing this volume)")
+    raise TargetDirError(
+        f"{pid_file} names postmaster pid {pid} (port {port}): {where}; pitr never restores "
+        "over a directory a server may be using, even with --force",
+        hint=f"check on every host and container that can reach {d}: `pg_ctl status -D {d}`, "
+             f"`ps -p {pid}` there, `fuser -v {d}` and whether anything listens on port {port}. "
+             f"Once you are sure no server uses it, stop or remove that server or delete "
+             f"{pid_file}, then run the restore again")
+
+
+def check_tablespaces(cfg: Config, storage: Storage, plan: RestorePlan,
+                      opts: RestoreOptions, bindir: Path) -> None:
+    """Refuse, before anything is written, WAL whose replay would leave the directory.
+
+    pg_waldump reads every planned segment (README: Restoring, Tablespaces). A drill also
+    fetches nothing past them (``archive-get --stop-after``), so WAL archived
+    while it runs cannot bring a tablespace in unseen.
+    """
+    from pitr.pg.waldump import scan_tablespace_records, tablespace_refusal
+    from pitr.repo import Repo
+
+    records = scan_tablespace_records(
+        Repo(storage, cfg.stanza), plan.segments, bindir,
+        budget=cfg.repository.timeout, tmp_parent=opts.pgdata.parent if opts.isolated else None)
+    why = tablespace_refusal(records, isolated=opts.isolated, occupied=_occupied)
+    if why is None:
+        if records:
+            pitr_log.event(log, logging.WARNING, "the WAL creates tablespaces; replay writes "
+                           "into their recorded locations",
+                           tablespaces=sorted({r.location for r in records if r.location}))
+        return
+    raise TargetDirError(
+        f"refusing to {'run the restore drill' if opts.isolated else 'restore'}: {why}",
+        hint=("pitr does not restore tablespaces in a drill (README: Restoring, "
+              "Tablespaces): pick a target before that record (--to), or a backup taken "
+              "after the tablespace was dropped" if opts.isolated else
+              "restore on another host, or move that directory's contents away first; pitr "
+              "never replays into an occupied tablespace location"))
+
+
+def _occupied(location: str) -> bool:
+    path = Path(location)
+    try:
+        if not path.exists() and not path.is_symlink():
+            return False
+        return not path.is_dir() or any(path.iterdir())
+    except OSError:
+        return True  # cannot look inside: cannot prove it is free
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -306,7 +371,16 @@ def safe_member(member: tarfile.TarInfo, root: Path, what: str) -> None:
                               hint="the backup object is damaged or was tampered with")
 
     name = member.name
-    if os.path.isabs(name) or ".." in Path(name).parts:
+    parts = Path(name).parts
+    if len(parts) == 2 and parts[0] == "pg_tblspc" and (member.issym() or member.islnk()):
+        # PostgreSQL would write through this link into the tablespace's original
+        # location, which on the database host is production's live tablespace.
+        raise TargetDirError(
+            f"{what}: the backup holds the tablespace link {name} -> {member.linkname}; "
+            "restoring it would write outside the data directory",
+            hint="pitr does not restore tablespaces (README: Restoring, Tablespaces); restore this "
+                 "backup with the tool that made it")
+    if os.path.isabs(name) or ".." in parts:
         raise refuse("absolute path or '..'")
     dest = os.path.join(base, name)
     if not inside(dest):
@@ -367,8 +441,12 @@ def _conf_quote(value: str) -> str:
 def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
                   config_path: Path) -> dict[str, str]:
     """Every setting appended to postgresql.auto.conf (values unquoted)."""
+    bound = ""
+    if opts.isolated and plan.segments:
+        # the drill replays only WAL its tablespace scan has read
+        bound = f"--stop-after {plan.segments[-1]} "
     restore_cmd = (f"{shlex.quote(exe)} --config {shlex.quote(str(config_path))} "
-                   "archive-get %f %p")
+                   f"archive-get {bound}%f %p")
     out = {"restore_command": restore_cmd, **plan.recovery_settings}
     if plan.target.kind is not TargetKind.LATEST:
         out["recovery_target_action"] = opts.target_action
@@ -429,6 +507,7 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
     owner = Owner.for_config(cfg)
     cfg_file = config_path_for_postgres(config_path, owner)
     check_destination(cfg, opts, confirm)
+    check_tablespaces(cfg, storage, plan, opts, bindir)  # the backup's major's pg_waldump
     result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,

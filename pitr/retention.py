@@ -64,6 +64,11 @@ timeline and pick a fresh one at promotion, so that chain must stay unbroken) or
 while any kept WAL lies on T. ``.backup`` files go with their backup; orphaned
 ones (and ``.partial`` files) go with their segment.
 
+Reader claims: a running restore or drill registers a claim on the backup it
+replays (:mod:`pitr.claims`); while the claim's lease runs at ``now``, that backup
+is kept (reason ``claimed``), and with it, by the WAL rule above, all WAL from its
+start on. A note names each claim that held back a backup no other rule keeps.
+
 Incomplete backups (objects, no manifest) are deleted unless named in
 ``in_progress``; :mod:`pitr.expire` holds the stanza lock, so none can be running.
 """
@@ -74,9 +79,12 @@ import bisect
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pitr.catalog import BackupRecord, Catalog, WalRange, WalSegment, contiguous_ranges
+
+if TYPE_CHECKING:
+    from pitr.claims import Claim
 from pitr.pg.names import (
     backup_history_name,
     lsn_to_segno,
@@ -84,7 +92,8 @@ from pitr.pg.names import (
     segment_name,
 )
 
-REASONS = ("newest", "latest_timeline", "min_backups", "pinned", "daily", "weekly", "monthly")
+REASONS = ("newest", "latest_timeline", "min_backups", "pinned", "daily", "weekly", "monthly",
+           "claimed")
 _INF = 1 << 64
 
 
@@ -244,6 +253,7 @@ def choose_backups(backups: Iterable[BackupRecord], policy: Policy, now: datetim
         "daily": _tier(ordered, today, policy.daily, _day, newest=True),
         "weekly": _tier(ordered, today, policy.weekly, _week, newest=False),
         "monthly": _tier(ordered, today, policy.monthly, _month, newest=False),
+        "claimed": set(),  # decide() adds reader claims (they need the clock and the claims)
     }
     out: dict[str, tuple[str, ...]] = {}
     for b in ordered:
@@ -350,9 +360,14 @@ class _WalKeeper:
 # -- the decision ----------------------------------------------------------------
 
 def decide(catalog: Catalog, policy: Policy, now: datetime, *,
-           in_progress: Collection[str] = ()) -> RetentionDecision:
+           in_progress: Collection[str] = (),
+           claims: Collection[Claim] = ()) -> RetentionDecision:
     """What expiry keeps and deletes at ``now`` (see the module docstring for the rules)."""
     now = _utc(now)
+    claimed: dict[str, list[str]] = {}
+    for c in claims:
+        if c.live(now):
+            claimed.setdefault(c.backup_id, []).append(c.describe())
     incomplete_kept = tuple(sorted(i for i in catalog.incomplete_backups if i in in_progress))
     incomplete_deleted = tuple(sorted(i for i in catalog.incomplete_backups
                                       if i not in in_progress))
@@ -364,6 +379,13 @@ def decide(catalog: Catalog, policy: Policy, now: datetime, *,
                                  history_kept=_history_tlis(catalog),
                                  notes=("no completed backup: WAL is left alone",))
     reasons = choose_backups(ordered, policy, now, latest_timeline_base(catalog, ordered))
+    notes = []
+    for b in ordered:
+        if b.id in claimed:
+            if b.id not in reasons:
+                notes.append(f"kept backup {b.id} and the WAL after it: in use by "
+                             + "; ".join(claimed[b.id]))
+            reasons[b.id] = (*reasons.get(b.id, ()), "claimed")
     kept = [b for b in ordered if b.id in reasons]
     deleted = tuple(b for b in ordered if b.id not in reasons)
     keeper = _WalKeeper(catalog, kept, ordered[-1])
@@ -404,7 +426,6 @@ def decide(catalog: Catalog, policy: Policy, now: datetime, *,
     for t in _history_tlis(catalog):
         (history_kept if t >= lowest or t in kept_tlis else history_deleted).append(t)
 
-    notes = []
     if deleted and not kept:  # pragma: no cover - newest is always kept
         notes.append("BUG: no backup kept")
     return RetentionDecision(

@@ -190,6 +190,52 @@ def dsn_without_password(dsn: str) -> tuple[str, str | None]:
     return dsn, password
 
 
+# A path segment of a webhook URL is a token when it is long or mixes in digits
+# (Slack /services/T…/B…/<token>, Discord /api/webhooks/<id>/<token>); words such as
+# "services" or "webhooks" are not secret and masking them would shred output.
+_TOKEN_SEGMENT = re.compile(r"^(?=.*\d)[\w.~-]{8,}$|^[\w.~-]{16,}$")
+
+
+def url_tokens(url: str) -> list[str]:
+    """The secret parts of a URL: its path, token-like path segments, query values
+    and a userinfo password; a message may quote any of them without the rest."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return []
+    if not parts.scheme or not parts.netloc:
+        return []
+    out = []
+    if parts.password:
+        out.append(parts.password)
+    if parts.path not in ("", "/"):
+        out.append(parts.path.rstrip("/"))
+        out += [seg for seg in parts.path.split("/") if _TOKEN_SEGMENT.match(seg)]
+    if parts.query:
+        out.append(parts.query)
+        out += [v for _, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=False)]
+    return out
+
+
+def secret_forms(value: str) -> list[str]:
+    """Every way output may render ``value``: as is, JSON-escaped, repr-escaped (both
+    quote styles), URL-encoded (quote and quote_plus), and for a URL its token parts
+    (each of those in every form too). Longest first, so a whole URL is masked before
+    its parts."""
+    import json
+
+    base = [value, *url_tokens(value)]
+    out: list[str] = []
+    for v in base:
+        out += [v, json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1],
+                # repr quotes with ' (escaping ' when " is there too), or with " when
+                # the text has a ' only: a trailing ' shows the double-quoted form
+                repr(v)[1:-1], repr(v + "'")[1:-2] if "'" not in v else repr(v)[1:-1],
+                urllib.parse.quote(v, safe=""), urllib.parse.quote_plus(v, safe=""),
+                urllib.parse.quote(v)]
+    return sorted(dict.fromkeys(out), key=len, reverse=True)
+
+
 class ScrubbingStream:
     """A text stream that masks known secrets in everything written through it.
 

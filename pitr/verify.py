@@ -398,55 +398,64 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
                       "socket_dir": str(scratch / "sock"), "kept": opts.keep}
     owner = Owner.for_config(cfg)
     ropts = RestoreOptions(pgdata=pgdata, start=False, archive_mode="off", port=port,
-                           wait_timeout=float(cfg.verify.timeout))
+                           wait_timeout=float(cfg.verify.timeout), isolated=True)
     log.event(logger, logging.INFO, "restore drill: restoring", backup=plan.backup.id,
               target=str(target), scratch=str(scratch), port=port)
-    try:
-        result = restore(cfg, repo.storage, plan, ropts, config_path=config_path,
-                         confirm=lambda _q: False)
-    except Interrupted:
-        raise
-    except PitrError as exc:
-        report.checks.append(CheckResult("restore", False, exc.message))
-        return
-    report.measures["restored_bytes"] = result.extracted_bytes
-    report.measures["downloaded_bytes"] = result.downloaded_bytes
-    _prepare_scratch_cluster(scratch, pgdata, port, owner)
-    assert result.bindir is not None  # restore() resolves it for the backup's major
-    ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
-                log_file=scratch / "postgres.log", db_user=_db_user(cfg))
-    report.scratch["log_file"] = str(ctl.log_file)
-    report.scratch["bindir"] = str(result.bindir)
-    try:
-        ctl.start()
-        outcome = ctl.wait_for_recovery("promote", timeout=float(cfg.verify.timeout))
-    except Interrupted:
-        raise
-    except PitrError as exc:
-        report.checks.append(CheckResult("recovery", False, exc.message + (
-            f"\n{exc.hint}" if exc.hint else "")))
-        return
-    report.measures["rto_seconds"] = round(time.monotonic() - t0, 3)
-    report.recovery = outcome.to_json()
-    report.checks.append(_recovery_check(plan, outcome))
-    if outcome.replay_lsn:
-        from pitr.pg.names import parse_lsn
+    from pitr.claims import claim_backup
 
-        replay = parse_lsn(outcome.replay_lsn)
-        report.measures["wal_replayed_bytes"] = max(0, replay - plan.backup.start_lsn)
-        report.measures["wal_segments"] = (lsn_to_segno(replay, catalog.segment_size)
-                                           - start_seg + 1)
-    report.measures["wal_fetched_segments"] = plan.segment_count
+    # expire keeps the backup and its WAL while the drill reads them (README: Fault table)
+    claim = claim_backup(repo, plan.backup.id, command="pitr verify",
+                         lease=2 * cfg.backup.lock_lease)
+    report.scratch["claim"] = claim.claim.id
+    try:
+        try:
+            result = restore(cfg, repo.storage, plan, ropts, config_path=config_path,
+                             confirm=lambda _q: False)
+        except Interrupted:
+            raise
+        except PitrError as exc:
+            report.checks.append(CheckResult("restore", False, exc.message))
+            return
+        report.measures["restored_bytes"] = result.extracted_bytes
+        report.measures["downloaded_bytes"] = result.downloaded_bytes
+        _prepare_scratch_cluster(scratch, pgdata, port, owner)
+        assert result.bindir is not None  # restore() resolves it for the backup's major
+        ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
+                    log_file=scratch / "postgres.log", db_user=_db_user(cfg))
+        report.scratch["log_file"] = str(ctl.log_file)
+        report.scratch["bindir"] = str(result.bindir)
+        try:
+            ctl.start()
+            outcome = ctl.wait_for_recovery("promote", timeout=float(cfg.verify.timeout))
+        except Interrupted:
+            raise
+        except PitrError as exc:
+            report.checks.append(CheckResult("recovery", False, exc.message + (
+                f"\n{exc.hint}" if exc.hint else "")))
+            return
+        report.measures["rto_seconds"] = round(time.monotonic() - t0, 3)
+        report.recovery = outcome.to_json()
+        report.checks.append(_recovery_check(plan, outcome))
+        if outcome.replay_lsn:
+            from pitr.pg.names import parse_lsn
 
-    probe = ClusterProbe(str(scratch / "sock"), port, _db_user(cfg))
-    t_checks = time.monotonic()
-    builtin, _dbs = run_builtin(probe, amcheck=cfg.verify.amcheck,
-                                heapallindexed=cfg.verify.heapallindexed)
-    report.checks.extend(builtin)
-    if builtin and builtin[0].ok:
-        report.checks.extend(run_user_checks(probe, cfg.verify.checks))
-    report.measures["checks_seconds"] = round(time.monotonic() - t_checks, 3)
-    report.measures["data_dir_bytes"] = dir_size(pgdata)
+            replay = parse_lsn(outcome.replay_lsn)
+            report.measures["wal_replayed_bytes"] = max(0, replay - plan.backup.start_lsn)
+            report.measures["wal_segments"] = (lsn_to_segno(replay, catalog.segment_size)
+                                               - start_seg + 1)
+        report.measures["wal_fetched_segments"] = plan.segment_count
+
+        probe = ClusterProbe(str(scratch / "sock"), port, _db_user(cfg))
+        t_checks = time.monotonic()
+        builtin, _dbs = run_builtin(probe, amcheck=cfg.verify.amcheck,
+                                    heapallindexed=cfg.verify.heapallindexed)
+        report.checks.extend(builtin)
+        if builtin and builtin[0].ok:
+            report.checks.extend(run_user_checks(probe, cfg.verify.checks))
+        report.measures["checks_seconds"] = round(time.monotonic() - t_checks, 3)
+        report.measures["data_dir_bytes"] = dir_size(pgdata)
+    finally:
+        claim.release()
 
 
 def _remove_scratch(cfg: Config, scratch: Path, report: DrillReport) -> None:

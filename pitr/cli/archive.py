@@ -58,12 +58,16 @@ class _RestoreCommand(TyperCommand):
 def archive_get(
     walname: Annotated[str, typer.Argument(help="the WAL file PostgreSQL wants (%f)")],
     dest: Annotated[str, typer.Argument(help="where to write it (%p)")],
+    stop_after: Annotated[str | None, typer.Option(
+        "--stop-after", metavar="SEGMENT",
+        help="answer 'not found' for WAL segments after SEGMENT (a restore drill replays "
+             "only the WAL it has checked)")] = None,
 ) -> None:
     """restore_command: exit 0 = restored, 1 = confirmed absent, >125 = stop recovery."""
     from pitr.wal.commands import archive_get_main
 
     code = archive_get_main(OPTS.config_path, walname, dest, debug=OPTS.debug,
-                            log_format=OPTS.log_format)
+                            log_format=OPTS.log_format, stop_after=stop_after)
     if code:
         raise typer.Exit(code)
 
@@ -87,7 +91,7 @@ def check(
         for r in results:
             line = f"{r.name:<{width}}  {r.status:<4}  {r.detail}"
             typer.echo(line.rstrip())
-            if r.status == "FAIL" and r.hint:
+            if r.status in ("FAIL", "WARN") and r.hint:
                 typer.echo(f"{'':<{width}}        hint: {r.hint}")
     failed = [r.name for r in results if r.status == "FAIL"]
     if failed:

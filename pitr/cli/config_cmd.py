@@ -27,8 +27,11 @@ def show(json_out: JsonFlag = False) -> None:
 @config_app.command("check")
 def check(json_out: JsonFlag = False) -> None:
     """Validate the configuration; lists every problem at once (exit 3 if any)."""
-    load_config(command="config check")
+    cfg = load_config(command="config check")
+    warning = config_mod.exposed_secrets_warning(cfg)
     if json_out:
-        print_json({"ok": True, "problems": []})
+        print_json({"ok": True, "problems": [], "warnings": [warning] if warning else []})
     else:
+        if warning:
+            typer.echo(f"WARNING: {warning}", err=True)
         typer.echo("configuration OK")

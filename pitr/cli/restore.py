@@ -115,7 +115,23 @@ def restore_cmd(
         _print_plan(cfg.stanza, plan)
     opts = RestoreOptions(pgdata=pgdata, force=force, start=start, target_action=target_action,
                           archive_mode=archive_mode, port=port, yes=yes, wait_timeout=wait_timeout)
-    result = restore(cfg, storage, plan, opts, config_path=OPTS.config_path, confirm=_confirm)
+    from pitr.claims import claim_backup
+    from pitr.repo import Repo
+
+    claim = claim_backup(Repo(storage, cfg.stanza), plan.backup.id, command="pitr restore",
+                         lease=2 * cfg.backup.lock_lease)
+    try:
+        result = restore(cfg, storage, plan, opts, config_path=OPTS.config_path,
+                         confirm=_confirm)
+    except BaseException:
+        claim.release()
+        raise
+    if start:
+        claim.release()
+    else:  # PostgreSQL replays when it is started: hold the backup and its WAL that long
+        held = claim.hand_over(wait_timeout)
+        sys.stderr.write(f"pitr: {held.describe()} keeps backup {held.backup_id} and its WAL "
+                         "from expiry while PostgreSQL replays (--wait-timeout)\n")
     if json_out:
         print_json({"stanza": cfg.stanza, "plan": plan.to_json(), "restore": result.to_json()})
     else:

@@ -14,12 +14,20 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pitr.catalog import BackupRecord, Catalog
 from pitr.errors import PostgresError
-from pitr.pg.names import lsn_to_segno, segment_name
+from pitr.pg.names import (
+    lsn_to_segno,
+    parse_lsn,
+    parse_segment_name,
+    segment_name,
+    segno_to_lsn,
+)
 from pitr.pg.version import resolve_bindir
 from pitr.repo import Repo
 from pitr.wal.fetch import fetch_to_bytes
@@ -96,4 +104,158 @@ def last_xact_end_time(repo: Repo, catalog: Catalog, backup: BackupRecord, bindi
             path.unlink()
             if times:
                 return max(times)
+    return None
+
+
+# -- tablespaces in the WAL a restore replays -------------------------------------
+#
+# PostgreSQL replays CREATE TABLESPACE by (re)creating pg_tblspc/<oid> as a link to
+# the location recorded in the WAL, and then writes every relation of that
+# tablespace through it. On the database host that location is production's live
+# tablespace, so a restore must know before replay (README: Restoring, Tablespaces).
+
+DEFAULT_TABLESPACES = (1663, 1664)  # pg_default, pg_global: inside the data directory
+
+_RECORD = re.compile(r"^rmgr: (\S+)\s.*?lsn: ([0-9A-F]+/[0-9A-F]+),.*?desc: (.*)$")
+_TS_CREATE = re.compile(r'^CREATE (\d+) "(.*)"$')
+# rel <spc>/<db>/<rel> (block refs), pg_tblspc/<spc>/ (smgr, dropped rels),
+# "dir <spc>/<db>" and "to <spc>/<db>" (CREATE/DROP DATABASE)
+_TS_USE = re.compile(r"(?:\brel |\bdir |\bto )(\d+)/\d+|pg_tblspc/(\d+)")
+
+
+@dataclass(frozen=True)
+class TablespaceRecord:
+    """One WAL record that creates, drops or writes into a non-default tablespace."""
+
+    lsn: str
+    segment: str
+    rmgr: str
+    tablespace: int
+    location: str | None  # CREATE TABLESPACE only: where replay points pg_tblspc/<oid>
+    desc: str
+
+    def describe(self) -> str:
+        return f"{self.rmgr} record at {self.lsn} in {self.segment}: {self.desc[:160]}"
+
+
+# A cheap first pass over the whole dump: only the few lines it finds are parsed (a
+# pgbench segment has ~100k records; per-line Python took seconds). Each pattern
+# starts with a literal, which Python's re searches for at C speed.
+_TS_CANDIDATES = tuple(re.compile(p) for p in (
+    r"rmgr: Tablespace ", r"pg_tblspc/\d", r"rel (?!166[34]/)\d", r"dir (?!166[34]/)\d",
+    r" to (?!166[34]/)\d"))
+
+
+def _line_record(line: str, segment: str) -> TablespaceRecord | None:
+    m = _RECORD.match(line)
+    if not m:
+        return None
+    rmgr, lsn, desc = m.groups()
+    if rmgr == "Tablespace":
+        create = _TS_CREATE.match(desc)
+        oid = re.match(r"^\w+ (\d+)", desc)
+        return TablespaceRecord(lsn, segment, rmgr, int(oid.group(1)),
+                                create.group(2) if create else None, desc) if oid else None
+    for use in _TS_USE.finditer(desc):
+        spc = int(use.group(1) or use.group(2))
+        if spc not in DEFAULT_TABLESPACES:
+            return TablespaceRecord(lsn, segment, rmgr, spc, None, desc)
+    return None
+
+
+def tablespace_records(text: str, segment: str = "") -> list[TablespaceRecord]:
+    """Records of pg_waldump output that touch a tablespace other than the defaults."""
+    starts = sorted({text.rfind("\n", 0, m.start()) + 1
+                     for rx in _TS_CANDIDATES for m in rx.finditer(text)})
+    out = []
+    for start in starts:
+        end = text.find("\n", start)
+        rec = _line_record(text[start:end if end >= 0 else len(text)], segment)
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def _dump_window(pg_waldump: Path, first: Path, second: Path | None) -> str:
+    """pg_waldump from ``first`` through ``second``.
+
+    Two segments make a record that starts in ``first`` and ends in ``second``
+    readable; a single segment would drop it, and so miss it in both windows."""
+    argv = [str(pg_waldump), str(first)] + ([str(second)] if second else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TZ": "UTC", "LC_ALL": "C"}, check=False)
+    # Normal ends, as in dump_xact_end_times: zeroes after a switch, no record start.
+    if proc.returncode != 0 and not any(
+            m in proc.stderr for m in ("error in WAL record", "could not find a valid record")):
+        raise PostgresError(f"pg_waldump failed on {first.name}: "
+                            f"{proc.stderr.strip() or f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
+def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | Path, *,
+                            budget: float,
+                            tmp_parent: Path | None = None) -> list[TablespaceRecord]:
+    """Records of the archived ``segments`` (replay order) that touch a tablespace:
+    every Tablespace record, and the first record that uses each tablespace.
+
+    Each segment is fetched once (verified against its stored sha256) and read in a
+    window with the next one of its timeline; at most two are on disk at a time."""
+    pg_waldump = Path(bindir) / "pg_waldump"
+    if not pg_waldump.exists():
+        raise PostgresError(f"{pg_waldump} not found",
+                            hint="set postgres.bindir to the PostgreSQL binaries' directory")
+    names = [n for n in segments if _SEGMENT_NAME.match(n)]
+    found: list[TablespaceRecord] = []
+    used: set[int] = set()
+    with tempfile.TemporaryDirectory(prefix="pitr-waldump-", dir=tmp_parent) as tmp:
+        def fetched(name: str) -> Path:
+            path = Path(tmp) / name
+            if not path.exists():
+                path.write_bytes(fetch_to_bytes(repo, name, budget=budget))
+            return path
+
+        for i, name in enumerate(names):
+            first = fetched(name)
+            size = first.stat().st_size  # the segment size: what a segment file holds
+            tli, segno = parse_segment_name(name, size)
+            nxt = names[i + 1] if i + 1 < len(names) else None
+            second = None
+            stop = 1 << 64
+            if nxt is not None and parse_segment_name(nxt, size) == (tli, segno + 1):
+                second = fetched(nxt)
+                stop = segno_to_lsn(segno + 1, size)  # the rest: when ``nxt`` leads
+            for rec in tablespace_records(_dump_window(pg_waldump, first, second), name):
+                if parse_lsn(rec.lsn) >= stop:
+                    continue
+                if rec.rmgr == "Tablespace" or rec.tablespace not in used:
+                    found.append(rec)
+                    used.add(rec.tablespace)
+            first.unlink()
+    return found
+
+
+_SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
+
+
+def tablespace_refusal(records: Sequence[TablespaceRecord], *, isolated: bool,
+                       occupied: Callable[[str], bool]) -> str | None:
+    """Why a restore replaying ``records`` must not start, or None.
+
+    A drill (``isolated``) must never write outside its scratch directory, and
+    replay would follow every tablespace link out of it: any record refuses. A
+    restore may create a tablespace where the WAL says, but never in a location
+    that holds something already (on the database host: production's own).
+    """
+    if not records:
+        return None
+    if isolated:
+        first = next((r for r in records if r.location is not None), records[0])
+        return (f"the archived WAL this drill would replay touches tablespace "
+                f"{first.tablespace} ({first.describe()}); replaying it would write outside "
+                "the drill's scratch directory")
+    for rec in records:
+        if rec.location is not None and occupied(rec.location):
+            return (f"the archived WAL creates tablespace {rec.tablespace} in "
+                    f"{rec.location}, which is not empty ({rec.describe()}); replay would "
+                    "write into it")
     return None

@@ -15,6 +15,7 @@ for everything else, so PostgreSQL stops recovery instead of promoting early.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -26,6 +27,7 @@ from pitr.errors import (
     InternalError,
     Interrupted,
     PitrError,
+    UsageError,
     WalNotFound,
 )
 
@@ -57,10 +59,14 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
 
 
 def archive_get_main(config_path: str | None, walname: str, dest: str, *,
-                     debug: bool = False, log_format: str | None = None) -> int:
+                     debug: bool = False, log_format: str | None = None,
+                     stop_after: str | None = None) -> int:
     """restore_command: 0 restored, 1 confirmed absent, >125 stop recovery."""
     pgdata = ""
     try:
+        if stop_after is not None and past_bound(walname, stop_after):
+            raise WalNotFound(f"{walname} is after {stop_after}, the last segment this "
+                              "restore drill checked; the drill replays no further")
         from pitr.repo import Repo
         from pitr.security import check_command_user
         from pitr.storage import open_storage
@@ -88,6 +94,20 @@ def archive_get_main(config_path: str | None, walname: str, dest: str, *,
                 sys.stderr.write("HINT: standby.signal is present: answering 'not found' so "
                                  "the standby keeps polling\n")
         return code
+
+
+def past_bound(walname: str, last: str) -> bool:
+    """Whether the segment ``walname`` lies after ``last`` (segment number or timeline).
+
+    History files and anything else pass: they are not replayed WAL."""
+    seg = re.compile(r"^[0-9A-F]{24}$")
+    if not seg.match(walname):
+        return False
+    if not seg.match(last):
+        raise UsageError(f"--stop-after {last!r} is not a WAL segment name")
+    # name = TLI(8) + log(8) + seg(8); comparing (log, seg) is comparing segment
+    # numbers for every segment size
+    return (walname[8:] > last[8:]) or walname[:8] > last[:8]
 
 
 def archive_get_exit_code(err: PitrError, *, standby: bool) -> int:

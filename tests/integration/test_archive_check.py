@@ -34,6 +34,18 @@ def test_check_passes_on_an_archiving_cluster(pg_factory: Any, pitr_exe: Path,
     doc = json.loads(run_pitr(cfg, "check", "--json").stdout)
     assert doc["ok"] is True and {c["status"] for c in doc["checks"]} == {"ok"}
 
+    # a key in a file every user can read: a warning, not a failure (README: Fault table)
+    hook = "https://hooks.example.invalid/services/T1/B1/tok-12345678"
+    cfg.write_text(cfg.read_text() + f'\n[monitor]\nwebhook_url = "{hook}"\n')
+    assert cfg.stat().st_mode & 0o004
+    proc = run_pitr(cfg, "check", "--json")
+    doc = json.loads(proc.stdout)
+    warned = {c["name"]: c for c in doc["checks"] if c["status"] == "WARN"}
+    assert doc["ok"] is True and set(warned) == {"config_file_mode"}, doc
+    assert "monitor.webhook_url" in warned["config_file_mode"]["detail"]
+    assert warned["config_file_mode"]["hint"].startswith("chmod o-rwx")
+    assert "tok-12345678" not in proc.stdout + proc.stderr
+
 
 def test_check_names_every_failure(pg_factory: Any, pitr_exe: Path, pitr_config: Any,
                                    testdir: Path) -> None:

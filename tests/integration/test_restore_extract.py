@@ -118,10 +118,10 @@ def test_paths_outside_the_directory_are_refused(tmp_path: Path,
 
 
 def test_links_leaving_the_directory_are_refused(tmp_path: Path) -> None:
-    link = tarfile.TarInfo("pg_tblspc/1")
+    link = tarfile.TarInfo("conf")
     link.type = tarfile.SYMTYPE
     link.linkname = "/etc"
-    storage, obj = store(tmp_path, make_tar([(link, b""), reg("pg_tblspc/1/passwd")]))
+    storage, obj = store(tmp_path, make_tar([(link, b""), reg("conf/passwd")]))
     dest = tmp_path / "d"
     dest.mkdir()
     with pytest.raises(IntegrityError, match="symlink"):
@@ -131,6 +131,24 @@ def test_links_leaving_the_directory_are_refused(tmp_path: Path) -> None:
     storage, obj = store(tmp_path / "2", make_tar([(dev, b"")]))
     with pytest.raises(IntegrityError, match="device"):
         extract_backup(storage, (obj,), dest, owner(), RestoreResult(dest))
+
+
+def test_a_tablespace_link_in_the_backup_is_refused(tmp_path: Path) -> None:
+    """A base with pg_tblspc/<oid> -> /srv/ts would write into that tablespace."""
+    ts = tmp_path / "ts"
+    ts.mkdir()
+    (ts / "live").write_text("production")
+    link = tarfile.TarInfo("pg_tblspc/16388")
+    link.type = tarfile.SYMTYPE
+    link.linkname = str(ts)
+    storage, obj = store(tmp_path, make_tar([directory("pg_tblspc"), (link, b""),
+                                             reg("pg_tblspc/16388/live", b"replaced")]))
+    dest = tmp_path / "d"
+    dest.mkdir()
+    with pytest.raises(TargetDirError, match=r"tablespace link pg_tblspc/16388 -> "):
+        extract_backup(storage, (obj,), dest, owner(), RestoreResult(dest))
+    assert (ts / "live").read_text() == "production"
+    assert sorted(p.name for p in ts.iterdir()) == ["live"]
 
 
 def test_setuid_bits_are_dropped(tmp_path: Path) -> None:
@@ -163,6 +181,45 @@ def test_destination_rules(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(TargetDirError, match="not a directory"):
         check_destination(cfg, RestoreOptions(tmp_path / "file"), lambda q: True)
+
+
+def _pid_nobody_here_has() -> int:
+    """A pid no process of this pid namespace has: what a containerised server's looks like."""
+    import os
+
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    for pid in range(pid_max - 1, 300, -1):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    raise AssertionError("every pid is taken")
+
+
+@pytest.mark.parametrize("visible", [False, True])
+def test_a_postmaster_pid_refuses_the_directory_even_with_force(tmp_path: Path,
+                                                                visible: bool) -> None:
+    import os
+
+    dest = tmp_path / "data"
+    dest.mkdir()
+    pid = os.getpid() if visible else _pid_nobody_here_has()
+    pid_file = dest / "postmaster.pid"
+    pid_file.write_text(f"{pid}\n{dest}\n1733000000\n5499\n/tmp\n*\n  5499001 1\nready\n")
+    (dest / "PG_VERSION").write_text("15\n")
+    cfg = Config(postgres=PostgresConfig(user="pgtest"))
+    for opts in (RestoreOptions(dest), RestoreOptions(dest, force=True, yes=True)):
+        with pytest.raises(TargetDirError, match=f"names postmaster pid {pid} "
+                                                 r"\(port 5499\)") as exc:
+            check_destination(cfg, opts, lambda q: True)
+        assert ("another pid namespace" in exc.value.message) is not visible
+        assert "even with --force" in exc.value.message
+        hint = exc.value.hint or ""
+        assert f"pg_ctl status -D {dest}" in hint and f"delete {pid_file}" in hint
+    assert pid_file.exists() and (dest / "PG_VERSION").exists()  # nothing moved aside
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
 
 
 def test_recovery_settings(tmp_path: Path) -> None:

@@ -173,3 +173,20 @@ def test_conf_example_uncommented_gives_the_defaults(tmp_path: Path) -> None:
         got = getattr(cfg, info.section) if info.section else cfg
         want = getattr(defaults, info.section) if info.section else defaults
         assert getattr(got, info.name) == getattr(want, info.name), info.dotted
+
+
+def test_config_check_warns_about_a_world_readable_file_with_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = _secret_config(tmp_path)
+    f.chmod(0o644)
+    assert cli_main(["--config", str(f), "config", "check"]) == 0  # a warning, not a failure
+    captured = capsys.readouterr()
+    assert "configuration OK" in captured.out
+    assert "WARNING: the config file" in captured.err and "(mode 0644)" in captured.err
+    assert SECRET not in captured.err
+    assert cli_main(["--config", str(f), "config", "check", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and "monitor.webhook_url" in doc["warnings"][0]
+    f.chmod(0o600)
+    assert cli_main(["--config", str(f), "config", "check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []

@@ -233,3 +233,36 @@ def test_after_a_restore_into_the_past_its_base_backup_stays() -> None:
     d = decide(cat, Policy(0, 0, 0, 1), day + timedelta(days=3, hours=1))
     assert d.kept_ids == {"C"} and d.kept[0].reasons == ("newest", "latest_timeline",
                                                           "min_backups")
+
+
+def test_a_live_reader_claim_keeps_its_backup_and_the_wal_after_it() -> None:
+    """README: Fault table: expire during a running restore deletes nothing it needs."""
+    from pitr.claims import Claim
+
+    now = T0 + timedelta(days=10)
+    old = backup("old", T0 + timedelta(days=1), 2, 3)
+    new = backup("new", T0 + timedelta(days=9), 20, 21)
+    cat = catalog([old, new], {1: segs(1, 2, 30)})
+    policy = Policy(daily=1, weekly=0, monthly=0, min_backups=1)
+
+    def claim(backup_id: str, renewed: datetime, lease: float = 120) -> Claim:
+        return Claim("c1", backup_id, "pitr restore", "db1", 4242, renewed.isoformat(),
+                     renewed.isoformat(), lease)
+
+    plain = decide(cat, policy, now)
+    assert plain.deleted_ids == {"old"} and plain.wal_deleted
+    live = claim("old", now - timedelta(seconds=60))
+    d = decide(cat, policy, now, claims=[live])
+    assert d.deleted == () and d.wal_deleted == ()
+    assert dict((k.backup.id, k.reasons) for k in d.kept)["old"] == ("claimed",)
+    assert d.notes == (f"kept backup old and the WAL after it: in use by {live.describe()}",)
+    assert "claim c1 ('pitr restore', pid 4242 on host db1" in d.notes[0]
+    # a claim on a backup kept anyway adds its reason, and no note
+    d = decide(cat, policy, now, claims=[claim("new", now)])
+    assert d.deleted_ids == {"old"} and d.notes == ()
+    assert dict((k.backup.id, k.reasons) for k in d.kept)["new"][-1] == "claimed"
+    # an expired lease holds nothing back (its holder crashed or finished)
+    expired = claim("old", now - timedelta(seconds=121))
+    assert decide(cat, policy, now, claims=[expired]) == plain
+    # a claim on a backup that is gone (typo, or expired already) changes nothing
+    assert decide(cat, policy, now, claims=[claim("nope", now)]) == plain

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -111,3 +114,80 @@ def test_scrubbing_stream_masks_every_write() -> None:
 ])
 def test_dsn_without_password(dsn: str, clean: str, password: str | None) -> None:
     assert dsn_without_password(dsn) == (clean, password)
+
+
+# -- every rendered form of a secret (README: Fault table) --------------------------
+
+_ODD = 'k3y"with\\back\'slash/+é&=%'
+_HOOK = "https://hooks.example.invalid/services/T000/B000/hooksecret-31337"
+_HOOK_Q = "https://alerts.example.invalid/hook?channel=ops&token=qT0ken-99x"
+_HOOK_DISCORD = "https://discord.example.invalid/api/webhooks/123456789012/AbCdEfghIJklmnopQR"
+
+
+@pytest.mark.parametrize("render", [
+    pytest.param(lambda v: v, id="plain"),
+    pytest.param(lambda v: json.dumps({"v": v}), id="json"),
+    pytest.param(lambda v: json.dumps({"v": v}, ensure_ascii=False), id="json-unicode"),
+    pytest.param(lambda v: repr({"v": v}), id="repr"),
+    pytest.param(lambda v: repr([v, v + "'"]), id="repr-both-quotes"),
+    pytest.param(lambda v: f"{v!r:<60}", id="config-show"),
+    pytest.param(lambda v: urllib.parse.quote(v, safe=""), id="url-encoded"),
+    pytest.param(lambda v: urllib.parse.quote_plus(v), id="url-plus"),
+    pytest.param(lambda v: urllib.parse.urlencode({"secret": v}), id="query"),
+])
+@pytest.mark.parametrize("secret", [_ODD, "AbC+/xyz0123456789==", _HOOK])
+def test_a_secret_is_masked_in_every_rendered_form(render: Any, secret: str) -> None:
+    log.register_secrets([secret])
+    out = log.scrub(f"before {render(secret)} after")
+    assert secret not in out and log.MASK in out, out
+    for form in (json.dumps(secret)[1:-1], repr(secret)[1:-1],
+                 urllib.parse.quote(secret, safe="")):
+        assert form not in out, out
+    assert out.startswith("before ") and out.endswith(" after")
+
+
+@pytest.mark.parametrize(("url", "leaks"), [
+    (_HOOK, ["/services/T000/B000/hooksecret-31337", "hooksecret-31337"]),
+    (_HOOK_Q, ["channel=ops&token=qT0ken-99x", "qT0ken-99x"]),
+    (_HOOK_DISCORD, ["AbCdEfghIJklmnopQR", "123456789012"]),
+])
+def test_webhook_path_and_query_tokens_are_masked_alone(url: str, leaks: list[str]) -> None:
+    log.register_secrets([url])
+    for part in leaks:
+        out = log.scrub(f"POST {part} failed: 404; retry with {urllib.parse.quote(part)}")
+        assert part not in out and log.MASK in out, out
+    # the host and words of the path are not secret: output stays readable
+    assert log.scrub("hooks.example.invalid services webhooks api") == \
+        "hooks.example.invalid services webhooks api"
+
+
+def test_url_tokens() -> None:
+    from pitr.security import url_tokens
+
+    assert url_tokens(_HOOK) == ["/services/T000/B000/hooksecret-31337", "hooksecret-31337"]
+    assert url_tokens("https://u:pw-123456@h.example/") == ["pw-123456"]
+    assert url_tokens("not a url") == [] and url_tokens("") == []
+
+
+def test_config_check_warns_when_a_file_with_keys_is_world_readable(tmp_path: Path) -> None:
+    from pitr import config
+
+    path = tmp_path / "pitr.toml"
+    path.write_text('stanza = "s"\n[repository]\nurl = "s3://pitr-bucket/pitr"\n'
+                    'access_key_id = "AKIA0000"\nsecret_access_key = "sekret-value"\n')
+    path.chmod(0o644)
+    warning = config.exposed_secrets_warning(config.load(path, env={}))
+    assert warning and "repository.access_key_id, repository.secret_access_key" in warning
+    assert "readable by every user (mode 0644)" in warning and f"chmod o-rwx {path}" in warning
+    path.chmod(0o640)  # group postgres may read it: the recommended mode
+    assert config.exposed_secrets_warning(config.load(path, env={})) is None
+    # keys from the environment, not the file: nothing in the file to protect
+    path.write_text('stanza = "s"\n[repository]\nurl = "s3://pitr-bucket/pitr"\n')
+    path.chmod(0o644)
+    cfg = config.load(path, env={"PITR_REPOSITORY_ACCESS_KEY_ID": "AKIA0000",
+                                 "PITR_REPOSITORY_SECRET_ACCESS_KEY": "sekret-value"})
+    assert config.exposed_secrets_warning(cfg) is None
+    # a password inside postgres.dsn counts
+    path.write_text('stanza = "s"\n[postgres]\ndsn = "host=db password=pw-12345"\n')
+    warning = config.exposed_secrets_warning(config.load(path, env={}))
+    assert warning and "holds postgres.dsn" in warning
