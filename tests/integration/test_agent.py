@@ -46,7 +46,10 @@ class AgentProc:
                 stdout=out, stderr=subprocess.STDOUT,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         deadline = time.monotonic() + 60
-        while not (lock_held(spool.agent_lock) and spool.status_path.exists()):
+        # The pid is written just after the flock is taken (try_lock truncates first), and
+        # a restarted agent finds the old status file: wait for the pid itself too.
+        while not (lock_held(spool.agent_lock) and spool.status_path.exists()
+                   and spool.agent_lock.read_text().strip()):
             assert self.proc.poll() is None, f"agent exited: {log.read_text()}"
             assert time.monotonic() < deadline, f"agent did not start: {log.read_text()}"
             time.sleep(0.05)
