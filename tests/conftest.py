@@ -35,6 +35,18 @@ settings.register_profile("pitr", deadline=None, suppress_health_check=[HealthCh
 settings.load_profile("pitr")
 
 
+@pytest.fixture(autouse=True)
+def _forget_registered_secrets() -> Iterator[None]:
+    """Secrets registered in this process (in-process CLI calls, masking tests) are masked
+    in all later output: a test's secret such as a webhook's "123456789012" would mask part
+    of another test's system identifier (seen under xdist). Each test starts clean."""
+    from pitr import log
+
+    saved = list(log._secrets)
+    yield
+    log._secrets[:] = saved
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

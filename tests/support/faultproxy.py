@@ -45,14 +45,16 @@ _MAX_BODY = 256 << 20
 
 @dataclass
 class Rule:
-    """One fault. ``method``/``path_contains`` narrow what it matches; ``times`` limits how
-    often it fires (None: until cleared)."""
+    """One fault. ``method``/``path_contains`` narrow what it matches; ``after`` lets that
+    many matching requests through first; ``times`` limits how often it fires (None:
+    until cleared)."""
 
     action: str
     method: str | None = None
     path_contains: str | None = None
     times: int | None = None
     arg: int | str | None = None
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -162,6 +164,9 @@ class FaultProxy:
         with self._lock:
             for rule in self._rules:
                 if rule.matches(method, path):
+                    if rule.after > 0:
+                        rule.after -= 1
+                        return None
                     if rule.times is not None:
                         rule.times -= 1
                     return rule
