@@ -41,7 +41,8 @@ install() {
   local extras=$1 mode=copy stamp sum
   ./scripts/setup-host.sh "$venv" "$pguser"
   runuser -u "$pguser" -- test -r "$PWD/pitr/__init__.py" 2>/dev/null && mode=editable
-  sum=$( { echo "$mode $extras"; cat pyproject.toml
+  # the checkout's path too: an editable install of another checkout runs other code
+  sum=$( { echo "$mode $extras $PWD"; cat pyproject.toml
            [ "$mode" = editable ] || find pitr -type f \( -name '*.py' -o -name '*.sh' \) \
              -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
   stamp="$venv/.pitr-installed-${extras:-runtime}"
