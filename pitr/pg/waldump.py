@@ -15,7 +15,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -176,12 +176,12 @@ def tablespace_records(text: str, segment: str = "") -> list[TablespaceRecord]:
     return out
 
 
-def _dump_window(pg_waldump: Path, first: Path, second: Path | None) -> str:
-    """pg_waldump from ``first`` through ``second``.
+def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
+    """pg_waldump from ``first`` through ``last`` (files of one directory).
 
-    Two segments make a record that starts in ``first`` and ends in ``second``
-    readable; a single segment would drop it, and so miss it in both windows."""
-    argv = [str(pg_waldump), str(first)] + ([str(second)] if second else [])
+    A record that starts in one segment and ends in the next is read only when both
+    are in the run; a single segment would drop it."""
+    argv = [str(pg_waldump), str(first)] + ([str(last)] if last and last != first else [])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "TZ": "UTC", "LC_ALL": "C"}, check=False)
     # Normal ends, as in dump_xact_end_times: zeroes after a switch, no record start.
@@ -192,14 +192,20 @@ def _dump_window(pg_waldump: Path, first: Path, second: Path | None) -> str:
     return proc.stdout
 
 
+SCAN_CHUNK = 8  # segments one pg_waldump run decodes (on disk at once: one more)
+
+
 def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | Path, *,
                             budget: float,
                             tmp_parent: Path | None = None) -> list[TablespaceRecord]:
     """Records of the archived ``segments`` (replay order) that touch a tablespace:
     every Tablespace record, and the first record that uses each tablespace.
 
-    Each segment is fetched once (verified against its stored sha256) and read in a
-    window with the next one of its timeline; at most two are on disk at a time."""
+    Each segment is fetched once (verified against its stored sha256). One pg_waldump
+    run decodes up to ``SCAN_CHUNK`` consecutive segments of a timeline plus the next
+    one, so a record crossing into it is read whole; records starting in that next
+    segment belong to the next run. Each segment is decoded about once (it was twice
+    in windows of two: README, "Restoring", for the cost)."""
     pg_waldump = Path(bindir) / "pg_waldump"
     if not pg_waldump.exists():
         raise PostgresError(f"{pg_waldump} not found",
@@ -214,23 +220,33 @@ def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | P
                 path.write_bytes(fetch_to_bytes(repo, name, budget=budget))
             return path
 
-        for i, name in enumerate(names):
-            first = fetched(name)
+        i = 0
+        while i < len(names):
+            first = fetched(names[i])
             size = first.stat().st_size  # the segment size: what a segment file holds
-            tli, segno = parse_segment_name(name, size)
-            nxt = names[i + 1] if i + 1 < len(names) else None
-            second = None
+            tli, segno = parse_segment_name(names[i], size)
+            # the chunk: names[i:j], consecutive segments of one timeline
+            j = i + 1
+            while (j < len(names) and j - i < SCAN_CHUNK
+                   and parse_segment_name(names[j], size) == (tli, segno + j - i)):
+                j += 1
+            chunk = [first, *(fetched(n) for n in names[i + 1:j])]
             stop = 1 << 64
-            if nxt is not None and parse_segment_name(nxt, size) == (tli, segno + 1):
-                second = fetched(nxt)
-                stop = segno_to_lsn(segno + 1, size)  # the rest: when ``nxt`` leads
-            for rec in tablespace_records(_dump_window(pg_waldump, first, second), name):
-                if parse_lsn(rec.lsn) >= stop:
+            last = chunk[-1]
+            if j < len(names) and parse_segment_name(names[j], size) == (tli, segno + j - i):
+                last = fetched(names[j])  # read on, so a record crossing into it is whole
+                stop = segno_to_lsn(segno + j - i, size)
+            for rec in tablespace_records(_dump_window(pg_waldump, first, last), names[i]):
+                lsn = parse_lsn(rec.lsn)
+                if lsn >= stop:
                     continue
+                rec = replace(rec, segment=segment_name(tli, lsn_to_segno(lsn, size), size))
                 if rec.rmgr == "Tablespace" or rec.tablespace not in used:
                     found.append(rec)
                     used.add(rec.tablespace)
-            first.unlink()
+            for path in chunk:
+                path.unlink()
+            i = j
     return found
 
 
