@@ -147,9 +147,10 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     if cfg.prefetch <= 0:
         return None
     datadir = fp.data_dir_of(dest, cfg.pgdata)
-    base = fp.restore_base(cfg.base, cfg.url, datadir)
-    if base is None:
+    sysid = fp.read_system_id(datadir)  # read once: it keys the spool and proves files
+    if sysid is None:
         return None  # no pg_control to say whose restore this is: the full CLI fetches
+    base = fp.restore_base(cfg.base, cfg.url, datadir, sysid)
     pdir = os.path.join(base, fp.PREFETCH_DIR)
     os.makedirs(pdir, mode=0o700, exist_ok=True)
     # Publish the request before looking for a worker: a worker that is about to
@@ -173,10 +174,7 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
             age = None
         if age is not None:
             if age >= fp.MISSING_FRESH:
-                try:  # noqa: SIM105 - contextlib is one import more on the hot path
-                    os.unlink(missing)  # old news; the worker asks again shortly
-                except FileNotFoundError:
-                    pass
+                _discard(missing)  # old news; the worker asks again shortly
             else:
                 # The worker found no object (or failed): only the full path may say
                 # "absent" (exit 1 ends recovery), after proving the repository is
@@ -190,23 +188,24 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
         return None
     # Not what PostgreSQL asked for (unproven), or changed since the worker verified it
     # (damaged): never handed over. The full CLI fetches it and proves it itself.
-    doubt = ("unproven" if not fp.segment_proven(src, name, datadir)
+    doubt = ("unproven" if not fp.segment_proven(src, name, sysid)
              else "damaged" if not fp.prefetched_intact(src) else None)
     if doubt is not None:
-        for path in (src, src + fp.CHECKSUM_SUFFIX):
-            try:  # noqa: SIM105 - contextlib is one import more on the hot path
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _discard(src, src + fp.CHECKSUM_SUFFIX)
         fp.append_line(log, f"{time.time():.3f} {doubt} {name}")
         return None
     move_into_place(src, dest)
-    try:  # noqa: SIM105
-        os.unlink(src + fp.CHECKSUM_SUFFIX)
-    except FileNotFoundError:
-        pass
+    _discard(src + fp.CHECKSUM_SUFFIX)
     fp.append_line(log, f"{time.time():.3f} hit {name}")
     return 0
+
+
+def _discard(*paths: str) -> None:
+    for path in paths:
+        try:  # noqa: SIM105 - contextlib is one import more on the hot path
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _read(path: str) -> str:

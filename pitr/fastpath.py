@@ -238,13 +238,9 @@ def restore_key(url: str, datadir: str, system_id: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def restore_base(base: str, url: str, datadir: str) -> str | None:
-    """``<spool>/<stanza>/restore-<key>`` for this restore; None when the data directory
-    has no readable pg_control (then nothing is prefetched)."""
-    sysid = read_system_id(datadir)
-    if sysid is None:
-        return None
-    return os.path.join(base, RESTORE_PREFIX + restore_key(url, datadir, sysid))
+def restore_base(base: str, url: str, datadir: str, system_id: int) -> str:
+    """``<spool>/<stanza>/restore-<key>`` for this restore (:func:`restore_key`)."""
+    return os.path.join(base, RESTORE_PREFIX + restore_key(url, datadir, system_id))
 
 
 def prefetched_intact(path: str) -> bool:
@@ -324,20 +320,19 @@ def data_dir_of(dest: str, pgdata: str) -> str:
     return pgdata or os.getcwd()
 
 
-def segment_proven(path: str, name: str, datadir: str) -> bool:
-    """Is the spool file at ``path`` segment ``name`` of the cluster in ``datadir``?
+def segment_proven(path: str, name: str, cluster: int) -> bool:
+    """Is the spool file at ``path`` segment ``name`` of the cluster whose system
+    identifier (from its ``global/pg_control``, :func:`read_system_id`) is ``cluster``?
 
     The long page header at its start (layout in :mod:`pitr.pg.walheader`) names
-    the segment's first LSN and the system identifier, which must equal the one in
-    ``global/pg_control`` (:func:`read_system_id`). Any doubt: False.
+    the segment's first LSN and the system identifier. Any doubt: False.
     """
-    cluster = read_system_id(datadir)
     try:
         with open(path, "rb") as fh:
             head = fh.read(40)
     except OSError:
         return False
-    if cluster is None or len(head) < 40 or not int.from_bytes(head[2:4], "little") & 2:
+    if len(head) < 40 or not int.from_bytes(head[2:4], "little") & 2:
         return False
     seg_size = int.from_bytes(head[32:36], "little")
     if seg_size <= 0 or seg_size & (seg_size - 1) or seg_size > 1 << 32:
