@@ -116,11 +116,10 @@ def baseline(work: Path, cfg: Path, plan: dict[str, Any], port: int) -> dict[str
     """The same backup and WAL from local disk: zstd|tar, then replay via `cp`."""
     from pitr import config as config_mod
     from pitr.repo import Repo
-    from pitr.storage import open_storage
     from pitr.wal.fetch import fetch_to_bytes
 
     c = config_mod.load(cfg, env={})
-    repo = Repo(open_storage(c.repository), c.stanza)
+    repo = Repo.open(c)
     local = make_user_dir(work / "local", mode=0o755)
     tar = local / "base.tar.zst"
     key = f"{c.stanza}/backups/{plan['backup']['id']}/base.tar.zst"

@@ -38,7 +38,6 @@ from pitr.pg.names import backup_history_name, format_lsn, lsn_to_segno, parse_l
 from pitr.pg.version import require_same_major, resolve_bindir
 from pitr.progress import Progress
 from pitr.repo import Repo
-from pitr.storage import open_storage
 from pitr.storage.base import put_bytes, read_bytes
 
 log = logging.getLogger("pitr.backup")
@@ -94,7 +93,7 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                max_rate: str | None = None, progress: Progress | None = None,
                command: str = "pitr backup") -> BackupResult:
     """Take one base backup of ``cfg.postgres`` into ``cfg.repository``."""
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
     lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
                       lease=cfg.backup.lock_lease)

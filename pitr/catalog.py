@@ -185,13 +185,7 @@ def _range_of(run: list[WalSegment]) -> WalRange:
 
 # -- loading ------------------------------------------------------------------------
 
-PINS_DIR = "pins"
 _READ_WORKERS = 8
-
-
-def pin_key(stanza: str, backup_id: str) -> str:
-    """``<stanza>/pins/<id>``: its existence pins the backup (retention never deletes it)."""
-    return f"{stanza}/{PINS_DIR}/{backup_id}"
 
 
 def load_catalog(repo: Repo) -> Catalog:
@@ -205,7 +199,7 @@ def load_catalog(repo: Repo) -> Catalog:
         with repo.storage.open(key) as fh:
             return fh.read()
 
-    return build_catalog(repo.stanza, repo.storage.list(f"{repo.stanza}/"), read)
+    return build_catalog(repo.stanza, repo.storage.list(repo.root), read)
 
 
 def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
@@ -214,33 +208,30 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
 
     Separate from :func:`load_catalog` so tests can feed an in-memory listing.
     """
-    from pitr.repo import Repo
+    from pitr.repo import Layout
 
-    root = f"{stanza}/"
-    identity_key = f"{root}repo.json"
+    layout = Layout(stanza)
+    identity_key = layout.identity_key
     manifests: dict[str, str] = {}  # backup id -> manifest key
     backup_ids: set[str] = set()
     pinned: set[str] = set()
     wal: list[tuple[str, ObjectInfo]] = []
     has_identity = False
     for obj in objects:
-        rel = obj.key[len(root):] if obj.key.startswith(root) else None
-        if rel is None:
-            continue
         if obj.key == identity_key:
             has_identity = True
-        elif rel.startswith("wal/"):
-            name = Repo.wal_name_of(obj.key)
+        elif obj.key.startswith(layout.wal_prefix):
+            name = layout.wal_name_of(obj.key)
             if name is not None:
                 wal.append((name, obj))
-        elif rel.startswith("backups/"):
-            parts = rel.split("/")
-            if len(parts) >= 3 and parts[1]:
-                backup_ids.add(parts[1])
-                if parts[2:] == ["manifest.json"]:
-                    manifests[parts[1]] = obj.key
-        elif rel.startswith(f"{PINS_DIR}/"):
-            pinned.add(rel[len(PINS_DIR) + 1:])
+        elif obj.key.startswith(layout.backups_prefix):
+            owner = layout.backup_id_of(obj.key)
+            if owner is not None:
+                backup_ids.add(owner[0])
+                if owner[1]:
+                    manifests[owner[0]] = obj.key
+        elif obj.key.startswith(layout.pins_prefix):
+            pinned.add(obj.key[len(layout.pins_prefix):])
 
     system_id: str | None = None
     seg_size = DEFAULT_SEGMENT_SIZE

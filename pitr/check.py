@@ -71,7 +71,7 @@ def check_repository(repo: Repo, *, conditional_writes: bool = True) -> CheckRes
     from pitr.condwrites import WHAT_BREAKS, refusal, second_put_refused
     from pitr.storage.base import put_bytes, read_bytes
 
-    key = f"{repo.stanza}/check/probe-{uuid.uuid4().hex}"
+    key = repo.probe_key("probe", uuid.uuid4().hex)
     payload = b"pitr check probe\n"
     try:
         put_bytes(repo.storage, key, payload, if_absent=True)
@@ -169,7 +169,6 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
     """Every check, in order; never raises for a failed check."""
     from pitr.pg import conn as pgconn
     from pitr.repo import Repo
-    from pitr.storage import open_storage
 
     results: list[CheckResult] = []
     try:
@@ -185,7 +184,7 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         results.append(CheckResult("config_file_mode", "WARN", detail, "chmod" + hint))
 
     try:
-        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        repo = Repo.open(cfg)
     except PitrError as exc:
         return [*results, _fail("repository", exc)]
     results.append(check_repository(repo,

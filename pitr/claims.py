@@ -34,10 +34,6 @@ log = logging.getLogger("pitr.claims")
 CLAIM_LEASE = 120.0  # seconds
 
 
-def claims_prefix(stanza: str) -> str:
-    return f"{stanza}/claims/"
-
-
 @dataclass(frozen=True)
 class Claim:
     id: str
@@ -77,7 +73,7 @@ def load_claims(repo: Repo) -> list[Claim]:
     An unreadable claim (a torn write) is reported and holds nothing: its holder
     rewrites it within a third of its lease."""
     out = []
-    for obj in repo.storage.list(claims_prefix(repo.stanza)):
+    for obj in repo.storage.list(repo.claims_prefix):
         try:
             out.append(Claim.decode(read_bytes(repo.storage, obj.key)))
         except NotFound:
@@ -97,7 +93,7 @@ class ReaderClaim:
         self.claim = Claim(f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
                            backup_id, command, socket.gethostname(), os.getpid(), now, now,
                            lease)
-        self.key = f"{claims_prefix(repo.stanza)}{self.claim.id}.json"
+        self.key = f"{repo.claims_prefix}{self.claim.id}.json"
         self._lease: Lease | None = None
 
     def register(self) -> Claim:

@@ -114,7 +114,9 @@ def refusal(url: str) -> ConditionalWritesIgnored:
 
 def prove(storage: Storage, stanza: str) -> bool:
     """Write a probe key, then try to write it again conditionally; True when refused."""
-    key = f"{stanza}/check/conditional-probe-{uuid.uuid4().hex}"
+    from pitr.repo import Layout
+
+    key = Layout(stanza).probe_key("conditional-probe", uuid.uuid4().hex)
     put_bytes(storage, key, b"first\n", if_absent=True)
     try:
         return second_put_refused(storage, key)

@@ -37,7 +37,6 @@ from pitr.log import event
 from pitr.pg.names import history_name, segment_name
 from pitr.repo import Repo
 from pitr.retention import Policy, RetentionDecision, decide
-from pitr.storage import open_storage
 from pitr.storage.base import ObjectInfo, read_bytes
 
 log = logging.getLogger("pitr.expire")
@@ -75,7 +74,7 @@ def run_expire(cfg: Config, *, dry_run: bool = False, now: datetime | None = Non
 
     The entry point of `pitr expire` and of `pitr backup` with ``backup.expire_after``.
     """
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     policy = Policy.from_config(cfg.retention)
     if dry_run:
         since = _running_since(repo, cfg.backup.lock_stale_after)

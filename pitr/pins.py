@@ -11,7 +11,6 @@ import json
 import socket
 from datetime import UTC, datetime
 
-from pitr.catalog import pin_key
 from pitr.errors import NotFound
 from pitr.repo import Repo
 from pitr.storage.base import put_bytes
@@ -27,7 +26,7 @@ def _backup_exists(repo: Repo, backup_id: str) -> bool:
 
 def _pinned(repo: Repo, backup_id: str) -> bool:
     try:
-        repo.storage.stat(pin_key(repo.stanza, backup_id))
+        repo.storage.stat(repo.pin_key(backup_id))
         return True
     except NotFound:
         return False
@@ -49,7 +48,7 @@ def pin(repo: Repo, backup_id: str, *, by: str = "pitr pin") -> bool:
         return False
     doc = {"id": backup_id, "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "by": by, "user": _user(), "host": socket.gethostname()}
-    put_bytes(repo.storage, pin_key(repo.stanza, backup_id), json.dumps(doc).encode())
+    put_bytes(repo.storage, repo.pin_key(backup_id), json.dumps(doc).encode())
     return True
 
 
@@ -65,7 +64,7 @@ def unpin(repo: Repo, backup_id: str) -> bool:
             return False
         raise NotFound(f"no backup {backup_id!r} and no pin of that name in stanza "
                        f"{repo.stanza!r}", hint="`pitr list` shows the ids of backups")
-    repo.storage.delete([pin_key(repo.stanza, backup_id)])
+    repo.storage.delete([repo.pin_key(backup_id)])
     return True
 
 

@@ -7,8 +7,13 @@
     <stanza>/wal/<tli>.history.zst
     <stanza>/backups/<id>/base.tar.zst      ... other objects of the backup
     <stanza>/backups/<id>/manifest.json     written LAST: no manifest, no backup
+    <stanza>/pins/<id>                      its existence pins the backup
+    <stanza>/claims/<id>.json               a reader's lease on a backup (pitr.claims)
     <stanza>/locks/<name>.json
     <stanza>/verify/<time>.json
+    <stanza>/check/<probe>                  short-lived probes of `pitr check`
+
+:class:`Repo` owns every key of this layout; nothing else spells one.
 
 Every WAL object is compressed with the header from :mod:`pitr.codec`.
 """
@@ -18,11 +23,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pitr.errors import AlreadyExists, IntegrityError, NotFound, SystemIdMismatch
 from pitr.pg.names import WalKind, classify
 from pitr.pg.version import require_same_major
 from pitr.storage.base import Storage, put_bytes, read_bytes
+
+if TYPE_CHECKING:
+    from pitr.config import Config
 
 REPO_FORMAT = 1
 WAL_SUFFIX = ".zst"
@@ -37,14 +46,16 @@ class RepoIdentity:
     created: str = ""
 
 
-class Repo:
-    """Keys and identity of one stanza inside a storage."""
+class Layout:
+    """Every key of one stanza's repository layout (no storage needed to spell one)."""
 
-    def __init__(self, storage: Storage, stanza: str) -> None:
-        self.storage = storage
+    def __init__(self, stanza: str) -> None:
         self.stanza = stanza
 
-    # -- keys -------------------------------------------------------------
+    @property
+    def root(self) -> str:
+        return f"{self.stanza}/"
+
     @property
     def identity_key(self) -> str:
         return f"{self.stanza}/repo.json"
@@ -82,12 +93,52 @@ class Repo:
     def manifest_key(self, backup_id: str) -> str:
         return f"{self.backup_prefix(backup_id)}manifest.json"
 
+    def backup_id_of(self, key: str) -> tuple[str, bool] | None:
+        """(backup id, whether ``key`` is its manifest) for a key under backups/."""
+        if not key.startswith(self.backups_prefix):
+            return None
+        parts = key[len(self.backups_prefix):].split("/")
+        if len(parts) < 2 or not parts[0]:
+            return None
+        return parts[0], parts[1:] == ["manifest.json"]
+
+    @property
+    def pins_prefix(self) -> str:
+        return f"{self.stanza}/pins/"
+
+    def pin_key(self, backup_id: str) -> str:
+        """``<stanza>/pins/<id>``: its existence pins the backup (retention never deletes it)."""
+        return f"{self.pins_prefix}{backup_id}"
+
+    @property
+    def claims_prefix(self) -> str:
+        return f"{self.stanza}/claims/"
+
     def lock_key(self, name: str) -> str:
         return f"{self.stanza}/locks/{name}.json"
 
     @property
     def verify_prefix(self) -> str:
         return f"{self.stanza}/verify/"
+
+    def probe_key(self, kind: str, token: str) -> str:
+        """A short-lived probe object (``pitr check``, the conditional-write proof)."""
+        return f"{self.stanza}/check/{kind}-{token}"
+
+
+class Repo(Layout):
+    """Keys and identity of one stanza inside a storage."""
+
+    def __init__(self, storage: Storage, stanza: str) -> None:
+        super().__init__(stanza)
+        self.storage = storage
+
+    @classmethod
+    def open(cls, cfg: Config) -> Repo:
+        """The configured stanza in the configured repository (the one way to open it)."""
+        from pitr.storage import open_storage
+
+        return cls(open_storage(cfg.repository), cfg.stanza)
 
     # -- identity ---------------------------------------------------------
     def read_identity(self) -> RepoIdentity | None:

@@ -51,6 +51,7 @@ from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
 from pitr.pg.names import format_lsn, parse_lsn
 from pitr.pg.version import data_dir_major, resolve_bindir
 from pitr.planner import RestorePlan
+from pitr.repo import Repo
 from pitr.security import write_private
 from pitr.setup import pitr_executable
 from pitr.storage.base import Storage
@@ -176,7 +177,7 @@ def refuse_postmaster_pid(d: Path) -> None:
              f"{pid_file}, then run the restore again")
 
 
-def check_tablespaces(cfg: Config, storage: Storage, plan: RestorePlan,
+def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
                       opts: RestoreOptions, bindir: Path) -> None:
     """Refuse, before anything is written, WAL whose replay would leave the directory.
 
@@ -185,10 +186,9 @@ def check_tablespaces(cfg: Config, storage: Storage, plan: RestorePlan,
     while it runs cannot bring a tablespace in unseen.
     """
     from pitr.pg.waldump import scan_tablespace_records, tablespace_refusal
-    from pitr.repo import Repo
 
     records = scan_tablespace_records(
-        Repo(storage, cfg.stanza), plan.segments, bindir,
+        repo, plan.segments, bindir,
         budget=cfg.repository.timeout, tmp_parent=opts.pgdata.parent if opts.isolated else None)
     why = tablespace_refusal(records, isolated=opts.isolated, occupied=_occupied)
     if why is None:
@@ -492,7 +492,7 @@ def write_recovery_settings(pgdata: Path, settings: dict[str, str], plan: Restor
 
 # -- the whole restore --------------------------------------------------------------
 
-def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptions, *,
+def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
             config_path: str | None, confirm: Callable[[str], bool],
             now: datetime | None = None) -> RestoreResult:
     now = now or datetime.now(UTC)
@@ -507,13 +507,13 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
     owner = Owner.for_config(cfg)
     cfg_file = config_path_for_postgres(config_path, owner)
     check_destination(cfg, opts, confirm)
-    check_tablespaces(cfg, storage, plan, opts, bindir)  # the backup's major's pg_waldump
+    check_tablespaces(cfg, repo, plan, opts, bindir)  # the backup's major's pg_waldump
     result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,
                    stored_mib=round(plan.backup.stored_bytes / 2**20, 1),
                    pgdata=str(opts.pgdata))
-    extract_backup(storage, plan.backup.objects, opts.pgdata, owner, result)
+    extract_backup(repo.storage, plan.backup.objects, opts.pgdata, owner, result)
     _check_data_major(opts.pgdata, plan)
     pitr_log.event(log, logging.INFO, "base backup extracted", files=result.files,
                    seconds=round(result.extract_seconds, 1),
@@ -533,7 +533,7 @@ def restore(cfg: Config, storage: Storage, plan: RestorePlan, opts: RestoreOptio
         except PostgresError as exc:
             if plan.target.kind is TargetKind.TIME and any(
                     ENDED_BEFORE_TARGET in ln for ln in ctl.recovery_log_lines()):
-                raise _explain_ended_before(cfg, storage, plan, exc) from exc
+                raise _explain_ended_before(cfg, repo, plan, exc) from exc
             raise
         if result.recovery.timeline is None:
             result.recovery.timeline = plan.timeline
@@ -602,15 +602,13 @@ def ended_before_target(exc: PostgresError, plan: RestorePlan,
              "and restore again" + (f"; {exc.hint}" if exc.hint else ""))
 
 
-def _explain_ended_before(cfg: Config, storage: Storage, plan: RestorePlan,
+def _explain_ended_before(cfg: Config, repo: Repo, plan: RestorePlan,
                           exc: PostgresError) -> PostgresError:
     """Best effort: the original error when the archive cannot be read."""
     from pitr.catalog import load_catalog
     from pitr.pg.waldump import last_xact_end_time
-    from pitr.repo import Repo
 
     try:
-        repo = Repo(storage, cfg.stanza)
         last = last_xact_end_time(repo, load_catalog(repo), plan.backup, cfg.postgres.bindir,
                                   budget=cfg.repository.timeout)
     except PitrError as err:

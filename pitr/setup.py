@@ -289,9 +289,8 @@ def run_setup(cfg: Config, *, config_path: str, exe: str, apply: bool,
 
 def _stanza(cfg: Config, facts: ClusterFacts, *, create: bool) -> dict[str, Any]:
     from pitr.repo import Repo
-    from pitr.storage import open_storage
 
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     doc: dict[str, Any] = {"name": cfg.stanza, "url": cfg.repository.url}
     existing = repo.read_identity()
     if existing is not None and (existing.system_id != str(facts.system_id) or (

@@ -332,11 +332,10 @@ def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> D
     crashes must alert as loudly as one that finds a problem.
     """
     from pitr.catalog import load_catalog
-    from pitr.storage import open_storage
 
     t0 = time.monotonic()
     report = DrillReport(cfg.stanza, datetime.now(UTC))
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     interrupted: Interrupted | None = None
     try:
         catalog = load_catalog(repo)
@@ -409,7 +408,7 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     report.scratch["claim"] = claim.claim.id
     try:
         try:
-            result = restore(cfg, repo.storage, plan, ropts, config_path=config_path,
+            result = restore(cfg, repo, plan, ropts, config_path=config_path,
                              confirm=lambda _q: False)
         except Interrupted:
             raise

@@ -74,10 +74,9 @@ def list_(json_out: JsonFlag = False) -> None:
     from pitr.catalog import load_catalog
     from pitr.listing import render, report
     from pitr.repo import Repo
-    from pitr.storage import open_storage
 
     cfg = load_config(command="list")
-    doc = report(load_catalog(Repo(open_storage(cfg.repository), cfg.stanza)))
+    doc = report(load_catalog(Repo.open(cfg)))
     if json_out:
         print_json(doc)
     else:

@@ -32,10 +32,9 @@ def pin(backup_id: Annotated[str, typer.Argument(help="id of a completed backup"
     """Pin a backup: retention keeps it until it is unpinned."""
     from pitr.pins import pin as do_pin
     from pitr.repo import Repo
-    from pitr.storage import open_storage
 
     cfg = load_config(command="pin")
-    changed = do_pin(Repo(open_storage(cfg.repository), cfg.stanza), backup_id)
+    changed = do_pin(Repo.open(cfg), backup_id)
     if json_out:
         print_json({"id": backup_id, "pinned": True, "changed": changed})
     else:
@@ -48,10 +47,9 @@ def unpin(backup_id: Annotated[str, typer.Argument(help="id of a pinned backup")
     """Remove a pin: retention treats the backup like any other again."""
     from pitr.pins import unpin as do_unpin
     from pitr.repo import Repo
-    from pitr.storage import open_storage
 
     cfg = load_config(command="unpin")
-    changed = do_unpin(Repo(open_storage(cfg.repository), cfg.stanza), backup_id)
+    changed = do_unpin(Repo.open(cfg), backup_id)
     if json_out:
         print_json({"id": backup_id, "pinned": False, "changed": changed})
     else:

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from pitr.catalog import Catalog
     from pitr.config import Config
     from pitr.planner import RestorePlan
+    from pitr.repo import Repo
     from pitr.restore import RestoreResult
-    from pitr.storage.base import Storage
 
 To = Annotated[str | None, typer.Option(
     "--to", help="recover to this time: ISO 8601; a time without a zone is read in the "
@@ -43,27 +43,26 @@ Exclusive = Annotated[bool, typer.Option(
 
 def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, immediate: bool,
           latest: bool, timeline: int | None, backup: str | None, exclusive: bool,
-          command: str) -> tuple[Config, Storage, RestorePlan]:
+          command: str) -> tuple[Config, Repo, RestorePlan]:
     from pitr import planner, targets
     from pitr.catalog import load_catalog
     from pitr.repo import Repo
-    from pitr.storage import open_storage
 
-    loaded: list[tuple[Config, Storage, Catalog]] = []
+    loaded: list[tuple[Config, Repo, Catalog]] = []
 
-    def context() -> tuple[Config, Storage, Catalog]:
+    def context() -> tuple[Config, Repo, Catalog]:
         if not loaded:  # after the command line is checked, and only once
             cfg = load_config(command=command)
-            storage = open_storage(cfg.repository)
-            loaded.append((cfg, storage, load_catalog(Repo(storage, cfg.stanza))))
+            repo = Repo.open(cfg)
+            loaded.append((cfg, repo, load_catalog(repo)))
         return loaded[0]
 
     target = targets.from_options(
         to=to, lsn=lsn, xid=xid, name=name, immediate=immediate, latest=latest,
         timeline=timeline, exclusive=exclusive,
         zone=lambda: planner.cluster_timezone(context()[2], backup))
-    cfg, storage, catalog = context()
-    return cfg, storage, planner.plan(catalog, target, datetime.now(UTC), backup_id=backup)
+    cfg, repo, catalog = context()
+    return cfg, repo, planner.plan(catalog, target, datetime.now(UTC), backup_id=backup)
 
 
 @app.command("plan")
@@ -72,7 +71,7 @@ def plan_cmd(to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
              timeline: TimelineOpt = None, backup: BackupOpt = None, exclusive: Exclusive = False,
              json_out: JsonFlag = False) -> None:
     """Show which backup and WAL a restore to the target would use (exit 11 if none can)."""
-    cfg, _storage, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
+    cfg, _repo, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
                                 exclusive, "plan")
     if json_out:
         print_json({"stanza": cfg.stanza, **plan.to_json()})
@@ -109,19 +108,18 @@ def restore_cmd(
     """Restore the cluster into DIR as of the target: backup + WAL + recovery settings."""
     from pitr.restore import RestoreOptions, restore
 
-    cfg, storage, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
+    cfg, repo, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
                                exclusive, "restore")
     if not json_out:
         _print_plan(cfg.stanza, plan)
     opts = RestoreOptions(pgdata=pgdata, force=force, start=start, target_action=target_action,
                           archive_mode=archive_mode, port=port, yes=yes, wait_timeout=wait_timeout)
     from pitr.claims import claim_backup
-    from pitr.repo import Repo
 
-    claim = claim_backup(Repo(storage, cfg.stanza), plan.backup.id, command="pitr restore",
+    claim = claim_backup(repo, plan.backup.id, command="pitr restore",
                          lease=2 * cfg.backup.lock_lease)
     try:
-        result = restore(cfg, storage, plan, opts, config_path=OPTS.config_path,
+        result = restore(cfg, repo, plan, opts, config_path=OPTS.config_path,
                          confirm=_confirm)
     except BaseException:
         claim.release()

@@ -98,11 +98,10 @@ def _time_target(cfg: Config, to: str, backup: str | None) -> Target:
     from pitr.catalog import load_catalog
     from pitr.planner import cluster_timezone
     from pitr.repo import Repo
-    from pitr.storage import open_storage
     from pitr.targets import at_time_text
 
     def zone() -> str | None:
-        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        repo = Repo.open(cfg)
         return cluster_timezone(load_catalog(repo), backup)
 
     return at_time_text(to, zone)

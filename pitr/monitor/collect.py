@@ -20,7 +20,7 @@ from pitr.config import Config
 from pitr.monitor.alerts import safe_url
 from pitr.monitor.health import AgentStatus, HealthReport, Thresholds, VerifySummary, evaluate
 from pitr.repo import Repo
-from pitr.storage import open_storage, read_bytes
+from pitr.storage import read_bytes
 
 logger = logging.getLogger("pitr.monitor")
 AGENT_STATUS_FILE = "agent-status.json"
@@ -69,7 +69,7 @@ def read_last_verify(repo: Repo) -> VerifySummary | None:
 def gather(cfg: Config) -> Inputs:
     from pitr.catalog import load_catalog
 
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     return Inputs(load_catalog(repo), read_agent_status(cfg), read_last_verify(repo))
 
 

@@ -41,14 +41,13 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
     try:
         from pitr.repo import Repo
         from pitr.security import check_command_user
-        from pitr.storage import open_storage
         from pitr.wal.push import push_wal
 
         cfg = _load(config_path, "archive-push", debug, log_format)
         check_command_user("archive-push", cfg.postgres.pgdata)
         from pitr.condwrites import require_conditional_writes
 
-        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        repo = Repo.open(cfg)
         require_conditional_writes(cfg, repo.storage)  # remembered: a stat() per segment
         push_wal(repo, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
         return 0
@@ -69,13 +68,12 @@ def archive_get_main(config_path: str | None, walname: str, dest: str, *,
                               "restore drill checked; the drill replays no further")
         from pitr.repo import Repo
         from pitr.security import check_command_user
-        from pitr.storage import open_storage
         from pitr.wal.fetch import archive_get
 
         cfg = _load(config_path, "archive-get", debug, log_format)
         pgdata = cfg.postgres.pgdata
         check_command_user("archive-get", pgdata)
-        repo = Repo(open_storage(cfg.repository), cfg.stanza)
+        repo = Repo.open(cfg)
         archive_get(repo, walname, Path(dest), datadir=data_dir_of(Path(dest), pgdata),
                     budget=cfg.repository.timeout)
         return 0

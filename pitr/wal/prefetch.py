@@ -119,9 +119,7 @@ class Prefetcher:
         # One client for all threads: boto3 clients are thread-safe, and building
         # one per thread costs more CPU than the first fetches themselves.
         if self._shared is None:
-            from pitr.storage import open_storage
-
-            self._shared = Repo(open_storage(self.cfg.repository), self.cfg.stanza)
+            self._shared = Repo.open(self.cfg)
         return self._shared
 
     def _want_sig(self) -> tuple[str, int, int] | None:

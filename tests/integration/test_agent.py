@@ -24,7 +24,6 @@ from pitr import config
 from pitr.codec import decompress_blob
 from pitr.repo import Repo
 from pitr.setup import archive_commands, proof_dir_of
-from pitr.storage import open_storage
 from pitr.storage.base import put_bytes, read_bytes
 from pitr.wal.spool import Spool, lock_held
 
@@ -102,7 +101,7 @@ def wait_for(pred: Any, what: str, timeout: float = 180, interval: float = 0.1) 
 
 def repo_names(cfg: Path) -> set[str]:
     c = config.load(cfg, env={})
-    repo = Repo(open_storage(c.repository), c.stanza)
+    repo = Repo.open(c)
     return {n for n in (Repo.wal_name_of(o.key) for o in repo.storage.list(repo.wal_prefix)) if n}
 
 
@@ -275,14 +274,14 @@ def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
 
 def stored_bytes_of(cfg: Path, name: str) -> bytes:
     c = config.load(cfg, env={})
-    repo = Repo(open_storage(c.repository), c.stanza)
+    repo = Repo.open(c)
     return decompress_blob(read_bytes(repo.storage, repo.wal_key(name)), name)
 
 
 def plant_empty_object(cfg: Path, name: str) -> None:
     """What SeaweedFS keeps of a PUT whose writer died between headers and body."""
     c = config.load(cfg, env={})
-    repo = Repo(open_storage(c.repository), c.stanza)
+    repo = Repo.open(c)
     put_bytes(repo.storage, repo.wal_key(name), b"", if_absent=True)
 
 

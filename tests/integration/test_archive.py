@@ -18,7 +18,6 @@ from support.walbytes import segment_bytes, write_pg_control
 from pitr import codec, config
 from pitr.errors import RECOVERY_ABORT_OFFSET, IntegrityError, SystemIdMismatch, WalConflict
 from pitr.repo import Repo
-from pitr.storage import open_storage
 from pitr.wal.fetch import fetch_to_bytes
 
 pytestmark = pytest.mark.integration
@@ -35,7 +34,7 @@ def repo_section(request: pytest.FixtureRequest, local_repo: Path) -> dict[str, 
 
 def repo_of(cfg_path: Path) -> Repo:
     cfg = config.load(cfg_path, env={})
-    return Repo(open_storage(cfg.repository), cfg.stanza)
+    return Repo.open(cfg)
 
 
 def archiving_cluster(pg_factory: Any, pitr_exe: Path, cfg: Path, name: str = "pg") -> PgCluster:

@@ -27,7 +27,6 @@ from pitr.codec import DecompressingReader
 from pitr.errors import BackupError, Interrupted, LockedError, SystemIdMismatch
 from pitr.pg.names import parse_lsn
 from pitr.repo import Repo
-from pitr.storage import open_storage
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +45,7 @@ class Env:
     @property
     def repo(self) -> Repo:
         cfg = config.load(self.cfg, env={})
-        return Repo(open_storage(cfg.repository), cfg.stanza)
+        return Repo.open(cfg)
 
     def catalog(self) -> Catalog:
         return load_catalog(self.repo)

@@ -36,7 +36,6 @@ from pitr.expire import expire, run_expire
 from pitr.pg.names import backup_history_name, format_lsn, history_name, segment_name
 from pitr.repo import Repo
 from pitr.retention import Policy
-from pitr.storage import open_storage
 from pitr.storage.base import ObjectInfo, Storage, put_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
@@ -164,7 +163,7 @@ def _year(workdir: Path, s3_server: Any, stanza: str) -> Env:
         "archive": {"spool_dir": str(base / "spool")},
     })
     cfg = config_mod.load(cfg_path, env={})
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     days = _history(today())
     _write_history(repo, days)
     return Env(base, cfg_path, repo, days, today())
@@ -319,7 +318,7 @@ def test_more_than_1000_wal_objects_in_one_run(workdir: Path, s3_server: Any) ->
         "archive": {"spool_dir": str(base / "spool")},
         "retention": {"daily": 1, "weekly": 0, "monthly": 0, "min_backups": 1}})
     cfg = config_mod.load(cfg_path, env={})
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     repo.ensure_identity(SYSTEM_ID, 15, SEG)
     # one hour before now, whatever the date: retention keeps the only backup on any date
     stop = datetime.now(UTC) - timedelta(hours=1)

@@ -24,7 +24,6 @@ from pitr.expire import expire_after_backup, render, run_expire
 from pitr.lock import StanzaLock
 from pitr.pg.names import segment_name
 from pitr.repo import Repo
-from pitr.storage import open_storage
 from pitr.storage.base import put_bytes
 
 pytestmark = pytest.mark.integration
@@ -53,7 +52,7 @@ def setup(pitr_config: Any) -> Setup:
     # hour they run at (b2 stops a minute before now, which is yesterday just after midnight).
     path = pitr_config(retention={"daily": 0, "weekly": 0, "monthly": 0, "min_backups": 1})
     cfg = config_mod.load(path, env={})
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     repo.ensure_identity(1, 15, SEG)
     now = datetime.now(UTC)
     for i, days in enumerate((30, 20, 0)):

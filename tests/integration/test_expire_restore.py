@@ -24,7 +24,6 @@ from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, free_port, make_use
 from pitr import config as config_mod
 from pitr.catalog import load_catalog
 from pitr.repo import Repo
-from pitr.storage import open_storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -39,7 +38,7 @@ class Src:
 
     def repo(self) -> Repo:
         cfg = config_mod.load(self.cfg, env={})
-        return Repo(open_storage(cfg.repository), cfg.stanza)
+        return Repo.open(cfg)
 
     def rows(self, numbers: range) -> None:
         for n in numbers:

@@ -34,7 +34,6 @@ from pitr import config as config_mod
 from pitr.catalog import Catalog, load_catalog
 from pitr.pg.names import parse_segment_name
 from pitr.repo import Repo
-from pitr.storage import open_storage
 
 pytestmark = [pytest.mark.integration]
 
@@ -52,7 +51,7 @@ class Src:
 
     def repo(self) -> Repo:
         cfg = config_mod.load(self.cfg, env={})
-        return Repo(open_storage(cfg.repository), cfg.stanza)
+        return Repo.open(cfg)
 
     def catalog(self) -> Catalog:
         return load_catalog(self.repo())

@@ -32,7 +32,6 @@ from pitr.catalog import BackupRecord, load_catalog
 from pitr.errors import CheckFailed
 from pitr.monitor.server import start_server
 from pitr.repo import Repo
-from pitr.storage import open_storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 PITR_RUNS_UNDER_RUNUSER = os.geteuid() == 0
@@ -82,7 +81,7 @@ class Env:
 
     def newest_backup(self) -> BackupRecord:
         cfg = config.load(self.base / "pitr.toml", env={})
-        return load_catalog(Repo(open_storage(cfg.repository), cfg.stanza)).backups[-1]
+        return load_catalog(Repo.open(cfg)).backups[-1]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from support.pgcluster import PG_USER, PgCluster, free_port, make_user_dir
 
 from pitr import config as config_mod
 from pitr.repo import Repo
-from pitr.storage import open_storage
 from pitr.storage.base import put_bytes, read_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
@@ -222,7 +221,7 @@ def test_target_after_the_archive(source: Source) -> None:
 @pytest.mark.pg_versions(15, 18)
 def test_deleted_segment_in_the_middle(source: Source) -> None:
     cfg = config_mod.load(source.config, env={})
-    repo = Repo(open_storage(cfg.repository), cfg.stanza)
+    repo = Repo.open(cfg)
     middle = next(s for s, rows in source.segments.items() if 5 in rows)
     key = repo.wal_key(middle)
     saved = read_bytes(repo.storage, key)

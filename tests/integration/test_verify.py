@@ -26,7 +26,6 @@ from pitr.catalog import load_catalog
 from pitr.errors import CheckFailed, Interrupted
 from pitr.pg.names import segment_name
 from pitr.repo import Repo
-from pitr.storage import open_storage
 from pitr.storage.base import put_bytes, read_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
@@ -42,7 +41,7 @@ class Prod:
 
     def repo(self) -> Repo:
         cfg = config.load(self.cfg, env={})
-        return Repo(open_storage(cfg.repository), cfg.stanza)
+        return Repo.open(cfg)
 
     def keys(self, prefix: str = "") -> set[str]:
         repo = self.repo()

@@ -12,11 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pitr import backup, catalog, listing, manifest, progress
-from pitr.catalog import BackupObject, BackupRecord, build_catalog, pin_key
+from pitr.catalog import BackupObject, BackupRecord, build_catalog
 from pitr.codec import compress_blob
 from pitr.errors import IntegrityError
 from pitr.pg import basebackup
 from pitr.pg.names import parse_lsn, segment_name
+from pitr.repo import Layout
 from pitr.storage.base import ObjectInfo
 
 T0 = datetime(2025, 2, 15, 1, 0, tzinfo=UTC)
@@ -102,7 +103,7 @@ def test_backups_incomplete_damaged_and_pins() -> None:
     new = record("20250215T020000Z", "0/4000028", "0/5000100", minutes=60)
     repo.backup(new)
     repo.backup(old)
-    repo.put(pin_key("s", old.id), b"{}")
+    repo.put(Layout("s").pin_key(old.id), b"{}")
     repo.put("s/backups/20250215T030000Z/base.tar.zst")  # interrupted: no manifest
     repo.put("s/backups/20250215T040000Z/manifest.json", b"{not json")
     repo.put("s/locks/backup.json")
