@@ -26,7 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from pitr.catalog import BackupRecord, Catalog, Timeline, WalSegment  # noqa: E402
+from pitr.catalog import Catalog, Timeline, WalSegment  # noqa: E402
+from pitr.manifest import BackupRecord  # noqa: E402
 from pitr.pg.names import HistoryEntry  # noqa: E402
 from pitr.retention import Policy, decide  # noqa: E402
 

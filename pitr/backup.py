@@ -27,12 +27,12 @@ from typing import Any
 
 from pitr import __version__, codec
 from pitr import manifest as manifest_mod
-from pitr.catalog import BackupObject, BackupRecord
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
 from pitr.errors import BackupError, Interrupted, NotFound, PitrError, SystemIdMismatch
 from pitr.lock import StanzaLock
 from pitr.log import event
+from pitr.manifest import BackupObject, BackupRecord
 from pitr.pg import basebackup as pgbb
 from pitr.pg.names import backup_history_name, format_lsn, lsn_to_segno, parse_lsn, segment_name
 from pitr.pg.version import require_same_major, resolve_bindir

@@ -1,6 +1,7 @@
 """Typed view of a repository: completed backups, archived WAL, timelines.
 
-The records here are what the planner, retention, verify and monitoring read.
+The records here (and :class:`pitr.manifest.BackupRecord`, which the manifest
+owns) are what the planner, retention, verify and monitoring read.
 They are plain frozen dataclasses so the pure decision functions can be
 tested on catalogs built in memory (see tests/unit) without any storage.
 
@@ -18,9 +19,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pitr.errors import IntegrityError, PitrError, TransientStorageError
+from pitr.manifest import BackupRecord
+from pitr.manifest import decode as decode_manifest
 from pitr.pg.names import (
     DEFAULT_SEGMENT_SIZE,
     HistoryEntry,
@@ -36,48 +39,6 @@ if TYPE_CHECKING:
     from pitr.storage.base import ObjectInfo
 
 log = logging.getLogger("pitr.catalog")
-
-MANIFEST_FORMAT = 1
-
-
-@dataclass(frozen=True, slots=True)
-class BackupObject:
-    name: str  # e.g. "base.tar.zst"
-    key: str  # storage key
-    raw_bytes: int
-    stored_bytes: int
-    sha256: str  # of the stored (compressed) bytes
-    raw_sha256: str = ""
-
-
-@dataclass(frozen=True)
-class BackupRecord:
-    """A completed backup, as its manifest describes it."""
-
-    id: str
-    label: str  # "scheduled" | "manual"
-    start_lsn: int
-    stop_lsn: int
-    start_time: datetime  # UTC
-    stop_time: datetime  # UTC: what the planner compares targets with
-    timeline: int
-    system_id: str
-    pg_version: int
-    db_size: int
-    raw_bytes: int
-    stored_bytes: int
-    objects: tuple[BackupObject, ...] = ()
-    pitr_version: str = ""
-    pinned: bool = False
-    # the cluster's TimeZone when the backup was taken; None for backups taken before
-    # pitr recorded it (zone-less restore targets are then refused, see pitr.targets)
-    timezone: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0
-
 
 @dataclass(frozen=True, slots=True)
 class WalSegment:
@@ -294,8 +255,6 @@ def _read_many(read: Callable[[str], bytes], keys: list[str]) -> dict[str, bytes
 
 def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Exception],
                       pinned: set[str]) -> tuple[list[BackupRecord], list[str]]:
-    from pitr import manifest as manifest_mod
-
     backups: list[BackupRecord] = []
     damaged: list[str] = []
     for backup_id, key in manifests.items():
@@ -308,7 +267,7 @@ def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Except
         try:
             if isinstance(data, Exception):
                 raise data
-            rec = manifest_mod.decode(data, key)
+            rec = decode_manifest(data, key)
         except PitrError as exc:
             log.warning("backup %s is unusable: %s", backup_id, exc.message)
             damaged.append(backup_id)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pitr.catalog import BackupRecord, Catalog, WalRange, backup_restorable, segno_sets
+from pitr.catalog import Catalog, WalRange, backup_restorable, segno_sets
+from pitr.manifest import BackupRecord
 from pitr.pg.names import format_lsn, lsn_to_segno, segment_name, segno_to_lsn
 from pitr.progress import human_bytes
 

@@ -11,12 +11,53 @@ pinning never rewrites a completed backup.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pitr.catalog import MANIFEST_FORMAT, BackupObject, BackupRecord
 from pitr.errors import IntegrityError
 from pitr.pg.names import format_lsn, parse_lsn
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BackupObject:
+    name: str  # e.g. "base.tar.zst"
+    key: str  # storage key
+    raw_bytes: int
+    stored_bytes: int
+    sha256: str  # of the stored (compressed) bytes
+    raw_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A completed backup, as its manifest describes it."""
+
+    id: str
+    label: str  # "scheduled" | "manual"
+    start_lsn: int
+    stop_lsn: int
+    start_time: datetime  # UTC
+    stop_time: datetime  # UTC: what the planner compares targets with
+    timeline: int
+    system_id: str
+    pg_version: int
+    db_size: int
+    raw_bytes: int
+    stored_bytes: int
+    objects: tuple[BackupObject, ...] = ()
+    pitr_version: str = ""
+    pinned: bool = False
+    # the cluster's TimeZone when the backup was taken; None for backups taken before
+    # pitr recorded it (zone-less restore targets are then refused, see pitr.targets)
+    timezone: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0
 
 _CORE = {"format", "id", "label", "start_lsn", "start_lsn_int", "stop_lsn", "stop_lsn_int",
          "start_time", "stop_time", "timeline", "system_id", "pg_version", "db_size",

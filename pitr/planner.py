@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pitr.catalog import BackupRecord, Catalog, WalSegment
+from pitr.catalog import Catalog, WalSegment
 from pitr.errors import PlanError
+from pitr.manifest import BackupRecord
 from pitr.pg.names import format_lsn, history_name, lsn_to_segno, segment_name
 from pitr.targets import Target, TargetKind, format_time
 

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pitr import log as pitr_log
-from pitr.catalog import BackupObject
 from pitr.config import Config
 from pitr.errors import (
     ConfigError,
@@ -47,6 +46,7 @@ from pitr.errors import (
     TargetDirError,
     VersionMismatch,
 )
+from pitr.manifest import BackupObject
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
 from pitr.pg.names import format_lsn, parse_lsn
 from pitr.pg.version import data_dir_major, resolve_bindir

@@ -81,7 +81,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from pitr.catalog import BackupRecord, Catalog, WalRange, WalSegment, contiguous_ranges
+from pitr.catalog import Catalog, WalRange, WalSegment, contiguous_ranges
+from pitr.manifest import BackupRecord
 
 if TYPE_CHECKING:
     from pitr.claims import Claim

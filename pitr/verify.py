@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pitr import __version__, log
-from pitr.catalog import BackupRecord, Catalog
+from pitr.catalog import Catalog
 from pitr.config import Config
 from pitr.errors import (
     AlreadyExists,
@@ -47,6 +47,7 @@ from pitr.errors import (
     TargetDirError,
     UsageError,
 )
+from pitr.manifest import BackupRecord
 from pitr.monitor.health import recovery_window
 from pitr.pg.names import lsn_to_segno, segment_name
 from pitr.repo import Repo

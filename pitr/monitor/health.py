@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pitr.catalog import BackupRecord, Catalog
+from pitr.catalog import Catalog
+from pitr.manifest import BackupRecord
 from pitr.pg.names import lsn_to_segno, segment_name
 
 CRITICAL = "critical"  # flips /health/backup to 503

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pitr.catalog import BackupRecord, Catalog
+from pitr.catalog import Catalog
 from pitr.errors import PostgresError
+from pitr.manifest import BackupRecord
 from pitr.pg.names import (
     lsn_to_segno,
     parse_lsn,

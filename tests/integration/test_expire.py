@@ -29,10 +29,11 @@ from support.pgcluster import make_user_dir
 
 from pitr import config as config_mod
 from pitr import manifest
-from pitr.catalog import BackupObject, BackupRecord, Catalog, load_catalog
+from pitr.catalog import Catalog, load_catalog
 from pitr.codec import compress_blob
 from pitr.errors import TransientStorageError
 from pitr.expire import expire, run_expire
+from pitr.manifest import BackupObject, BackupRecord
 from pitr.pg.names import backup_history_name, format_lsn, history_name, segment_name
 from pitr.repo import Repo
 from pitr.retention import Policy

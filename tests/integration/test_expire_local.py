@@ -18,10 +18,11 @@ from conftest import run_pitr
 
 from pitr import config as config_mod
 from pitr import manifest
-from pitr.catalog import BackupRecord, load_catalog
+from pitr.catalog import load_catalog
 from pitr.errors import LockedError
 from pitr.expire import expire_after_backup, render, run_expire
 from pitr.lock import StanzaLock
+from pitr.manifest import BackupRecord
 from pitr.pg.names import segment_name
 from pitr.repo import Repo
 from pitr.storage.base import put_bytes

@@ -28,8 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, as_user_cmd, free_port, make_user_dir
 
 from pitr import config
-from pitr.catalog import BackupRecord, load_catalog
+from pitr.catalog import load_catalog
 from pitr.errors import CheckFailed
+from pitr.manifest import BackupRecord
 from pitr.monitor.server import start_server
 from pitr.repo import Repo
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pitr.catalog import BackupObject
 from pitr.codec import CompressingReader
 from pitr.config import Config, PostgresConfig
 from pitr.errors import IntegrityError, TargetDirError
+from pitr.manifest import BackupObject
 from pitr.planner import plan
 from pitr.restore import (
     Owner,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pitr.catalog import BackupRecord, Catalog, Timeline, WalSegment
+from pitr.catalog import Catalog, Timeline, WalSegment
+from pitr.manifest import BackupRecord
 from pitr.pg.names import HistoryEntry, backup_history_name
 
 SEG = 16 * 1024 * 1024

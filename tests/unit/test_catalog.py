@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pitr import backup, catalog, listing, manifest, progress
-from pitr.catalog import BackupObject, BackupRecord, build_catalog
+from pitr.catalog import build_catalog
 from pitr.codec import compress_blob
 from pitr.errors import IntegrityError
+from pitr.manifest import BackupObject, BackupRecord
 from pitr.pg import basebackup
 from pitr.pg.names import parse_lsn, segment_name
 from pitr.repo import Layout

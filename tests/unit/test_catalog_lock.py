@@ -160,8 +160,8 @@ def test_a_backup_rechecks_its_lock_and_objects_before_its_manifest(tmp_path: Pa
     from retention_builders import backup
 
     from pitr.backup import recheck_before_manifest
-    from pitr.catalog import BackupObject
     from pitr.errors import BackupError
+    from pitr.manifest import BackupObject
 
     r = repo(tmp_path)
     key = r.backup_prefix("b1") + "base.tar.zst"

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pitr.catalog import BackupRecord, Catalog, WalSegment
+from pitr.catalog import Catalog, WalSegment
+from pitr.manifest import BackupRecord
 from pitr.monitor.health import (
     CRITICAL,
     AgentStatus,

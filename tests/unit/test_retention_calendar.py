@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from retention_builders import backup
 from support.dates import SWEPT_DATES, today
 
-from pitr.catalog import BackupRecord
+from pitr.manifest import BackupRecord
 from pitr.retention import Policy, choose_backups
 
 SWEPT = sorted(SWEPT_DATES)

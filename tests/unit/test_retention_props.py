@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from retention_builders import SEG, T0, backup, catalog
 
-from pitr.catalog import BackupRecord, Catalog, Timeline, WalSegment
+from pitr.catalog import Catalog, Timeline, WalSegment
+from pitr.manifest import BackupRecord
 from pitr.pg.names import HistoryEntry, backup_history_name, lsn_to_segno
 from pitr.retention import Policy, RetentionDecision, apply_to_catalog, decide, timeline_paths
 
