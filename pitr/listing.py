@@ -2,80 +2,22 @@
 
 :func:`report` turns a :class:`~pitr.catalog.Catalog` into the JSON document
 (``schema_version`` 1, documented in README "Base backups"); :func:`render`
-prints the same facts for people. Pure: no I/O, time is not read.
+prints the same facts for people. The recovery window is :mod:`pitr.window`'s,
+the one every other reader uses too. Pure: no I/O, time is not read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pitr.catalog import Catalog, WalRange, backup_restorable, segno_sets
 from pitr.manifest import BackupRecord
-from pitr.pg.names import format_lsn, lsn_to_segno, segment_name, segno_to_lsn
+from pitr.pg.names import format_lsn, segment_name, segno_to_lsn
 from pitr.progress import human_bytes
+from pitr.window import WindowEdge, recovery_window
 
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class WindowEdge:
-    time: datetime
-    lsn: int
-    timeline: int
-    backup_id: str | None = None
-
-
-@dataclass(frozen=True)
-class RecoveryWindow:
-    earliest: WindowEdge  # stop time of the oldest restorable backup
-    latest: WindowEdge  # last contiguous archived WAL after the newest restorable backup
-
-
-def _contiguous_end(cat: Catalog, tli: int, from_segno: int) -> int | None:
-    """Last segno of the unbroken run on ``tli`` that holds ``from_segno``."""
-    r = cat.range_holding(tli, from_segno)
-    return r.last if r is not None else None
-
-
-def _follow(cat: Catalog, tli: int, from_segno: int) -> tuple[int, int] | None:
-    """(timeline, last segno) reachable by replay from ``from_segno`` on ``tli``.
-
-    Recovery follows the newest timeline that branched off inside the WAL it
-    has (recovery_target_timeline = 'latest'), so the window does too.
-    """
-    end = _contiguous_end(cat, tli, from_segno)
-    if end is None:
-        return None
-    children = sorted((t for t in cat.timelines.values()
-                       if t.parent == tli and t.branch_lsn is not None), key=lambda t: -t.tli)
-    for child in children:
-        assert child.branch_lsn is not None
-        branch_seg = lsn_to_segno(child.branch_lsn, cat.segment_size)
-        # The child's first segment repeats the parent's WAL up to the switch point.
-        if from_segno <= branch_seg <= end + 1:
-            reached = _follow(cat, child.tli, branch_seg)
-            if reached is not None:
-                return reached
-    return tli, end
-
-
-def recovery_window(cat: Catalog) -> RecoveryWindow | None:
-    have = segno_sets(cat)
-    usable = [b for b in cat.backups if backup_restorable(cat, b, have)]
-    if not usable:
-        return None
-    oldest = min(usable, key=lambda b: b.stop_time)
-    newest = max(usable, key=lambda b: b.stop_time)
-    earliest = WindowEdge(oldest.stop_time, oldest.stop_lsn, oldest.timeline, oldest.id)
-    reached = _follow(cat, newest.timeline, lsn_to_segno(newest.start_lsn, cat.segment_size))
-    assert reached is not None  # restorable implies its start segment is archived
-    tli, last = reached
-    seg = next(s for s in cat.segments[tli] if s.segno == last)
-    end_lsn = segno_to_lsn(last + 1, cat.segment_size)
-    latest = WindowEdge(max(seg.archived_at, newest.stop_time), end_lsn, tli)
-    return RecoveryWindow(earliest, latest)
 
 
 # -- JSON ---------------------------------------------------------------------------

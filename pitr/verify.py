@@ -48,11 +48,11 @@ from pitr.errors import (
     UsageError,
 )
 from pitr.manifest import BackupRecord
-from pitr.monitor.health import recovery_window
 from pitr.pg.names import lsn_to_segno, segment_name
 from pitr.repo import Repo
 from pitr.targets import Target, TargetKind
 from pitr.verify_checks import CheckResult, ClusterProbe, run_builtin, run_user_checks
+from pitr.window import recovery_window
 
 logger = logging.getLogger("pitr.verify")
 REPORT_FORMAT = 1
@@ -141,7 +141,8 @@ def random_point(catalog: Catalog, rng: random.Random, last_commit: datetime | N
                  backup_id: str | None = None) -> datetime:
     """A uniformly random restore time (whole seconds) that recovery can provably reach.
 
-    From one second after the end of the oldest backup (or of ``backup_id``) to
+    From one second after the start of the recovery window (:mod:`pitr.window`: the
+    end of the oldest restorable backup), or after the end of ``backup_id``, to
     strictly before ``last_commit``, the newest commit/abort time in the archived
     WAL (:func:`pitr.pg.waldump.last_xact_end_time`): PostgreSQL stops at a time
     target only on a commit or abort record stamped after it, and reports
@@ -149,9 +150,11 @@ def random_point(catalog: Catalog, rng: random.Random, last_commit: datetime | N
     """
     window = recovery_window(catalog)
     if window is None:
-        raise PlanError("no completed backup: there is no recovery window to pick from",
-                        hint="run `pitr backup` first")
-    low = window[0] if backup_id is None else drill_backup(catalog, backup_id).stop_time
+        raise PlanError("no completed backup: there is no recovery window to pick from"
+                        if not catalog.backups else "no backup has all of its WAL archived: "
+                        "there is no recovery window to pick from",
+                        hint="run `pitr backup` first (`pitr list` shows each backup's WAL)")
+    low = window.earliest.time if backup_id is None else drill_backup(catalog, backup_id).stop_time
     first = low.replace(microsecond=0) + timedelta(seconds=1)
     if last_commit is not None:
         # the newest whole second strictly before the commit

@@ -19,6 +19,7 @@ from typing import Any
 from pitr.catalog import Catalog
 from pitr.manifest import BackupRecord
 from pitr.pg.names import lsn_to_segno, segment_name
+from pitr.window import recovery_window
 
 CRITICAL = "critical"  # flips /health/backup to 503
 WARNING = "warning"  # reported, still 200
@@ -166,30 +167,6 @@ def _fmt_age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def recovery_window(catalog: Catalog) -> tuple[datetime, datetime] | None:
-    """Earliest and latest restorable time, as far as the catalog shows.
-
-    Start: the end of the oldest backup (a restore must replay past it).
-    End: the newest archived segment of the unbroken WAL range that continues
-    the newest backup on its timeline, or of a later timeline (after a restore
-    branched off); never earlier than that backup's end.
-    """
-    if not catalog.backups:
-        return None
-    oldest, newest = catalog.backups[0], catalog.backups[-1]
-    end = newest.stop_time
-    r = catalog.range_holding(newest.timeline,
-                              lsn_to_segno(newest.stop_lsn, catalog.segment_size))
-    if r is not None:
-        end = max(end, r.last_archived_at)
-    for tli in sorted(catalog.segments):
-        if tli > newest.timeline:
-            ranges = catalog.ranges(tli)
-            if ranges:
-                end = max(end, ranges[-1].last_archived_at)
-    return oldest.stop_time, end
-
-
 def _newest_segment(catalog: Catalog) -> tuple[str, datetime] | None:
     best: tuple[str, datetime] | None = None
     for tli, segs in catalog.segments.items():
@@ -285,7 +262,7 @@ def evaluate(
     elif catalog.backups:
         warn("never_verified", "no restore drill has run yet (`pitr verify`)")
 
-    window = recovery_window(catalog)
+    window = recovery_window(catalog)  # the one rule `pitr list` shows too (pitr.window)
     return HealthReport(
         stanza=catalog.stanza,
         now=now,
@@ -295,7 +272,8 @@ def evaluate(
         wal=wal,
         archive=archive,
         verify=verify_doc,
-        recovery_window={"start": _iso(window[0]), "end": _iso(window[1])} if window else None,
+        recovery_window={"start": _iso(window.earliest.time),
+                         "end": _iso(window.latest.time)} if window else None,
         location=location,
         retention=retention or {},
     )
@@ -356,4 +334,4 @@ def _gap_findings(catalog: Catalog, warn: Any) -> None:
 
 
 __all__ = ["CRITICAL", "WARNING", "AgentStatus", "Finding", "HealthReport", "Thresholds",
-           "VerifySummary", "evaluate", "recovery_window"]
+           "VerifySummary", "evaluate"]

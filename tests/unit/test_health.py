@@ -15,9 +15,9 @@ from pitr.monitor.health import (
     Thresholds,
     VerifySummary,
     evaluate,
-    recovery_window,
 )
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE as SEG
+from pitr.window import recovery_window
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TH = Thresholds(max_backup_age=26 * 3600, max_archive_lag=900, max_backlog=64,
@@ -163,18 +163,20 @@ def test_gap_after_newest_backup_is_named() -> None:
     gap = next(f for f in r.findings if f.name == "wal_gap")
     assert "000000010000000000000006" in gap.message
     # the window ends where the unbroken WAL after the backup ends
-    start, end = recovery_window(cat)  # type: ignore[misc]
-    assert start == b.stop_time
-    assert end == NOW - timedelta(hours=2) + 3 * timedelta(minutes=10)
+    window = recovery_window(cat)
+    assert window is not None
+    assert window.earliest.time == b.stop_time
+    assert window.latest.time == NOW - timedelta(hours=2) + 3 * timedelta(minutes=10)
 
 
 def test_recovery_window_spans_oldest_to_newest() -> None:
     b1 = backup("b1", NOW - timedelta(days=2), 2, 3)
     b2 = backup("b2", NOW - timedelta(hours=30), 20, 21)
     cat = catalog((b1, b2), {1: segs(1, 2, 30, NOW - timedelta(days=2), timedelta(hours=1))})
-    start, end = recovery_window(cat)  # type: ignore[misc]
-    assert start == b1.stop_time
-    assert end == NOW - timedelta(days=2) + 28 * timedelta(hours=1)
+    window = recovery_window(cat)
+    assert window is not None
+    assert window.earliest.time == b1.stop_time
+    assert window.latest.time == NOW - timedelta(days=2) + 28 * timedelta(hours=1)
 
 
 @given(age=st.floats(0, 10 * 86400), limit=st.floats(1, 10 * 86400))

@@ -62,12 +62,12 @@ def test_random_point_is_strictly_before_a_whole_second_commit() -> None:
     import random
     from datetime import timedelta
 
-    from test_health import NOW, backup, catalog
+    from test_health import NOW, backup, catalog, segs
 
     from pitr.verify import random_point
 
     b = backup("b1", NOW - timedelta(seconds=10, microseconds=500))
-    cat = catalog((b,))
+    cat = catalog((b,), {1: segs(1, 2, 3, NOW - timedelta(minutes=1))})  # its WAL
     # backup ended at 11:59:49.9995 -> first candidate :50; a commit at exactly :53
     picks = {random_point(cat, random.Random(s), NOW - timedelta(seconds=7))
              for s in range(100)}
@@ -79,14 +79,14 @@ def test_random_point_bounds_property(stop_us: int, commit_after_us: int, seed: 
     import random
     from datetime import timedelta
 
-    from test_health import NOW, backup, catalog
+    from test_health import NOW, backup, catalog, segs
 
     from pitr.errors import PlanError
     from pitr.verify import random_point
 
     stop = NOW + timedelta(microseconds=stop_us)
     commit = stop + timedelta(microseconds=commit_after_us)
-    cat = catalog((backup("b1", stop),))
+    cat = catalog((backup("b1", stop),), {1: segs(1, 2, 3, NOW)})  # with its WAL
     try:
         t = random_point(cat, random.Random(seed), commit)
     except PlanError:
@@ -117,6 +117,8 @@ def test_random_point_without_a_commit_after_the_backup_is_a_plan_error() -> Non
         assert "without --random-point" in (exc.value.hint or "")
     with pytest.raises(PlanError, match="no completed backup"):
         random_point(catalog(), random.Random(1), NOW)
+    with pytest.raises(PlanError, match="no backup has all of its WAL archived"):
+        random_point(catalog((b,)), random.Random(1), NOW)  # the window needs its WAL
     with pytest.raises(PlanError, match="not in the repository"):
         random_point(cat, random.Random(1), NOW, "nope")
 
