@@ -24,19 +24,18 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import pwd
 import random
 import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pitr import __version__, log
+from pitr import log
 from pitr.catalog import Catalog
 from pitr.config import Config
 from pitr.errors import (
@@ -52,10 +51,10 @@ from pitr.pg.names import lsn_to_segno, segment_name
 from pitr.repo import Repo
 from pitr.targets import Target, TargetKind
 from pitr.verify_checks import CheckResult, ClusterProbe, run_builtin, run_user_checks
+from pitr.verify_report import DrillReport
 from pitr.window import recovery_window
 
 logger = logging.getLogger("pitr.verify")
-REPORT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -65,50 +64,6 @@ class DrillOptions:
     random_point: bool = False
     seed: int | None = None
     keep: bool = False
-
-
-@dataclass
-class DrillReport:
-    stanza: str
-    started_at: datetime
-    finished_at: datetime | None = None
-    backup_id: str | None = None
-    target: dict[str, Any] | None = None
-    seed: int | None = None
-    checks: list[CheckResult] = field(default_factory=list)
-    measures: dict[str, Any] = field(default_factory=dict)
-    plan: dict[str, Any] | None = None
-    recovery: dict[str, Any] | None = None
-    scratch: dict[str, Any] = field(default_factory=dict)
-    key: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    @property
-    def failed(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.ok]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": REPORT_FORMAT,
-            "stanza": self.stanza,
-            "ok": self.ok,
-            "started_at": self.started_at.isoformat(timespec="seconds"),
-            "finished_at": (self.finished_at or self.started_at).isoformat(timespec="seconds"),
-            "backup_id": self.backup_id,
-            "target": self.target,
-            "random_seed": self.seed,
-            **self.measures,
-            "checks": [c.to_json() for c in self.checks],
-            "plan": self.plan,
-            "recovery": self.recovery,
-            "scratch": self.scratch,
-            "host": platform.node(),
-            "pitr_version": __version__,
-            "report": self.key,
-        }
 
 
 # -- pure decisions -----------------------------------------------------------------

@@ -18,19 +18,20 @@ from pitr import log
 from pitr.catalog import Catalog
 from pitr.config import Config
 from pitr.monitor.alerts import safe_url
-from pitr.monitor.health import AgentStatus, HealthReport, Thresholds, VerifySummary, evaluate
+from pitr.monitor.health import HealthReport, Thresholds, evaluate
 from pitr.repo import Repo
 from pitr.storage import read_bytes
+from pitr.verify_report import DrillReport
+from pitr.wal.status import AgentStatus
 
 logger = logging.getLogger("pitr.monitor")
-AGENT_STATUS_FILE = "agent-status.json"
 
 
 @dataclass(frozen=True)
 class Inputs:
     catalog: Catalog
     agent: AgentStatus | None
-    last_verify: VerifySummary | None
+    last_verify: DrillReport | None
 
 
 def location(cfg: Config) -> str:
@@ -42,7 +43,9 @@ def location(cfg: Config) -> str:
 
 
 def read_agent_status(cfg: Config) -> AgentStatus | None:
-    path = cfg.spool_path / AGENT_STATUS_FILE
+    from pitr.wal.spool import Spool
+
+    path = Spool(cfg.archive.spool_dir, cfg.stanza).status_path  # the agent's own spool layout
     try:
         return AgentStatus.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -53,13 +56,13 @@ def read_agent_status(cfg: Config) -> AgentStatus | None:
         return None
 
 
-def read_last_verify(repo: Repo) -> VerifySummary | None:
+def read_last_verify(repo: Repo) -> DrillReport | None:
     keys = [o.key for o in repo.storage.list(repo.verify_prefix) if o.key.endswith(".json")]
     # Report names are UTC timestamps, so the greatest key is the newest drill; a
     # corrupt newest report falls back to the one before rather than hiding all.
     for key in sorted(keys, reverse=True):
         try:
-            return VerifySummary.from_report(json.loads(read_bytes(repo.storage, key)), key)
+            return DrillReport.from_json(json.loads(read_bytes(repo.storage, key)), key)
         except (ValueError, KeyError, TypeError) as exc:
             log.event(logger, logging.WARNING, "ignoring unreadable verify report", key=key,
                       reason=str(exc))

@@ -19,6 +19,8 @@ from typing import Any
 from pitr.catalog import Catalog
 from pitr.manifest import BackupRecord
 from pitr.pg.names import lsn_to_segno, segment_name
+from pitr.verify_report import DrillReport
+from pitr.wal.status import AgentStatus
 from pitr.window import recovery_window
 
 CRITICAL = "critical"  # flips /health/backup to 503
@@ -38,72 +40,6 @@ class Thresholds:
         return cls(float(monitor.max_backup_age), float(monitor.max_archive_lag),
                    int(monitor.max_backlog), int(monitor.max_archive_failures),
                    float(monitor.max_verify_age))
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    """What ``pitr agent`` writes to ``<spool>/<stanza>/agent-status.json``."""
-
-    updated_at: datetime
-    backlog: int  # .ready files waiting
-    oldest_ready_age: float | None  # seconds, None when nothing waits
-    last_stored: str | None  # WAL name
-    last_stored_at: datetime | None
-    consecutive_failures: int
-    total_failures: int
-    last_error: str | None = None
-    state: str = "running"  # "stopped" once the agent exits
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> AgentStatus:
-        """Parse the agent's file; tolerant of absent optional keys (older agents)."""
-        def ts(v: Any) -> datetime | None:
-            return datetime.fromisoformat(v) if isinstance(v, str) and v else None
-
-        updated = ts(doc.get("updated_at"))
-        if updated is None:
-            raise ValueError("agent status without updated_at")
-        backlog = doc.get("backlog", {})
-        if not isinstance(backlog, dict):  # a bare count
-            backlog = {"ready": backlog}
-        failures = doc.get("failures", {})
-        if not isinstance(failures, dict):
-            failures = {"consecutive": failures}
-        last = doc.get("last_stored") or {}
-        if isinstance(last, str):
-            last = {"name": last}
-        oldest = backlog.get("oldest_age_seconds")
-        return cls(
-            updated_at=updated,
-            backlog=int(backlog.get("ready", 0) or 0),
-            oldest_ready_age=float(oldest) if oldest is not None else None,
-            last_stored=last.get("name"),
-            last_stored_at=ts(last.get("at")),
-            consecutive_failures=int(failures.get("consecutive", 0) or 0),
-            total_failures=int(failures.get("total", 0) or 0),
-            last_error=failures.get("last_error"),
-            state=str(doc.get("state") or "running"),
-        )
-
-
-@dataclass(frozen=True)
-class VerifySummary:
-    """The part of the newest verify report (``<stanza>/verify/<time>.json``) health needs."""
-
-    finished_at: datetime
-    ok: bool
-    backup_id: str
-    rto_seconds: float | None
-    failed_checks: tuple[str, ...] = ()
-    key: str = ""
-
-    @classmethod
-    def from_report(cls, doc: dict[str, Any], key: str = "") -> VerifySummary:
-        failed = tuple(c.get("name", "?") for c in doc.get("checks", []) if not c.get("ok"))
-        rto = doc.get("rto_seconds")
-        return cls(datetime.fromisoformat(doc["finished_at"]), bool(doc["ok"]),
-                   str(doc.get("backup_id", "")), float(rto) if rto is not None else None,
-                   failed, key)
 
 
 @dataclass(frozen=True)
@@ -194,7 +130,7 @@ def _backup_doc(b: BackupRecord, now: datetime) -> dict[str, Any]:
 def evaluate(
     catalog: Catalog,
     agent: AgentStatus | None,
-    last_verify: VerifySummary | None,
+    last_verify: DrillReport | None,
     thresholds: Thresholds,
     now: datetime,
     *,
@@ -243,22 +179,24 @@ def evaluate(
 
     verify_doc = None
     if last_verify is not None:
+        finished = last_verify.finished_at or last_verify.started_at
+        failed = [c.name for c in last_verify.failed]
         verify_doc = {
-            "finished_at": _iso(last_verify.finished_at),
-            "age_seconds": _age(now, last_verify.finished_at),
+            "finished_at": _iso(finished),
+            "age_seconds": _age(now, finished),
             "ok": last_verify.ok,
             "backup_id": last_verify.backup_id,
             "rto_seconds": last_verify.rto_seconds,
-            "failed_checks": list(last_verify.failed_checks),
-            "report": last_verify.key,
+            "failed_checks": failed,
+            "report": last_verify.key or "",
         }
         if not last_verify.ok:
-            crit("verify_failed", f"the last restore drill ({_iso(last_verify.finished_at)}) "
-                 f"failed: {', '.join(last_verify.failed_checks) or 'see its report'}")
+            crit("verify_failed", f"the last restore drill ({_iso(finished)}) "
+                 f"failed: {', '.join(failed) or 'see its report'}")
         elif thresholds.max_verify_age and \
-                (now - last_verify.finished_at).total_seconds() > thresholds.max_verify_age:
+                (now - finished).total_seconds() > thresholds.max_verify_age:
             warn("verify_overdue", f"the last restore drill ran "
-                 f"{_fmt_age((now - last_verify.finished_at).total_seconds())} ago")
+                 f"{_fmt_age((now - finished).total_seconds())} ago")
     elif catalog.backups:
         warn("never_verified", "no restore drill has run yet (`pitr verify`)")
 
@@ -333,5 +271,5 @@ def _gap_findings(catalog: Catalog, warn: Any) -> None:
                  "restores after that point are impossible")
 
 
-__all__ = ["CRITICAL", "WARNING", "AgentStatus", "Finding", "HealthReport", "Thresholds",
-           "VerifySummary", "evaluate"]
+__all__ = ["CRITICAL", "WARNING", "Finding", "HealthReport", "Thresholds",
+           "evaluate"]

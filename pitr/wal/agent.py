@@ -41,18 +41,18 @@ from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageErr
 from pitr.log import event
 from pitr.repo import Repo, RepoIdentity
 from pitr.wal.spool import WAL_NAME_RE, FileIdentity, Receipt, Spool, rotate_if_big, try_lock
+from pitr.wal.status import AgentStatus
 
 log = logging.getLogger("pitr.wal.agent")
 
-STATUS_FORMAT = 1
 BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed segment
 BACKOFF_MAX = 60.0
 RECEIPT_KEEP = 30.0  # seconds a receipt outlives its .ready (a crashed archiver may ask again)
 _STOP = "~stop"  # sorts after every WAL name, so workers finish queued work first
 
 
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts else None
+def _utc(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts else None
 
 
 INCOMPRESSIBLE = 0.9  # sampled size ratio above which a segment is treated as random data
@@ -421,41 +421,38 @@ class Agent:
               error=message, transient=transient, attempts=b.attempts)
 
     # -- metrics ------------------------------------------------------------
-    def status_doc(self, state: str) -> dict[str, Any]:
+    def status(self, state: str) -> AgentStatus:
         now = time.time()
         ready = getattr(self, "_last_ready", [])
         with self.state.lock:
             c = self.state.counters
             pending = [n for n, _ in ready if n not in self.state.stored]
-            doc: dict[str, Any] = {
-                "format": STATUS_FORMAT,
-                "state": state,
-                "pid": os.getpid(),
-                "stanza": self.cfg.stanza,
-                "pgdata": str(self.wal_dir.parent),
-                "workers": self.workers,
-                "started_at": iso(self.started_at),
-                "updated_at": iso(now),
-                "backlog": {
-                    "ready": len(ready),
-                    "pending": len(pending),
-                    "in_flight": len(self.state.in_flight),
-                    "oldest_ready": ready[0][0] if ready else None,
-                    "oldest_age_seconds": round(now - min(m for _, m in ready), 3)
-                    if ready else None,
-                    "oldest_pending": pending[0] if pending else None,
-                },
-                "last_stored": {"name": c.last_stored, "at": iso(c.last_stored_at)}
-                if c.last_stored else None,
-                "totals": {"stored": c.stored, "already_archived": c.already_archived,
-                           "bytes_in": c.bytes_in, "bytes_out": c.bytes_out},
-                "failures": {"consecutive": c.consecutive_failures, "total": c.failed,
-                             "last_error": c.last_error, "last_error_at": iso(c.last_error_at)},
-            }
-        return doc
+            return AgentStatus(
+                state=state,
+                pid=os.getpid(),
+                stanza=self.cfg.stanza,
+                pgdata=str(self.wal_dir.parent),
+                workers=self.workers,
+                started_at=_utc(self.started_at),
+                updated_at=datetime.fromtimestamp(now, UTC),
+                backlog=len(ready),
+                pending=len(pending),
+                in_flight=len(self.state.in_flight),
+                oldest_ready=ready[0][0] if ready else None,
+                oldest_ready_age=round(now - min(m for _, m in ready), 3) if ready else None,
+                oldest_pending=pending[0] if pending else None,
+                last_stored=c.last_stored,
+                last_stored_at=_utc(c.last_stored_at) if c.last_stored else None,
+                totals={"stored": c.stored, "already_archived": c.already_archived,
+                        "bytes_in": c.bytes_in, "bytes_out": c.bytes_out},
+                consecutive_failures=c.consecutive_failures,
+                total_failures=c.failed,
+                last_error=c.last_error,
+                last_error_at=_utc(c.last_error_at),
+            )
 
     def write_status(self, state: str) -> None:
         try:
-            self.spool.write_status(self.status_doc(state))
+            self.spool.write_status(self.status(state).to_json())
         except OSError as exc:  # metrics must never stop archiving
             log.warning("agent: cannot write %s: %s", self.spool.status_path, exc)

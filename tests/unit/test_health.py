@@ -11,12 +11,13 @@ from pitr.catalog import Catalog, WalSegment
 from pitr.manifest import BackupRecord
 from pitr.monitor.health import (
     CRITICAL,
-    AgentStatus,
     Thresholds,
-    VerifySummary,
     evaluate,
 )
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE as SEG
+from pitr.verify_checks import CheckResult
+from pitr.verify_report import DrillReport
+from pitr.wal.status import AgentStatus
 from pitr.window import recovery_window
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -48,12 +49,31 @@ def healthy_catalog() -> Catalog:
     return catalog((b,), {1: segs(1, 2, 13, NOW - timedelta(hours=2), timedelta(minutes=10))})
 
 
+def drill(finished: datetime, ok: bool, backup_id: str, rto: float | None,
+          failed: tuple[str, ...] = ()) -> DrillReport:
+    """A stored drill report as the monitor reads it back (pitr/verify_report.py)."""
+    checks = [CheckResult("plan", True, "")] + [CheckResult(n, False, "") for n in failed]
+    if not ok and not failed:
+        checks = []
+    r = DrillReport("main", finished - timedelta(minutes=2), finished, backup_id,
+                    checks=checks, measures={} if rto is None else {"rto_seconds": rto})
+    return DrillReport.from_json(r.to_json(), "main/verify/x.json")
+
+
+def test_a_drill_report_reads_back_as_written() -> None:
+    r = drill(NOW, False, "b1", 12.5, ("table_counts", "amcheck"))
+    assert (r.ok, r.backup_id, r.rto_seconds, r.key) == (False, "b1", 12.5,
+                                                         "main/verify/x.json")
+    assert [c.name for c in r.failed] == ["table_counts", "amcheck"]
+    assert DrillReport.from_json(r.to_json(), r.key or "").to_json() == r.to_json()
+
+
 def names(report) -> set[str]:  # type: ignore[no-untyped-def]
     return {f.name for f in report.findings}
 
 
 def test_healthy_repository() -> None:
-    ok = VerifySummary(NOW - timedelta(days=3), True, "b1", 42.0)
+    ok = drill(NOW - timedelta(days=3), True, "b1", 42.0)
     r = evaluate(healthy_catalog(), None, ok, TH, NOW)
     assert r.healthy and r.status == "healthy"
     doc = r.to_dict()
@@ -82,7 +102,7 @@ def test_no_backup_is_critical() -> None:
 
 
 def test_failed_verify_is_critical_and_names_checks() -> None:
-    bad = VerifySummary(NOW - timedelta(hours=1), False, "b1", None, ("table_counts",))
+    bad = drill(NOW - timedelta(hours=1), False, "b1", None, ("table_counts",))
     r = evaluate(healthy_catalog(), None, bad, TH, NOW)
     assert not r.healthy
     f = next(f for f in r.findings if f.name == "verify_failed")
@@ -90,7 +110,7 @@ def test_failed_verify_is_critical_and_names_checks() -> None:
 
 
 def test_old_verify_and_never_verified_only_warn() -> None:
-    old = VerifySummary(NOW - timedelta(days=60), True, "b1", 10.0)
+    old = drill(NOW - timedelta(days=60), True, "b1", 10.0)
     r = evaluate(healthy_catalog(), None, old, TH, NOW)
     assert r.healthy and "verify_overdue" in names(r)
     r = evaluate(healthy_catalog(), None, None, TH, NOW)
@@ -189,7 +209,7 @@ def test_backup_age_threshold_is_exact(age: float, limit: float) -> None:
 
 
 def test_conditional_writes_off_is_a_standing_warning() -> None:
-    ok = VerifySummary(NOW - timedelta(days=3), True, "b1", 42.0)
+    ok = drill(NOW - timedelta(days=3), True, "b1", 42.0)
     r = evaluate(healthy_catalog(), None, ok, TH, NOW, conditional_writes=False)
     assert r.healthy and names(r) == {"conditional_writes_off"}
     assert [f.severity for f in r.findings] == ["warning"]

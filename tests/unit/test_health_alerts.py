@@ -6,13 +6,14 @@ from datetime import timedelta
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_health import NOW, TH, healthy_catalog
+from test_health import NOW, TH, drill, healthy_catalog
 
 from pitr.config import Config, MonitorConfig
 from pitr.monitor import metrics
 from pitr.monitor.alerts import format_text, safe_url, send_alert
-from pitr.monitor.health import AgentStatus, VerifySummary, evaluate
+from pitr.monitor.health import evaluate
 from pitr.monitor.watch import AlertWatcher, transitions
+from pitr.wal.status import AgentStatus
 
 
 def samples(text: bytes) -> dict[str, float]:
@@ -26,7 +27,7 @@ def samples(text: bytes) -> dict[str, float]:
 
 def test_metrics_carry_report_values() -> None:
     cat = healthy_catalog()
-    ver = VerifySummary(NOW - timedelta(days=1), True, "b1", 33.5)
+    ver = drill(NOW - timedelta(days=1), True, "b1", 33.5)
     agent = AgentStatus(NOW, 2, 4.0, None, None, 0, 5)
     m = samples(metrics.render(evaluate(cat, agent, ver, TH, NOW)))
     b = cat.backups[-1]

@@ -434,8 +434,8 @@ def test_adaptive_level_only_for_data_that_will_not_compress(tmp_path: Path) -> 
 
 def test_agent_status_is_what_the_monitor_reads(tmp_path: Path) -> None:
     from pitr import config as config_mod
-    from pitr.monitor.health import AgentStatus
     from pitr.wal.agent import Agent
+    from pitr.wal.status import AgentStatus
 
     status_dir = tmp_path / "data" / "pg_wal" / "archive_status"
     status_dir.mkdir(parents=True)
@@ -449,8 +449,9 @@ def test_agent_status_is_what_the_monitor_reads(tmp_path: Path) -> None:
     agent.state.counters.consecutive_failures = 1
     agent.state.counters.last_stored = "000000010000000000000006"
     agent.state.counters.last_stored_at = time.time()
-    doc = agent.status_doc("running")
+    doc = agent.status("running").to_json()
     parsed = AgentStatus.from_json(doc)
+    assert AgentStatus.from_json(parsed.to_json()) == parsed
     assert parsed.backlog == 2
     assert parsed.oldest_ready_age is not None and parsed.oldest_ready_age >= 0
     assert (parsed.total_failures, parsed.consecutive_failures) == (2, 1)
