@@ -47,6 +47,7 @@ from pitr.errors import (
     VersionMismatch,
 )
 from pitr.manifest import BackupObject
+from pitr.pg.conn import dsn_user
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
 from pitr.pg.names import format_lsn, parse_lsn
 from pitr.pg.version import data_dir_major, resolve_bindir
@@ -521,7 +522,7 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
     result.settings = recovery_conf(plan, opts, pitr_executable(), cfg_file)
     write_recovery_settings(opts.pgdata, result.settings, plan, owner, now)
     ctl = PgCtl(opts.pgdata, bindir=bindir, user=owner.name,
-                db_user=_dsn_user(cfg.postgres.dsn))
+                db_user=dsn_user(cfg.postgres.dsn))
     result.start_command = shlex.join(ctl.start_command())
     if opts.start:
         pitr_log.event(log, logging.INFO, "starting the restored server; recovery runs now",
@@ -615,12 +616,3 @@ def _explain_ended_before(cfg: Config, repo: Repo, plan: RestorePlan,
         log.warning("cannot find the newest archived commit: %s", err.message)
         return exc
     return ended_before_target(exc, plan, last)
-
-
-def _dsn_user(dsn: str) -> str | None:
-    """The role in postgres.dsn (the restored copy has the same roles), else the OS user."""
-    for part in dsn.split():
-        key, _, value = part.partition("=")
-        if key.strip() == "user" and value:
-            return value.strip("'\"")
-    return None

@@ -162,34 +162,6 @@ def dsn_passwords(dsn: str) -> list[str]:
     return [p for p in dict.fromkeys(found) if p]
 
 
-def dsn_without_password(dsn: str) -> tuple[str, str | None]:
-    """(dsn with its password removed, the password or None).
-
-    For child processes (pg_basebackup, psql): their command line is public in
-    `ps`, so the password travels in ``PGPASSWORD`` (readable only by the same
-    user through /proc/PID/environ) instead.
-    """
-    password: str | None = None
-    m = _DSN_URI_PASSWORD.match(dsn)
-    if m:
-        password = urllib.parse.unquote(m.group(1))
-        dsn = dsn[: m.start(1) - 1] + dsn[m.end(1):]
-    m = _DSN_QUERY_PASSWORD.search(dsn)
-    if m:
-        password = urllib.parse.unquote(m.group(1))
-        sep = dsn[m.start()]
-        rest = dsn[m.end():]
-        dsn = dsn[: m.start()] + ((sep + rest[1:]) if rest.startswith("&") else rest)
-    m = _DSN_KV_PASSWORD.search(dsn)
-    if m and not dsn.startswith(("postgres://", "postgresql://")):
-        raw = m.group(1)
-        password = (raw[1:-1].replace("\\'", "'").replace("\\\\", "\\")
-                    if raw.startswith("'") else raw)
-        dsn = (dsn[: m.start()] + " " + dsn[m.end():]).strip()
-        dsn = " ".join(dsn.split()) if "'" not in dsn else dsn
-    return dsn, password
-
-
 # A path segment of a webhook URL is a token when it is long or mixes in digits
 # (Slack /services/T…/B…/<token>, Discord /api/webhooks/<id>/<token>); words such as
 # "services" or "webhooks" are not secret and masking them would shred output.

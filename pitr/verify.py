@@ -160,12 +160,9 @@ def port_in_use(port: int) -> bool:
 
 
 def _db_user(cfg: Config) -> str:
-    if cfg.verify.dbuser:
-        return cfg.verify.dbuser
-    for part in cfg.postgres.dsn.split():
-        if part.startswith("user="):
-            return part[5:].strip("'")
-    return "postgres"
+    from pitr.pg.conn import dsn_user
+
+    return cfg.verify.dbuser or dsn_user(cfg.postgres.dsn) or "postgres"
 
 
 def _make_scratch(cfg: Config) -> Path:

@@ -33,8 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, BinaryIO
 
 from pitr.errors import BackupError
-from pitr.pg.conn import connect, query
-from pitr.security import dsn_without_password
+from pitr.pg.conn import connect, dsn_without_password, query
 
 log = logging.getLogger("pitr.backup")
 

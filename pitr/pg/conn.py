@@ -11,6 +11,45 @@ if TYPE_CHECKING:
     import psycopg
 
 
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """The settings of a libpq connection string, key=value or URI form (libpq's own parser).
+
+    The one DSN parser: every reader of postgres.dsn asks it, so quoting, escapes
+    and ``postgresql://user:pw@host/db?opt=v`` URIs mean the same everywhere.
+    """
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    except ProgrammingError as exc:
+        raise ConfigError([f"postgres.dsn: not a valid connection string: {exc}"],
+                          hint="key=value pairs (host=/run/postgresql user=postgres) or a "
+                               "postgresql:// URI") from exc
+
+
+def dsn_user(dsn: str) -> str | None:
+    """The role postgres.dsn connects as, None when it names none."""
+    return parse_dsn(dsn).get("user") or None
+
+
+def dsn_without_password(dsn: str) -> tuple[str, str | None]:
+    """(dsn with its password removed, the password or None).
+
+    For child processes (pg_basebackup, psql): their command line is public in
+    `ps`, so the password travels in ``PGPASSWORD`` (readable only by the same
+    user through /proc/PID/environ) instead. A DSN without a password is returned
+    as written.
+    """
+    from psycopg.conninfo import make_conninfo
+
+    params = parse_dsn(dsn)
+    password = params.pop("password", None)
+    if password is None:
+        return dsn, None
+    return make_conninfo(**params), password
+
+
 def connect(dsn: str, *, timeout: int = 10, application_name: str = "pitr") -> psycopg.Connection:
     """An autocommit connection, or PostgresError with libpq's reason."""
     if not dsn:

@@ -20,7 +20,6 @@ from pitr.security import (
     ScrubbingStream,
     data_dir_candidates,
     dsn_passwords,
-    dsn_without_password,
     loose_modes,
     mkdir_private,
     refuse_root_over_foreign_data,
@@ -102,18 +101,6 @@ def test_scrubbing_stream_masks_every_write() -> None:
     assert not hasattr(s, "buffer"), "a writer finding .buffer would bypass the mask"
     with pytest.raises(TypeError):
         s.write(b"bytes")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("dsn", "clean", "password"), [
-    ("host=/run/pg user=postgres", "host=/run/pg user=postgres", None),
-    ("host=db password=s3cr3t user=x", "host=db user=x", "s3cr3t"),
-    ("password='a b' host=db", "host=db", "a b"),
-    ("postgresql://app:p%40ss@db:5432/x", "postgresql://app@db:5432/x", "p@ss"),
-    ("postgres://db/x?sslmode=require&password=qs3", "postgres://db/x?sslmode=require", "qs3"),
-    ("postgres://db/x?password=qs3&sslmode=require", "postgres://db/x?sslmode=require", "qs3"),
-])
-def test_dsn_without_password(dsn: str, clean: str, password: str | None) -> None:
-    assert dsn_without_password(dsn) == (clean, password)
 
 
 # -- every rendered form of a secret (README: Fault table) --------------------------
