@@ -28,6 +28,10 @@ from __future__ import annotations
 import os
 import time
 
+from pitr.pg.walname import is_segment_name, is_wal_name
+
+__all__ = ["is_segment_name", "is_wal_name"]  # the fast paths ask these through fp.*
+
 DEFAULT_CONFIG = "/etc/pitr/pitr.toml"
 CACHE_FORMAT = "pitr-fast-config 1"
 RECEIPT_FORMAT = 1
@@ -51,24 +55,6 @@ CHECKSUM_SUFFIX = ".sha256"  # prefetch/<name>.sha256: the raw sha256 the reposi
 RESTORE_PREFIX = "restore-"
 PG_CONTROL = os.path.join("global", "pg_control")
 
-_HEX = frozenset("0123456789ABCDEF")
-
-
-def is_segment_name(name: str) -> bool:
-    return len(name) == 24 and _HEX.issuperset(name)
-
-
-def is_wal_name(name: str) -> bool:
-    """Names PostgreSQL hands to archive_command: segment, .partial, .history, .backup."""
-    if is_segment_name(name):
-        return True
-    if len(name) == 32 and name.endswith(".partial"):
-        return is_segment_name(name[:24])
-    if len(name) == 16 and name.endswith(".history"):
-        return _HEX.issuperset(name[:8])
-    if len(name) == 40 and name.endswith(".backup") and name[24] == ".":
-        return is_segment_name(name[:24]) and _HEX.issuperset(name[25:33])
-    return False
 
 
 # -- config ---------------------------------------------------------------------------

@@ -22,13 +22,11 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from pitr.pg.walname import is_segment_name, wal_kind
+
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 MAX_TIMELINE = 0xFFFFFFFF
 
-_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-_PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
-_HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
-_BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
 _LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
 
@@ -75,7 +73,7 @@ def segment_name(tli: int, segno: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> 
 
 def parse_segment_name(name: str, seg_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int]:
     """'000000010000000000000003' -> (timeline, segno)."""
-    if not _SEGMENT_RE.match(name):
+    if not is_segment_name(name):
         raise ValueError(f"not a WAL segment name: {name!r}")
     tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:], 16)
     per = segments_per_log(seg_size)
@@ -96,14 +94,9 @@ def backup_history_name(tli: int, start_lsn: int, seg_size: int = DEFAULT_SEGMEN
 
 def classify(name: str) -> WalKind:
     """Which kind of file PostgreSQL asks to archive or restore; ValueError if none."""
-    if _SEGMENT_RE.match(name):
-        return WalKind.SEGMENT
-    if _HISTORY_RE.match(name):
-        return WalKind.HISTORY
-    if _PARTIAL_RE.match(name):
-        return WalKind.PARTIAL
-    if _BACKUP_RE.match(name):
-        return WalKind.BACKUP
+    kind = wal_kind(name)  # the grammar's one owner: pitr/pg/walname.py
+    if kind is not None:
+        return WalKind(kind)
     raise ValueError(f"not a WAL file name PostgreSQL archives: {name!r}")
 
 

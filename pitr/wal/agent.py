@@ -39,8 +39,9 @@ from typing import Any
 from pitr.config import Config
 from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageError
 from pitr.log import event
+from pitr.pg.walname import is_wal_name
 from pitr.repo import Repo, RepoIdentity
-from pitr.wal.spool import WAL_NAME_RE, FileIdentity, Receipt, Spool, rotate_if_big, try_lock
+from pitr.wal.spool import FileIdentity, Receipt, Spool, rotate_if_big, try_lock
 from pitr.wal.status import AgentStatus
 
 log = logging.getLogger("pitr.wal.agent")
@@ -257,7 +258,7 @@ class Agent:
             for entry in it:
                 if entry.name.endswith(".ready"):
                     name = entry.name[:-6]
-                    if WAL_NAME_RE.match(name):
+                    if is_wal_name(name):
                         with contextlib.suppress(FileNotFoundError):
                             out.append((name, entry.stat().st_mtime))
         out.sort()

@@ -46,8 +46,9 @@ from pitr.config import Config
 from pitr.errors import UsageError, WalNotFound
 from pitr.log import event
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
+from pitr.pg.walname import is_segment_name
 from pitr.repo import Repo
-from pitr.wal.spool import SEGMENT_RE, Spool, atomic_write, rotate_if_big, try_lock
+from pitr.wal.spool import Spool, atomic_write, rotate_if_big, try_lock
 
 log = logging.getLogger("pitr.wal.prefetch")
 
@@ -228,7 +229,7 @@ class Prefetcher:
             for entry in it:
                 # temp files, markers of a dead worker; requests are for us, and a
                 # segment keeps its recorded checksum
-                if not SEGMENT_RE.match(entry.name.removesuffix(fp.CHECKSUM_SUFFIX)) \
+                if not is_segment_name(entry.name.removesuffix(fp.CHECKSUM_SUFFIX)) \
                         and not entry.name.endswith(fp.REQUEST_SUFFIX):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
@@ -237,10 +238,10 @@ class Prefetcher:
         window = plan_window(want, self.k, self.seg_size)
         with os.scandir(self.spool.prefetch_dir) as it:
             files = [e.name for e in it]
-        present = {n for n in files if SEGMENT_RE.match(n)}
+        present = {n for n in files if is_segment_name(n)}
         for f in files:
             seg = f.removesuffix(MISSING).removesuffix(fp.CHECKSUM_SUFFIX)
-            if SEGMENT_RE.match(seg) and is_stale(seg, want, self.k, self.seg_size):
+            if is_segment_name(seg) and is_stale(seg, want, self.k, self.seg_size):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spool.prefetch_dir / f)
                 present.discard(f)

@@ -57,7 +57,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,13 +64,11 @@ from typing import Any
 
 from pitr import fastpath as fp
 from pitr.fastpath import append_line, lock_held
+from pitr.pg.walname import is_segment_name
 
 __all__ = ["FileIdentity", "Receipt", "Spool", "atomic_write", "lock_held", "try_lock"]
 
 RECEIPT_FORMAT = fp.RECEIPT_FORMAT
-SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-# Names PostgreSQL hands to archive_command (segment, partial, history, backup label).
-WAL_NAME_RE = re.compile(r"^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
 LOG_ROTATE_BYTES = 4 << 20
 
 
@@ -249,7 +246,7 @@ class Spool:
             text = self.prefetch_want.read_text().strip()
         except OSError:
             return None
-        return text if SEGMENT_RE.match(text) else None
+        return text if is_segment_name(text) else None
 
     def note_prefetch(self, what: str, name: str, extra: str = "") -> None:
         append_line(self.prefetch_log, f"{time.time():.3f} {what} {name} {extra}".rstrip())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pitr.entry import fast_path, split_args
 from pitr.pg.names import parse_segment_name, segment_name
 from pitr.wal.agent import BACKOFF_MAX, backoff_delay
 from pitr.wal.prefetch import is_stale, plan_window
-from pitr.wal.spool import WAL_NAME_RE, FileIdentity, Receipt, Spool, lock_held, try_lock
+from pitr.wal.spool import FileIdentity, Receipt, Spool, lock_held, try_lock
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from support.pgcluster import PG_USER, as_user_cmd
@@ -287,16 +288,21 @@ wal_like = st.one_of(
     names.map(lambda n: n + ".00000028.backup"))
 
 
+# PostgreSQL's names, written as a regular expression: the spec the string checks meet.
+WAL_NAME = re.compile(r"([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)")
+
+
 @given(wal_like)
 def test_fast_name_check_matches_the_regex(name: str) -> None:
-    assert fastpath.is_wal_name(name) == bool(WAL_NAME_RE.match(name))
-    assert fastpath.is_segment_name(name) == bool(re_segment(name))
+    from pitr.pg.names import WalKind, classify
 
-
-def re_segment(name: str) -> bool:
-    from pitr.wal.spool import SEGMENT_RE
-
-    return bool(SEGMENT_RE.match(name))
+    assert fastpath.is_wal_name(name) == bool(WAL_NAME.fullmatch(name))
+    assert fastpath.is_segment_name(name) == bool(re.fullmatch(r"[0-9A-F]{24}", name))
+    try:
+        kind: WalKind | None = classify(name)
+    except ValueError:
+        kind = None
+    assert (kind is not None) == fastpath.is_wal_name(name)
 
 
 def test_config_cache_follows_the_file_and_the_environment(
