@@ -94,7 +94,7 @@ def _read_memo(path: Path) -> float | None:
 
 
 def _write_memo(path: Path, now: float) -> None:
-    from pitr.wal.spool import atomic_write
+    from pitr.atomic import atomic_write
 
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -28,9 +28,11 @@ from __future__ import annotations
 import os
 import time
 
+from pitr.atomic import atomic_write
 from pitr.pg.walname import is_segment_name, is_wal_name
 
-__all__ = ["is_segment_name", "is_wal_name"]  # the fast paths ask these through fp.*
+# the fast paths ask these through fp.*
+__all__ = ["atomic_write", "is_segment_name", "is_wal_name"]
 
 DEFAULT_CONFIG = "/etc/pitr/pitr.toml"
 CACHE_FORMAT = "pitr-fast-config 1"
@@ -156,17 +158,6 @@ def _full_load(explicit: str | None, cache: str | None, key: str | None) -> Fast
 
 
 # -- small file operations ------------------------------------------------------------
-def atomic_write(path: str, text: str) -> None:
-    """Replace ``path`` so readers see the old or the new content, never a part."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def append_line(path: str | os.PathLike[str], line: str) -> None:
     """Append one short line; O_APPEND keeps concurrent writers' lines whole."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pitr import log as pitr_log
+from pitr.atomic import atomic_write
 from pitr.config import Config
 from pitr.errors import (
     ConfigError,
@@ -53,7 +54,6 @@ from pitr.pg.names import format_lsn, parse_lsn
 from pitr.pg.version import data_dir_major, resolve_bindir
 from pitr.planner import RestorePlan
 from pitr.repo import Repo
-from pitr.security import write_private
 from pitr.setup import pitr_executable
 from pitr.storage.base import Storage
 from pitr.targets import TargetKind
@@ -484,7 +484,7 @@ def write_recovery_settings(pgdata: Path, settings: dict[str, str], plan: Restor
     lines = [*kept, f"# pitr restore {now.isoformat(timespec='seconds')}: backup "
              f"{plan.backup.id}, target {plan.target}, timeline {plan.timeline}"]
     lines += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
-    write_private(auto, ("\n".join(lines) + "\n").encode())  # atomic, 0600
+    atomic_write(auto, "\n".join(lines) + "\n", durable=True)
     owner.chown(auto)
     signal = pgdata / "recovery.signal"
     signal.touch(mode=0o600)

@@ -104,24 +104,6 @@ def mkdir_private(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def write_private(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (temp + fsync + rename) as a 0600 file."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def loose_modes(root: str | os.PathLike[str]) -> list[tuple[Path, int]]:
     """Files and directories below ``root`` readable or writable by group/others
     (what `pitr check` and the tests report as a leak)."""

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pitr import log
+from pitr.atomic import atomic_write
 from pitr.catalog import Catalog
 from pitr.config import Config
 from pitr.errors import (
@@ -228,12 +229,6 @@ def _scratch_settings(scratch: Path, port: int, hba: Path) -> dict[str, str]:
     }
 
 
-def _write_private(path: Path, text: str, owner: Any) -> None:
-    path.write_text(text)
-    path.chmod(0o600)
-    owner.chown(path)
-
-
 def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any) -> None:
     sock = scratch / "sock"
     sock.mkdir(mode=0o700, exist_ok=True)
@@ -241,7 +236,8 @@ def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any)
     hba = scratch / "pg_hba.verify.conf"
     # Only the private socket directory (0700, the cluster user and root) can reach
     # the copy, so trust is safe here and lets the checks log in as any role.
-    _write_private(hba, "# pitr verify: scratch cluster only\nlocal all all trust\n", owner)
+    atomic_write(hba, "# pitr verify: scratch cluster only\nlocal all all trust\n")
+    owner.chown(hba)
     lines = ["", "# pitr verify: scratch cluster settings (override the restored ones)"]
     lines += [f"{k} = '{v}'" for k, v in _scratch_settings(scratch, port, hba).items()]
     auto = pgdata / "postgresql.auto.conf"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pitr import codec
+from pitr.atomic import atomic_write
 from pitr.errors import (
     IntegrityError,
     NotFound,
@@ -29,7 +30,6 @@ from pitr.pg.names import WalKind, classify
 from pitr.pg.walheader import check_segment, parse_header
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
-from pitr.security import write_private
 from pitr.storage.base import read_bytes
 
 log = logging.getLogger("pitr.wal.fetch")
@@ -87,7 +87,7 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
     if system_id is not None:
         _prove_system_id(repo, name, raw, system_id, budget=budget)
     try:
-        write_private(dest, raw)  # temp + fsync + rename: never a partial %p
+        atomic_write(dest, raw, durable=True)  # never a partial %p
     except OSError as exc:
         raise TargetDirError(f"cannot write {dest}: {exc.strerror or exc}",
                          hint="restore_command runs in the data directory as the PostgreSQL "

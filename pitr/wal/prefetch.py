@@ -42,13 +42,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pitr import fastpath as fp
+from pitr.atomic import atomic_write
 from pitr.config import Config
 from pitr.errors import UsageError, WalNotFound
 from pitr.log import event
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 from pitr.pg.walname import is_segment_name
 from pitr.repo import Repo
-from pitr.wal.spool import Spool, atomic_write, rotate_if_big, try_lock
+from pitr.wal.spool import Spool, rotate_if_big, try_lock
 
 log = logging.getLogger("pitr.wal.prefetch")
 

@@ -63,10 +63,11 @@ from pathlib import Path
 from typing import Any
 
 from pitr import fastpath as fp
+from pitr.atomic import atomic_write
 from pitr.fastpath import append_line, lock_held
 from pitr.pg.walname import is_segment_name
 
-__all__ = ["FileIdentity", "Receipt", "Spool", "atomic_write", "lock_held", "try_lock"]
+__all__ = ["FileIdentity", "Receipt", "Spool", "lock_held", "try_lock"]
 
 RECEIPT_FORMAT = fp.RECEIPT_FORMAT
 LOG_ROTATE_BYTES = 4 << 20
@@ -124,19 +125,6 @@ def proof_name(name: str, ident: FileIdentity) -> str:
     """``<name>_<identity>`` as ``stat -c '%d_%i_%s_%.9Y_%.9Z'`` prints the identity."""
     return (f"{name}_{ident.dev}_{ident.ino}_{ident.size}_{_stat_time(ident.mtime_ns)}_"
             f"{_stat_time(ident.ctime_ns)}")
-
-
-def atomic_write(path: Path, text: str, *, fsync: bool = False) -> None:
-    """Replace ``path`` so readers see the old or the new content, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def try_lock(path: Path) -> int | None:

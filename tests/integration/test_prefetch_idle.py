@@ -22,9 +22,10 @@ from support.pgcluster import PG_USER, PgCluster, as_user_cmd, chown_user, make_
 
 from pitr import config
 from pitr import fastpath as fp
+from pitr.atomic import atomic_write
 from pitr.pg.names import parse_segment_name, segment_name
 from pitr.wal.prefetch import ABSENT_RETRY
-from pitr.wal.spool import Spool, atomic_write
+from pitr.wal.spool import Spool
 
 pytestmark = pytest.mark.integration
 

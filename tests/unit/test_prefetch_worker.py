@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from pitr import fastpath as fp
+from pitr.atomic import atomic_write
 from pitr.config import Config, load
 from pitr.pg.names import segment_name
 from pitr.repo import Repo
 from pitr.storage.fs import FsStorage
 from pitr.wal.prefetch import Prefetcher
 from pitr.wal.push import push_wal
-from pitr.wal.spool import Spool, atomic_write
+from pitr.wal.spool import Spool
 
 SEG = 1 << 20  # 1 MiB segments: the worker takes the size from repo.json
 SYSID = 7301234567890123456

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pitr import log
+from pitr.atomic import atomic_write
 from pitr.errors import PermissionRefused
 from pitr.security import (
     ScrubbingStream,
@@ -23,7 +24,6 @@ from pitr.security import (
     loose_modes,
     mkdir_private,
     refuse_root_over_foreign_data,
-    write_private,
 )
 
 
@@ -59,11 +59,13 @@ def test_private_files_and_directories(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         d = mkdir_private(tmp_path / "spool" / "main")
-        write_private(d / "receipt.ok", b"x")
+        atomic_write(d / "receipt.ok", b"x", durable=True)
     finally:
         os.umask(old)
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert stat.S_IMODE((d / "receipt.ok").stat().st_mode) == 0o600
+    atomic_write(d / "receipt.ok", "y" * 300_000)  # replaced whole, no temp file left
+    assert (d / "receipt.ok").read_text() == "y" * 300_000 and os.listdir(d) == ["receipt.ok"]
     (tmp_path / "spool").chmod(0o700)
     tmp_path.chmod(0o700)
     assert loose_modes(tmp_path) == []
