@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pitr.configfile import config_file
 from pitr.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path("/etc/pitr/pitr.toml")
 ENV_PREFIX = "PITR_"
 MASK = "********"
 
@@ -332,8 +332,8 @@ def load(
     problems: list[str] = []
     data: dict[str, Any] = {}
     source_name = ""
-    explicit = path is not None or bool(env.get("PITR_CONFIG"))
-    file = Path(path) if path is not None else Path(env.get("PITR_CONFIG") or DEFAULT_CONFIG_PATH)
+    name, explicit = config_file(None if path is None else str(path), env)
+    file = Path(name)
     try:
         with open(file, "rb") as fh:
             data = tomllib.load(fh)

@@ -29,12 +29,12 @@ import os
 import time
 
 from pitr.atomic import atomic_write
+from pitr.configfile import config_file
 from pitr.pg.walname import is_segment_name, is_wal_name
 
 # the fast paths ask these through fp.*
 __all__ = ["atomic_write", "is_segment_name", "is_wal_name"]
 
-DEFAULT_CONFIG = "/etc/pitr/pitr.toml"
 CACHE_FORMAT = "pitr-fast-config 1"
 RECEIPT_FORMAT = 1
 
@@ -115,7 +115,7 @@ def _private_to_me(st: os.stat_result) -> bool:
 
 def load_config(explicit: str | None) -> FastConfig:
     """The fast-path settings, from the cache when the config and env are unchanged."""
-    path = os.path.abspath(explicit or os.environ.get("PITR_CONFIG") or DEFAULT_CONFIG)
+    path = os.path.abspath(config_file(explicit)[0])
     try:
         st = os.stat(path)
     except OSError:

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 from pitr import log as pitr_log
 from pitr.atomic import atomic_write
 from pitr.config import Config
+from pitr.configfile import config_file
 from pitr.errors import (
     ConfigError,
     IntegrityError,
@@ -416,7 +417,7 @@ def _verify(obj: BackupObject, stored_sha: str, raw_sha: str, stored_bytes: int)
 
 def config_path_for_postgres(explicit: str | None, owner: Owner) -> Path:
     """The config file restore_command will read: absolute, existing, readable by the owner."""
-    path = Path(explicit or os.environ.get("PITR_CONFIG") or "/etc/pitr/pitr.toml").absolute()
+    path = Path(config_file(explicit)[0]).absolute()
     if not path.is_file():
         raise ConfigError([f"restore needs a config file for restore_command to read; {path} "
                            "does not exist"],

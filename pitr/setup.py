@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pitr.config import DEFAULT_CONFIG_PATH, Config
+from pitr.config import Config
+from pitr.configfile import config_file
 from pitr.errors import ConfigError, PitrError, PostgresError
 
 # name -> why pitr needs it (printed next to each change)
@@ -173,8 +174,7 @@ def config_file_path(explicit: str | None, env: Mapping[str, str] | None = None)
     The archiver does not see this shell's environment, so a configuration made
     only of PITR_* variables would not reach it: a file is required.
     """
-    env = os.environ if env is None else env
-    path = Path(explicit or env.get("PITR_CONFIG") or DEFAULT_CONFIG_PATH).absolute()
+    path = Path(config_file(explicit, env)[0]).absolute()
     if not path.is_file():
         raise ConfigError(
             [f"pitr setup needs a config file; {path} does not exist"],
