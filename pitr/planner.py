@@ -29,6 +29,7 @@ from pitr.catalog import Catalog, WalSegment
 from pitr.errors import PlanError
 from pitr.manifest import BackupRecord
 from pitr.pg.names import format_lsn, history_name, lsn_to_segno, segment_name
+from pitr.progress import human_age
 from pitr.targets import Target, TargetKind, format_time
 
 
@@ -263,15 +264,6 @@ def _stop_of(b: BackupRecord, target: Target) -> str:
 
 # -- WAL ---------------------------------------------------------------------
 
-def _fmt_age(seconds: float) -> str:
-    s = round(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
 def plan(catalog: Catalog, target: Target, now: datetime,
          backup_id: str | None = None) -> RestorePlan:
     """Plan a restore to ``target``; raises PlanError naming the cause and the way out."""
@@ -314,8 +306,8 @@ def plan(catalog: Catalog, target: Target, now: datetime,
         if newest is None or newest.archived_at < target.time:
             have = (f"the newest archived WAL on timeline {tli} ({name(newest.segno)}) was "
                     f"archived at {format_time(newest.archived_at)}: the archive is "
-                    f"{_fmt_age((target.time - newest.archived_at).total_seconds())} behind the "
-                    f"target and {_fmt_age((now - newest.archived_at).total_seconds())} behind now"
+                    f"{human_age((target.time - newest.archived_at).total_seconds())} behind the "
+                    f"target and {human_age((now - newest.archived_at).total_seconds())} behind now"
                     ) if newest else f"no WAL after backup {backup.id} is archived"
             raise PlanError(
                 f"target {target} is later than the archived WAL: {have}",

@@ -42,6 +42,22 @@ def human_duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def human_age(seconds: float) -> str:
+    """How long ago, or how far behind, for messages and findings.
+
+    >>> human_age(59.6), human_age(300), human_age(7260), human_age(3 * 86400 + 7200)
+    ('60s', '5m00s', '2h01m', '3d02h')
+    """
+    s = round(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 2 * 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
 class Progress:
     """Count bytes of one transfer; draw on a tty at most every ``interval`` seconds.
 

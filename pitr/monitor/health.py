@@ -19,6 +19,7 @@ from typing import Any
 from pitr.catalog import Catalog
 from pitr.manifest import BackupRecord
 from pitr.pg.names import lsn_to_segno, segment_name
+from pitr.progress import human_age
 from pitr.verify_report import DrillReport
 from pitr.wal.status import AgentStatus
 from pitr.window import recovery_window
@@ -96,13 +97,6 @@ def _age(now: datetime, t: datetime | None) -> float | None:
     return round((now - t).total_seconds(), 3) if t else None
 
 
-def _fmt_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 def _newest_segment(catalog: Catalog) -> tuple[str, datetime] | None:
     best: tuple[str, datetime] | None = None
     for tli, segs in catalog.segments.items():
@@ -158,8 +152,8 @@ def evaluate(
         last_backup = _backup_doc(newest, now)
         age = (now - newest.stop_time).total_seconds()
         if age > thresholds.max_backup_age:
-            crit("backup_age", f"newest backup {newest.id} is {_fmt_age(age)} old "
-                 f"(limit {_fmt_age(thresholds.max_backup_age)})")
+            crit("backup_age", f"newest backup {newest.id} is {human_age(age)} old "
+                 f"(limit {human_age(thresholds.max_backup_age)})")
     else:
         crit("no_backup", "the repository holds no completed backup")
 
@@ -196,7 +190,7 @@ def evaluate(
         elif thresholds.max_verify_age and \
                 (now - finished).total_seconds() > thresholds.max_verify_age:
             warn("verify_overdue", f"the last restore drill ran "
-                 f"{_fmt_age((now - finished).total_seconds())} ago")
+                 f"{human_age((now - finished).total_seconds())} ago")
     elif catalog.backups:
         warn("never_verified", "no restore drill has run yet (`pitr verify`)")
 
@@ -238,7 +232,7 @@ def _archive_health(agent: AgentStatus | None, newest_seg: tuple[str, datetime] 
         if not fresh:
             stale = (now - agent.updated_at).total_seconds()
             warn("agent_stale", "the agent has stopped" if agent.state == "stopped" else
-                 f"the agent's status is {_fmt_age(stale)} old: is `pitr agent` running?")
+                 f"the agent's status is {human_age(stale)} old: is `pitr agent` running?")
     if agent is not None and fresh:
         doc["backlog"] = agent.backlog
         doc["lag_seconds"] = agent.oldest_ready_age or 0.0
@@ -253,8 +247,8 @@ def _archive_health(agent: AgentStatus | None, newest_seg: tuple[str, datetime] 
         doc["lag_seconds"] = _age(now, newest_seg[1])
         doc["lag_source"] = "newest archived segment"
     if doc["lag_seconds"] is not None and doc["lag_seconds"] > th.max_archive_lag:
-        crit("archive_lag", f"WAL archiving lags {_fmt_age(doc['lag_seconds'])} "
-             f"({doc['lag_source']}; limit {_fmt_age(th.max_archive_lag)})")
+        crit("archive_lag", f"WAL archiving lags {human_age(doc['lag_seconds'])} "
+             f"({doc['lag_source']}; limit {human_age(th.max_archive_lag)})")
     elif doc["lag_seconds"] is None:
         warn("no_wal", "no WAL has been archived yet")
     return doc

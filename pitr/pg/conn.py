@@ -20,6 +20,9 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
+    if dsn.strip() and "=" not in dsn and not dsn.startswith(("postgres://",
+                                                              "postgresql://")):
+        return {"dbname": dsn}  # libpq reads a bare word as a database name
     try:
         return {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
     except ProgrammingError as exc:

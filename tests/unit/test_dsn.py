@@ -45,7 +45,12 @@ def test_uri_and_key_value_forms_mean_the_same() -> None:
         "host=db port=5433 user=app dbname=x sslmode=require")
 
 
-@pytest.mark.parametrize("dsn", ["garbage", "host='unterminated", "postgresql://db/x?bogus=1"])
+def test_a_bare_word_is_a_database_name() -> None:
+    assert parse_dsn("appdb") == {"dbname": "appdb"}
+    assert dsn_without_password("appdb") == ("appdb", None)
+
+
+@pytest.mark.parametrize("dsn", ["host=db garbage", "host='unterminated", "postgresql://db/x?bogus=1"])
 def test_a_malformed_dsn_is_a_config_error(dsn: str) -> None:
     with pytest.raises(ConfigError, match=r"postgres\.dsn"):
         parse_dsn(dsn)
