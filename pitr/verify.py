@@ -51,7 +51,7 @@ from pitr.manifest import BackupRecord
 from pitr.pg.names import lsn_to_segno, segment_name
 from pitr.repo import Repo
 from pitr.targets import Target, TargetKind
-from pitr.verify_checks import CheckResult, ClusterProbe, run_builtin, run_user_checks
+from pitr.verify_checks import ClusterProbe, DrillCheck, run_builtin, run_user_checks
 from pitr.verify_report import DrillReport
 from pitr.window import recovery_window
 
@@ -245,16 +245,16 @@ def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any)
         fh.write("\n".join(lines) + "\n")
 
 
-def _recovery_check(plan: Any, outcome: Any) -> CheckResult:
+def _recovery_check(plan: Any, outcome: Any) -> DrillCheck:
     from pitr.restore import replay_shortfall
 
     if outcome.state != "promoted" or outcome.in_recovery:
-        return CheckResult("recovery", False, f"the copy did not leave recovery "
+        return DrillCheck("recovery", False, f"the copy did not leave recovery "
                            f"(state {outcome.state})")
     short = replay_shortfall(plan, outcome.replay_lsn)
     if short is not None:
-        return CheckResult("recovery", False, short, data={"log": outcome.log_lines})
-    return CheckResult("recovery", True, f"reached {plan.target}: replayed to "
+        return DrillCheck("recovery", False, short, data={"log": outcome.log_lines})
+    return DrillCheck("recovery", True, f"reached {plan.target}: replayed to "
                        f"{outcome.replay_lsn}, last transaction {outcome.replay_timestamp}",
                        data={"log": outcome.log_lines})
 
@@ -297,15 +297,15 @@ def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> D
     except UsageError:
         raise
     except PlanError as exc:
-        report.checks.append(CheckResult("plan", False, exc.message))
+        report.checks.append(DrillCheck("plan", False, exc.message))
     except Interrupted as exc:
         interrupted = exc
-        report.checks.append(CheckResult("drill", False, f"interrupted: {exc.message}"))
+        report.checks.append(DrillCheck("drill", False, f"interrupted: {exc.message}"))
     except PitrError as exc:
-        report.checks.append(CheckResult("drill", False, exc.message))
+        report.checks.append(DrillCheck("drill", False, exc.message))
     except Exception as exc:  # a bug must still clean up, report and alert
         logger.exception("restore drill crashed")
-        report.checks.append(CheckResult("drill", False, f"internal error: "
+        report.checks.append(DrillCheck("drill", False, f"internal error: "
                                          f"{type(exc).__name__}: {exc}"))
     finally:
         if report.scratch.get("path") and not opts.keep:
@@ -330,7 +330,7 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     # the segment list can be thousands of names; first/last/count say enough
     plan_doc["wal"] = {k: v for k, v in plan_doc["wal"].items() if k != "segments"}
     report.plan = plan_doc
-    report.checks.append(CheckResult("plan", True, f"backup {plan.backup.id}, "
+    report.checks.append(DrillCheck("plan", True, f"backup {plan.backup.id}, "
                                      f"{plan.segment_count} WAL segments to {target}"))
     start_seg = lsn_to_segno(plan.backup.start_lsn, catalog.segment_size)
     if target.kind is TargetKind.LATEST:
@@ -338,9 +338,9 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
         # at a gap, which for a drill means every later point is lost.
         gap = wal_gap_after(catalog, plan.timeline, start_seg)
         report.checks.append(
-            CheckResult("wal_continuity", False, f"WAL segment {gap} is missing from the "
+            DrillCheck("wal_continuity", False, f"WAL segment {gap} is missing from the "
                         "archive: points after it cannot be restored") if gap else
-            CheckResult("wal_continuity", True, "no gap in the archived WAL after the backup"))
+            DrillCheck("wal_continuity", True, "no gap in the archived WAL after the backup"))
 
     scratch = _make_scratch(cfg)
     pgdata = scratch / "data"
@@ -365,7 +365,7 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
         except Interrupted:
             raise
         except PitrError as exc:
-            report.checks.append(CheckResult("restore", False, exc.message))
+            report.checks.append(DrillCheck("restore", False, exc.message))
             return
         report.measures["restored_bytes"] = result.extracted_bytes
         report.measures["downloaded_bytes"] = result.downloaded_bytes
@@ -381,7 +381,7 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
         except Interrupted:
             raise
         except PitrError as exc:
-            report.checks.append(CheckResult("recovery", False, exc.message + (
+            report.checks.append(DrillCheck("recovery", False, exc.message + (
                 f"\n{exc.hint}" if exc.hint else "")))
             return
         report.measures["rto_seconds"] = round(time.monotonic() - t0, 3)
@@ -424,7 +424,7 @@ def _remove_scratch(cfg: Config, scratch: Path, report: DrillReport) -> None:
         report.scratch["removed"] = True
     except (OSError, PitrError) as exc:
         report.scratch["removed"] = False
-        report.checks.append(CheckResult("cleanup", False, f"could not remove the scratch "
+        report.checks.append(DrillCheck("cleanup", False, f"could not remove the scratch "
                                          f"cluster {scratch}: {exc}"))
 
 
@@ -436,7 +436,7 @@ def _publish(cfg: Config, repo: Repo, report: DrillReport) -> None:
     except PitrError as exc:
         log.event(logger, logging.ERROR, "could not store the verify report",
                   reason=exc.message)
-        report.checks.append(CheckResult("report", False,
+        report.checks.append(DrillCheck("report", False,
                                          f"could not store the report: {exc.message}"))
     doc = report.to_json()
     summary = {k: doc.get(k) for k in ("ok", "backup_id", "rto_seconds", "restored_bytes",

@@ -8,7 +8,7 @@ from ``[[verify.check]]``: a database, a query returning one value, and
 ``min``/``max``/``equals``.
 
 ``judge`` (the user-check condition) is pure; the rest talks to PostgreSQL.
-A check never raises: its failure becomes a :class:`CheckResult` naming what failed.
+A check never raises: its failure becomes a :class:`DrillCheck` naming what failed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ MAX_LISTED = 20  # failures listed by name in one check's detail
 
 
 @dataclass
-class CheckResult:
+class DrillCheck:
+    """One check of the restore drill (``pitr check``'s results are pitr.check.CheckResult)."""
+
     name: str
     ok: bool
     detail: str
@@ -86,14 +88,14 @@ class ClusterProbe:
                                application_name="pitr verify")
 
 
-def _timed(fn: Callable[[], CheckResult]) -> CheckResult:
+def _timed(fn: Callable[[], DrillCheck]) -> DrillCheck:
     t0 = time.monotonic()
     try:
         res = fn()
     except Interrupted:
         raise
     except Exception as exc:  # a check's own failure is a failed check, named
-        res = CheckResult(getattr(fn, "__name__", "check").lstrip("_"), False, _reason(exc))
+        res = DrillCheck(getattr(fn, "__name__", "check").lstrip("_"), False, _reason(exc))
     res.seconds = round(time.monotonic() - t0, 3)
     return res
 
@@ -124,25 +126,25 @@ order by 2
 
 
 def run_builtin(probe: ClusterProbe, *, amcheck: bool = True,
-                heapallindexed: bool = False) -> tuple[list[CheckResult], list[str]]:
+                heapallindexed: bool = False) -> tuple[list[DrillCheck], list[str]]:
     """The built-in checks; also returns the databases found (for user checks)."""
-    results: list[CheckResult] = []
+    results: list[DrillCheck] = []
     databases: list[str] = []
 
-    def connect() -> CheckResult:
+    def connect() -> DrillCheck:
         with probe.connect("postgres") as conn:
             in_recovery = conn.execute("select pg_is_in_recovery()").fetchone()[0]
             version = conn.execute("show server_version").fetchone()[0]
         if in_recovery:
-            return CheckResult("connect", False, "the cluster is still in recovery")
-        return CheckResult("connect", True, f"accepts connections (PostgreSQL {version}), "
+            return DrillCheck("connect", False, "the cluster is still in recovery")
+        return DrillCheck("connect", True, f"accepts connections (PostgreSQL {version}), "
                            "recovery finished", data={"server_version": version})
 
     results.append(_timed(connect))
     if not results[0].ok:
         return results, databases
 
-    def list_databases() -> CheckResult:
+    def list_databases() -> DrillCheck:
         with probe.connect("postgres") as conn:
             rows = conn.execute("select datname from pg_database where datallowconn "
                                 "and not datistemplate order by 1").fetchall()
@@ -157,9 +159,9 @@ def run_builtin(probe: ClusterProbe, *, amcheck: bool = True,
             except Exception as exc:
                 bad.append(f"{db} ({_reason(exc)})")
         if bad:
-            return CheckResult("databases", False, f"cannot connect to {_listed(bad)}",
+            return DrillCheck("databases", False, f"cannot connect to {_listed(bad)}",
                                data={"databases": databases})
-        return CheckResult("databases", True, f"{len(databases)} databases reachable",
+        return DrillCheck("databases", True, f"{len(databases)} databases reachable",
                            data={"databases": databases})
 
     results.append(_timed(list_databases))
@@ -169,7 +171,7 @@ def run_builtin(probe: ClusterProbe, *, amcheck: bool = True,
     return results, databases
 
 
-def _read_tables(probe: ClusterProbe, databases: list[str]) -> CheckResult:
+def _read_tables(probe: ClusterProbe, databases: list[str]) -> DrillCheck:
     tables = rows = 0
     bad: list[str] = []
     for db in databases:
@@ -184,12 +186,12 @@ def _read_tables(probe: ClusterProbe, databases: list[str]) -> CheckResult:
                     bad.append(f"{db}.{name} ({_reason(exc)})")
     data = {"tables": tables, "rows": rows}
     if bad:
-        return CheckResult("tables", False, f"{len(bad)} tables unreadable: {_listed(bad)}",
+        return DrillCheck("tables", False, f"{len(bad)} tables unreadable: {_listed(bad)}",
                            data=data)
-    return CheckResult("tables", True, f"{tables} tables read, {rows} rows", data=data)
+    return DrillCheck("tables", True, f"{tables} tables read, {rows} rows", data=data)
 
 
-def _amcheck(probe: ClusterProbe, databases: list[str], heapallindexed: bool) -> CheckResult:
+def _amcheck(probe: ClusterProbe, databases: list[str], heapallindexed: bool) -> DrillCheck:
     checked = 0
     bad: list[str] = []
     skipped: list[str] = []
@@ -197,7 +199,7 @@ def _amcheck(probe: ClusterProbe, databases: list[str], heapallindexed: bool) ->
         with probe.connect(db) as conn:
             if not conn.execute("select 1 from pg_available_extensions "
                                 "where name = 'amcheck'").fetchall():
-                return CheckResult("amcheck", True, "skipped: the amcheck extension is not "
+                return DrillCheck("amcheck", True, "skipped: the amcheck extension is not "
                                    "installed on this host", data={"skipped": True})
             try:
                 # The scratch cluster is thrown away, so installing the extension is harmless.
@@ -217,26 +219,26 @@ def _amcheck(probe: ClusterProbe, databases: list[str], heapallindexed: bool) ->
                     bad.append(f"{db}.{name} ({_reason(exc)})")
     data = {"indexes": checked, "heapallindexed": heapallindexed, "skipped_databases": skipped}
     if bad:
-        return CheckResult("amcheck", False, f"{len(bad)} btree indexes corrupt: {_listed(bad)}",
+        return DrillCheck("amcheck", False, f"{len(bad)} btree indexes corrupt: {_listed(bad)}",
                            data=data)
     extra = f" (not checked in {_listed(skipped)})" if skipped else ""
-    return CheckResult("amcheck", True, f"{checked} btree indexes verified{extra}", data=data)
+    return DrillCheck("amcheck", True, f"{checked} btree indexes verified{extra}", data=data)
 
 
-def run_user_checks(probe: ClusterProbe, checks: tuple[dict[str, Any], ...]) -> list[CheckResult]:
+def run_user_checks(probe: ClusterProbe, checks: tuple[dict[str, Any], ...]) -> list[DrillCheck]:
     out = []
     for i, check in enumerate(checks):
         name = check_name(check, i)
 
-        def one(check: dict[str, Any] = check, name: str = name) -> CheckResult:
+        def one(check: dict[str, Any] = check, name: str = name) -> DrillCheck:
             db = str(check.get("database") or "postgres")
             with probe.connect(db) as conn:
                 row = conn.execute(check["query"]).fetchone()
             if row is None:
-                return CheckResult(name, False, f"query returned no row (database {db})")
+                return DrillCheck(name, False, f"query returned no row (database {db})")
             ok, why = judge(check, row[0])
             value = row[0] if isinstance(row[0], int | float | str | bool | None) else str(row[0])
-            return CheckResult(name, ok, f"{why} (database {db})",
+            return DrillCheck(name, ok, f"{why} (database {db})",
                                data={"database": db, "query": check["query"], "value": value})
 
         one.__name__ = name

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from pitr import __version__
-from pitr.verify_checks import CheckResult
+from pitr.verify_checks import DrillCheck
 
 REPORT_FORMAT = 1
 
@@ -26,7 +26,7 @@ class DrillReport:
     backup_id: str | None = None
     target: dict[str, Any] | None = None
     seed: int | None = None
-    checks: list[CheckResult] = field(default_factory=list)
+    checks: list[DrillCheck] = field(default_factory=list)
     measures: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     recovery: dict[str, Any] | None = None
@@ -38,7 +38,7 @@ class DrillReport:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
     @property
-    def failed(self) -> list[CheckResult]:
+    def failed(self) -> list[DrillCheck]:
         return [c for c in self.checks if not c.ok]
 
     @property
@@ -74,7 +74,7 @@ class DrillReport:
 
         started = ts(doc.get("started_at")) or ts(doc["finished_at"])
         assert started is not None
-        checks = [CheckResult(str(c.get("name", "?")), bool(c.get("ok")),
+        checks = [DrillCheck(str(c.get("name", "?")), bool(c.get("ok")),
                               str(c.get("detail", "")), float(c.get("seconds") or 0.0),
                               dict(c.get("data") or {}))
                   for c in doc.get("checks", [])]

@@ -15,7 +15,7 @@ from pitr.monitor.health import (
     evaluate,
 )
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE as SEG
-from pitr.verify_checks import CheckResult
+from pitr.verify_checks import DrillCheck
 from pitr.verify_report import DrillReport
 from pitr.wal.status import AgentStatus
 from pitr.window import recovery_window
@@ -52,7 +52,7 @@ def healthy_catalog() -> Catalog:
 def drill(finished: datetime, ok: bool, backup_id: str, rto: float | None,
           failed: tuple[str, ...] = ()) -> DrillReport:
     """A stored drill report as the monitor reads it back (pitr/verify_report.py)."""
-    checks = [CheckResult("plan", True, "")] + [CheckResult(n, False, "") for n in failed]
+    checks = [DrillCheck("plan", True, "")] + [DrillCheck(n, False, "") for n in failed]
     if not ok and not failed:
         checks = []
     r = DrillReport("main", finished - timedelta(minutes=2), finished, backup_id,
