@@ -13,23 +13,19 @@ objects are removed; what a SIGKILL leaves behind the next run removes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any
 
 from pitr import __version__, codec
 from pitr import manifest as manifest_mod
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
-from pitr.errors import BackupError, Interrupted, NotFound, PitrError, SystemIdMismatch
+from pitr.errors import BackupError, NotFound, PitrError, SystemIdMismatch
+from pitr.interrupt import signals_ignored, signals_interrupt
 from pitr.lock import StanzaLock
 from pitr.log import event
 from pitr.manifest import BackupObject, BackupRecord
@@ -97,7 +93,8 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
     require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
     lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
                       lease=cfg.backup.lock_lease)
-    with _signals_raise_interrupted(), lock as held:
+    with signals_interrupt("backup stopped by {signal}; partial objects are removed"), \
+            lock as held:
         started = time.monotonic()
         removed, taken = clean_leftovers(repo, before=held.started_at)
         cluster = pgbb.probe(cfg.postgres.dsn)
@@ -111,7 +108,7 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
         except BaseException:
             if progress is not None:
                 progress.abandon()
-            with _signals_ignored():
+            with signals_ignored():
                 discard(repo, backup_id)
             raise
         if pin:
@@ -425,50 +422,3 @@ def _pin(repo: Repo, record: BackupRecord) -> BackupRecord:
         exc.hint = f"pin it with `pitr pin {record.id}`"
         raise
     return dataclasses.replace(record, pinned=True)
-
-
-# -- signals -------------------------------------------------------------------------
-
-_quiet = False  # set while cleaning up, and after the first signal: cleanup must finish
-
-
-@contextlib.contextmanager
-def _signals_raise_interrupted() -> Iterator[None]:
-    """SIGTERM (systemd stop) and SIGINT become Interrupted, so cleanup runs.
-
-    Only the first signal interrupts; later ones are ignored so they cannot cut
-    the cleanup (deleting partial objects, releasing the lock) short.
-    """
-    global _quiet
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        global _quiet
-        if _quiet:
-            log.warning("%s ignored: cleaning up", signal.Signals(signum).name)
-            return
-        _quiet = True
-        raise Interrupted(f"backup stopped by {signal.Signals(signum).name}; partial objects "
-                          f"are removed")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (tests call run_backup from threads)
-        return
-    _quiet = False
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        _quiet = False
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    global _quiet
-    before = _quiet
-    _quiet = True
-    try:
-        yield
-    finally:
-        _quiet = before

@@ -279,10 +279,18 @@ def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> D
     """The whole drill; returns the report (ok or not).
 
     Raises only for bad usage, and :class:`Interrupted` (after cleaning up,
-    storing the report and alerting) when a signal stopped the drill.
+    storing the report and alerting) when a signal stopped the drill: SIGTERM
+    (systemd's stop, a timeout) must not leave a scratch cluster running.
     Anything else that goes wrong is a failed check: a monthly drill that
     crashes must alert as loudly as one that finds a problem.
     """
+    from pitr.interrupt import signals_interrupt
+
+    with signals_interrupt("received {signal}"):
+        return _run_verify(cfg, opts, config_path)
+
+
+def _run_verify(cfg: Config, opts: DrillOptions, config_path: str | None) -> DrillReport:
     from pitr.catalog import load_catalog
 
     t0 = time.monotonic()

@@ -35,23 +35,6 @@ def render_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _signals_interrupt() -> None:
-    """SIGTERM (systemd's stop, a timeout) must not leave a scratch cluster running:
-    it becomes Interrupted, so the drill cleans up, stores its report and alerts.
-    Only the first signal does; a second one during cleanup is ignored."""
-    import signal
-
-    from pitr.errors import Interrupted
-
-    def handler(signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise Interrupted(f"received {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 @app.command("verify")
 def verify(
     backup: Annotated[str | None, typer.Option("--backup", help="backup ID (default: the "
@@ -80,7 +63,6 @@ def verify(
         raise UsageError("--to and --random-point exclude each other")
     opts = DrillOptions(backup_id=backup, target=_time_target(cfg, to, backup) if to else None,
                         random_point=random_point, seed=seed, keep=keep)
-    _signals_interrupt()
     report = run_verify(cfg, opts, config_path=OPTS.config_path)
     doc = report.to_json()
     if json_out:
