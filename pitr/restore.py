@@ -79,6 +79,9 @@ class RestoreOptions:
     wait_timeout: float = 3600.0
     # a restore drill: nothing may be written outside pgdata's parent (README: Fault table)
     isolated: bool = False
+    # the drill's own settings (private socket, no archiving, no replicas: pitr/verify.py),
+    # written with the recovery settings and overriding the restored ones
+    extra_settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -458,6 +461,7 @@ def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
         out["archive_mode"] = "off"
     if opts.port is not None:
         out["port"] = str(opts.port)
+    out.update(opts.extra_settings)
     return out
 
 

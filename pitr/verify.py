@@ -229,7 +229,10 @@ def _scratch_settings(scratch: Path, port: int, hba: Path) -> dict[str, str]:
     }
 
 
-def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any) -> None:
+def _prepare_scratch(scratch: Path, port: int, owner: Any) -> dict[str, str]:
+    """The copy's private socket directory and pg_hba.conf; returns the settings the
+    restore writes for it (RestoreOptions.extra_settings: the drill never edits the
+    restored configuration itself)."""
     sock = scratch / "sock"
     sock.mkdir(mode=0o700, exist_ok=True)
     owner.chown(sock)
@@ -238,11 +241,7 @@ def _prepare_scratch_cluster(scratch: Path, pgdata: Path, port: int, owner: Any)
     # the copy, so trust is safe here and lets the checks log in as any role.
     atomic_write(hba, "# pitr verify: scratch cluster only\nlocal all all trust\n")
     owner.chown(hba)
-    lines = ["", "# pitr verify: scratch cluster settings (override the restored ones)"]
-    lines += [f"{k} = '{v}'" for k, v in _scratch_settings(scratch, port, hba).items()]
-    auto = pgdata / "postgresql.auto.conf"
-    with open(auto, "a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    return _scratch_settings(scratch, port, hba)
 
 
 def _recovery_check(plan: Any, outcome: Any) -> DrillCheck:
@@ -357,7 +356,8 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
                       "socket_dir": str(scratch / "sock"), "kept": opts.keep}
     owner = Owner.for_config(cfg)
     ropts = RestoreOptions(pgdata=pgdata, start=False, archive_mode="off", port=port,
-                           wait_timeout=float(cfg.verify.timeout), isolated=True)
+                           wait_timeout=float(cfg.verify.timeout), isolated=True,
+                           extra_settings=_prepare_scratch(scratch, port, owner))
     log.event(logger, logging.INFO, "restore drill: restoring", backup=plan.backup.id,
               target=str(target), scratch=str(scratch), port=port)
     from pitr.claims import claim_backup
@@ -377,7 +377,6 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
             return
         report.measures["restored_bytes"] = result.extracted_bytes
         report.measures["downloaded_bytes"] = result.downloaded_bytes
-        _prepare_scratch_cluster(scratch, pgdata, port, owner)
         assert result.bindir is not None  # restore() resolves it for the backup's major
         ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
                     log_file=scratch / "postgres.log", db_user=_db_user(cfg))

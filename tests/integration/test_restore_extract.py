@@ -264,3 +264,30 @@ def test_recovery_settings_replace_an_earlier_restores_targets(tmp_path: Path) -
                       "recovery_target_timeline = '1'", "hot_standby = 'on'",
                       "archive_mode = 'off'"]
     assert (tmp_path / "recovery.signal").exists()
+
+
+def test_a_drills_settings_go_through_the_restore_quoted(tmp_path: Path) -> None:
+    """The drill hands its settings to the restore (RestoreOptions.extra_settings): they
+    replace the restored ones in the one write, quoted like every other value."""
+    import sys
+
+    from pitr.restore import write_recovery_settings
+    from pitr.verify import _scratch_settings
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    from planner_catalogs import backup, catalog, minutes, seg
+
+    auto = tmp_path / "postgresql.auto.conf"
+    auto.write_text("port = '5432'\nlisten_addresses = '*'\n")
+    scratch = tmp_path / "it's a \\ dir"
+    extra = _scratch_settings(scratch, 5499, scratch / "pg_hba.verify.conf")
+    cat = catalog([seg(1, n, minutes(n)) for n in range(1, 6)], [backup("A", 1, 1, minutes(1))])
+    p = plan(cat, Target.latest(), minutes(100))
+    conf = recovery_conf(p, RestoreOptions(tmp_path, port=5499, extra_settings=extra),
+                         "/x/pitr", Path("/c"))
+    write_recovery_settings(tmp_path, conf, p, owner(), NOW)
+    active = [ln for ln in auto.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert "port = '5432'" not in active and "listen_addresses = '*'" not in active
+    assert "listen_addresses = ''" in active and "port = '5499'" in active
+    assert f"unix_socket_directories = '{tmp_path}/it''s a \\\\ dir/sock'" in active
+    assert len(active) == len({ln.split(" = ")[0] for ln in active})  # each setting once
