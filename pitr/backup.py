@@ -24,7 +24,7 @@ from pitr import __version__, codec
 from pitr import manifest as manifest_mod
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
-from pitr.errors import BackupError, NotFound, PitrError, SystemIdMismatch
+from pitr.errors import BackupError, LockedError, NotFound, PitrError, SystemIdMismatch
 from pitr.interrupt import signals_ignored, signals_interrupt
 from pitr.lock import StanzaLock
 from pitr.log import event
@@ -83,6 +83,34 @@ def new_backup_id(now: datetime, taken: set[str]) -> str:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
+                   max_rate: str | None = None, progress: Progress | None = None,
+                   command: str = "pitr backup") -> tuple[dict[str, Any], PitrError | None]:
+    """`pitr backup` as a whole: the backup, an alert when it fails, and after a scheduled
+    backup the expiry ``backup.expire_after`` asks for (pitr/expire.py).
+
+    Returns the backup's summary (with ``expire`` when expiry ran) and the expiry's
+    error, which the caller raises once the completed backup has been reported.
+    """
+    try:
+        result = run_backup(cfg, label=label, pin=pin, max_rate=max_rate, progress=progress,
+                            command=command)
+    except PitrError as exc:
+        if not isinstance(exc, LockedError):  # another backup running is not a failure
+            from pitr.monitor.alerts import send_alert
+
+            send_alert(cfg, "backup_failed", f"{label} backup failed: {exc.message}",
+                       {"exit_code": exc.exit_code, "hint": exc.hint})
+        raise
+    summary = result.summary()
+    if label == "scheduled" and cfg.backup.expire_after:
+        from pitr.expire import expire_after_backup
+
+        summary["expire"], expire_error = expire_after_backup(cfg, summary["id"])
+        return summary, expire_error
+    return summary, None
 
 
 def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from pitr.cli.app import JsonFlag, app, load_config, print_json
-from pitr.errors import LockedError, PitrError
 
 
 class Label(StrEnum):
@@ -29,29 +28,15 @@ def backup(
     json_out: JsonFlag = False,
 ) -> None:
     """Take a base backup: pg_basebackup streamed through zstd into the repository."""
-    from pitr.backup import run_backup
+    from pitr.backup import backup_command
     from pitr.progress import Progress, human_bytes, human_duration, human_rate
     from pitr.security import check_command_user
 
     cfg = load_config(command="backup")
     check_command_user("backup", cfg.postgres.pgdata)
-    progress = Progress("backup", estimate=True)
-    try:
-        result = run_backup(cfg, label=label.value, pin=pin, max_rate=max_rate,
-                            progress=progress, command=f"pitr backup --label {label.value}")
-    except PitrError as exc:
-        if not isinstance(exc, LockedError):  # another backup running is not a failure
-            from pitr.monitor.alerts import send_alert
-
-            send_alert(cfg, "backup_failed", f"{label.value} backup failed: {exc.message}",
-                       {"exit_code": exc.exit_code, "hint": exc.hint})
-        raise
-    s = result.summary()
-    expire_error = None
-    if label is Label.scheduled and cfg.backup.expire_after:  # retention (pitr/expire.py)
-        from pitr.expire import expire_after_backup
-
-        s["expire"], expire_error = expire_after_backup(cfg, s["id"])
+    s, expire_error = backup_command(cfg, label=label.value, pin=pin, max_rate=max_rate,
+                                     progress=Progress("backup", estimate=True),
+                                     command=f"pitr backup --label {label.value}")
     if json_out:
         print_json(s)
     else:
