@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from pitr import log as pitr_log
 from pitr.atomic import atomic_write
+from pitr.catalog import Catalog
 from pitr.config import Config
 from pitr.configfile import config_file
 from pitr.errors import (
@@ -48,10 +49,10 @@ from pitr.errors import (
     TargetDirError,
     VersionMismatch,
 )
-from pitr.manifest import BackupObject
+from pitr.manifest import BackupObject, BackupRecord
 from pitr.pg.conn import dsn_user
 from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
-from pitr.pg.names import format_lsn, parse_lsn
+from pitr.pg.names import format_lsn, lsn_to_segno, parse_lsn, segment_name
 from pitr.pg.version import data_dir_major, resolve_bindir
 from pitr.planner import RestorePlan
 from pitr.repo import Repo
@@ -191,10 +192,11 @@ def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
     while it runs cannot bring a tablespace in unseen.
     """
     from pitr.pg.waldump import scan_tablespace_records, tablespace_refusal
+    from pitr.wal.fetch import fetch_to_bytes
 
     records = scan_tablespace_records(
-        repo, plan.segments, bindir,
-        budget=cfg.repository.timeout, tmp_parent=opts.pgdata.parent if opts.isolated else None)
+        plan.segments, lambda name: fetch_to_bytes(repo, name, budget=cfg.repository.timeout),
+        bindir, tmp_parent=opts.pgdata.parent if opts.isolated else None)
     why = tablespace_refusal(records, isolated=opts.isolated, occupied=_occupied)
     if why is None:
         if records:
@@ -608,15 +610,48 @@ def ended_before_target(exc: PostgresError, plan: RestorePlan,
              "and restore again" + (f"; {exc.hint}" if exc.hint else ""))
 
 
+# Segments read backwards from the newest before giving up: a quiet database may
+# write checkpoints only, but 16 segments without one commit means no recent one.
+MAX_SEGMENTS = 16
+
+
+def segments_to_scan(catalog: Catalog, backup: BackupRecord,
+                     limit: int = MAX_SEGMENTS) -> list[str]:
+    """Names of the newest ``limit`` segments of the unbroken WAL after ``backup``, newest first.
+
+    Only WAL that continues the backup without a gap can be replayed from it."""
+    stop_seg = lsn_to_segno(backup.stop_lsn, catalog.segment_size)
+    r = catalog.range_holding(backup.timeline, stop_seg)
+    if r is None:
+        return []
+    first = max(stop_seg, r.last - limit + 1)
+    return [segment_name(backup.timeline, s, catalog.segment_size)
+            for s in range(r.last, first - 1, -1)]
+
+
+def last_commit_in_archive(repo: Repo, catalog: Catalog, backup: BackupRecord,
+                           bindir: str | Path, *, budget: float,
+                           limit: int = MAX_SEGMENTS) -> datetime | None:
+    """The newest commit/abort time in the archived WAL that continues ``backup``
+    (:func:`pitr.pg.waldump.last_xact_end_time` over its newest ``limit`` segments)."""
+    from pitr.pg.waldump import last_xact_end_time
+    from pitr.wal.fetch import fetch_to_bytes
+
+    # pg_waldump reads only WAL of its own major version (the page magic).
+    pg_waldump = resolve_bindir(str(bindir), backup.pg_version, tool="pg_waldump",
+                                what=f"the WAL after backup {backup.id}") / "pg_waldump"
+    return last_xact_end_time(segments_to_scan(catalog, backup, limit),
+                              lambda name: fetch_to_bytes(repo, name, budget=budget), pg_waldump)
+
+
 def _explain_ended_before(cfg: Config, repo: Repo, plan: RestorePlan,
                           exc: PostgresError) -> PostgresError:
     """Best effort: the original error when the archive cannot be read."""
     from pitr.catalog import load_catalog
-    from pitr.pg.waldump import last_xact_end_time
 
     try:
-        last = last_xact_end_time(repo, load_catalog(repo), plan.backup, cfg.postgres.bindir,
-                                  budget=cfg.repository.timeout)
+        last = last_commit_in_archive(repo, load_catalog(repo), plan.backup, cfg.postgres.bindir,
+                                      budget=cfg.repository.timeout)
     except PitrError as err:
         log.warning("cannot find the newest archived commit: %s", err.message)
         return exc

@@ -100,7 +100,7 @@ def random_point(catalog: Catalog, rng: random.Random, last_commit: datetime | N
     From one second after the start of the recovery window (:mod:`pitr.window`: the
     end of the oldest restorable backup), or after the end of ``backup_id``, to
     strictly before ``last_commit``, the newest commit/abort time in the archived
-    WAL (:func:`pitr.pg.waldump.last_xact_end_time`): PostgreSQL stops at a time
+    WAL (:func:`pitr.restore.last_commit_in_archive`): PostgreSQL stops at a time
     target only on a commit or abort record stamped after it, and reports
     "recovery ended before configured recovery target was reached" otherwise.
     """
@@ -265,9 +265,9 @@ def _choose_target(cfg: Config, repo: Repo, catalog: Catalog, opts: DrillOptions
             raise UsageError("--to and --random-point exclude each other")
         seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
         report.seed = seed
-        from pitr.pg.waldump import last_xact_end_time
+        from pitr.restore import last_commit_in_archive
 
-        last = last_xact_end_time(repo, catalog, drill_backup(catalog, opts.backup_id),
+        last = last_commit_in_archive(repo, catalog, drill_backup(catalog, opts.backup_id),
                                   cfg.postgres.bindir, budget=cfg.repository.timeout)
         report.measures["last_commit_in_archive"] = last.isoformat() if last else None
         return Target.at_time(random_point(catalog, random.Random(seed), last, opts.backup_id))

@@ -19,9 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pitr.catalog import Catalog
 from pitr.errors import PostgresError
-from pitr.manifest import BackupRecord
 from pitr.pg.names import (
     lsn_to_segno,
     parse_lsn,
@@ -29,13 +27,11 @@ from pitr.pg.names import (
     segment_name,
     segno_to_lsn,
 )
-from pitr.pg.version import resolve_bindir
-from pitr.repo import Repo
-from pitr.wal.fetch import fetch_to_bytes
+from pitr.pg.walname import is_segment_name
 
-# Segments read backwards from the newest before giving up: a quiet database may
-# write checkpoints only, but 16 segments without one commit means no recent one.
-MAX_SEGMENTS = 16
+# Fetches one archived WAL file by name, verified (the caller's repository:
+# pitr/restore.py passes pitr.wal.fetch.fetch_to_bytes; pg/ knows no repository).
+Fetch = Callable[[str], bytes]
 
 # pg_waldump --rmgr=Transaction descriptions of records recovery compares with a
 # time target: "COMMIT <ts> UTC; ...", "ABORT <ts> UTC", "COMMIT_PREPARED 725: <ts> UTC".
@@ -55,20 +51,6 @@ def xact_end_times(text: str) -> list[datetime]:
     return out
 
 
-def segments_to_scan(catalog: Catalog, backup: BackupRecord,
-                     limit: int = MAX_SEGMENTS) -> list[str]:
-    """Names of the newest ``limit`` segments of the unbroken WAL after ``backup``, newest first.
-
-    Only WAL that continues the backup without a gap can be replayed from it."""
-    stop_seg = lsn_to_segno(backup.stop_lsn, catalog.segment_size)
-    r = catalog.range_holding(backup.timeline, stop_seg)
-    if r is None:
-        return []
-    first = max(stop_seg, r.last - limit + 1)
-    return [segment_name(backup.timeline, s, catalog.segment_size)
-            for s in range(r.last, first - 1, -1)]
-
-
 def dump_xact_end_times(pg_waldump: Path, segment: Path) -> list[datetime]:
     """Run pg_waldump on one segment file (named as the segment) and parse its output."""
     proc = subprocess.run(
@@ -86,21 +68,18 @@ def dump_xact_end_times(pg_waldump: Path, segment: Path) -> list[datetime]:
     return xact_end_times(proc.stdout)
 
 
-def last_xact_end_time(repo: Repo, catalog: Catalog, backup: BackupRecord, bindir: str | Path,
-                       *, budget: float, limit: int = MAX_SEGMENTS) -> datetime | None:
-    """The newest commit/abort time in the archived WAL that continues ``backup``.
+def last_xact_end_time(segments: Sequence[str], fetch: Fetch,
+                       pg_waldump: Path) -> datetime | None:
+    """The newest commit/abort time in ``segments`` (newest first), with ``pg_waldump``
+    of the WAL's own major version (it reads only that: the page magic).
 
-    Reads segments newest first and stops at the first that has one; None when
-    none of the newest ``limit`` segments has any (then no time target after
-    them can be reached)."""
-    # pg_waldump reads only WAL of its own major version (the page magic).
-    pg_waldump = resolve_bindir(str(bindir), backup.pg_version, tool="pg_waldump",
-                                what=f"the WAL after backup {backup.id}") / "pg_waldump"
+    Reads segments in order and stops at the first that has one; None when none
+    has any (then no time target after them can be reached)."""
     with tempfile.TemporaryDirectory(prefix="pitr-waldump-") as tmp:
-        for name in segments_to_scan(catalog, backup, limit):
+        for name in segments:
             path = Path(tmp) / name
             # verified against its stored sha256; a private scratch copy needs no fsync
-            path.write_bytes(fetch_to_bytes(repo, name, budget=budget))
+            path.write_bytes(fetch(name))
             times = dump_xact_end_times(pg_waldump, path)
             path.unlink()
             if times:
@@ -200,8 +179,7 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
 SCAN_CHUNK = 8
 
 
-def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | Path, *,
-                            budget: float,
+def scan_tablespace_records(segments: Sequence[str], fetch: Fetch, bindir: str | Path, *,
                             tmp_parent: Path | None = None) -> list[TablespaceRecord]:
     """Records of the archived ``segments`` (replay order) that touch a tablespace:
     every Tablespace record, and the first record that uses each tablespace.
@@ -214,14 +192,14 @@ def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | P
     if not pg_waldump.exists():
         raise PostgresError(f"{pg_waldump} not found",
                             hint="set postgres.bindir to the PostgreSQL binaries' directory")
-    names = [n for n in segments if _SEGMENT_NAME.match(n)]
+    names = [n for n in segments if is_segment_name(n)]
     found: list[TablespaceRecord] = []
     used: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="pitr-waldump-", dir=tmp_parent) as tmp:
         def fetched(name: str) -> Path:
             path = Path(tmp) / name
             if not path.exists():
-                path.write_bytes(fetch_to_bytes(repo, name, budget=budget))
+                path.write_bytes(fetch(name))
             return path
 
         i = 0
@@ -252,9 +230,6 @@ def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | P
                 path.unlink()
             i = j
     return found
-
-
-_SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
 
 
 def tablespace_refusal(records: Sequence[TablespaceRecord], *, isolated: bool,

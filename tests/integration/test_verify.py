@@ -216,7 +216,7 @@ def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> 
     import time
     from datetime import timedelta
 
-    from pitr.pg.waldump import last_xact_end_time
+    from pitr.restore import last_commit_in_archive
 
     cluster = prod.cluster
     # an autovacuum ANALYZE commits too: none while we know which commit is the last
@@ -241,7 +241,7 @@ def test_last_commit_finder_reads_commit_times_not_archive_times(prod: Prod) -> 
     catalog = load_catalog(repo)
     backup = next(b for b in catalog.backups if b.id == prod.backup_id)
     started = time.monotonic()
-    found = last_xact_end_time(repo, catalog, backup, prod.cluster.bindir, budget=30)
+    found = last_commit_in_archive(repo, catalog, backup, prod.cluster.bindir, budget=30)
     elapsed = time.monotonic() - started
     assert found is not None and found.tzinfo is not None
     assert before <= found <= after, (before, after, found)

@@ -8,7 +8,8 @@ import pytest
 from test_health import NOW, backup, catalog, segs
 
 from pitr.errors import PostgresError
-from pitr.pg.waldump import segments_to_scan, xact_end_times
+from pitr.pg.waldump import xact_end_times
+from pitr.restore import segments_to_scan
 
 
 def test_waldump_parses_commit_abort_and_prepared_times() -> None:
