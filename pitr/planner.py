@@ -66,10 +66,6 @@ class RestorePlan:
     def segment_count(self) -> int:
         return len(self.segments)
 
-    @property
-    def backup_bytes(self) -> int:
-        return self.backup.stored_bytes
-
     def to_json(self) -> dict[str, object]:
         b = self.backup
         return {

@@ -79,11 +79,6 @@ def check_command_user(command: str, pgdata: str | os.PathLike[str] | None) -> N
     refuse_root_over_foreign_data(command, data_dir_candidates(pgdata))
 
 
-def set_private_umask() -> int:
-    """Make every file and directory this process creates private; returns the old mask."""
-    return os.umask(PRIVATE_UMASK)
-
-
 @contextlib.contextmanager
 def private_umask() -> Iterator[None]:
     old = os.umask(PRIVATE_UMASK)

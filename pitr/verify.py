@@ -151,15 +151,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def _db_user(cfg: Config) -> str:
     from pitr.pg.conn import dsn_user
 

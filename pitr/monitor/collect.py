@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pitr import log
 from pitr.catalog import Catalog
@@ -109,16 +108,3 @@ class CachedCollector:
             inputs = Inputs(self._inputs.catalog, read_agent_status(self.cfg),
                             self._inputs.last_verify)
         return report_from(self.cfg, inputs)
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._inputs = None
-
-
-def summary_fields(report: HealthReport) -> dict[str, Any]:
-    """A compact view of a report for alert bodies and log lines."""
-    lb = report.last_backup or {}
-    return {"status": report.status, "last_backup": lb.get("id"),
-            "last_backup_age_s": lb.get("age_seconds"),
-            "archive_lag_s": report.archive.get("lag_seconds"),
-            "backlog": report.archive.get("backlog")}

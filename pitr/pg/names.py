@@ -132,19 +132,3 @@ def parse_history(text: str) -> list[HistoryEntry]:
         entries.append(HistoryEntry(int(parts[0]), parse_lsn(parts[1]),
                                     parts[2] if len(parts) > 2 else ""))
     return entries
-
-
-def timeline_switch_points(tli: int, history: list[HistoryEntry]) -> dict[int, int]:
-    """For a timeline's history: ancestor tli -> LSN where it ended (``tli`` -> no end).
-
-    The WAL of ancestor ``t`` is valid on ``tli``'s path only below that LSN.
-    """
-    ends = {e.parent: e.switch_lsn for e in history}
-    return {**ends, tli: 1 << 64}
-
-
-def segment_range(start_lsn: int, end_lsn: int, seg_size: int = DEFAULT_SEGMENT_SIZE) -> range:
-    """Segment numbers holding WAL from ``start_lsn`` up to and including ``end_lsn``."""
-    if end_lsn < start_lsn:
-        raise ValueError("end LSN before start LSN")
-    return range(lsn_to_segno(start_lsn, seg_size), lsn_to_segno(end_lsn, seg_size) + 1)
