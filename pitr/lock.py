@@ -90,12 +90,10 @@ class LockInfo:
 
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs on this host and is (still) a pitr process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    from pitr.pg.ctl import process_exists
+
+    if not process_exists(pid):
         return False
-    except PermissionError:
-        pass  # alive, owned by another user
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read()

@@ -16,20 +16,20 @@ from pitr.repo import Repo
 from pitr.storage.base import put_bytes
 
 
-def _backup_exists(repo: Repo, backup_id: str) -> bool:
+def _exists(repo: Repo, key: str) -> bool:
     try:
-        repo.storage.stat(repo.manifest_key(backup_id))
+        repo.storage.stat(key)
         return True
     except NotFound:
         return False
+
+
+def _backup_exists(repo: Repo, backup_id: str) -> bool:
+    return _exists(repo, repo.manifest_key(backup_id))
 
 
 def _pinned(repo: Repo, backup_id: str) -> bool:
-    try:
-        repo.storage.stat(repo.pin_key(backup_id))
-        return True
-    except NotFound:
-        return False
+    return _exists(repo, repo.pin_key(backup_id))
 
 
 def _check_id(backup_id: str) -> None:

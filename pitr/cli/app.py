@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -79,6 +80,14 @@ def load_config(overrides: dict[str, Any] | None = None,
 def print_json(doc: Any) -> None:
     sys.stdout.write(log.scrub(json.dumps(doc, indent=2, default=str)) + "\n")
     sys.stdout.flush()
+
+
+def print_doc(doc: Any, json_out: bool, render: Callable[[Any], str]) -> None:
+    """A command's result: the JSON document with --json, else ``render(doc)`` for people."""
+    if json_out:
+        print_json(doc)
+    else:
+        typer.echo(render(doc))
 
 
 def report_error(exc: PitrError) -> None:

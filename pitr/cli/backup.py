@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, load_config, print_json
+from pitr.cli.app import JsonFlag, app, load_config, print_doc, print_json
 
 
 class Label(StrEnum):
@@ -62,7 +62,4 @@ def list_(json_out: JsonFlag = False) -> None:
 
     cfg = load_config(command="list")
     doc = report(load_catalog(Repo.open(cfg)))
-    if json_out:
-        print_json(doc)
-    else:
-        typer.echo(render(doc))
+    print_doc(doc, json_out, render)

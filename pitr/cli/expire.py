@@ -30,27 +30,25 @@ def expire(
 def pin(backup_id: Annotated[str, typer.Argument(help="id of a completed backup")],
         json_out: JsonFlag = False) -> None:
     """Pin a backup: retention keeps it until it is unpinned."""
-    from pitr.pins import pin as do_pin
-    from pitr.repo import Repo
-
-    cfg = load_config(command="pin")
-    changed = do_pin(Repo.open(cfg), backup_id)
-    if json_out:
-        print_json({"id": backup_id, "pinned": True, "changed": changed})
-    else:
-        typer.echo(f"backup {backup_id} {'pinned' if changed else 'was already pinned'}")
+    _set_pin(backup_id, True, json_out)
 
 
 @app.command("unpin")
 def unpin(backup_id: Annotated[str, typer.Argument(help="id of a pinned backup")],
           json_out: JsonFlag = False) -> None:
     """Remove a pin: retention treats the backup like any other again."""
-    from pitr.pins import unpin as do_unpin
+    _set_pin(backup_id, False, json_out)
+
+
+def _set_pin(backup_id: str, pinned: bool, json_out: bool) -> None:
+    from pitr import pins
     from pitr.repo import Repo
 
-    cfg = load_config(command="unpin")
-    changed = do_unpin(Repo.open(cfg), backup_id)
+    cfg = load_config(command="pin" if pinned else "unpin")
+    changed = (pins.pin if pinned else pins.unpin)(Repo.open(cfg), backup_id)
     if json_out:
-        print_json({"id": backup_id, "pinned": False, "changed": changed})
+        print_json({"id": backup_id, "pinned": pinned, "changed": changed})
+    elif pinned:
+        typer.echo(f"backup {backup_id} {'pinned' if changed else 'was already pinned'}")
     else:
         typer.echo(f"backup {backup_id} {'unpinned' if changed else 'was not pinned'}")

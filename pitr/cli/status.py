@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, load_config, print_json
+from pitr.cli.app import JsonFlag, app, load_config, print_doc
 from pitr.errors import CheckFailed
 
 
@@ -67,10 +67,7 @@ def status(json_out: JsonFlag = False) -> None:
     cfg = load_config(command="status")
     report = health_report(cfg)
     doc = report.to_dict()
-    if json_out:
-        print_json(doc)
-    else:
-        typer.echo(render_text(doc))
+    print_doc(doc, json_out, render_text)
     if not report.healthy:
         raise CheckFailed("unhealthy: " + "; ".join(
             f.message for f in report.findings if f.severity == "critical"))

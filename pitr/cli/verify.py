@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
+from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_doc
 from pitr.errors import CheckFailed
 
 if TYPE_CHECKING:
@@ -65,10 +65,7 @@ def verify(
                         random_point=random_point, seed=seed, keep=keep)
     report = run_verify(cfg, opts, config_path=OPTS.config_path)
     doc = report.to_json()
-    if json_out:
-        print_json(doc)
-    else:
-        typer.echo(render_text(doc))
+    print_doc(doc, json_out, render_text)
     if not report.ok:
         raise CheckFailed("restore drill failed: " + "; ".join(
             f"{c.name}: {c.detail.splitlines()[0]}" for c in report.failed),

@@ -116,7 +116,7 @@ class PgCtl:
             pid = int(lines[0])
         except (OSError, ValueError, IndexError):
             return None
-        if not _alive(pid):
+        if not process_exists(pid):
             return None
         get = [*(ln.strip() for ln in lines), "", "", "", "", "", "", "", ""]
         return PostmasterInfo(pid, int(get[3] or 0), get[4], get[5], get[7])
@@ -214,7 +214,8 @@ class PgCtl:
                                seconds, self.recovery_log_lines())
 
 
-def _alive(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (whoever owns it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
