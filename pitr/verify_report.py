@@ -73,7 +73,8 @@ class DrillReport:
             return datetime.fromisoformat(v) if isinstance(v, str) and v else None
 
         started = ts(doc.get("started_at")) or ts(doc["finished_at"])
-        assert started is not None
+        if started is None:
+            raise ValueError("verify report without started_at/finished_at")
         checks = [DrillCheck(str(c.get("name", "?")), bool(c.get("ok")),
                               str(c.get("detail", "")), float(c.get("seconds") or 0.0),
                               dict(c.get("data") or {}))
