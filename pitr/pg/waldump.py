@@ -15,6 +15,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,7 +162,13 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
 
     A record that starts in one segment and ends in the next is read only when both
     are in the run; a single segment would drop it."""
-    argv = [str(pg_waldump), str(first)] + ([str(last)] if last and last != first else [])
+    # Only the resource managers that create, drop or fill a tablespace's directories:
+    # a backup never holds a tablespace (backup and extraction refuse a pg_tblspc link),
+    # so any write into one in the replayed WAL follows a Tablespace, Database or Storage
+    # record that creates its files. Decoding is the same; printing and parsing every
+    # heap record cost 4x the time (docs: README, "Restoring", Tablespaces).
+    argv = [str(pg_waldump), *(f"--rmgr={r}" for r in SCAN_RMGRS), str(first)]
+    argv += [str(last)] if last and last != first else []
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "TZ": "UTC", "LC_ALL": "C"}, check=False)
     # Normal ends, as in dump_xact_end_times: zeroes after a switch, no record start.
@@ -173,10 +180,14 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
 
 
 # Segments one pg_waldump run decodes (plus the next one, read on): each segment is
-# decoded 1.125 times instead of twice. The run's text is held in memory (about 15 MB
-# a busy segment, so ~135 MB at most); 35 pgbench segments took 16 s to scan at 8,
-# 20 s at 4 and 27 s in windows of two (README, "Restoring").
+# decoded 1.125 times instead of twice (README, "Restoring", for the measured cost).
 SCAN_CHUNK = 8
+SCAN_RMGRS = ("Tablespace", "Database", "Storage")
+# Segments downloaded ahead of the one pg_waldump decodes, by SCAN_FETCHERS threads: the
+# download of the next run overlaps the decoding of this one. Scratch disk is bounded by
+# SCAN_CHUNK + 1 + SCAN_AHEAD segments (272 MiB at 16 MiB a segment).
+SCAN_AHEAD = 8
+SCAN_FETCHERS = 3
 
 
 def scan_tablespace_records(segments: Sequence[str], fetch: Fetch, bindir: str | Path, *,
@@ -193,42 +204,59 @@ def scan_tablespace_records(segments: Sequence[str], fetch: Fetch, bindir: str |
         raise PostgresError(f"{pg_waldump} not found",
                             hint="set postgres.bindir to the PostgreSQL binaries' directory")
     names = [n for n in segments if is_segment_name(n)]
-    found: list[TablespaceRecord] = []
-    used: set[int] = set()
-    with tempfile.TemporaryDirectory(prefix="pitr-waldump-", dir=tmp_parent) as tmp:
-        def fetched(name: str) -> Path:
+    with tempfile.TemporaryDirectory(prefix="pitr-waldump-", dir=tmp_parent) as tmp, \
+            ThreadPoolExecutor(SCAN_FETCHERS, thread_name_prefix="pitr-scan") as pool:
+        downloads: list[Future[Path]] = []
+
+        def download(name: str) -> Path:
             path = Path(tmp) / name
-            if not path.exists():
-                path.write_bytes(fetch(name))
+            path.write_bytes(fetch(name))
             return path
 
-        i = 0
-        while i < len(names):
-            first = fetched(names[i])
-            size = first.stat().st_size  # the segment size: what a segment file holds
-            tli, segno = parse_segment_name(names[i], size)
-            # the chunk: names[i:j], consecutive segments of one timeline
-            j = i + 1
-            while (j < len(names) and j - i < SCAN_CHUNK
-                   and parse_segment_name(names[j], size) == (tli, segno + j - i)):
-                j += 1
-            chunk = [first, *(fetched(n) for n in names[i + 1:j])]
-            stop = 1 << 64
-            last = chunk[-1]
-            if j < len(names) and parse_segment_name(names[j], size) == (tli, segno + j - i):
-                last = fetched(names[j])  # read on, so a record crossing into it is whole
-                stop = segno_to_lsn(segno + j - i, size)
-            for rec in tablespace_records(_dump_window(pg_waldump, first, last), names[i]):
-                lsn = parse_lsn(rec.lsn)
-                if lsn >= stop:
-                    continue
-                rec = replace(rec, segment=segment_name(tli, lsn_to_segno(lsn, size), size))
-                if rec.rmgr == "Tablespace" or rec.tablespace not in used:
-                    found.append(rec)
-                    used.add(rec.tablespace)
-            for path in chunk:
-                path.unlink()
-            i = j
+        def fetched(k: int) -> Path:
+            while len(downloads) < min(len(names), k + 1 + SCAN_AHEAD):
+                downloads.append(pool.submit(download, names[len(downloads)]))
+            return downloads[k].result()
+
+        try:
+            return _scan(names, fetched, pg_waldump)
+        finally:
+            for future in downloads:
+                future.cancel()  # on an error: what has not started never starts
+
+
+def _scan(names: Sequence[str], fetched: Callable[[int], Path],
+          pg_waldump: Path) -> list[TablespaceRecord]:
+    """The scan over ``names``, whose ``k``-th file ``fetched(k)`` gives (see above)."""
+    found: list[TablespaceRecord] = []
+    used: set[int] = set()
+    i = 0
+    while i < len(names):
+        first = fetched(i)
+        size = first.stat().st_size  # the segment size: what a segment file holds
+        tli, segno = parse_segment_name(names[i], size)
+        # the chunk: names[i:j], consecutive segments of one timeline
+        j = i + 1
+        while (j < len(names) and j - i < SCAN_CHUNK
+               and parse_segment_name(names[j], size) == (tli, segno + j - i)):
+            j += 1
+        chunk = [first, *(fetched(k) for k in range(i + 1, j))]
+        stop = 1 << 64
+        last = chunk[-1]
+        if j < len(names) and parse_segment_name(names[j], size) == (tli, segno + j - i):
+            last = fetched(j)  # read on, so a record crossing into it is whole
+            stop = segno_to_lsn(segno + j - i, size)
+        for rec in tablespace_records(_dump_window(pg_waldump, first, last), names[i]):
+            lsn = parse_lsn(rec.lsn)
+            if lsn >= stop:
+                continue
+            rec = replace(rec, segment=segment_name(tli, lsn_to_segno(lsn, size), size))
+            if rec.rmgr == "Tablespace" or rec.tablespace not in used:
+                found.append(rec)
+                used.add(rec.tablespace)
+        for path in chunk:
+            path.unlink()
+        i = j
     return found
 
 
