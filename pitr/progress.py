@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import BinaryIO, TextIO
+from typing import TextIO
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -128,16 +128,3 @@ class Progress:
         if self.enabled and self._drawn:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
-
-
-class ProgressReader:
-    """File-like wrapper counting what is read from ``src`` into ``progress``."""
-
-    def __init__(self, src: BinaryIO, progress: Progress) -> None:
-        self._src = src
-        self._progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        self._progress.update(len(data))
-        return data
