@@ -207,17 +207,19 @@ class ZstdDecompress:
     """The raw bytes of the zstd stream that passes.
 
     ``frames="all"`` (restore): the stream may hold several frames (pg_basebackup's
-    server-side compression may write more than one). ``"first"`` (archive-get):
-    the first frame only. Both pull their input as the consumer asks and yield
-    pieces of at most ``piece`` bytes, so a backup's run of zeros, which zstd
-    stores 30 000 times smaller, never sits whole in memory.
+    server-side compression may write more than one). Input is pulled as the
+    consumer asks and output comes in pieces of at most ``piece`` bytes, so a
+    backup's run of zeros, which zstd stores 30 000 times smaller, never sits
+    whole in memory.
 
-    ``"exactly-one"`` is the proof a stored WAL object must pass before archive-push
+    The two modes for a stored WAL object, which is held in memory anyway:
+    ``"first"`` (archive-get) decompresses the first frame and ignores what follows;
+    ``"exactly-one"`` is the proof a stored object must pass before archive-push
     answers "already archived" (README "What archive-push guarantees"): one
     complete frame and nothing after it.
 
     More than ``limit`` bytes of output (what the object's header declares) fail
-    the stream rather than fill memory.
+    the stream.
     """
 
     def __init__(self, *, frames: Literal["all", "first", "exactly-one"] = "all",
@@ -233,8 +235,8 @@ class ZstdDecompress:
 
         out = 0
         try:
-            for data in self._one(chunks) if self._frames == "exactly-one" \
-                    else self._stream(chunks):
+            for data in self._stream(chunks) if self._frames == "all" \
+                    else self._one(chunks, strict=self._frames == "exactly-one"):
                 out += len(data)
                 if self._limit is not None and out > self._limit:
                     raise IntegrityError(f"{self._name} decompresses to more than the "
@@ -248,11 +250,11 @@ class ZstdDecompress:
 
         source = io.BufferedReader(_ChunkReader(chunks), buffer_size=CHUNK)
         reader = zstandard.ZstdDecompressor().stream_reader(
-            source, read_size=CHUNK, read_across_frames=self._frames == "all")
+            source, read_size=CHUNK, read_across_frames=True)
         while data := reader.read(self._piece):
             yield data
 
-    def _one(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def _one(self, chunks: Iterator[bytes], *, strict: bool) -> Iterator[bytes]:
         import zstandard
 
         dobj = zstandard.ZstdDecompressor().decompressobj(write_size=self._piece)
@@ -260,6 +262,8 @@ class ZstdDecompress:
         for chunk in chunks:
             stored += len(chunk)
             if dobj.eof:
+                if not strict:
+                    continue
                 raise IntegrityError(f"{self._name} has {len(chunk)} stray bytes after "
                                      "its zstd frame")
             if data := dobj.decompress(chunk):
@@ -267,7 +271,7 @@ class ZstdDecompress:
         if not dobj.eof:
             raise IntegrityError(f"{self._name}'s zstd frame is cut off "
                                  f"({stored} bytes stored)")
-        if dobj.unused_data:
+        if dobj.unused_data and strict:
             raise IntegrityError(f"{self._name} has {len(dobj.unused_data)} stray bytes "
                                  "after its zstd frame")
 
