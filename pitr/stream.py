@@ -74,34 +74,40 @@ class Pipeline(io.RawIOBase):
         for f in filters:
             chunks = f.apply(chunks)
         self._chunks = chunks
-        self._buf = bytearray()
+        self._cur = b""  # the chunk being read out, from self._pos on
+        self._pos = 0
         self._eof = False
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int | None = -1, /) -> bytes:
+        cur, pos = self._cur, self._pos
         if n is None or n < 0:
+            self._cur, self._pos = b"", 0
+            rest = cur[pos:]
             if self._eof:
-                return b""
+                return rest
             self._eof = True
-            if not self._buf:
-                return b"".join(self._chunks)
-            self._buf += b"".join(self._chunks)
-            out = bytes(self._buf)
-            self._buf.clear()
-            return out
-        while len(self._buf) < n and not self._eof:
+            return b"".join((rest, *self._chunks))
+        if len(cur) - pos >= n:
+            self._pos = pos + n
+            return cur[pos:pos + n]  # a whole chunk is passed on without a copy
+        parts = [cur[pos:]] if len(cur) > pos else []
+        want = n - (len(cur) - pos)
+        self._cur, self._pos = b"", 0
+        while want and not self._eof:
             chunk = next(self._chunks, None)
             if chunk is None:
                 self._eof = True
-            elif not self._buf and len(chunk) == n:
-                return chunk  # the common case, an exact chunk: no copy
+            elif len(chunk) <= want:
+                parts.append(chunk)
+                want -= len(chunk)
             else:
-                self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+                parts.append(chunk[:want])
+                self._cur, self._pos = chunk, want
+                want = 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -257,6 +263,12 @@ class ZstdDecompress:
     def _one(self, chunks: Iterator[bytes], *, strict: bool) -> Iterator[bytes]:
         import zstandard
 
+        if not strict:
+            # the object is in memory: zstd's one-shot call is the fastest, and it reads
+            # the first frame only
+            body = b"".join(chunks)
+            yield zstandard.ZstdDecompressor().decompress(body, max_output_size=self._piece)
+            return
         dobj = zstandard.ZstdDecompressor().decompressobj(write_size=self._piece)
         stored = 0
         for chunk in chunks:
