@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -85,11 +86,11 @@ class Pipeline(io.RawIOBase):
         cur, pos = self._cur, self._pos
         if n is None or n < 0:
             self._cur, self._pos = b"", 0
-            rest = cur[pos:]
-            if self._eof:
-                return rest
-            self._eof = True
-            return b"".join((rest, *self._chunks))
+            parts = [cur[pos:]] if len(cur) > pos else []
+            if not self._eof:
+                self._eof = True
+                parts.extend(self._chunks)
+            return parts[0] if len(parts) == 1 else b"".join(parts)  # one part: no copy
         if len(cur) - pos >= n:
             self._pos = pos + n
             return cur[pos:pos + n]  # a whole chunk is passed on without a copy
@@ -198,15 +199,23 @@ class ZstdCompress:
                  size: int | None = None) -> None:
         import zstandard
 
-        cctx = zstandard.ZstdCompressor(level=level, threads=threads or 0,
-                                        write_checksum=checksum)
-        self._cobj = cctx.compressobj(size=-1 if size is None else size)
+        self._cctx = zstandard.ZstdCompressor(level=level, threads=threads or 0,
+                                              write_checksum=checksum)
+        self._size = size
 
     def apply(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            if out := self._cobj.compress(chunk):
+        first = next(chunks, b"")
+        second = next(chunks, None) if len(first) == self._size else b""
+        if second is None:
+            # All of it in one chunk (a WAL file in memory): zstd's one-shot call,
+            # a little cheaper, and the very bytes pitr wrote before the chain.
+            yield self._cctx.compress(first)
+            return
+        cobj = self._cctx.compressobj(size=-1 if self._size is None else self._size)
+        for chunk in itertools.chain((first, second or b""), chunks):
+            if out := cobj.compress(chunk):
                 yield out
-        yield self._cobj.flush()
+        yield cobj.flush()
 
 
 class ZstdDecompress:
