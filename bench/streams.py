@@ -92,7 +92,7 @@ def store_tar(storage: FsStorage, key: str, tar_bytes: bytes) -> BackupObject:
 
         reader = CompressingReader(io.BytesIO(tar_bytes), 3, hash_raw=False)
         try:
-            storage.put(key, reader)  # type: ignore[arg-type]
+            storage.put(key, reader)
         finally:
             reader.close()
         return BackupObject("base.tar.zst", key, reader.raw_bytes, reader.stored_bytes,
