@@ -20,11 +20,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pitr import __version__, codec
+from pitr import __version__, codec, stream
 from pitr import manifest as manifest_mod
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
-from pitr.errors import BackupError, LockedError, NotFound, PitrError, SystemIdMismatch
+from pitr.errors import (
+    BackupError,
+    IntegrityError,
+    LockedError,
+    NotFound,
+    PitrError,
+    SystemIdMismatch,
+)
 from pitr.interrupt import signals_ignored, signals_interrupt
 from pitr.lock import StanzaLock
 from pitr.log import event
@@ -334,31 +341,40 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
             progress.update(len(data))
 
     key = repo.backup_prefix(backup_id) + BASE_OBJECT
-    stream: codec.CompressingReader | pgbb.ServerCompressedStream | None = None
+    raw, raw_hash = stream.Count(), stream.Hash()
+    stored, stored_hash = stream.Count(), stream.Hash()
+    tap_raw: list[stream.Filter] = [raw, stream.Tap(on_raw)]
+    if opts.server_zstd_level is not None:
+        # Stored as pg_basebackup compressed it; a side branch decompresses a copy to
+        # read backup_label and to hash the raw tar.
+        filters: list[stream.Filter] = [
+            stream.Tee([stream.ZstdDecompress(), raw_hash, *tap_raw]), stored, stored_hash]
+    else:
+        # The tap runs in the read-ahead thread, the only caller of head/progress.
+        # No sha256 of the raw tar (0.74 CPU-s/GB, a tenth of the whole backup's CPU):
+        # the manifest's sha256 proves the stored bytes, and the frame's content
+        # checksum proves that decompressing them gives back what was compressed.
+        filters = [*tap_raw, stream.ReadAhead(4),
+                   stream.ZstdCompress(cfg.compression.level, threads=cfg.compression.threads),
+                   stored, stored_hash]
     try:
-        source = pgbb.ProcessStdout(proc)
-        if opts.server_zstd_level is not None:
-            stream = pgbb.ServerCompressedStream(source, on_raw)
-        else:
-            # on_raw runs in the compressor's feeder thread, the only caller of head/progress.
-            # No sha256 of the raw tar (0.74 CPU-s/GB, a tenth of the whole backup's CPU):
-            # the manifest's sha256 proves the stored bytes, and the frame's content
-            # checksum proves that decompressing them gives back what was compressed.
-            stream = codec.CompressingReader(pgbb.RawTap(source, on_raw),  # type: ignore[arg-type]
-                                             cfg.compression.level, cfg.compression.threads,
-                                             hash_raw=False)
-        repo.storage.put(key, stream, if_absent=True)  # type: ignore[arg-type]
+        with stream.Pipeline(pgbb.ProcessStdout(proc), filters) as pipe:
+            repo.storage.put(key, pipe, if_absent=True)
         rc = proc.wait()
         if rc != 0:
             raise proc.failure(rc)
+    except IntegrityError as exc:
+        if opts.server_zstd_level is None:
+            raise
+        # only the server-compressed branch decompresses
+        raise BackupError(f"pg_basebackup's server-compressed stream is damaged: "
+                          f"{exc.message}") from exc
     finally:
-        if isinstance(stream, codec.CompressingReader):
-            stream.close()
         proc.stop()
     if progress is not None:
         progress.close()
-    obj = BackupObject(BASE_OBJECT, key, stream.raw_bytes, stream.stored_bytes,
-                       stream.stored_sha256, stream.raw_sha256)
+    obj = BackupObject(BASE_OBJECT, key, raw.bytes, stored.bytes, stored_hash.sha256,
+                       raw_hash.sha256 if opts.server_zstd_level is not None else "")
     return obj, head.backup_label()
 
 

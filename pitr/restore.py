@@ -19,7 +19,6 @@ Safety rules, each one a past disaster somewhere:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pwd
@@ -31,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pitr import log as pitr_log
+from pitr import stream
 from pitr.atomic import atomic_write
 from pitr.catalog import Catalog
 from pitr.config import Config
@@ -55,6 +55,7 @@ from pitr.pg.ctl import PgCtl, RecoveryOutcome, as_user, current_user
 from pitr.pg.names import format_lsn, lsn_to_segno, parse_lsn, segment_name
 from pitr.pg.version import data_dir_major, resolve_bindir
 from pitr.planner import RestorePlan
+from pitr.progress import Progress
 from pitr.repo import Repo
 from pitr.setup import pitr_executable
 from pitr.storage.base import Storage
@@ -62,7 +63,6 @@ from pitr.targets import TargetKind
 
 log = logging.getLogger("pitr.restore")
 
-CHUNK = 1 << 20
 TARGET_ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
 _DROP_AFTER_EXTRACT = ("postmaster.pid", "postmaster.opts", "recovery.signal", "standby.signal")
@@ -253,44 +253,26 @@ def prepare_directory(opts: RestoreOptions, owner: Owner, now: datetime) -> Path
 
 # -- streaming the base backup in -------------------------------------------------
 
-class _HashingReader:
-    """Counts and hashes the stored bytes as they are read; reports progress."""
+def _download_report(what: str, total: int) -> tuple[Progress, Callable[[int], None]]:
+    """A progress line on a tty; elsewhere a log event every 5 s (systemd, cron)."""
+    progress = Progress(f"downloading {what}", total or None)
+    began = time.monotonic()
+    next_report = began + 5
 
-    def __init__(self, src: BinaryIO, total: int, what: str) -> None:
-        from pitr.progress import Progress
-
-        self.progress = Progress(f"downloading {what}", total or None)  # a line on a tty
-        self._src = src
-        self._hash = hashlib.sha256()
-        self.bytes = 0
-        self._total = total
-        self._what = what
-        self._began = time.monotonic()
-        self._next_report = self._began + 5
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        self._hash.update(data)
-        self.bytes += len(data)
-        self.progress.update(len(data))
+    def report(n: int) -> None:
+        nonlocal next_report
+        progress.update(n)
         now = time.monotonic()
-        if now >= self._next_report and not self.progress.enabled:
-            self._next_report = now + 5
-            rate = self.bytes / max(now - self._began, 1e-6) / 2**20
-            pct = 100.0 * self.bytes / self._total if self._total else 0.0
-            pitr_log.event(log, logging.INFO, f"downloading {self._what}",
-                           done_mib=round(self.bytes / 2**20, 1),
-                           total_mib=round(self._total / 2**20, 1),
+        if now >= next_report and not progress.enabled:
+            next_report = now + 5
+            rate = progress.done / max(now - began, 1e-6) / 2**20
+            pct = 100.0 * progress.done / total if total else 0.0
+            pitr_log.event(log, logging.INFO, f"downloading {what}",
+                           done_mib=round(progress.done / 2**20, 1),
+                           total_mib=round(total / 2**20, 1),
                            percent=round(pct, 1), mib_per_s=round(rate, 1))
-        return data
 
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+    return progress, report
 
 
 def _extract_root(obj: BackupObject, pgdata: Path) -> Path:
@@ -305,8 +287,6 @@ def _extract_root(obj: BackupObject, pgdata: Path) -> Path:
 def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: Path,
                    owner: Owner, result: RestoreResult) -> None:
     """Stream each tar object through zstd into ``pgdata``, verifying its checksums."""
-    from pitr.codec import DecompressingReader
-
     tars = [o for o in objects if o.name.endswith(".tar.zst")]
     if not any(o.name == "base.tar.zst" for o in tars):
         raise IntegrityError("the backup manifest lists no base.tar.zst",
@@ -321,39 +301,41 @@ def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: 
         except NotFound:
             raise IntegrityError(f"backup object {obj.key} is missing from the repository",
                                  hint="restore from another backup (--backup ID)") from None
-        with src:
-            hashed = _HashingReader(src, obj.stored_bytes, obj.name)
-            raw = DecompressingReader(hashed)  # type: ignore[arg-type]
+        progress, report = _download_report(obj.name, obj.stored_bytes)
+        stored, stored_hash = stream.Count(report), stream.Hash()
+        raw, raw_hash = stream.Count(), stream.Hash()
+        with src, stream.Pipeline(src, [stored, stored_hash, stream.ZstdDecompress(),
+                                        raw, raw_hash]) as pipe:
             try:
-                with tarfile.open(fileobj=raw, mode="r|") as tar:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=pipe, mode="r|") as tar:
                     for member in tar:
                         safe_member(member, root, obj.name)
                         tar.extract(member, root, **_EXTRACT_KW)
                         owner.chown(root / member.name)
                         result.files += 1
-                raw.read()  # the rest of the stream after the tar's end-of-archive blocks
-                hashed.drain()
+                # the rest after the tar's end-of-archive blocks, through every filter
+                pipe.drain()
             except (tarfile.TarError, EOFError) as exc:
-                hashed.progress.abandon()
+                progress.abandon()
                 raise IntegrityError(f"{obj.key}: not a readable tar: {exc}",
                                      hint="the backup object is damaged: restore another "
                                           "backup (--backup ID)") from exc
             except OSError as exc:
                 # Writing into the data directory failed (full, read-only, quota): the
                 # destination's fault, said as such, never "a bug" (README, Fault table).
-                hashed.progress.abandon()
+                progress.abandon()
                 raise TargetDirError(
                     f"cannot write the restored files into {pgdata}: {exc.strerror or exc}",
                     hint="free space (a restore needs about the backup's database size plus "
                          "the WAL it replays) or restore elsewhere; the partial copy there may "
                          "be deleted (--force would only move it aside)") from exc
             except BaseException:
-                hashed.progress.abandon()
+                progress.abandon()
                 raise
-            hashed.progress.close()
-        _verify(obj, hashed.sha256, raw.sha256, hashed.bytes)
-        result.downloaded_bytes += hashed.bytes
-        result.extracted_bytes += raw.raw_bytes
+            progress.close()
+        _verify(obj, stored_hash.sha256, raw_hash.sha256, stored.bytes)
+        result.downloaded_bytes += stored.bytes
+        result.extracted_bytes += raw.bytes
     result.extract_seconds = time.monotonic() - began
     for name in _DROP_AFTER_EXTRACT:
         (pgdata / name).unlink(missing_ok=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import io
 import logging
 import os
@@ -27,10 +26,9 @@ import tarfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, BinaryIO
+from typing import IO
 
 from pitr.errors import BackupError
 from pitr.pg.conn import connect, dsn_without_password, query
@@ -336,64 +334,3 @@ class TarHead:
         except (tarfile.TarError, EOFError, UnicodeDecodeError) as exc:
             raise BackupError(f"cannot read backup_label from the backup's tar: {exc}") from exc
         raise BackupError("pg_basebackup's tar does not start with backup_label")
-
-
-class RawTap:
-    """Passes the raw tar through, showing every chunk to ``on_raw``."""
-
-    def __init__(self, src: BinaryIO | ProcessStdout,
-                 on_raw: Callable[[bytes], None]) -> None:
-        self._src = src
-        self._on_raw = on_raw
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        self._on_raw(data)
-        return data
-
-
-class ServerCompressedStream:
-    """Stores pg_basebackup's zstd stream as is; decompresses a copy to hash the raw tar."""
-
-    def __init__(self, src: ProcessStdout, on_raw: Callable[[bytes], None]) -> None:
-        import zstandard
-
-        self._src = src
-        self._on_raw = on_raw
-        self._dctx = zstandard.ZstdDecompressor()
-        self._dobj = self._dctx.decompressobj()
-        self._raw = hashlib.sha256()
-        self._stored = hashlib.sha256()
-        self.raw_bytes = 0
-        self.stored_bytes = 0
-
-    def read(self, n: int = -1) -> bytes:
-        import zstandard
-
-        data = self._src.read(n)
-        self._stored.update(data)
-        self.stored_bytes += len(data)
-        pending = data
-        try:
-            while pending:
-                raw = self._dobj.decompress(pending)
-                pending = b""
-                if self._dobj.eof:  # another frame may follow
-                    pending = self._dobj.unused_data
-                    self._dobj = self._dctx.decompressobj()
-                if raw:
-                    self._raw.update(raw)
-                    self.raw_bytes += len(raw)
-                    self._on_raw(raw)
-        except zstandard.ZstdError as exc:
-            raise BackupError(f"pg_basebackup's server-compressed stream is damaged: {exc}") \
-                from exc
-        return data
-
-    @property
-    def raw_sha256(self) -> str:
-        return self._raw.hexdigest()
-
-    @property
-    def stored_sha256(self) -> str:
-        return self._stored.hexdigest()

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
+from pitr.stream import Readable
 
 __all__ = [
     "AlreadyExists",
@@ -71,7 +72,7 @@ class Storage(Protocol):
 
     url: str
 
-    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int: ...
+    def put(self, key: str, src: Readable, *, if_absent: bool = False) -> int: ...
 
     def open(self, key: str) -> BinaryIO: ...
 

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
 from pitr.storage.base import ObjectInfo
+from pitr.stream import Readable
 
 _TMP_MARK = ".pitr-tmp-"
 _CHUNK = 1 << 20
@@ -84,7 +85,7 @@ class FsStorage:
         for made in reversed(missing):
             _fsync_dir(made.parent)
 
-    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, src: Readable, *, if_absent: bool = False) -> int:
         dest = self._path(key)
         try:
             self._makedirs(dest.parent)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
 from pitr.storage.base import ObjectInfo
+from pitr.stream import Readable
 
 if TYPE_CHECKING:
     from pitr.config import RepositoryConfig
@@ -230,7 +231,7 @@ class S3Storage:
     # If-None-Match is the server's to enforce: pitr.condwrites proves it does.
     conditional_by_server = True
 
-    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, src: Readable, *, if_absent: bool = False) -> int:
         full = self._full(key)
         reader = _Chunker(src)
         head = reader.take(self.part_size + SINGLE_PUT_SLACK)
@@ -443,7 +444,7 @@ class _Chunker:
     ``b"".join`` or a bytes body would briefly hold each part twice.
     """
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: Readable) -> None:
         self._src = src
         self._pending = b""
         self._eof = False

@@ -4,7 +4,6 @@ WAL through `pitr archive-push`, on the local repository and on a real S3 server
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -21,9 +20,8 @@ import zstandard
 from conftest import PITR_EXE, run_pitr, s3_repo_for, write_config
 from support.pgcluster import PG_USER, PgCluster, as_user_cmd, make_user_dir
 
-from pitr import config
+from pitr import config, stream
 from pitr.catalog import Catalog, load_catalog
-from pitr.codec import DecompressingReader
 from pitr.errors import BackupError, Interrupted, LockedError, SystemIdMismatch
 from pitr.pg.names import parse_lsn
 from pitr.repo import Repo
@@ -125,24 +123,14 @@ def tar_members(env: Env, key: str, workdir: Path, *, sha256: str, raw_sha256: s
     """Decompress the stored base to a file (checking the stored sha256 and the frame's
     content checksum) and `tar -t` it."""
     out = workdir / f"base-{uuid.uuid4().hex[:6]}.tar"
-    stored = hashlib.sha256()
-
-    class Hashing:
-        def __init__(self, src: Any) -> None:
-            self.src = src
-
-        def read(self, n: int = -1) -> bytes:
-            data: bytes = self.src.read(n)
-            stored.update(data)
-            return data
-
-    with env.repo.storage.open(key) as src, open(out, "wb") as dst:
-        reader = DecompressingReader(Hashing(src))  # type: ignore[arg-type]
+    stored, raw = stream.Hash(), stream.Hash()
+    with env.repo.storage.open(key) as src, open(out, "wb") as dst, \
+            stream.Pipeline(src, [stored, stream.ZstdDecompress(), raw]) as reader:
         while chunk := reader.read(1 << 20):
             dst.write(chunk)
-    assert stored.hexdigest() == sha256
+    assert stored.sha256 == sha256
     if raw_sha256:  # server compression: pitr hashes the tar it decompresses anyway
-        assert reader.sha256 == raw_sha256
+        assert raw.sha256 == raw_sha256
     else:  # pitr's compression: the frame's content checksum (verified while reading
         with env.repo.storage.open(key) as src:  # above) covers decompression
             assert zstandard.get_frame_parameters(src.read(18)).has_checksum

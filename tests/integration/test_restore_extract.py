@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pitr.codec import CompressingReader
+from pitr import stream
 from pitr.config import Config, PostgresConfig
 from pitr.errors import IntegrityError, TargetDirError
 from pitr.manifest import BackupObject
@@ -56,10 +56,14 @@ def directory(name: str) -> tuple[tarfile.TarInfo, bytes]:
 
 def store(tmp: Path, tar_bytes: bytes) -> tuple[FsStorage, BackupObject]:
     storage = FsStorage(tmp / "repo")
-    reader = CompressingReader(io.BytesIO(tar_bytes), level=3)
-    storage.put("s/backups/b1/base.tar.zst", reader)  # type: ignore[arg-type]
-    obj = BackupObject("base.tar.zst", "s/backups/b1/base.tar.zst", reader.raw_bytes,
-                       reader.stored_bytes, reader.stored_sha256, reader.raw_sha256)
+    raw, raw_hash = stream.Count(), stream.Hash()
+    stored, stored_hash = stream.Count(), stream.Hash()
+    with stream.Pipeline(io.BytesIO(tar_bytes), [raw, raw_hash, stream.ReadAhead(),
+                                                 stream.ZstdCompress(3), stored,
+                                                 stored_hash]) as pipe:
+        storage.put("s/backups/b1/base.tar.zst", pipe)
+    obj = BackupObject("base.tar.zst", "s/backups/b1/base.tar.zst", raw.bytes,
+                       stored.bytes, stored_hash.sha256, raw_hash.sha256)
     return storage, obj
 
 
