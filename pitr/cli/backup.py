@@ -71,13 +71,11 @@ def backup(
 @app.command("list")
 def list_(json_out: JsonFlag = False) -> None:
     """Backups, archived WAL per timeline, gaps and the recovery window."""
-    from pitr.catalog import load_catalog
+    from pitr.catalog_cache import cached_catalog
     from pitr.listing import render, report
-    from pitr.repo import Repo
-    from pitr.storage import open_storage
 
     cfg = load_config(command="list")
-    doc = report(load_catalog(Repo(open_storage(cfg.repository), cfg.stanza)))
+    doc = report(cached_catalog(cfg)[0])
     if json_out:
         print_json(doc)
     else:
