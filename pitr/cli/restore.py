@@ -46,6 +46,7 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
           command: str) -> tuple[Config, Storage, RestorePlan]:
     from pitr import planner, targets
     from pitr.catalog import load_catalog
+    from pitr.catalog_scope import base_catalog, scoped_plan
     from pitr.repo import Repo
     from pitr.storage import open_storage
 
@@ -55,15 +56,20 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
         if not loaded:  # after the command line is checked, and only once
             cfg = load_config(command=command)
             storage = open_storage(cfg.repository)
-            loaded.append((cfg, storage, load_catalog(Repo(storage, cfg.stanza))))
+            # backups and timelines only: the WAL is listed for the chosen path below
+            loaded.append((cfg, storage, base_catalog(Repo(storage, cfg.stanza))))
         return loaded[0]
 
     target = targets.from_options(
         to=to, lsn=lsn, xid=xid, name=name, immediate=immediate, latest=latest,
         timeline=timeline, exclusive=exclusive,
         zone=lambda: planner.cluster_timezone(context()[2], backup))
-    cfg, storage, catalog = context()
-    return cfg, storage, planner.plan(catalog, target, datetime.now(UTC), backup_id=backup)
+    cfg, storage, base = context()
+    repo, now = Repo(storage, cfg.stanza), datetime.now(UTC)
+    plan = scoped_plan(repo, base, target, now, backup)
+    if plan is None:  # not decided by the path's WAL alone: the full catalog decides
+        plan = planner.plan(load_catalog(repo), target, now, backup_id=backup)
+    return cfg, storage, plan
 
 
 @app.command("plan")

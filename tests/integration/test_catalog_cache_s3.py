@@ -92,6 +92,19 @@ def test_cache_equals_full_listing_at_counted_requests(s3_repo: dict[str, Any],
     assert cat == load_catalog(repo)
     assert n == {"ListObjectsV2": 2, "GetObject": 1}  # the new history file
 
+    # planning lists the backups, one request per timeline for the history files, and
+    # only the path's WAL from the backup on (here: 1,100 segments on timeline 1 -> 2
+    # pages, then timelines 2 and 3): far below a full listing's pages plus reads
+    from pitr import planner
+    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.targets import Target
+
+    now = datetime.now(UTC)
+    (base, plan), n = counted(lambda: (b := base_catalog(repo),
+                                       scoped_plan(repo, b, Target.latest(), now)))
+    assert plan is not None and plan == planner.plan(load_catalog(repo), Target.latest(), now)
+    assert n["ListObjectsV2"] <= 1 + 4 + 4 and n["GetObject"] == 4
+
     # the hourly sweep lists timelines 1 and 2 after their last keys
     _segments(repo, 1, range(1101, 1103))  # the old primary archived late
     clock[0] += SWEEP_EVERY

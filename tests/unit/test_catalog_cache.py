@@ -26,6 +26,7 @@ from pitr.repo import Repo
 from pitr.retention import Policy
 from pitr.storage.base import put_bytes
 from pitr.storage.fs import FsStorage
+from pitr.targets import TargetKind
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 SEG = 16 << 20
@@ -186,3 +187,75 @@ def test_a_segment_stored_after_a_later_one_is_not_lost(tmp_path: Path) -> None:
     w.clock += 1
     assert cache.refresh() == load_catalog(w.repo)
     assert [s.segno for s in w.cache().refresh().segments[1]] == [250, 251, 252, 253, 254]
+
+
+PLAN_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 3), st.integers(1, 8)),
+    st.tuples(st.sampled_from(["backup", "timeline", "gap"]))), min_size=1, max_size=8)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(PLAN_STEPS, st.lists(st.tuples(
+    st.sampled_from(["time", "lsn", "latest", "immediate"]), st.integers(0, 40),
+    st.sampled_from([None, 1, 2])), min_size=1, max_size=6))
+def test_a_scoped_plan_is_the_full_planners(steps: list[tuple[Any, ...]],
+                                            asks: list[tuple[str, int, int | None]]) -> None:
+    """Planning from one backup's path of WAL gives the full catalog's plan, or defers
+    to it (None); never another answer."""
+    from pitr import planner
+    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.errors import PlanError
+    from pitr.targets import Target
+
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        w.append(1, 3)
+        w.backup()
+        for step in steps:
+            if step[0] == "append":
+                w.append(step[1], step[2])
+            elif step[0] == "backup":
+                w.backup()
+            elif step[0] == "timeline":
+                w.new_timeline()
+            else:  # a hole in the newest timeline
+                w.next_segno[max(w.next_segno)] += 1
+        full_cat = load_catalog(w.repo)
+        base = base_catalog(w.repo)
+        now = datetime.now(UTC)
+        segs = sorted(s.archived_at for v in full_cat.segments.values() for s in v)
+        for kind, pick, tli in asks:
+            if kind == "time":
+                target = Target.at_time(segs[pick % len(segs)] - timedelta(microseconds=1), tli)
+            elif kind == "lsn":
+                target = Target.at_lsn(segno_to_lsn(250 + pick, SEG) + 8, tli)
+            elif kind == "latest":
+                target = Target.latest(tli)
+            else:
+                target = Target(TargetKind.IMMEDIATE, timeline=tli)
+            try:
+                want: Any = planner.plan(full_cat, target, now)
+            except PlanError as exc:
+                want = exc.message
+            got = scoped_plan(w.repo, base, target, now)
+            assert got is None or got == want, (target, got, want)
+
+
+def test_a_scoped_plan_answers_for_the_usual_targets(tmp_path: Path) -> None:
+    from pitr import planner
+    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.targets import Target
+
+    w = World(tmp_path)
+    w.append(1, 30)
+    w.backup()
+    w.append(1, 30)
+    w.new_timeline()
+    w.append(2, 30)
+    full, base, now = load_catalog(w.repo), base_catalog(w.repo), datetime.now(UTC)
+    mid = full.segments[2][10].archived_at
+    for target in (Target.latest(), Target.at_lsn(segno_to_lsn(300, SEG)),
+                   Target.at_time(mid), Target(TargetKind.IMMEDIATE)):
+        got = scoped_plan(w.repo, base, target, now)
+        assert got is not None and got == planner.plan(full, target, now), target
