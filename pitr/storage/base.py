@@ -115,27 +115,27 @@ def in_key_order(listed: Iterable[ObjectInfo], prefix: str, *, start_after: str 
     with a byte below '/'. So a key waits until a key past its first directory (after
     ``prefix``) arrives; the buffer holds one directory, not the listing.
     """
-    held: list[tuple[str, ObjectInfo]] = []
+    held: list[tuple[str, int, ObjectInfo]] = []  # (key, arrival, object): never compares objects
     plen = len(prefix)
 
     def wanted(key: str) -> bool:
         return start_after is None or key > start_after
 
-    for obj in listed:
+    for n, obj in enumerate(listed):
         key = obj.key
         cut = key.find("/", plen)
         # every key still to come is greater than ``bound`` in byte order
         bound = key if cut < 0 else key[:cut]
         if end_before is None or key < end_before:
-            heapq.heappush(held, (key, obj))
+            heapq.heappush(held, (key, n, obj))
         while held and held[0][0] <= bound:
-            _k, out = heapq.heappop(held)
+            out = heapq.heappop(held)[2]
             if wanted(out.key):
                 yield out
         if end_before is not None and bound >= end_before:
             break
     while held:
-        _k, out = heapq.heappop(held)
+        out = heapq.heappop(held)[2]
         if wanted(out.key):
             yield out
 
