@@ -100,7 +100,7 @@ def test_cache_equals_full_listing_at_counted_requests(s3_repo: dict[str, Any],
     from pitr.targets import Target
 
     now = datetime.now(UTC)
-    (base, plan), n = counted(lambda: (b := base_catalog(repo),
+    (_base, plan), n = counted(lambda: (b := base_catalog(repo),
                                        scoped_plan(repo, b, Target.latest(), now)))
     assert plan is not None and plan == planner.plan(load_catalog(repo), Target.latest(), now)
     assert n["ListObjectsV2"] <= 1 + 4 + 4 and n["GetObject"] == 4
