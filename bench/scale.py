@@ -70,7 +70,7 @@ def child(op: str, config: str, arg: str) -> None:
         collector._at = float("-inf")  # due now, as one minute later in `pitr serve`
         collector.report()
         total = sum(sum(s.requests.values()) for s in made) - before
-        print(json.dumps({"code": 0, "requests": {"idle": total}}))
+        print(json.dumps({"code": 0, "requests": {"idle": total}, "rss_mb": None}))
         return
     if op == "refresh":
         from pitr.config import load as load_cfg
@@ -88,11 +88,15 @@ def child(op: str, config: str, arg: str) -> None:
                 code = main()
             except SystemExit as exc:
                 code = exc.code
+    # VmHWM: this process's own peak (ru_maxrss from wait4 keeps the forking parent's)
+    status = Path("/proc/self/status").read_text()
+    hwm_kb = next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM"))
     counts: dict[str, int] = {}
     for s in made:
         for k, v in s.requests.items():
             counts[k] = counts.get(k, 0) + v
-    print(json.dumps({"code": code, "requests": counts, "out_bytes": len(out.getvalue())}))
+    print(json.dumps({"code": code, "requests": counts, "out_bytes": len(out.getvalue()),
+                      "rss_mb": round(hwm_kb / 1024, 1)}))
 
 
 def measure(op: str, config: Path, arg: str = "") -> dict[str, Any]:
@@ -108,7 +112,8 @@ def measure(op: str, config: Path, arg: str = "") -> dict[str, Any]:
     except (ValueError, IndexError):
         raise SystemExit(f"{op} failed:\n{out[-2000:]}\n{err[-2000:]}") from None
     return {"op": op, "arg": arg, "wall_s": round(wall, 2),
-            "rss_mb": round(usage.ru_maxrss / 1024, 1), "requests": doc["requests"],
+            "rss_mb": doc.get("rss_mb", round(usage.ru_maxrss / 1024, 1)),
+            "requests": doc["requests"],
             "total_requests": sum(doc["requests"].values()), "exit": doc["code"]}
 
 
@@ -142,8 +147,11 @@ def build(server: Any, bucket: str, segments: int, threads: int) -> dict[str, An
         {"system_id": "7001", "pg_version": 15, "segment_size": SEG, "format": 1,
          "created": "2025-01-01T00:00:00+00:00"}).encode())
     history = f"1\t{format_lsn(segno_to_lsn(switch, SEG))}\tpromoted\n"
+    days = segments // 1440
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days)
+    promoted = (t0 + timedelta(minutes=switch)).isoformat()
     client.put_object(Bucket=bucket, Key=f"{pre}{STANZA}/wal/00000002.history.zst",
-                      Body=compress_blob(history.encode(), 3)[0])
+                      Body=compress_blob(history.encode(), 3, written_at=promoted)[0])
 
     def key_of(i: int) -> str:
         segno = i + 1
@@ -175,8 +183,6 @@ def build(server: Any, bucket: str, segments: int, threads: int) -> dict[str, An
     client.copy_object(Bucket=bucket, Key=f"{pre}{STANZA}/wal/{name[:16]}/{name}.zst",
                        CopySource={"Bucket": bucket, "Key": "seed/wal"})
     # one segment a minute: day d starts at segment d * 1440 + 1
-    days = segments // 1440
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days)
     kept = gfs_days(days)
     for d in kept:
         segno = d * 1440 + 61  # 01:00
@@ -234,7 +240,8 @@ def main() -> None:
         config.write_text("\n".join(lines) + "\n")
         rng = random.Random(14)
         t0 = datetime.fromisoformat(built["t0"])
-        targets = [(t0 + timedelta(days=rng.uniform(built["days"] - 60, built["days"] - 0.2)))
+        span = (max(0.0, built["days"] - 60), built["days"] - 0.2)
+        targets = [(t0 + timedelta(days=rng.uniform(*span)))
                    .isoformat(timespec="seconds") for _ in range(args.plans)]
         rows: list[dict[str, Any]] = []
 
@@ -263,8 +270,8 @@ def main() -> None:
     for r in rows:
         label = r["op"] + (f" --to {r['arg']}" if r["arg"] else "")
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["requests"].items()))
-        print(f"{label:<42}{r['cache']:<11}{r['wall_s']:>8}{r['rss_mb']:>8}"
-              f"{r['total_requests']:>10}  {kinds}")
+        print(f"{label:<42}{r['cache']:<11}{r['wall_s']:>8}{r['rss_mb'] or '-':>8}"
+              f"{r['total_requests']:>10}  exit {r['exit']}; {kinds}")
 
 
 if __name__ == "__main__":
