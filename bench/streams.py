@@ -35,8 +35,8 @@ sys.path.insert(1, str(ROOT / "tests"))
 
 from support import walbytes  # noqa: E402
 
-from pitr.catalog import BackupObject  # noqa: E402
 from pitr.config import Config, PostgresConfig  # noqa: E402
+from pitr.manifest import BackupObject  # noqa: E402
 from pitr.repo import Repo  # noqa: E402
 from pitr.restore import Owner, RestoreResult, extract_backup  # noqa: E402
 from pitr.storage.fs import FsStorage  # noqa: E402

@@ -20,9 +20,11 @@ read again before each step, so one registered mid-run stops the run
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +39,7 @@ from pitr.log import event
 from pitr.pg.names import history_name, segment_name
 from pitr.repo import Repo
 from pitr.retention import Policy, RetentionDecision, decide
-from pitr.storage.base import ObjectInfo, read_bytes
+from pitr.storage.base import ObjectInfo, put_bytes, read_bytes
 
 log = logging.getLogger("pitr.expire")
 
@@ -137,17 +139,30 @@ def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: 
                     ", ".join(catalog.damaged_backups))
     for note in decision.notes:
         log.warning("expire: %s", note)
-    if not dry_run:
+    if not dry_run and any(plan.values()):
+        # Before the first deletion and after the last: catalog caches see the marker
+        # change and list everything again (docs/catalog-cache.md).
+        _mark_expiry(repo, "deleting")
         for step, objs in plan.items():
             _check_new_claims(repo, decision, step)
             result.steps[step] = _delete(repo, step, [k for k, _ in objs])
             result.deleted_objects += result.steps[step]
+        _mark_expiry(repo, "done")
     result.seconds = time.monotonic() - started
     event(log, logging.INFO, "expire " + ("planned" if dry_run else "done"),
           kept=len(decision.kept), deleted_backups=len(decision.deleted),
           wal_segments=len(decision.wal_deleted), bytes_freed=result.bytes_freed,
           seconds=round(result.seconds, 3))
     return result
+
+
+def _mark_expiry(repo: Repo, state: str) -> None:
+    """The states differ in length, so even a rewrite within the same second of the
+    server's clock changes the marker's listing entry."""
+    from pitr.catalog_cache import expire_marker_key
+
+    doc = {"state": state, "at": datetime.now(UTC).isoformat(), "run": uuid.uuid4().hex}
+    put_bytes(repo.storage, expire_marker_key(repo.stanza), json.dumps(doc).encode())
 
 
 def _check_new_claims(repo: Repo, d: RetentionDecision, step: str) -> None:

@@ -56,10 +56,9 @@ def backup(
 @app.command("list")
 def list_(json_out: JsonFlag = False) -> None:
     """Backups, archived WAL per timeline, gaps and the recovery window."""
-    from pitr.catalog import load_catalog
+    from pitr.catalog_cache import cached_catalog
     from pitr.listing import render, report
-    from pitr.repo import Repo
 
     cfg = load_config(command="list")
-    doc = report(load_catalog(Repo.open(cfg)))
+    doc = report(cached_catalog(cfg)[0])
     print_doc(doc, json_out, render)

@@ -46,6 +46,7 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
           command: str) -> tuple[Config, Repo, RestorePlan]:
     from pitr import planner, targets
     from pitr.catalog import load_catalog
+    from pitr.catalog_scope import base_catalog, scoped_plan
     from pitr.repo import Repo
 
     loaded: list[tuple[Config, Repo, Catalog]] = []
@@ -54,15 +55,20 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
         if not loaded:  # after the command line is checked, and only once
             cfg = load_config(command=command)
             repo = Repo.open(cfg)
-            loaded.append((cfg, repo, load_catalog(repo)))
+            # backups and timelines only: the WAL is listed for the chosen path below
+            loaded.append((cfg, repo, base_catalog(repo)))
         return loaded[0]
 
     target = targets.from_options(
         to=to, lsn=lsn, xid=xid, name=name, immediate=immediate, latest=latest,
         timeline=timeline, exclusive=exclusive,
         zone=lambda: planner.cluster_timezone(context()[2], backup))
-    cfg, repo, catalog = context()
-    return cfg, repo, planner.plan(catalog, target, datetime.now(UTC), backup_id=backup)
+    cfg, repo, base = context()
+    now = datetime.now(UTC)
+    plan = scoped_plan(repo, base, target, now, backup)
+    if plan is None:  # not decided by the path's WAL alone: the full catalog decides
+        plan = planner.plan(load_catalog(repo), target, now, backup_id=backup)
+    return cfg, repo, plan
 
 
 @app.command("plan")

@@ -1,7 +1,7 @@
 """Gather the inputs of :func:`~pitr.monitor.health.evaluate`: the I/O edge of monitoring.
 
-Reads the catalog (one listing of the stanza), the newest verify report under
-``<stanza>/verify/`` and the agent's ``<spool>/<stanza>/agent-status.json``.
+Reads the catalog (through its local cache, docs/catalog-cache.md), the newest verify
+report under ``<stanza>/verify/`` and the agent's ``<spool>/<stanza>/agent-status.json``.
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from pitr import log
 from pitr.catalog import Catalog
+from pitr.catalog_cache import CatalogCache, cache_path
 from pitr.config import Config
 from pitr.monitor.alerts import safe_url
 from pitr.monitor.health import HealthReport, Thresholds, evaluate
 from pitr.repo import Repo
-from pitr.storage import read_bytes
+from pitr.storage import ObjectInfo, read_bytes
 from pitr.verify_report import DrillReport
 from pitr.wal.status import AgentStatus
 
@@ -55,24 +57,36 @@ def read_agent_status(cfg: Config) -> AgentStatus | None:
         return None
 
 
-def read_last_verify(repo: Repo) -> DrillReport | None:
-    keys = [o.key for o in repo.storage.list(repo.verify_prefix) if o.key.endswith(".json")]
+def read_last_verify(repo: Repo, listed: list[ObjectInfo] | None = None,
+                     read: Callable[[str], bytes] | None = None) -> DrillReport | None:
+    """``listed``/``read``: the verify reports as the catalog cache listed them, and its
+    reader (which reads a report once, not on every refresh)."""
+    if listed is None:
+        listed = list(repo.storage.list(repo.verify_prefix))
+    if read is None:
+        def read(key: str) -> bytes:
+            return read_bytes(repo.storage, key)
+    keys = [o.key for o in listed if o.key.endswith(".json")]
     # Report names are UTC timestamps, so the greatest key is the newest drill; a
     # corrupt newest report falls back to the one before rather than hiding all.
     for key in sorted(keys, reverse=True):
         try:
-            return DrillReport.from_json(json.loads(read_bytes(repo.storage, key)), key)
+            return DrillReport.from_json(json.loads(read(key)), key)
         except (ValueError, KeyError, TypeError) as exc:
             log.event(logger, logging.WARNING, "ignoring unreadable verify report", key=key,
                       reason=str(exc))
     return None
 
 
-def gather(cfg: Config) -> Inputs:
-    from pitr.catalog import load_catalog
-
-    repo = Repo.open(cfg)
-    return Inputs(load_catalog(repo), read_agent_status(cfg), read_last_verify(repo))
+def gather(cfg: Config, cache: CatalogCache | None = None) -> Inputs:
+    """``cache``: a long-lived one (the server's) keeps its state in memory between
+    refreshes; without it the cache file is read (docs/catalog-cache.md)."""
+    if cache is None:
+        cache = CatalogCache(Repo.open(cfg), cache_path(cfg))
+    catalog = cache.refresh()
+    verify = read_last_verify(cache.repo, cache.head_objects(cache.repo.verify_prefix),
+                              cache.read)
+    return Inputs(catalog, read_agent_status(cfg), verify)
 
 
 def report_from(cfg: Config, inputs: Inputs, now: datetime | None = None) -> HealthReport:
@@ -99,11 +113,16 @@ class CachedCollector:
         self._lock = threading.Lock()
         self._inputs: Inputs | None = None
         self._at = 0.0
+        self._cache: CatalogCache | None = None
 
     def report(self) -> HealthReport:
         with self._lock:
             if self._inputs is None or time.monotonic() - self._at >= self.cfg.monitor.refresh:
-                self._inputs = gather(self.cfg)
+                if self._cache is None:
+                    self._cache = CatalogCache(
+                        Repo.open(self.cfg),
+                        cache_path(self.cfg))
+                self._inputs = gather(self.cfg, self._cache)
                 self._at = time.monotonic()
             inputs = Inputs(self._inputs.catalog, read_agent_status(self.cfg),
                             self._inputs.last_verify)

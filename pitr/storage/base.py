@@ -10,6 +10,7 @@ Derived helpers (``put_bytes``, ``read_bytes``) live here, once, for all drivers
 
 from __future__ import annotations
 
+import heapq
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "TransientStorageError",
+    "in_key_order",
     "put_bytes",
     "read_bytes",
 ]
@@ -53,8 +55,12 @@ class Storage(Protocol):
       Returns the number of bytes stored.
     * ``open`` returns a readable binary stream (close it); :class:`NotFound` if absent.
     * ``stat`` returns :class:`ObjectInfo`; :class:`NotFound` if absent.
-    * ``list`` yields every object whose key starts with ``prefix``, sorted by key,
-      paging internally. A prefix that matches nothing yields nothing.
+    * ``list`` yields every object whose key starts with ``prefix``, sorted by key
+      (byte order), paging internally and streaming: memory does not grow with the
+      number of keys listed. With ``start_after`` only keys after it; with
+      ``end_before`` only keys before it, and the listing stops there (S3 lists from
+      StartAfter on, so listing what is new costs one request per 1000 new keys).
+      A prefix that matches nothing yields nothing.
     * ``delete`` removes keys (batched by the driver); absent keys are not an error.
     * ``cleanup_incomplete`` removes leftovers of interrupted writes under a prefix
       (temp files, unfinished multipart uploads); returns how many it removed.
@@ -78,7 +84,8 @@ class Storage(Protocol):
 
     def stat(self, key: str) -> ObjectInfo: ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str = "", *, start_after: str | None = None,
+             end_before: str | None = None) -> Iterator[ObjectInfo]: ...
 
     def delete(self, keys: Iterable[str]) -> int: ...
 
@@ -97,3 +104,56 @@ def read_bytes(storage: Storage, key: str, limit: int = -1) -> bytes:
     """The object's bytes (the first ``limit`` bytes when limit >= 0)."""
     with storage.open(key) as f:
         return f.read(limit) if limit >= 0 else f.read()
+
+
+def in_key_order(listed: Iterable[ObjectInfo], prefix: str, *, start_after: str | None = None,
+                 end_before: str | None = None) -> Iterator[ObjectInfo]:
+    """A server listing in byte order, streamed, with ``start_after``/``end_before`` applied.
+
+    ``listed`` is either in byte order (AWS) or in directory-tree order (SeaweedFS walks
+    its tree, so "a/b" comes before "a-c" although '-' < '/'). Tree order can only put a
+    key too early at a '/': a later key may share everything before it and continue
+    with a byte below '/'. So a key waits until a key past its first directory (after
+    ``prefix``) arrives; the buffer holds one directory, not the listing.
+    """
+    held: list[tuple[str, int, ObjectInfo]] = []  # (key, arrival, object): never compares objects
+    plen = len(prefix)
+
+    def wanted(key: str) -> bool:
+        return start_after is None or key > start_after
+
+    for n, obj in enumerate(listed):
+        key = obj.key
+        cut = key.find("/", plen)
+        # every key still to come is greater than ``bound`` in byte order
+        bound = key if cut < 0 else key[:cut]
+        if end_before is None or key < end_before:
+            heapq.heappush(held, (key, n, obj))
+        while held and held[0][0] <= bound:
+            out = heapq.heappop(held)[2]
+            if wanted(out.key):
+                yield out
+        if end_before is not None and bound >= end_before:
+            break
+    while held:
+        out = heapq.heappop(held)[2]
+        if wanted(out.key):
+            yield out
+
+
+def server_start_after(prefix: str, start_after: str | None) -> str | None:
+    """A StartAfter that skips nothing wanted under either listing order.
+
+    Tree order ranks '/' below every byte, so a key after ``start_after`` in byte order
+    may come before it in tree order only where ``start_after`` has a byte below '/'
+    (e.g. the '-' of "a-c"): the marker stops before it. A tree-walking server also
+    skips a whole directory whose name is the marker's last part ("a" skips "a/..."),
+    so the marker ends at a '/': the server lists from the start of that directory
+    (for WAL: one timeline directory) and :func:`in_key_order` drops the extra keys.
+    """
+    if start_after is None or start_after < prefix:
+        return None
+    low = next((i for i in range(len(prefix), len(start_after)) if start_after[i] < "/"),
+               len(start_after))
+    cut = start_after.rfind("/", 0, low) + 1
+    return start_after[:cut] if cut > len(prefix) else None

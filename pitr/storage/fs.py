@@ -43,10 +43,6 @@ def _translate(exc: OSError, key: str) -> StorageError:
     return StorageError(f"{key}: {exc.strerror or exc}")
 
 
-def _reraise(exc: OSError) -> None:
-    raise exc
-
-
 def _etag(st: os.stat_result) -> str:
     """A new object is always a new inode (temp file + rename/link), and size and times
     tell a reused inode number apart."""
@@ -179,37 +175,58 @@ class FsStorage:
             raise _translate(exc, key) from exc
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Walk only the directory the prefix names (plus name filtering in it),
-        # so listing one timeline's WAL doesn't scan the whole repository.
+    def list(self, prefix: str = "", *, start_after: str | None = None,
+             end_before: str | None = None) -> Iterator[ObjectInfo]:
+        # Walk only the directory the prefix names, one directory in memory at a time,
+        # entries in the byte order of the keys they hold (see _walk).
         head, _, _ = prefix.rpartition("/")
-        start = self.root.joinpath(*[p for p in head.split("/") if p]) if head else self.root
+        parts = [p for p in head.split("/") if p]
+        start = self.root.joinpath(*parts) if parts else self.root
         if not start.is_dir():
             return
-        found: list[ObjectInfo] = []
+        rel = "/".join(parts) + "/" if parts else ""
         try:
-            # onerror: an unreadable subdirectory must fail the listing, not hide objects.
-            for dirpath, dirnames, filenames in os.walk(start, onerror=_reraise):
-                dirnames.sort()
-                rel_dir = os.path.relpath(dirpath, self.root)
-                for name in filenames:
-                    if name.startswith(_TMP_MARK):
-                        continue
-                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                    key = key.replace(os.sep, "/")
-                    if not key.startswith(prefix):
-                        continue
-                    try:
-                        st = os.stat(os.path.join(dirpath, name))
-                    except FileNotFoundError:
-                        continue  # deleted while listing
-                    found.append(
-                        ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
-                    )
+            yield from self._walk(start, rel, prefix, start_after, end_before)
         except OSError as exc:
             raise _translate(exc, prefix or "listing") from exc
-        found.sort(key=lambda o: o.key)
-        yield from found
+
+    def _walk(self, path: Path, rel: str, prefix: str, start_after: str | None,
+              end_before: str | None) -> Iterator[ObjectInfo]:
+        """Keys under ``path`` (whose keys start with ``rel``) in byte order.
+
+        A directory ``d`` holds keys ``d/...``, so it sorts as ``d/``: then "a-c" and
+        "a.x" come before "a/b" as in S3. Returns once past ``end_before``: the
+        caller's remaining entries are greater still and return at once too.
+        """
+        try:
+            with os.scandir(path) as it:
+                entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+                           for e in it if not e.name.startswith(_TMP_MARK)]
+        except FileNotFoundError:
+            if rel and path != self.root:
+                return  # removed while listing: its objects are gone
+            raise
+        entries.sort(key=lambda t: t[0])
+        for name, entry in entries:
+            key = rel + name
+            is_dir = name.endswith("/")
+            if end_before is not None and key >= end_before:
+                return
+            if is_dir:
+                if not (key.startswith(prefix) or prefix.startswith(key)):
+                    continue
+                if start_after is not None and key <= start_after \
+                        and not start_after.startswith(key):
+                    continue  # the whole directory sorts before start_after
+                yield from self._walk(Path(entry.path), key, prefix, start_after, end_before)
+                continue
+            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted while listing
+            yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def delete(self, keys: Iterable[str]) -> int:
         removed = 0

@@ -23,14 +23,16 @@ import base64
 import contextlib
 import hashlib
 import io
+import threading
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
-from pitr.storage.base import ObjectInfo
+from pitr.storage.base import ObjectInfo, in_key_order, server_start_after
 from pitr.stream import Readable
 
 if TYPE_CHECKING:
@@ -153,6 +155,16 @@ class S3Storage:
             if cfg.sse == "aws:kms" and cfg.sse_kms_key_id:
                 self._put_args["SSEKMSKeyId"] = cfg.sse_kms_key_id
         self._client = self._make_client(cfg)
+        # HTTP requests sent, by operation: budgets (docs/catalog-cache.md) are counted,
+        # not timed. One botocore event per attempt, so retries count too.
+        self.requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
+        self._client.meta.events.register("before-send.s3", self._count_request)
+
+    def _count_request(self, event_name: str = "", **_kwargs: Any) -> None:
+        # event_name is "before-send.s3.<Operation>"; parts upload from several threads
+        with self._requests_lock:
+            self.requests[event_name.rsplit(".", 1)[-1]] += 1
 
     def _make_client(self, cfg: RepositoryConfig) -> Any:
         try:
@@ -349,17 +361,19 @@ class S3Storage:
                           Key=self._full(key))
         return ObjectInfo(key, int(resp["ContentLength"]), stored_by(resp["LastModified"]))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Not every server returns S3's byte order (SeaweedFS walks its directory tree:
-        # "a/b" before "a-c"), so collect and sort, as the contract promises sorted keys.
-        # Memory is O(keys under prefix): callers list narrow prefixes.
-        found = list(self._list_unsorted(prefix))
-        found.sort(key=lambda o: o.key)
-        yield from found
+    def list(self, prefix: str = "", *, start_after: str | None = None,
+             end_before: str | None = None) -> Iterator[ObjectInfo]:
+        # Streamed page by page: pages are fetched as the caller consumes them, so a
+        # caller that stops early (or an ``end_before``) saves the remaining requests.
+        # in_key_order restores byte order from servers that list in tree order.
+        yield from in_key_order(
+            self._list_unsorted(prefix, server_start_after(prefix, start_after)), prefix,
+            start_after=start_after, end_before=end_before)
 
-    def _list_unsorted(self, prefix: str) -> Iterator[ObjectInfo]:
+    def _list_unsorted(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._prefix + prefix)
+        extra = {"StartAfter": self._prefix + start_after} if start_after else {}
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._prefix + prefix, **extra)
         cut = len(self._prefix)
         it = iter(pages)
         while True:

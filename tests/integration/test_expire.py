@@ -271,8 +271,8 @@ class _FailingStorage:
     def stat(self, key: str) -> ObjectInfo:
         return self.inner.stat(key)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
+    def list(self, prefix: str = "", **bounds: str | None) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix, **bounds)
 
     def cleanup_incomplete(self, prefix: str = "") -> int:
         return self.inner.cleanup_incomplete(prefix)

@@ -1,0 +1,354 @@
+"""A local cache of a stanza's listing, so `list`, `status` and monitoring pay for what is new.
+
+A full listing of a year of WAL is about 525 LIST requests; an idle refresh from
+this cache costs two (see docs/catalog-cache.md for the whole story):
+
+1. the stanza's keys before ``<stanza>/wal`` (``repo.json``, backups, pins, the
+   expire marker, verify reports): one page;
+2. ``<stanza>/wal/`` after the newest WAL key the cache knows (S3 StartAfter),
+   which also shows a new timeline (timeline numbers only grow).
+
+Older timelines are listed after their own last key at least every
+:data:`SWEEP_EVERY` seconds, and the whole stanza is listed again every
+:data:`REBUILD_EVERY` seconds. A changed ``repo.json``, a backups/ key gone or
+changed, or a changed expire marker (``pitr expire`` rewrites it before and after
+deleting) means objects may have been deleted: the cache is rebuilt from a full
+listing. So is a missing, unreadable or foreign cache file: it is never trusted
+blindly. The catalog built from the cache is the one a full listing builds
+(tests/unit/test_catalog_cache.py). archive-get never reads it: a cache can miss
+what was just stored, so it must not answer "absent".
+
+Small objects the catalog reads (manifests, history files, ``repo.json``, verify
+reports) are kept in the file too, keyed by key, size and time, and read again
+only when their listing entry changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog
+from pitr.pg.names import WalKind, classify, parse_segment_name, segment_name
+from pitr.storage.base import ObjectInfo, read_bytes
+
+if TYPE_CHECKING:
+    from pitr.config import Config
+    from pitr.repo import Repo
+
+log = logging.getLogger("pitr.catalog_cache")
+
+CACHE_FORMAT = 1
+CACHE_PREFIX = "catalog-"
+SWEEP_EVERY = 3600.0  # older timelines are listed after their last key at least this often
+REBUILD_EVERY = 86400.0  # and the whole stanza at least this often (deletions by hand)
+SETTLE = 900.0  # a gap among segments stored this recently is listed again (see _resume_after)
+EXPIRE_MARKER = "expire.json"  # <stanza>/expire.json: rewritten by `pitr expire`
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def expire_marker_key(stanza: str) -> str:
+    return f"{stanza}/{EXPIRE_MARKER}"
+
+
+def cache_path(cfg: Config) -> Path:
+    """``<spool>/<stanza>/catalog-<hash>.json``: one file per repository and stanza."""
+    repo = cfg.repository
+    tag = hashlib.sha256(f"{repo.url}\0{repo.endpoint_url}".encode()).hexdigest()[:16]
+    return Path(cfg.archive.spool_dir) / cfg.stanza / f"{CACHE_PREFIX}{tag}.json"
+
+
+def _us(t: datetime) -> int:
+    return (t - _EPOCH) // _US
+
+
+def _time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+Row = list[Any]  # [key or name, size, mtime in µs since the epoch]
+
+
+@dataclass
+class CacheState:
+    """The cache file's content (JSON, ``format`` :data:`CACHE_FORMAT`)."""
+
+    url: str
+    stanza: str
+    built_at: float  # epoch seconds of the last full listing
+    swept_at: float  # ... of the last listing of every timeline after its last key
+    head: list[Row] = field(default_factory=list)  # [key, size, µs] before <stanza>/wal
+    # timeline (8 hex digits) -> [segno, size, µs] of its segments, by segno
+    segments: dict[str, list[Row]] = field(default_factory=dict)
+    wal_other: list[Row] = field(default_factory=list)  # history/.backup/.partial [key, ..]
+    last_key: dict[str, str] = field(default_factory=dict)  # timeline -> greatest key
+    blobs: dict[str, Row] = field(default_factory=dict)  # key -> [size, µs, base64]
+    format: int = CACHE_FORMAT
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CacheState:
+        if doc.get("format") != CACHE_FORMAT:
+            raise ValueError(f"cache format {doc.get('format')!r}, expected {CACHE_FORMAT}")
+        state = cls(**doc)
+        for name in ("head", "wal_other", "segments", "last_key", "blobs"):
+            if not isinstance(getattr(state, name), list | dict):
+                raise ValueError(f"{name}: wrong type")
+        return state
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_state(path: Path, url: str, stanza: str) -> CacheState | None:
+    """The cache at ``path``, or None when it is missing, damaged or someone else's.
+
+    The file is the sha256 of the JSON body, a newline, then the body: a torn or
+    damaged file fails the check instead of passing for a smaller repository.
+    """
+    try:
+        digest, _, body = path.read_bytes().partition(b"\n")
+        if hashlib.sha256(body).hexdigest().encode() != digest:
+            raise ValueError("checksum mismatch")
+        state = CacheState.from_json(json.loads(body))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("catalog cache %s is unreadable (%s): rebuilding it", path, exc)
+        return None
+    if state.url != url or state.stanza != stanza:
+        log.warning("catalog cache %s belongs to %s stanza %s: rebuilding it", path,
+                    state.url, state.stanza)
+        return None
+    return state
+
+
+def write_state(path: Path, state: CacheState) -> None:
+    """Atomically (temp file + rename); a cache that cannot be written is only slower."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        body = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        tmp.write_bytes(hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log.debug("catalog cache %s not written: %s", path, exc)
+
+
+class CatalogCache:
+    """Keeps one stanza's catalog in ``path``; :meth:`refresh` brings it up to date."""
+
+    def __init__(self, repo: Repo, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.repo = repo
+        self.path = path
+        self.clock = clock
+        self.state: CacheState | None = None
+        self.rebuilt = False  # whether the last refresh listed everything
+        self._index: dict[str, Row] | None = None  # key -> row of head and wal_other
+        self._seg_size = 0
+
+    # -- listing ----------------------------------------------------------------
+
+    def refresh(self) -> Catalog:
+        """The stanza's catalog: from the cache plus what is new, or rebuilt."""
+        repo, now = self.repo, self.clock()
+        state = self.state or read_state(self.path, repo.storage.url, repo.stanza)
+        self.rebuilt = state is None or now - state.built_at >= REBUILD_EVERY
+        head = [_row(o) for o in repo.storage.list(f"{repo.stanza}/",
+                                                   end_before=f"{repo.stanza}/wal")]
+        if state is not None and not self.rebuilt and _deleted_since(state, head, repo.stanza):
+            self.rebuilt = True
+        if state is None or self.rebuilt:
+            # Blobs stay: each is checked against its listing entry before use.
+            blobs = state.blobs if state is not None else {}
+            state = CacheState(repo.storage.url, repo.stanza, now, now, blobs=blobs)
+        dirty = self.rebuilt or state.head != head
+        state.head = head
+        self.state = state
+        self._index = None
+        known = (len(state.wal_other), sum(len(v) for v in state.segments.values()),
+                 len(state.blobs))
+        seg_size = self._seg_size = self._segment_size()
+        if self.rebuilt:
+            self._append_wal(state, repo.storage.list(repo.wal_prefix), seg_size)
+        else:
+            top = max(state.last_key, default=None)
+            self._append_wal(state, repo.storage.list(
+                repo.wal_prefix, start_after=self._resume_after(state, top, now)), seg_size)
+            if now - state.swept_at >= SWEEP_EVERY:
+                # Every timeline below the newest, also those without WAL so far (the
+                # parent of a promotion can still archive its last segments).
+                for tli in (f"{t:08X}" for t in range(1, int(top or "1", 16))):
+                    self._append_wal(state, repo.storage.list(
+                        f"{repo.wal_prefix}{tli}",
+                        start_after=self._resume_after(state, tli, now)), seg_size)
+                state.swept_at = now
+        self._index = None
+        catalog = self._catalog(state)
+        if dirty or now == state.swept_at or known != (
+                len(state.wal_other), sum(len(v) for v in state.segments.values()),
+                len(state.blobs)):
+            write_state(self.path, state)  # an idle refresh writes nothing
+        return catalog
+
+    def _resume_after(self, state: CacheState, tli: str | None, now: float) -> str | None:
+        """Where listing ``tli`` resumes: after its last key, or before the first gap
+        among its segments stored in the last :data:`SETTLE` seconds. The agent stores
+        segments in parallel, so a later one can be listed before an earlier one
+        lands; resuming after the later one would hide the earlier one for good."""
+        if tli is None or tli not in state.last_key:
+            return None
+        rows = state.segments.get(tli, [])
+        recent = _us(datetime.fromtimestamp(now, UTC)) - int(SETTLE * 1e6)
+        i = len(rows) - 1
+        while i > 0 and rows[i][2] >= recent:
+            i -= 1
+        for j in range(max(i, 0), len(rows) - 1):
+            if rows[j + 1][0] != rows[j][0] + 1:
+                return self.repo.wal_key(segment_name(int(tli, 16), rows[j][0],
+                                                      self._seg_size))
+        return state.last_key[tli]
+
+    def _append_wal(self, state: CacheState, listed: Iterable[ObjectInfo],
+                    seg_size: int) -> None:
+        """Add WAL objects listed in key order; those known already are skipped."""
+        from pitr.repo import Repo
+
+        others = {r[0] for r in state.wal_other}
+        for obj in listed:
+            name = Repo.wal_name_of(obj.key)
+            if name is None:
+                continue
+            tli = name[:8]
+            tail = obj.key > state.last_key.get(tli, "")
+            if tail:
+                state.last_key[tli] = obj.key
+            if classify(name) is WalKind.SEGMENT:
+                _tli, segno = parse_segment_name(name, seg_size)
+                rows = state.segments.setdefault(tli, [])
+                row = [segno, obj.size, _us(obj.mtime)]
+                if tail:
+                    rows.append(row)
+                else:  # re-listed after a gap: insert what landed late
+                    at = bisect.bisect_left(rows, segno, key=lambda r: r[0])
+                    if at == len(rows) or rows[at][0] != segno:
+                        rows.insert(at, row)
+            elif obj.key not in others:
+                state.wal_other.append(_row(obj))
+                others.add(obj.key)
+
+    def _segment_size(self) -> int:
+        from pitr.pg.names import DEFAULT_SEGMENT_SIZE
+
+        ident_key = self.repo.identity_key
+        if ident_key not in self._entries():
+            return DEFAULT_SEGMENT_SIZE
+        try:
+            return int(json.loads(self.read(ident_key)).get("segment_size")
+                       or DEFAULT_SEGMENT_SIZE)
+        except (ValueError, TypeError, AttributeError):
+            return DEFAULT_SEGMENT_SIZE  # build_catalog reports the damaged identity
+
+    # -- small objects ----------------------------------------------------------
+
+    def read(self, key: str) -> bytes:
+        """A small object's bytes: from the cache while its listing entry is unchanged."""
+        assert self.state is not None
+        state = self.state
+        entry = self._entries().get(key)
+        blob = state.blobs.get(key)
+        if entry is not None and blob is not None and blob[:2] == entry[1:3]:
+            return base64.b64decode(blob[2])
+        data = read_bytes(self.repo.storage, key)
+        if entry is not None:
+            state.blobs[key] = [entry[1], entry[2], base64.b64encode(data).decode()]
+        return data
+
+    def _entries(self) -> dict[str, Row]:
+        if self._index is None:
+            assert self.state is not None
+            self._index = {r[0]: r for r in (*self.state.head, *self.state.wal_other)}
+        return self._index
+
+    def head_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under ``prefix`` (before ``<stanza>/wal``) as last listed."""
+        assert self.state is not None
+        return [ObjectInfo(k, s, _time(m)) for k, s, m in self.state.head if k.startswith(prefix)]
+
+    # -- catalog ----------------------------------------------------------------
+
+    def _catalog(self, state: CacheState) -> Catalog:
+        listed = [*state.head, *state.wal_other]
+        keep = self._entries()
+        state.blobs = {k: v for k, v in state.blobs.items() if k in keep}
+        base = build_catalog(self.repo.stanza, _objects(listed), self.read)
+        segments: dict[int, tuple[WalSegment, ...]] = {}
+        for tli_hex, rows in sorted(state.segments.items()):
+            tli = int(tli_hex, 16)
+            segments[tli] = tuple(_segments(self.repo, tli, rows, base.segment_size))
+        timelines = dict(base.timelines)
+        for tli in segments:
+            timelines.setdefault(tli, Timeline(tli))
+        return Catalog(
+            stanza=base.stanza, system_id=base.system_id, segment_size=base.segment_size,
+            backups=base.backups, segments=segments,
+            timelines={t: timelines[t] for t in sorted(timelines)},
+            incomplete_backups=base.incomplete_backups,
+            backup_history_files=base.backup_history_files, partial_files=base.partial_files,
+            damaged_backups=base.damaged_backups)
+
+
+def cached_catalog(cfg: Config, repo: Repo | None = None) -> tuple[Catalog, CatalogCache]:
+    """The stanza's catalog through its cache (``list``, ``status``, monitoring)."""
+    if repo is None:
+        from pitr.repo import Repo
+
+        repo = Repo.open(cfg)
+    cache = CatalogCache(repo, cache_path(cfg))
+    return cache.refresh(), cache
+
+
+def _row(obj: ObjectInfo) -> Row:
+    return [obj.key, obj.size, _us(obj.mtime)]
+
+
+def _objects(rows: Iterable[Row]) -> Iterator[ObjectInfo]:
+    for key, size, us in rows:
+        yield ObjectInfo(key, size, _time(us))
+
+
+def _segments(repo: Repo, tli: int, rows: list[Row], seg_size: int) -> Iterator[WalSegment]:
+    for segno, size, us in rows:
+        yield WalSegment(tli, segno, size, _time(us),
+                         repo.wal_key(segment_name(tli, segno, seg_size)))
+
+
+def _deleted_since(state: CacheState, head: list[Row], stanza: str) -> bool:
+    """Whether the repository may have lost objects since the cache was written.
+
+    Watched: ``repo.json`` (a new identity), every backups/ key (expire deletes
+    manifests first) and the expire marker (rewritten before and after every run
+    that deletes, also one that deletes only WAL). Locks, claims, pins and verify
+    reports come and go without touching WAL.
+    """
+    watched = (f"{stanza}/repo.json", expire_marker_key(stanza), f"{stanza}/backups/")
+
+    def pick(rows: list[Row]) -> dict[str, tuple[int, int]]:
+        return {r[0]: (r[1], r[2]) for r in rows if r[0].startswith(watched)}
+
+    before, after = pick(state.head), pick(head)
+    return any(after.get(k) != v for k, v in before.items()) or any(
+        after.get(k) != before.get(k) for k in watched[:2])

@@ -1,0 +1,262 @@
+"""The local catalog cache (pitr/catalog_cache.py) against a full listing.
+
+Repositories are real local directories (FsStorage); every step is followed by a
+refresh, and the catalog it returns must equal the one a full listing builds.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from pitr import manifest
+from pitr.catalog import load_catalog
+from pitr.catalog_cache import SWEEP_EVERY, CatalogCache, read_state
+from pitr.codec import compress_blob
+from pitr.expire import expire
+from pitr.manifest import BackupObject, BackupRecord
+from pitr.pg.names import format_lsn, segment_name, segno_to_lsn
+from pitr.repo import Repo
+from pitr.retention import Policy
+from pitr.storage.base import put_bytes
+from pitr.storage.fs import FsStorage
+from pitr.targets import TargetKind
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+SEG = 16 << 20
+
+
+class World:
+    """A stanza in a local directory plus a fake clock, driven step by step."""
+
+    def __init__(self, root: Path) -> None:
+        self.repo = Repo(FsStorage(root / "repo"), "s")
+        self.cache_file = root / "spool" / "catalog-test.json"
+        self.clock = 1_000_000.0
+        self.next_segno: dict[int, int] = {1: 250}  # near a directory boundary (256)
+        self.backups = 0
+        self.stale_old_timeline = False  # WAL added to a timeline that is not the newest
+        put_bytes(self.repo.storage, self.repo.identity_key, json.dumps(
+            {"system_id": "7001", "pg_version": 15, "segment_size": SEG, "format": 1}).encode())
+
+    def cache(self) -> CatalogCache:
+        return CatalogCache(self.repo, self.cache_file, clock=lambda: self.clock)
+
+    def append(self, tli: int, count: int) -> None:
+        tli = min(tli, max(self.next_segno))
+        if tli != max(self.next_segno):
+            self.stale_old_timeline = True
+        for _ in range(count):
+            n = self.next_segno[tli]
+            put_bytes(self.repo.storage, self.repo.wal_key(segment_name(tli, n, SEG)), b"w" * n)
+            self.next_segno[tli] = n + 1
+
+    def backup(self) -> None:
+        tli = max(self.next_segno)
+        start = self.next_segno[tli]
+        self.append(tli, 2)
+        self.backups += 1
+        bid = f"2025030{self.backups % 10}T0000{self.backups:02d}Z"
+        when = T0 + timedelta(days=self.backups)
+        rec = BackupRecord(
+            id=bid, label="manual", start_lsn=segno_to_lsn(start, SEG),
+            stop_lsn=segno_to_lsn(start + 1, SEG) + 100, start_time=when,
+            stop_time=when + timedelta(seconds=30), timeline=tli, system_id="7001",
+            pg_version=15, db_size=1, raw_bytes=1, stored_bytes=1,
+            objects=(BackupObject("base.tar.zst", f"s/backups/{bid}/base.tar.zst", 1, 1,
+                                  "ab" * 32, "cd" * 32),), pitr_version="0")
+        put_bytes(self.repo.storage, f"s/backups/{bid}/base.tar.zst", b"b")
+        put_bytes(self.repo.storage, self.repo.manifest_key(bid), manifest.encode(rec))
+
+    def new_timeline(self) -> None:
+        parent = max(self.next_segno)
+        at = self.next_segno[parent]
+        tli = parent + 1
+        text = f"{parent}\t{format_lsn(segno_to_lsn(at, SEG))}\tno recovery target specified\n"
+        put_bytes(self.repo.storage, self.repo.wal_key(f"{tli:08X}.history"),
+                  compress_blob(text.encode(), 3)[0])
+        self.next_segno[tli] = at
+        self.append(tli, 1)
+
+    def expire(self) -> None:
+        expire(self.repo, Policy(daily=1, weekly=0, monthly=0, min_backups=1),
+               now=T0 + timedelta(days=self.backups + 1))
+
+
+STEPS = st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 3), st.integers(1, 12)),
+    st.tuples(st.sampled_from(["backup", "expire", "timeline", "drop_cache", "corrupt_cache",
+                               "foreign_cache", "idle"])),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(st.lists(STEPS, min_size=1, max_size=10))
+def test_the_cached_catalog_is_the_full_listings(steps: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        cache = w.cache()
+        assert cache.refresh() == load_catalog(w.repo)
+        for step in steps:
+            kind = step[0]
+            if kind == "append":
+                w.append(step[1], step[2])
+            elif kind == "backup":
+                w.backup()
+            elif kind == "expire":
+                w.expire()
+            elif kind == "timeline":
+                w.new_timeline()
+            elif kind == "drop_cache":
+                w.cache_file.unlink(missing_ok=True)
+            elif kind == "corrupt_cache" and w.cache_file.exists():
+                data = bytearray(w.cache_file.read_bytes())
+                data[len(data) // 2] ^= 0x20
+                w.cache_file.write_bytes(bytes(data))
+            elif kind == "foreign_cache" and w.cache_file.exists():
+                other = World(Path(tmp) / "other")
+                other.cache_file = w.cache_file
+                other.cache().refresh()  # another repository's state in our file
+            # A fresh process each time: state comes from the file, as for `pitr list`.
+            w.clock += 1
+            full = load_catalog(w.repo)
+            if not w.stale_old_timeline:
+                assert w.cache().refresh() == full
+            w.clock += SWEEP_EVERY  # older timelines are listed at least this often
+            assert w.cache().refresh() == full
+            w.stale_old_timeline = False
+
+
+def test_a_damaged_or_foreign_cache_is_rebuilt_not_trusted(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.append(1, 5)
+    w.cache().refresh()
+    state = read_state(w.cache_file, w.repo.storage.url, "s")
+    assert state is not None and len(state.segments["00000001"]) == 5
+    assert read_state(w.cache_file, w.repo.storage.url, "other") is None
+    w.cache_file.write_bytes(w.cache_file.read_bytes()[:-10])  # torn write
+    assert read_state(w.cache_file, w.repo.storage.url, "s") is None
+    cache = w.cache()
+    assert cache.refresh() == load_catalog(w.repo) and cache.rebuilt
+
+
+def test_an_idle_refresh_lists_only_what_is_new_and_writes_nothing(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.append(1, 20)
+    w.backup()
+    w.new_timeline()
+    w.append(2, 10)
+    cache = w.cache()
+    cache.refresh()
+    seen: list[tuple[str, str | None, str | None]] = []
+    inner = w.repo.storage.list
+
+    def spy(prefix: str = "", **bounds: str | None) -> Any:
+        seen.append((prefix, bounds.get("start_after"), bounds.get("end_before")))
+        return inner(prefix, **bounds)
+
+    w.repo.storage.list = spy  # type: ignore[method-assign]
+    mtime = w.cache_file.stat().st_mtime_ns
+    w.clock += 60
+    got = cache.refresh()
+    listed = list(seen)
+    assert got == load_catalog(w.repo) and not cache.rebuilt
+    newest = w.repo.wal_key(segment_name(2, w.next_segno[2] - 1, SEG))
+    assert listed == [("s/", None, "s/wal"), ("s/wal/", newest, None)]
+    assert w.cache_file.stat().st_mtime_ns == mtime
+
+
+def test_a_segment_stored_after_a_later_one_is_not_lost(tmp_path: Path) -> None:
+    """The agent stores segments in parallel: N+1 can be listed before N lands."""
+    w = World(tmp_path)
+    w.clock = time.time()  # "recent" is judged against the objects' stored times
+    w.append(1, 3)
+    cache = w.cache()
+    cache.refresh()
+    put_bytes(w.repo.storage, w.repo.wal_key(segment_name(1, 254, SEG)), b"late")
+    w.clock += 1
+    assert [s.segno for s in cache.refresh().segments[1]] == [250, 251, 252, 254]
+    put_bytes(w.repo.storage, w.repo.wal_key(segment_name(1, 253, SEG)), b"late")
+    w.clock += 1
+    assert cache.refresh() == load_catalog(w.repo)
+    assert [s.segno for s in w.cache().refresh().segments[1]] == [250, 251, 252, 253, 254]
+
+
+PLAN_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 3), st.integers(1, 8)),
+    st.tuples(st.sampled_from(["backup", "timeline", "gap"]))), min_size=1, max_size=8)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(PLAN_STEPS, st.lists(st.tuples(
+    st.sampled_from(["time", "lsn", "latest", "immediate"]), st.integers(0, 40),
+    st.sampled_from([None, 1, 2])), min_size=1, max_size=6))
+def test_a_scoped_plan_is_the_full_planners(steps: list[tuple[Any, ...]],
+                                            asks: list[tuple[str, int, int | None]]) -> None:
+    """Planning from one backup's path of WAL gives the full catalog's plan, or defers
+    to it (None); never another answer."""
+    from pitr import planner
+    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.errors import PlanError
+    from pitr.targets import Target
+
+    with tempfile.TemporaryDirectory() as tmp:
+        w = World(Path(tmp))
+        w.append(1, 3)
+        w.backup()
+        for step in steps:
+            if step[0] == "append":
+                w.append(step[1], step[2])
+            elif step[0] == "backup":
+                w.backup()
+            elif step[0] == "timeline":
+                w.new_timeline()
+            else:  # a hole in the newest timeline
+                w.next_segno[max(w.next_segno)] += 1
+        full_cat = load_catalog(w.repo)
+        base = base_catalog(w.repo)
+        now = datetime.now(UTC)
+        segs = sorted(s.archived_at for v in full_cat.segments.values() for s in v)
+        for kind, pick, tli in asks:
+            if kind == "time":
+                target = Target.at_time(segs[pick % len(segs)] - timedelta(microseconds=1), tli)
+            elif kind == "lsn":
+                target = Target.at_lsn(segno_to_lsn(250 + pick, SEG) + 8, tli)
+            elif kind == "latest":
+                target = Target.latest(tli)
+            else:
+                target = Target(TargetKind.IMMEDIATE, timeline=tli)
+            try:
+                want: Any = planner.plan(full_cat, target, now)
+            except PlanError as exc:
+                want = exc.message
+            got = scoped_plan(w.repo, base, target, now)
+            assert got is None or got == want, (target, got, want)
+
+
+def test_a_scoped_plan_answers_for_the_usual_targets(tmp_path: Path) -> None:
+    from pitr import planner
+    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.targets import Target
+
+    w = World(tmp_path)
+    w.append(1, 30)
+    w.backup()
+    w.append(1, 30)
+    w.new_timeline()
+    w.append(2, 30)
+    full, base, now = load_catalog(w.repo), base_catalog(w.repo), datetime.now(UTC)
+    mid = full.segments[2][10].archived_at
+    for target in (Target.latest(), Target.at_lsn(segno_to_lsn(300, SEG)),
+                   Target.at_time(mid), Target(TargetKind.IMMEDIATE)):
+        got = scoped_plan(w.repo, base, target, now)
+        assert got is not None and got == planner.plan(full, target, now), target
