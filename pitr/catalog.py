@@ -78,6 +78,13 @@ class BackupRecord:
     def compression_ratio(self) -> float:
         return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0
 
+    @property
+    def parent(self) -> str | None:
+        """The backup an incremental backup was taken against (docs/incremental-backups.md);
+        None for a full backup."""
+        value = self.extra.get("parent")
+        return str(value) if value else None
+
 
 @dataclass(frozen=True, slots=True)
 class WalSegment:

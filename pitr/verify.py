@@ -398,7 +398,8 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
                       "socket_dir": str(scratch / "sock"), "kept": opts.keep}
     owner = Owner.for_config(cfg)
     ropts = RestoreOptions(pgdata=pgdata, start=False, archive_mode="off", port=port,
-                           wait_timeout=float(cfg.verify.timeout), isolated=True)
+                           wait_timeout=float(cfg.verify.timeout), isolated=True,
+                           verify_backups=True)
     log.event(logger, logging.INFO, "restore drill: restoring", backup=plan.backup.id,
               target=str(target), scratch=str(scratch), port=port)
     from pitr.claims import claim_backup
@@ -418,6 +419,14 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
             return
         report.measures["restored_bytes"] = result.extracted_bytes
         report.measures["downloaded_bytes"] = result.downloaded_bytes
+        if result.chain:
+            report.checks.append(CheckResult(
+                "chain", True, f"pg_combinebackup rebuilt backup {plan.backup.id} from "
+                f"{' <- '.join(result.chain)} in {result.combine_seconds:.1f} s"))
+        if result.verified:
+            report.checks.append(CheckResult(
+                "pg_verifybackup", True, f"verified against their backup_manifest: "
+                f"{', '.join(result.verified)}"))
         _prepare_scratch_cluster(scratch, pgdata, port, owner)
         assert result.bindir is not None  # restore() resolves it for the backup's major
         ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
