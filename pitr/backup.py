@@ -427,7 +427,8 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
         progress.close()
     obj = BackupObject(BASE_OBJECT, key, stream.raw_bytes, stream.stored_bytes,
                        stream.stored_sha256, stream.raw_sha256)
-    return obj, head.backup_label(), pg_manifest.value() if pg_manifest.found else None
+    manifest_bytes = pg_manifest.value()
+    return obj, head.backup_label(), manifest_bytes if pg_manifest.found else None
 
 
 # -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----

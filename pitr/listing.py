@@ -173,7 +173,7 @@ def _chain_lines(backups: list[dict[str, Any]]) -> list[str]:
         stored = sum(o["stored_bytes"] for o in backups if o["id"] in b["chain"])
         state = "" if b["chain_whole"] else f"  BROKEN: {b['chain_problem']}"
         out.append(f"chain {' <- '.join(b['chain'])} ({human_bytes(stored)} stored){state}")
-    return ([""] + out) if out else []
+    return ["", *out] if out else []
 
 
 def _t(iso: str) -> str:

@@ -71,7 +71,8 @@ def backup(
     else:
         typer.echo(
             f"{s['type']} backup {s['id']} completed"
-            f"{' (parent ' + s['parent'] + ')' if s['parent'] else ''}: {human_bytes(s['raw_bytes'])} -> "
+            f"{' (parent ' + s['parent'] + ')' if s['parent'] else ''}: "
+            f"{human_bytes(s['raw_bytes'])} -> "
             f"{human_bytes(s['stored_bytes'])} stored ({s['compression_ratio']:.1f}x) in "
             f"{human_duration(s['seconds'])} "
             f"({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"

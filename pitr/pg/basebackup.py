@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, BinaryIO
 
-from pitr.errors import BackupError
+from pitr.errors import BackupError, IncrementalError
 from pitr.pg.conn import connect, query
 from pitr.security import dsn_without_password
 
@@ -279,7 +279,7 @@ class BaseBackupProcess:
                 proc.kill()
             proc.wait(timeout=10)
 
-    def failure(self, rc: int) -> BackupError:
+    def failure(self, rc: int) -> BackupError | IncrementalError:
         """The error to report for a non-zero exit, with pg_basebackup's own words."""
         if self.archive_wait_expired:
             return BackupError(
@@ -291,8 +291,6 @@ class BaseBackupProcess:
         tail = "\n".join(line for line in self.stderr_tail if line)
         incremental = any(a.startswith("--incremental=") for a in self.argv)
         if incremental and any(m in tail for m in _INCREMENTAL_REFUSALS):
-            from pitr.errors import IncrementalError
-
             return IncrementalError(
                 f"PostgreSQL refused the incremental backup (exit code {rc}):\n{tail}",
                 hint="take a full backup (`pitr backup`); for incremental backups "
@@ -379,7 +377,8 @@ class TarMemberCapture:
         import tempfile
 
         self.name = name
-        self.data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)
+        # lives as long as the stream; value() closes it
+        self.data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115
         self.found = False
         self._header = bytearray()
         self._skip = 0  # bytes of the current member's data (and padding) still to pass
@@ -422,8 +421,10 @@ class TarMemberCapture:
             self._take = size
 
     def value(self) -> bytes:
-        self.data.seek(0)
-        return self.data.read()
+        """The member's content (once; the spool file is closed)."""
+        with self.data:
+            self.data.seek(0)
+            return self.data.read()
 
 
 def _tar_size(field: bytes) -> int:
