@@ -195,6 +195,12 @@ def test_wal_summaries_off_is_refused_with_the_hint(chain: Chain) -> None:
         chain.cluster.sql("select pg_reload_conf()")
 
 
+def test_a_scheduled_backup_is_incremental_until_the_full_one_is_due(chain: Chain) -> None:
+    """backup.full_interval (7 days by default): the chain's full backup is minutes old."""
+    doc = backup(chain.config, "--label", "scheduled")
+    assert (doc["type"], doc["parent"]) == ("incremental", chain.backups[-1]["id"])
+
+
 # -- expiry over a synthetic chain history ---------------------------------------------
 
 SEG = 16 * 1024 * 1024
