@@ -18,7 +18,8 @@ repository, then:
 
 pgBackRest would be compared where it supports PostgreSQL 18: the bench asks the
 installed one (``stanza-create`` against the cluster) and reports its answer; Debian
-12's 2.45 refuses, so the comparison is with pitr's own full backup. Run as root (the cluster runs as the `pgtest` user):
+12's 2.45 refuses, so the comparison is with pitr's own full backup.
+Run as root (the cluster runs as the `pgtest` user):
 
     /opt/pitr-venv/bin/python bench/incremental.py [--scale 100] [--changed 0.05] [--json]
 """
