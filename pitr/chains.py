@@ -179,9 +179,16 @@ def choose_parent(catalog: Catalog, *, major: int, summarize_wal: str,
                                 f"{' <- '.join(chain.ids)})")
 
 
+# A daily timer starts its runs a few seconds or minutes apart: without this slack the
+# weekly full backup would slip to the 8th day whenever a run starts earlier than the
+# last full one did (docs/incremental-backups.md "The schedule").
+FULL_DUE_SLACK = 3600.0
+
+
 def full_is_due(chain_root: BackupRecord, now_utc: datetime, full_interval: float) -> bool:
     """Whether a scheduled run takes a full backup: the chain's full backup started
-    ``full_interval`` seconds or more ago (0: every scheduled backup is full)."""
+    ``full_interval`` seconds ago or more, less an hour of slack (0: always full)."""
     if full_interval <= 0:
         return True
-    return (now_utc - chain_root.start_time).total_seconds() >= full_interval
+    age = (now_utc - chain_root.start_time).total_seconds()
+    return age >= full_interval - min(FULL_DUE_SLACK, full_interval / 2)

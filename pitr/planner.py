@@ -7,7 +7,10 @@ the archive holds what PostgreSQL will ask for:
   existed at that time; ``Target.timeline`` pins one), and its **path** of
   ancestor timelines from the ``.history`` files;
 * the **backup**: the newest completed one on that path that finished at or
-  before the target (stop time, or stop LSN for an LSN target);
+  before the target (stop time, or stop LSN for an LSN target) and whose chain
+  is whole: an incremental backup needs every parent back to its full backup
+  (pitr/chains.py, docs/incremental-backups.md), and a broken chain is skipped
+  with a note (or refused, with the reason, when ``--backup`` names it);
 * the **WAL**: every segment from the backup's start segment to the segment
   covering the target, present and contiguous along the path. PostgreSQL
   reads each segment from the newest timeline of the path that had begun by

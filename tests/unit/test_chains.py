@@ -87,8 +87,11 @@ def test_choose_parent_says_why_not() -> None:
 def test_full_is_due() -> None:
     a = rec("a", 0)
     week = 7 * 86400.0
-    assert not full_is_due(a, a.start_time + timedelta(days=6, hours=23), week)
+    assert not full_is_due(a, a.start_time + timedelta(days=6, hours=22), week)
     assert full_is_due(a, a.start_time + timedelta(days=7), week)
+    # the next week's run started a few seconds earlier in the day: still the full one
+    assert full_is_due(a, a.start_time + timedelta(days=7, seconds=-40), week)
+    assert full_is_due(a, a.start_time + timedelta(hours=23, minutes=59), 86400)
     assert full_is_due(a, a.start_time, 0)
 
 
