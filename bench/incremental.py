@@ -91,13 +91,17 @@ def pgbackrest_note(src: PgCluster, work: Path) -> str:
     conf.chmod(0o644)
     proc = run_as([exe, f"--config={conf}", "--stanza=bench", f"--pg1-path={src.pgdata}",
                    f"--pg1-socket-path={src.socket_dir}", f"--pg1-port={src.port}",
+                   "--pg1-user=postgres",
                    f"--repo1-path={repo}", f"--lock-path={repo}", f"--log-path={repo}",
                    "--log-level-console=error", "stanza-create"], check=False)
     if proc.returncode == 0:
         return (f"{version} accepted this PostgreSQL 18 cluster (stanza-create); its full/incr "
                 "backups are not part of this run yet")
     said = " ".join(f"{proc.stdout} {proc.stderr}".split())[:300]
-    return (f"{version} refuses PostgreSQL 18 (stanza-create exit {proc.returncode}: {said}); "
+    if "VersionNotSupportedError" in said:
+        return (f"{version} refuses PostgreSQL 18 (stanza-create exit {proc.returncode}: "
+                f"{said}); compared with pitr's own full backup")
+    return (f"{version} could not be asked (stanza-create exit {proc.returncode}: {said}); "
             "compared with pitr's own full backup")
 
 
