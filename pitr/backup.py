@@ -14,18 +14,20 @@ objects are removed; what a SIGKILL leaves behind the next run removes.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pitr import __version__, codec, stream
+from pitr import __version__, chains, codec, stream
 from pitr import manifest as manifest_mod
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
 from pitr.errors import (
     BackupError,
+    IncrementalError,
     IntegrityError,
     LockedError,
     NotFound,
@@ -54,6 +56,7 @@ class BackupResult:
     record: BackupRecord
     seconds: float
     removed_leftovers: int
+    why: str = ""  # why this kind of backup (full or incremental) was taken
 
     def summary(self) -> dict[str, Any]:
         r = self.record
@@ -73,6 +76,9 @@ class BackupResult:
             "mb_per_s": round(r.raw_bytes / self.seconds / 1e6, 1) if self.seconds else 0.0,
             "pinned": r.pinned,
             "removed_leftovers": self.removed_leftovers,
+            "type": "incremental" if r.parent else "full",
+            "parent": r.parent,
+            "why": self.why,
         }
 
 
@@ -94,16 +100,18 @@ def new_backup_id(now: datetime, taken: set[str]) -> str:
 
 def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
                    max_rate: str | None = None, progress: Progress | None = None,
-                   command: str = "pitr backup") -> tuple[dict[str, Any], PitrError | None]:
+                   command: str = "pitr backup", incremental: bool | None = False
+                   ) -> tuple[dict[str, Any], PitrError | None]:
     """`pitr backup` as a whole: the backup, an alert when it fails, and after a scheduled
-    backup the expiry ``backup.expire_after`` asks for (pitr/expire.py).
+    backup the expiry ``backup.expire_after`` asks for (pitr/expire.py). ``incremental``:
+    as :func:`run_backup`.
 
     Returns the backup's summary (with ``expire`` when expiry ran) and the expiry's
     error, which the caller raises once the completed backup has been reported.
     """
     try:
         result = run_backup(cfg, label=label, pin=pin, max_rate=max_rate, progress=progress,
-                            command=command)
+                            command=command, incremental=incremental)
     except PitrError as exc:
         if not isinstance(exc, LockedError):  # another backup running is not a failure
             from pitr.monitor.alerts import send_alert
@@ -122,8 +130,13 @@ def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
 
 def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                max_rate: str | None = None, progress: Progress | None = None,
-               command: str = "pitr backup") -> BackupResult:
-    """Take one base backup of ``cfg.postgres`` into ``cfg.repository``."""
+               command: str = "pitr backup", incremental: bool | None = False) -> BackupResult:
+    """Take one base backup of ``cfg.postgres`` into ``cfg.repository``.
+
+    ``incremental``: True takes an incremental backup or fails (IncrementalError);
+    None lets ``backup.full_interval`` decide (scheduled runs, docs/incremental-backups.md);
+    False takes a full backup.
+    """
     repo = Repo.open(cfg)
     require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
     lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
@@ -137,18 +150,66 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
         _check_identity(repo, cluster)
         if progress is not None and progress.total is None:
             progress.total = cluster.db_size  # the tar is about this size: an estimate
-        backup_id = new_backup_id(datetime.now(UTC), taken)
-        try:
-            record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress, lock)
-        except BaseException:
-            if progress is not None:
-                progress.abandon()
-            with signals_ignored():
-                discard(repo, backup_id)
-            raise
+        parent, why = _choose_kind(cfg, repo, cluster, incremental)
+        while True:
+            backup_id = new_backup_id(datetime.now(UTC), taken)
+            taken.add(backup_id)
+            try:
+                record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress, lock,
+                               parent)
+                break
+            except IncrementalError as exc:
+                with signals_ignored():
+                    discard(repo, backup_id)
+                if incremental is not None or parent is None:
+                    if progress is not None:
+                        progress.abandon()
+                    raise
+                # a scheduled run still leaves a backup: a full one, and says why
+                why = f"full: the incremental backup was refused ({exc.message})"
+                event(log, logging.WARNING, f"backup {backup_id}: {why}; taking a full backup")
+                parent = None
+            except BaseException:
+                if progress is not None:
+                    progress.abandon()
+                with signals_ignored():
+                    discard(repo, backup_id)
+                raise
         if pin:
             record = _pin(repo, record)
-        return BackupResult(record, time.monotonic() - started, removed)
+        return BackupResult(record, time.monotonic() - started, removed, why)
+
+
+def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
+                 incremental: bool | None) -> tuple[BackupRecord | None, str]:
+    """(parent or None for a full backup, why) -- docs/incremental-backups.md."""
+    from pitr import chains
+    from pitr.catalog import load_catalog
+
+    if incremental is False:
+        return None, "full: asked for"
+    if incremental is None and cfg.backup.full_interval <= 0:
+        return None, "full: backup.full_interval is 0"
+    if incremental is None and cluster.major < chains.MIN_MAJOR:
+        return None, f"full: PostgreSQL {cluster.major} has no incremental backups"
+    decision = chains.choose_parent(
+        load_catalog(repo), major=cluster.major, summarize_wal=cluster.summarize_wal,
+        server_compression=cfg.backup.server_compression, timeline=cluster.timeline)
+    if decision.parent is None:
+        if incremental:
+            raise IncrementalError(
+                f"cannot take an incremental backup: {decision.why}",
+                hint="take a full backup (`pitr backup`)"
+                     + ("; `pitr setup --apply` turns summarize_wal on"
+                        if "summarize_wal" in decision.why else ""))
+        return None, f"full: {decision.why}"
+    if incremental is None:
+        root = chains.chain_of(decision.parent, {b.id: b for b in load_catalog(repo).backups}
+                               ).root
+        if chains.full_is_due(root, datetime.now(UTC), cfg.backup.full_interval):
+            return None, (f"full: the chain's full backup {root.id} is older than "
+                          f"backup.full_interval")
+    return decision.parent, decision.why
 
 
 # -- before ----------------------------------------------------------------------------
@@ -248,16 +309,28 @@ class _StopPoint:
 
 def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
           max_rate: str | None, progress: Progress | None,
-          lock: StanzaLock | None = None) -> BackupRecord:
+          lock: StanzaLock | None = None, parent: BackupRecord | None = None) -> BackupRecord:
+    import tempfile
+
     server = cfg.backup.server_compression
     bindir = resolve_bindir(cfg.postgres.bindir, cluster.major, tool="pg_basebackup",
                             what=f"postgres.dsn's cluster {cluster.system_id}")
-    opts = pgbb.BaseBackupOptions(
-        bindir=str(bindir), dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
-        server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate)
-    t0 = time.monotonic()
-    obj, backup_label = _stream(repo, backup_id, opts, cfg, progress)
+    with tempfile.TemporaryDirectory(prefix="pitr-incremental-") as tmp:
+        parent_manifest = None
+        if parent is not None:
+            parent_manifest = os.path.join(tmp, "backup_manifest")
+            with open(parent_manifest, "wb") as fh:
+                fh.write(read_parent_manifest(repo, parent))
+        opts = pgbb.BaseBackupOptions(
+            bindir=str(bindir), dsn=cfg.postgres.dsn, label=f"pitr {backup_id}",
+            server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate,
+            incremental_manifest=parent_manifest)
+        t0 = time.monotonic()
+        obj, backup_label, pg_manifest = _stream(repo, backup_id, opts, cfg, progress)
     t1 = time.monotonic()
+    objects = [obj]
+    if pg_manifest is not None and cluster.major >= chains.MIN_MAJOR:
+        objects.append(_store_pg_manifest(repo, backup_id, pg_manifest, cfg.compression.level))
     event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=obj.raw_bytes,
           stored_bytes=obj.stored_bytes, seconds=round(t1 - t0, 2),
           mb_per_s=round(obj.raw_bytes / max(t1 - t0, 1e-9) / 1e6, 1))
@@ -273,9 +346,12 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         # within the following second, so a target before this could be inconsistent.
         stop_time=stop.stop_time + timedelta(seconds=1),
         timeline=stop.start_tli, system_id=cluster.system_id, pg_version=cluster.major,
-        db_size=cluster.db_size, raw_bytes=obj.raw_bytes, stored_bytes=obj.stored_bytes,
-        objects=(obj,), pitr_version=__version__, timezone=cluster.timezone,
+        db_size=cluster.db_size, raw_bytes=obj.raw_bytes,
+        stored_bytes=sum(o.stored_bytes for o in objects),
+        objects=tuple(objects), pitr_version=__version__, timezone=cluster.timezone,
         extra={
+            **({"parent": parent.id} if parent is not None else {}),
+            "backup_type": "incremental" if parent is not None else "full",
             "pg_version_num": cluster.version_num,
             "stop_timeline": stop.stop_tli,
             "backup_history_file": stop.history_file,
@@ -313,6 +389,14 @@ def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock |
                  "reaches the repository steadily, then run the backup again")
     why = f" (this run took over a stale lock: {lock.took_over})" if lock and lock.took_over \
         else ""
+    if record.parent is not None:
+        try:  # never a half chain: the parent must still exist when its child does
+            repo.storage.stat(repo.manifest_key(record.parent))
+        except NotFound:
+            raise IncrementalError(
+                f"backup {record.id}: its parent backup {record.parent} is gone from the "
+                "repository; no manifest is written",
+                hint="take a full backup (`pitr backup`)") from None
     for obj in record.objects:
         try:
             size = repo.storage.stat(obj.key).size
@@ -327,16 +411,19 @@ def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock |
 
 
 def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
-            progress: Progress | None) -> tuple[BackupObject, str]:
-    """Run pg_basebackup into the repository; returns the stored object and backup_label."""
+            progress: Progress | None) -> tuple[BackupObject, str, bytes | None]:
+    """Run pg_basebackup into the repository; returns the stored object, backup_label and
+    PostgreSQL's backup_manifest (None when pg_basebackup wrote none into the tar)."""
     log.info("backup %s: starting pg_basebackup", backup_id)
     if progress is not None:
         progress.start()
     proc = pgbb.BaseBackupProcess(opts, cfg.backup.wal_timeout).start()
     head = pgbb.TarHead()
+    pg_manifest = pgbb.TarMemberCapture("backup_manifest")
 
     def on_raw(data: bytes) -> None:
         head.feed(data)
+        pg_manifest.feed(data)
         if progress is not None:
             progress.update(len(data))
 
@@ -375,7 +462,41 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
         progress.close()
     obj = BackupObject(BASE_OBJECT, key, raw.bytes, stored.bytes, stored_hash.sha256,
                        raw_hash.sha256 if opts.server_zstd_level is not None else "")
-    return obj, head.backup_label()
+    manifest_bytes = pg_manifest.value()
+    return obj, head.backup_label(), manifest_bytes if pg_manifest.found else None
+
+
+# -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----
+
+def _store_pg_manifest(repo: Repo, backup_id: str, raw: bytes, level: int) -> BackupObject:
+    """Keep a copy of the backup_manifest beside the tar (docs/incremental-backups.md
+    "Where the manifest is kept"): a later incremental needs it without downloading
+    the whole backup."""
+    import hashlib
+
+    blob, raw_sha = codec.compress_blob(raw, level)
+    key = repo.backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
+    put_bytes(repo.storage, key, blob, if_absent=True)
+    return BackupObject(chains.BACKUP_MANIFEST_OBJECT, key, len(raw), len(blob),
+                        hashlib.sha256(blob).hexdigest(), raw_sha)
+
+
+def read_parent_manifest(repo: Repo, parent: BackupRecord) -> bytes:
+    """The parent's backup_manifest, proven against its record; IncrementalError if not."""
+    import hashlib
+
+    obj = next(o for o in parent.objects if o.name == chains.BACKUP_MANIFEST_OBJECT)
+    try:
+        blob = read_bytes(repo.storage, obj.key)
+        if hashlib.sha256(blob).hexdigest() != obj.sha256:
+            raise IntegrityError(f"{obj.key}: checksum mismatch with backup {parent.id}'s "
+                                 "manifest")
+        return codec.decompress_blob(blob, obj.key)
+    except (NotFound, IntegrityError) as exc:
+        raise IncrementalError(
+            f"the parent backup {parent.id}'s backup_manifest is unusable: "
+            f"{exc.message if isinstance(exc, PitrError) else exc}",
+            hint="take a full backup (`pitr backup`)") from exc
 
 
 def _stop_point(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, label: str,

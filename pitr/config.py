@@ -126,6 +126,10 @@ class BackupConfig:
                               "works")
     wal_timeout: Duration = _f(Duration(600), "how long a backup waits for the WAL it needs "
                                "(up to its stop point) to be archived before it fails")
+    full_interval: Duration = _f(Duration(7 * 86400), "scheduled backups (--label scheduled) "
+                                 "on PostgreSQL 17+ are incremental until the chain's full "
+                                 "backup is this old, then full (0: always full; see "
+                                 "docs/incremental-backups.md)")
 
 
 @dataclass(frozen=True)

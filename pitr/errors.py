@@ -29,6 +29,8 @@ code class                         meaning
                                   backup, cluster or binaries)
 19   ReplayEndedShort             recovery ended before the end of WAL the
                                   restore plan promised
+20   IncrementalError             an incremental backup cannot be taken or
+                                  rebuilt (no usable parent, WAL summaries)
 70   InternalError                a bug: please report it (with --debug)
 ==== ============================ ==============================================
 
@@ -146,6 +148,15 @@ class ReplayEndedShort(PitrError):
     """Recovery ended before the end of WAL the restore plan promised."""
 
     exit_code = 19
+
+
+class IncrementalError(PitrError):
+    """An incremental backup cannot be taken: no usable parent, or WAL summaries missing.
+
+    docs/incremental-backups.md "Errors": the hint is always to take a full backup.
+    """
+
+    exit_code = 20
 
 
 class WalNotFound(NotFound):

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pitr.catalog import Catalog, WalRange, backup_restorable, segno_sets
+from pitr.chains import Chain, chains
 from pitr.manifest import BackupRecord
 from pitr.pg.names import format_lsn, segment_name, segno_to_lsn
 from pitr.progress import human_bytes
@@ -22,8 +23,8 @@ SCHEMA_VERSION = 1
 
 # -- JSON ---------------------------------------------------------------------------
 
-def _backup_doc(cat: Catalog, b: BackupRecord, have: dict[int, frozenset[int]]
-                ) -> dict[str, Any]:
+def _backup_doc(cat: Catalog, b: BackupRecord, have: dict[int, frozenset[int]],
+                chain: Chain) -> dict[str, Any]:
     return {
         "id": b.id,
         "label": b.label,
@@ -39,6 +40,13 @@ def _backup_doc(cat: Catalog, b: BackupRecord, have: dict[int, frozenset[int]]
         "compression_ratio": round(b.compression_ratio, 2),
         "pinned": b.pinned,
         "wal_complete": backup_restorable(cat, b, have),
+        # docs/incremental-backups.md: an incremental names its parent; "chain" lists the
+        # backups a restore combines, full backup first, this one last
+        "type": "incremental" if b.parent else "full",
+        "parent": b.parent,
+        "chain": list(chain.ids),
+        "chain_whole": chain.whole,
+        "chain_problem": chain.problem,
     }
 
 
@@ -77,11 +85,12 @@ def report(cat: Catalog) -> dict[str, Any]:
         })
     window = recovery_window(cat)
     have = segno_sets(cat)
+    every = chains(cat.backups, cat)
     return {
         "schema_version": SCHEMA_VERSION,
         "stanza": cat.stanza,
         "system_id": cat.system_id,
-        "backups": [_backup_doc(cat, b, have) for b in cat.backups],
+        "backups": [_backup_doc(cat, b, have, every[b.id]) for b in cat.backups],
         "wal": timelines,
         "recovery_window": None if window is None else {
             "earliest": _edge_doc(window.earliest), "latest": _edge_doc(window.latest)},
@@ -92,6 +101,23 @@ def report(cat: Catalog) -> dict[str, Any]:
 
 # -- text ---------------------------------------------------------------------------
 
+def _type(b: dict[str, Any]) -> str:
+    chain = b.get("chain") or [b["id"]]
+    return "full" if b.get("type", "full") == "full" else f"incr {len(chain) - 1}"
+
+
+def _chain_lines(backups: list[dict[str, Any]]) -> list[str]:
+    """One line per chain that has incrementals: its backups, full backup first."""
+    tips = [b for b in backups if b.get("type") == "incremental"
+            and not any(o.get("parent") == b["id"] for o in backups)]
+    out = []
+    for b in tips:
+        stored = sum(o["stored_bytes"] for o in backups if o["id"] in b["chain"])
+        state = "" if b["chain_whole"] else f"  BROKEN: {b['chain_problem']}"
+        out.append(f"chain {' <- '.join(b['chain'])} ({human_bytes(stored)} stored){state}")
+    return ["", *out] if out else []
+
+
 def _t(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -99,16 +125,18 @@ def _t(iso: str) -> str:
 def render(doc: dict[str, Any]) -> str:
     lines = [f"stanza {doc['stanza']} (system identifier {doc['system_id'] or 'unknown'})", ""]
     if doc["backups"]:
-        head = ("BACKUP", "LABEL", "STOP TIME (UTC)", "START LSN", "STOP LSN", "TLI", "RAW",
-                "STORED", "RATIO", "PIN")
+        head = ("BACKUP", "TYPE", "LABEL", "STOP TIME (UTC)", "START LSN", "STOP LSN", "TLI",
+                "RAW", "STORED", "RATIO", "PIN")
         rows = [head] + [(
-            b["id"], b["label"], _t(b["stop_time"]), b["start_lsn"], b["stop_lsn"],
+            b["id"], _type(b), b["label"], _t(b["stop_time"]), b["start_lsn"], b["stop_lsn"],
             str(b["timeline"]), human_bytes(b["raw_bytes"]), human_bytes(b["stored_bytes"]),
             f"{b['compression_ratio']:.1f}x", "yes" if b["pinned"] else "",
-        ) + (() if b["wal_complete"] else ("WAL missing",)) for b in doc["backups"]]
+        ) + (() if b["wal_complete"] else ("WAL missing",))
+          + (() if b.get("chain_whole", True) else ("CHAIN BROKEN",)) for b in doc["backups"]]
         widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(head))]
         lines += ["  ".join(c.ljust(widths[i]) if i < len(widths) else c
                             for i, c in enumerate(r)).rstrip() for r in rows]
+        lines += _chain_lines(doc["backups"])
     else:
         lines.append("no completed backups")
     lines.append("")

@@ -59,6 +59,13 @@ class BackupRecord:
     def compression_ratio(self) -> float:
         return self.raw_bytes / self.stored_bytes if self.stored_bytes else 0.0
 
+    @property
+    def parent(self) -> str | None:
+        """The backup an incremental backup was taken against (docs/incremental-backups.md);
+        None for a full backup."""
+        value = self.extra.get("parent")
+        return str(value) if value else None
+
 _CORE = {"format", "id", "label", "start_lsn", "start_lsn_int", "stop_lsn", "stop_lsn_int",
          "start_time", "stop_time", "timeline", "system_id", "pg_version", "db_size",
          "raw_bytes", "stored_bytes", "objects", "pitr_version", "timezone"}

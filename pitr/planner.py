@@ -7,7 +7,10 @@ the archive holds what PostgreSQL will ask for:
   existed at that time; ``Target.timeline`` pins one), and its **path** of
   ancestor timelines from the ``.history`` files;
 * the **backup**: the newest completed one on that path that finished at or
-  before the target (stop time, or stop LSN for an LSN target);
+  before the target (stop time, or stop LSN for an LSN target) and whose chain
+  is whole: an incremental backup needs every parent back to its full backup
+  (pitr/chains.py, docs/incremental-backups.md), and a broken chain is skipped
+  with a note (or refused, with the reason, when ``--backup`` names it);
 * the **WAL**: every segment from the backup's start segment to the segment
   covering the target, present and contiguous along the path. PostgreSQL
   reads each segment from the newest timeline of the path that had begun by
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pitr.catalog import Catalog, WalSegment
+from pitr.chains import chain_of
 from pitr.errors import PlanError
 from pitr.manifest import BackupRecord
 from pitr.pg.names import format_lsn, history_name, lsn_to_segno, segment_name
@@ -61,10 +65,22 @@ class RestorePlan:
     replay_until: int
     wal_end_time: datetime | None  # archive time of the last planned segment
     notes: tuple[str, ...] = field(default=())
+    # the backups pg_combinebackup rebuilds ``backup`` from, full backup first, ``backup``
+    # last (docs/incremental-backups.md); empty: ``backup`` alone (a full backup)
+    chain: tuple[BackupRecord, ...] = field(default=())
 
     @property
     def segment_count(self) -> int:
         return len(self.segments)
+
+    @property
+    def backups(self) -> tuple[BackupRecord, ...]:
+        """Every backup the restore downloads, full backup first."""
+        return self.chain or (self.backup,)
+
+    @property
+    def backup_bytes(self) -> int:
+        return sum(b.stored_bytes for b in self.backups)
 
     def to_json(self) -> dict[str, object]:
         b = self.backup
@@ -86,6 +102,8 @@ class RestorePlan:
                     "segments": list(self.segments)},
             "recovery_settings": dict(self.recovery_settings),
             "notes": list(self.notes),
+            "chain": [{"id": c.id, "type": "incremental" if c.parent else "full",
+                       "stored_bytes": c.stored_bytes} for c in self.backups],
         }
 
 
@@ -209,7 +227,8 @@ def _backup_before(b: BackupRecord, target: Target) -> bool:
 
 
 def choose_backup(catalog: Catalog, target: Target, tli: int, path: tuple[PathStep, ...],
-                  backup_id: str | None = None) -> BackupRecord:
+                  backup_id: str | None = None,
+                  notes: list[str] | None = None) -> BackupRecord:
     if not catalog.backups:
         raise PlanError(f"stanza {catalog.stanza!r} has no completed backup",
                         hint="take one with `pitr backup`")
@@ -229,6 +248,10 @@ def choose_backup(catalog: Catalog, target: Target, tli: int, path: tuple[PathSt
             raise PlanError(f"backup {b.id} finished at {_stop_of(b, target)}, after the target "
                             f"({target}); a backup restores only to points after it finished",
                             hint="choose an older backup, or a later target")
+        chain = chain_of(b, {x.id: x for x in catalog.backups}, catalog)
+        if not chain.whole:
+            raise PlanError(f"backup {b.id} cannot be restored: {chain.problem}",
+                            hint=_BROKEN_HINT)
         return b
     on_path = [b for b in catalog.backups if _on_path(b, path)]
     if not on_path:
@@ -249,7 +272,23 @@ def choose_backup(catalog: Catalog, target: Target, tli: int, path: tuple[PathSt
                  "(retention) or was never backed up")
     key = (lambda b: (b.stop_lsn, b.stop_time)) if target.kind is TargetKind.LSN \
         else (lambda b: (b.stop_time, b.stop_lsn))
-    return max(usable, key=key)
+    by_id = {b.id: b for b in catalog.backups}
+    chains = {b.id: chain_of(b, by_id, catalog) for b in usable}
+    whole = [b for b in usable if chains[b.id].whole]
+    newest = max(usable, key=key)
+    if not whole:
+        raise PlanError(f"no backup before target {target} can be restored: "
+                        f"{chains[newest.id].problem}", hint=_BROKEN_HINT)
+    best = max(whole, key=key)
+    if best is not newest and notes is not None:
+        skipped = [b for b in usable if key(b) > key(best)]
+        notes.extend(f"backup {b.id} is skipped: {chains[b.id].problem}" for b in skipped)
+    return best
+
+
+_BROKEN_HINT = ("an incremental backup needs every backup of its chain (`pitr list`); restore "
+                "an older backup (--backup ID), and take a full backup (`pitr backup --full`) "
+                "so new incrementals start a whole chain")
 
 
 def _stop_of(b: BackupRecord, target: Target) -> str:
@@ -275,13 +314,14 @@ def plan(catalog: Catalog, target: Target, now: datetime,
     else:
         tli = choose_timeline(catalog, target)
     path = timeline_path(catalog, tli)
-    backup = choose_backup(catalog, target, tli, path, backup_id)
+    notes: list[str] = []
+    backup = choose_backup(catalog, target, tli, path, backup_id, notes)
+    chain = chain_of(backup, {b.id: b for b in catalog.backups}, catalog)
     size = catalog.segment_size
     segs = _path_segments(catalog, path)
     start = lsn_to_segno(backup.start_lsn, size)
     stop = lsn_to_segno(backup.stop_lsn, size)
     last_on_path = max(segs, default=start - 1)
-    notes: list[str] = []
 
     def name(segno: int) -> str:
         return segment_name(segment_timeline(path, segno, size), segno, size)
@@ -357,7 +397,8 @@ def plan(catalog: Catalog, target: Target, now: datetime,
         end_lsn=(last.segno + 1) * size,
         replay_until=(max(backup.stop_lsn, last.segno * size + 1)
                       if target.kind is TargetKind.LATEST else backup.stop_lsn),
-        wal_end_time=last.archived_at, notes=tuple(notes))
+        wal_end_time=last.archived_at, notes=tuple(notes),
+        chain=chain.backups if len(chain.backups) > 1 else ())
 
 
 def _covers(seg: WalSegment, segno: int, target: Target, size: int) -> bool:

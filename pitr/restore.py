@@ -40,6 +40,7 @@ from pitr.config import Config
 from pitr.configfile import config_file
 from pitr.errors import (
     ConfigError,
+    IncrementalError,
     IntegrityError,
     NotFound,
     PermissionRefused,
@@ -83,6 +84,8 @@ class RestoreOptions:
     # the drill's own settings (private socket, no archiving, no replicas: pitr/verify.py),
     # written with the recovery settings and overriding the restored ones
     extra_settings: dict[str, str] = field(default_factory=dict)
+    # run pg_verifybackup on each backup of the chain and on the result (the drill does)
+    verify_backups: bool = False
 
 
 @dataclass
@@ -97,12 +100,17 @@ class RestoreResult:
     start_command: str = ""
     recovery: RecoveryOutcome | None = None
     bindir: Path | None = None  # of the backup's major version (pitr/pg/version.py)
+    chain: tuple[str, ...] = ()  # backup ids pg_combinebackup combined, full backup first
+    combine_seconds: float = 0.0
+    verified: tuple[str, ...] = ()  # what pg_verifybackup verified
 
     def to_json(self) -> dict[str, Any]:
         return {"pgdata": str(self.pgdata),
                 "moved_aside": str(self.moved_aside) if self.moved_aside else None,
                 "downloaded_bytes": self.downloaded_bytes, "extracted_bytes": self.extracted_bytes,
                 "files": self.files, "extract_seconds": round(self.extract_seconds, 2),
+                "chain": list(self.chain), "combine_seconds": round(self.combine_seconds, 2),
+                "verified": list(self.verified),
                 "recovery_settings": self.settings, "start_command": self.start_command,
                 "started": self.recovery is not None,
                 "reached": self.recovery.to_json() if self.recovery else None}
@@ -501,9 +509,14 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
     result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,
-                   stored_mib=round(plan.backup.stored_bytes / 2**20, 1),
-                   pgdata=str(opts.pgdata))
-    extract_backup(repo.storage, plan.backup.objects, opts.pgdata, owner, result)
+                   stored_mib=round(plan.backup_bytes / 2**20, 1),
+                   pgdata=str(opts.pgdata), chain=[b.id for b in plan.backups])
+    if plan.chain:
+        rebuild_chain(repo.storage, plan, opts, owner, bindir, result, now)
+    else:
+        extract_backup(repo.storage, plan.backup.objects, opts.pgdata, owner, result)
+        if opts.verify_backups:
+            _verifybackup(bindir, opts.pgdata, owner, result)
     _check_data_major(opts.pgdata, plan)
     pitr_log.event(log, logging.INFO, "base backup extracted", files=result.files,
                    seconds=round(result.extract_seconds, 1),
@@ -536,6 +549,90 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
                     hint="do not use this copy: find out why archive-get answered 'absent' "
                          "early (its lines in the server log), then restore again")
     return result
+
+
+# -- a chain of incremental backups (docs/incremental-backups.md) -------------------
+
+def rebuild_chain(storage: Storage, plan: RestorePlan, opts: RestoreOptions, owner: Owner,
+                  bindir: Path, result: RestoreResult, now: datetime) -> None:
+    """Extract every backup of the chain beside ``pgdata``, then pg_combinebackup into it.
+
+    pg_combinebackup reads directories, so each backup is streamed (download -> zstd ->
+    tar, no temporary tar) into ``.<pgdata>.pitr-chain-<time>/`` next to ``pgdata``,
+    removed afterwards whatever happens. Disk use at the peak: the chain's extracted
+    backups plus the rebuilt directory; with PostgreSQL 18's ``--link`` on one file
+    system the rebuilt directory hard-links the unchanged files, so the peak is about
+    the database size plus the incrementals (docs/incremental-backups.md "Disk use").
+    """
+    stage = opts.pgdata.parent / f".{opts.pgdata.name}.pitr-chain-{now:%Y%m%dT%H%M%SZ}"
+    tool = bindir / "pg_combinebackup"
+    if not tool.exists():
+        raise IncrementalError(f"{bindir} has no pg_combinebackup to rebuild backup "
+                               f"{plan.backup.id} from its chain",
+                               hint="install PostgreSQL's client tools of that major version")
+    began = time.monotonic()
+    try:
+        stage.mkdir(mode=0o700)
+        owner.chown(stage)
+        dirs: list[Path] = []
+        for i, b in enumerate(plan.backups):
+            d = stage / f"{i:02d}-{b.id}"
+            d.mkdir(mode=0o700)
+            owner.chown(d)
+            pitr_log.event(log, logging.INFO, "extracting a backup of the chain", backup=b.id,
+                           kind="incremental" if b.parent else "full", step=i + 1,
+                           of=len(plan.backups))
+            extract_backup(storage, b.objects, d, owner, result)
+            if opts.verify_backups:
+                _verifybackup(bindir, d, owner, result)
+            dirs.append(d)
+        extracted = time.monotonic()
+        argv = [str(tool), "--no-sync", "-o", str(opts.pgdata)]
+        if plan.backup.pg_version >= 18 and os.stat(stage).st_dev == os.stat(opts.pgdata).st_dev:
+            argv.append("--link")  # unchanged files are hard links, not copies
+        argv += [str(d) for d in dirs]
+        _run_tool(argv, owner, f"pg_combinebackup could not rebuild backup {plan.backup.id} "
+                  f"from its chain {' <- '.join(b.id for b in plan.backups)}")
+        result.combine_seconds = time.monotonic() - extracted
+        result.chain = tuple(b.id for b in plan.backups)
+        if opts.verify_backups:
+            _verifybackup(bindir, opts.pgdata, owner, result)
+    except OSError as exc:
+        raise TargetDirError(f"cannot write the backup chain into {stage}: "
+                             f"{exc.strerror or exc}",
+                             hint="free space beside the data directory (a chain needs its "
+                                  "extracted backups there while it is combined) or restore "
+                                  "elsewhere") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    result.extract_seconds = time.monotonic() - began
+
+
+def _run_tool(argv: list[str], owner: Owner, what: str) -> str:
+    import subprocess
+
+    proc = subprocess.run(as_user(argv, owner.name), cwd="/", capture_output=True, text=True,
+                          env={**os.environ, "LC_MESSAGES": "C"}, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise IncrementalError(f"{what} (exit code {proc.returncode}):\n{tail}",
+                               hint="restore an older full backup (--backup ID, `pitr list`), "
+                                    "and take a full backup (`pitr backup --full`)")
+    return proc.stdout
+
+
+def _verifybackup(bindir: Path, d: Path, owner: Owner, result: RestoreResult) -> None:
+    """pg_verifybackup -n: every file against the backup_manifest pg_basebackup wrote
+    (-n: the WAL is checked by the restore itself, not shipped inside the backup)."""
+    tool = bindir / "pg_verifybackup"
+    if not (d / "backup_manifest").exists() or not tool.exists():
+        return  # server-compressed backups carry no manifest: nothing to verify against
+    try:
+        _run_tool([str(tool), "-n", "-q", str(d)], owner, f"pg_verifybackup found {d} damaged")
+    except IncrementalError as exc:
+        raise IntegrityError(exc.message, hint="the backup is damaged: restore another "
+                             "backup (--backup ID) and take a full backup") from None
+    result.verified = (*result.verified, d.name)
 
 
 def _check_data_major(pgdata: Path, plan: RestorePlan) -> None:

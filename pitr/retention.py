@@ -23,6 +23,14 @@ and skew never pushes an on-time backup out. A tier with N = 0 is off.
 
 A backup is kept if any rule keeps it; each kept backup carries every reason.
 
+Chains (docs/incremental-backups.md): the rules above choose among backups that can
+be restored, that is whose chain of parents is whole. An incremental backup whose
+chain is broken (a parent gone or damaged) is left alone, like a damaged backup:
+neither kept nor deleted, and named in a note (repairing the parent makes it whole
+again). Every
+backup a kept incremental depends on is kept too, with reason ``chain``: a tier
+counts restore points, each incremental one point, and its parents ride along.
+
 Why these definitions: each rule only ever *loses* a backup as time passes
 (a day's newest, a week's first and the newest-N set can only be taken over by
 backups that existed before it, or be left behind by the moving window), and
@@ -82,6 +90,8 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pitr.catalog import Catalog, WalRange, WalSegment, contiguous_ranges
+from pitr.chains import ancestors, whole_chain_backups
+from pitr.chains import chains as chains_of
 from pitr.manifest import BackupRecord
 
 if TYPE_CHECKING:
@@ -94,7 +104,7 @@ from pitr.pg.names import (
 )
 
 REASONS = ("newest", "latest_timeline", "min_backups", "pinned", "daily", "weekly", "monthly",
-           "claimed")
+           "claimed", "chain")
 _INF = 1 << 64
 
 
@@ -241,26 +251,43 @@ def choose_backups(backups: Iterable[BackupRecord], policy: Policy, now: datetim
 
     ``latest_timeline``: id of the newest backup that can restore the latest timeline.
     """
+    backups = list(backups)
     ordered = _order(backups)
     if not ordered:
         return {}
+    # only restorable backups count in the rules; pins hold any backup (and its chain)
+    pinned = {b.id for b in ordered if b.pinned}
+    ordered = [b for b in whole_chain_backups(ordered)]
+    if not ordered:
+        return close_chains({i: ("pinned",) for i in pinned}, backups)
     today = _utc(now).date()
     by_reason: dict[str, set[str]] = {
         "newest": {ordered[-1].id},
         "latest_timeline": {latest_timeline} if latest_timeline else set(),
         "min_backups": {b.id for b in ordered[-policy.min_backups:]} if policy.min_backups
         else set(),
-        "pinned": {b.id for b in ordered if b.pinned},
+        "pinned": pinned,
         "daily": _tier(ordered, today, policy.daily, _day, newest=True),
         "weekly": _tier(ordered, today, policy.weekly, _week, newest=False),
         "monthly": _tier(ordered, today, policy.monthly, _month, newest=False),
         "claimed": set(),  # decide() adds reader claims (they need the clock and the claims)
+        "chain": set(),
     }
     out: dict[str, tuple[str, ...]] = {}
-    for b in ordered:
+    for b in _order(backups):
         reasons = tuple(r for r in REASONS if b.id in by_reason[r])
         if reasons:
             out[b.id] = reasons
+    return close_chains(out, backups)
+
+
+def close_chains(reasons: dict[str, tuple[str, ...]], backups: Iterable[BackupRecord]
+                 ) -> dict[str, tuple[str, ...]]:
+    """``reasons`` plus reason ``chain`` on every backup a kept one depends on."""
+    out = dict(reasons)
+    for i in ancestors(reasons, backups):
+        if "chain" not in out.get(i, ()):
+            out[i] = (*out.get(i, ()), "chain")
     return out
 
 
@@ -372,21 +399,27 @@ def decide(catalog: Catalog, policy: Policy, now: datetime, *,
     incomplete_kept = tuple(sorted(i for i in catalog.incomplete_backups if i in in_progress))
     incomplete_deleted = tuple(sorted(i for i in catalog.incomplete_backups
                                       if i not in in_progress))
-    ordered = _order(catalog.backups)
+    notes = []
+    every = chains_of(catalog.backups, catalog)
+    for i, ch in sorted(every.items()):
+        if not ch.whole:
+            notes.append(f"backup {i} is left alone: {ch.problem}")
+    ordered = _order(b for b in catalog.backups if every[b.id].whole)
     if not ordered:
         return RetentionDecision(now, policy, incomplete_deleted=incomplete_deleted,
                                  incomplete_kept=incomplete_kept,
                                  wal_kept=sum(len(s) for s in catalog.segments.values()),
                                  history_kept=_history_tlis(catalog),
-                                 notes=("no completed backup: WAL is left alone",))
+                                 notes=(*notes, "no completed backup: WAL is left alone"))
     reasons = choose_backups(ordered, policy, now, latest_timeline_base(catalog, ordered))
-    notes = []
     for b in ordered:
         if b.id in claimed:
             if b.id not in reasons:
                 notes.append(f"kept backup {b.id} and the WAL after it: in use by "
                              + "; ".join(claimed[b.id]))
             reasons[b.id] = (*reasons.get(b.id, ()), "claimed")
+    reasons = close_chains(reasons, ordered)
+    reasons = {i: tuple(r for r in REASONS if r in rs) for i, rs in reasons.items()}
     kept = [b for b in ordered if b.id in reasons]
     deleted = tuple(b for b in ordered if b.id not in reasons)
     keeper = _WalKeeper(catalog, kept, ordered[-1])

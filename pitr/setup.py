@@ -33,7 +33,10 @@ REASONS = {
     "archive_timeout": "bounds data loss on a quiet server: a segment closes at least this often",
     "max_wal_senders": "pitr backup streams through pg_basebackup (a WAL sender)",
     "restore_command": "used by restored clusters and standbys to fetch WAL from the repository",
+    # PostgreSQL 17+ only (docs/incremental-backups.md); a reload is enough
+    "summarize_wal": "pitr backup --incremental needs WAL summaries (PostgreSQL 17+)",
 }
+SUMMARIZE_WAL_MAJOR = 17
 DEFAULT_ARCHIVE_TIMEOUT = "60s"
 MIN_WAL_SENDERS = 3
 
@@ -84,7 +87,7 @@ def proof_dir_of(cfg: Config) -> str:
 
 
 def plan_settings(current: Mapping[str, ServerSetting], archive_command: str,
-                  restore_command: str) -> list[SettingChange]:
+                  restore_command: str, major: int = 0) -> list[SettingChange]:
     """What to change so the server archives through pitr. PURE.
 
     Values that already satisfy pitr are kept (``logical`` is more than
@@ -109,9 +112,13 @@ def plan_settings(current: Mapping[str, ServerSetting], archive_command: str,
     if senders < MIN_WAL_SENDERS:
         wanted["max_wal_senders"] = "10"
     wanted["restore_command"] = restore_command
+    if major >= SUMMARIZE_WAL_MAJOR:
+        wanted["summarize_wal"] = "on"
 
     changes = []
     for name in REASONS:
+        if name == "summarize_wal" and major < SUMMARIZE_WAL_MAJOR:
+            continue
         cur = get(name)
         want = wanted.get(name, cur.value)
         change = want != cur.value
@@ -258,7 +265,7 @@ def run_setup(cfg: Config, *, config_path: str, exe: str, apply: bool,
     conn = pgconn.connect(cfg.postgres.dsn, application_name="pitr setup")
     try:
         facts = read_cluster(conn)
-        changes = plan_settings(facts.settings, archive_cmd, restore_cmd)
+        changes = plan_settings(facts.settings, archive_cmd, restore_cmd, facts.major)
         if apply:
             apply_settings(conn, changes)
     finally:

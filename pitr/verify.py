@@ -348,7 +348,8 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     owner = Owner.for_config(cfg)
     ropts = RestoreOptions(pgdata=pgdata, start=False, archive_mode="off", port=port,
                            wait_timeout=float(cfg.verify.timeout), isolated=True,
-                           extra_settings=_prepare_scratch(scratch, port, owner))
+                           extra_settings=_prepare_scratch(scratch, port, owner),
+                           verify_backups=True)
     log.event(logger, logging.INFO, "restore drill: restoring", backup=plan.backup.id,
               target=str(target), scratch=str(scratch), port=port)
     from pitr.claims import claim_backup
@@ -368,6 +369,14 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
             return
         report.measures["restored_bytes"] = result.extracted_bytes
         report.measures["downloaded_bytes"] = result.downloaded_bytes
+        if result.chain:
+            report.checks.append(DrillCheck(
+                "chain", True, f"pg_combinebackup rebuilt backup {plan.backup.id} from "
+                f"{' <- '.join(result.chain)} in {result.combine_seconds:.1f} s"))
+        if result.verified:
+            report.checks.append(DrillCheck(
+                "pg_verifybackup", True, f"verified against their backup_manifest: "
+                f"{', '.join(result.verified)}"))
         assert result.bindir is not None  # restore() resolves it for the backup's major
         ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
                     log_file=scratch / "postgres.log", db_user=_db_user(cfg))

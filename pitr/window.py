@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pitr.catalog import Catalog, backup_restorable, segno_sets
+from pitr.chains import chains
 from pitr.pg.names import lsn_to_segno, segno_to_lsn
 
 
@@ -59,7 +60,8 @@ def _follow(cat: Catalog, tli: int, from_segno: int) -> tuple[int, int] | None:
 
 def recovery_window(cat: Catalog) -> RecoveryWindow | None:
     have = segno_sets(cat)
-    usable = [b for b in cat.backups if backup_restorable(cat, b, have)]
+    every = chains(cat.backups, cat)  # an incremental restores only with its whole chain
+    usable = [b for b in cat.backups if backup_restorable(cat, b, have) and every[b.id].whole]
     if not usable:
         return None
     oldest = min(usable, key=lambda b: b.stop_time)

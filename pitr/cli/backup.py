@@ -25,6 +25,12 @@ def backup(
     max_rate: Annotated[str | None, typer.Option(
         "--max-rate", hidden=True, help="pg_basebackup --max-rate (throttle; for tests)")
     ] = None,
+    incremental: Annotated[bool, typer.Option(
+        "--incremental", help="take an incremental backup against the newest backup "
+        "(PostgreSQL 17+, summarize_wal = on; docs/incremental-backups.md)")] = False,
+    full: Annotated[bool, typer.Option(
+        "--full", help="take a full backup (scheduled backups otherwise follow "
+        "backup.full_interval)")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Take a base backup: pg_basebackup streamed through zstd into the repository."""
@@ -32,16 +38,26 @@ def backup(
     from pitr.progress import Progress, human_bytes, human_duration, human_rate
     from pitr.security import check_command_user
 
+    if incremental and full:
+        from pitr.errors import UsageError
+
+        raise UsageError("--incremental and --full exclude each other")
+    # a scheduled run follows backup.full_interval; a manual one is full unless asked
+    kind: bool | None = True if incremental else False if full else (
+        None if label is Label.scheduled else False)
     cfg = load_config(command="backup")
     check_command_user("backup", cfg.postgres.pgdata)
     s, expire_error = backup_command(cfg, label=label.value, pin=pin, max_rate=max_rate,
                                      progress=Progress("backup", estimate=True),
-                                     command=f"pitr backup --label {label.value}")
+                                     command=f"pitr backup --label {label.value}",
+                                     incremental=kind)
     if json_out:
         print_json(s)
     else:
         typer.echo(
-            f"backup {s['id']} completed: {human_bytes(s['raw_bytes'])} -> "
+            f"{s['type']} backup {s['id']} completed"
+            f"{' (parent ' + s['parent'] + ')' if s['parent'] else ''}: "
+            f"{human_bytes(s['raw_bytes'])} -> "
             f"{human_bytes(s['stored_bytes'])} stored ({s['compression_ratio']:.1f}x) in "
             f"{human_duration(s['seconds'])} "
             f"({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"

@@ -163,6 +163,9 @@ def _print_plan(stanza: str, plan: RestorePlan) -> None:
     echo(f"  backup      {b.id} (timeline {b.timeline}, finished {b.stop_time.isoformat()}, "
          f"LSN {format_lsn(b.start_lsn)} .. {format_lsn(b.stop_lsn)}, "
          f"{_mib(b.stored_bytes)} stored)")
+    if plan.chain:  # docs/incremental-backups.md: pg_combinebackup rebuilds it from these
+        echo(f"  chain       {' <- '.join(c.id for c in plan.chain)} "
+             f"({_mib(plan.backup_bytes)} stored, combined by pg_combinebackup)")
     path = " -> ".join(f"{s.tli}" + (f" (until {format_lsn(s.end_lsn)})"
                                     if s.end_lsn is not None else "") for s in plan.path)
     echo(f"  timelines   {path}; recovery_target_timeline = {plan.timeline}")
@@ -185,6 +188,9 @@ def _print_result(result: RestoreResult) -> None:
     echo(f"Restored {result.files} files ({_mib(result.extracted_bytes)}, "
          f"{_mib(result.downloaded_bytes)} downloaded) into {result.pgdata} in "
          f"{result.extract_seconds:.1f}s.")
+    if result.chain:
+        echo(f"pg_combinebackup rebuilt it from {' <- '.join(result.chain)} in "
+             f"{result.combine_seconds:.1f}s.")
     if result.recovery is None:
         echo("Recovery settings and recovery.signal are written. Start the server to recover:")
         echo(f"  {result.start_command}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO
 
-from pitr.errors import BackupError
+from pitr.errors import BackupError, IncrementalError
 from pitr.pg.conn import connect, dsn_without_password, query
 
 log = logging.getLogger("pitr.backup")
@@ -56,6 +56,8 @@ class ClusterInfo:
     # The cluster's TimeZone: a zone-less restore target is read in it (README
     # "Restoring"), so each backup records it
     timezone: str
+    # summarize_wal ("on"/"off"; "" before PostgreSQL 17): incremental backups need "on"
+    summarize_wal: str = ""
 
     @property
     def major(self) -> int:
@@ -76,7 +78,8 @@ select (select system_identifier::text from pg_control_system()),
        current_setting('archive_command'),
        coalesce(current_setting('archive_library', true), ''),
        pg_is_in_recovery(),
-       current_setting('TimeZone')
+       current_setting('TimeZone'),
+       coalesce(current_setting('summarize_wal', true), '')
 """
 
 
@@ -86,7 +89,7 @@ def probe(dsn: str) -> ClusterInfo:
         row = query(conn, _PROBE_SQL)[0]
     return ClusterInfo(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4] or 0),
                        tuple(row[5]), str(row[6]), str(row[7]), str(row[8]), bool(row[9]),
-                       str(row[10]))
+                       str(row[10]), str(row[11]))
 
 
 def server_parse_times(dsn: str, texts: list[str]) -> list[datetime]:
@@ -149,6 +152,8 @@ class BaseBackupOptions:
     label: str
     server_zstd_level: int | None = None  # None: uncompressed tar, pitr compresses
     max_rate: str | None = None  # pg_basebackup --max-rate (tests throttle with it)
+    # the parent's backup_manifest: an incremental backup (docs/incremental-backups.md)
+    incremental_manifest: str | None = None
 
 
 def build_argv(opts: BaseBackupOptions) -> list[str]:
@@ -163,6 +168,8 @@ def build_argv(opts: BaseBackupOptions) -> list[str]:
         argv += [f"--compress=server-zstd:level={opts.server_zstd_level}", "--no-manifest"]
     if opts.max_rate:
         argv.append(f"--max-rate={opts.max_rate}")
+    if opts.incremental_manifest:
+        argv.append(f"--incremental={opts.incremental_manifest}")
     return argv
 
 
@@ -269,7 +276,7 @@ class BaseBackupProcess:
                 proc.kill()
             proc.wait(timeout=10)
 
-    def failure(self, rc: int) -> BackupError:
+    def failure(self, rc: int) -> BackupError | IncrementalError:
         """The error to report for a non-zero exit, with pg_basebackup's own words."""
         if self.archive_wait_expired:
             return BackupError(
@@ -279,11 +286,29 @@ class BaseBackupProcess:
                      "repository) and pg_stat_archiver.last_failed_wal; backup.wal_timeout "
                      "sets how long to wait")
         tail = "\n".join(line for line in self.stderr_tail if line)
+        incremental = any(a.startswith("--incremental=") for a in self.argv)
+        if incremental and any(m in tail for m in _INCREMENTAL_REFUSALS):
+            return IncrementalError(
+                f"PostgreSQL refused the incremental backup (exit code {rc}):\n{tail}",
+                hint="take a full backup (`pitr backup`); for incremental backups "
+                     "summarize_wal must stay on (`pitr setup --apply`) and "
+                     "wal_summary_keep_time must cover the time since the parent backup")
         hint = None
         if "no pg_hba.conf entry for replication" in tail or "replication connection" in tail:
             hint = ("pg_basebackup needs a replication connection: allow `replication` for "
                     "this user in pg_hba.conf and set max_wal_senders > 0")
         return BackupError(f"pg_basebackup failed (exit code {rc}):\n{tail}", hint=hint)
+
+
+# pg_basebackup --incremental's errors about the parent manifest or the WAL summaries
+# (PostgreSQL 17/18 src/backend/backup/basebackup_incremental.c)
+_INCREMENTAL_REFUSALS = (
+    "WAL summarization is enabled",  # "... cannot be taken unless WAL summarization ..."
+    "WAL summaries are required",
+    "backup manifest",  # "could not parse backup manifest", "system identifier in backup ..."
+    "manifest requires WAL",
+    "incremental backup",
+)
 
 
 class ProcessStdout:
@@ -334,3 +359,73 @@ class TarHead:
         except (tarfile.TarError, EOFError, UnicodeDecodeError) as exc:
             raise BackupError(f"cannot read backup_label from the backup's tar: {exc}") from exc
         raise BackupError("pg_basebackup's tar does not start with backup_label")
+
+
+class TarMemberCapture:
+    """Copies one member (by name) out of a tar stream as it passes, in bounded memory.
+
+    pg_basebackup writing one tar to stdout appends its backup_manifest as the last
+    member; an incremental backup needs the parent's, so pitr keeps a copy of it as its
+    own object (docs/incremental-backups.md "Where the manifest is kept"). Spooled to a
+    temporary file past 16 MiB (a manifest has a line per file of the cluster).
+    """
+
+    def __init__(self, name: str) -> None:
+        import tempfile
+
+        self.name = name
+        # lives as long as the stream; value() closes it
+        self.data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115
+        self.found = False
+        self._header = bytearray()
+        self._skip = 0  # bytes of the current member's data (and padding) still to pass
+        self._take = 0  # of which this many are the wanted member's content
+        self._ended = False
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._ended:
+            if self._skip:
+                n = min(self._skip, len(view))
+                if self._take:
+                    k = min(self._take, n)
+                    self.data.write(view[:k])
+                    self._take -= k
+                self._skip -= n
+                view = view[n:]
+                continue
+            need = 512 - len(self._header)
+            self._header += view[:need]
+            view = view[need:]
+            if len(self._header) == 512:
+                self._on_header(bytes(self._header))
+                self._header.clear()
+
+    def _on_header(self, block: bytes) -> None:
+        if block == bytes(512):  # the end-of-archive marker
+            self._ended = True
+            return
+        name = block[:100].split(b"\0", 1)[0].decode(errors="replace")
+        prefix = block[345:500].split(b"\0", 1)[0].decode(errors="replace")
+        if prefix and block[257:262] == b"ustar":
+            name = f"{prefix}/{name}"
+        size = _tar_size(block[124:136])
+        self._skip = (size + 511) // 512 * 512
+        if name == self.name and block[156:157] in (b"0", b"\0"):
+            self.found = True
+            self.data.seek(0)
+            self.data.truncate()
+            self._take = size
+
+    def value(self) -> bytes:
+        """The member's content (once; the spool file is closed)."""
+        with self.data:
+            self.data.seek(0)
+            return self.data.read()
+
+
+def _tar_size(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 for members of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0

@@ -219,7 +219,12 @@ def test_backup_manifest_tar_and_list(env: Env, workdir: Path) -> None:
     assert rec.raw_bytes > rec.db_size * 0.8 and 0 < rec.stored_bytes < rec.raw_bytes
     assert summary["start_lsn"] == f"{rec.start_lsn >> 32:X}/{rec.start_lsn & 0xFFFFFFFF:X}"
     assert summary["stored_bytes"] == rec.stored_bytes and summary["seconds"] > 0
-    [obj] = rec.objects
+    # PostgreSQL 17+: a copy of the backup_manifest beside the tar, for the next
+    # incremental backup (docs/incremental-backups.md "Where the manifest is kept")
+    names = {"base.tar.zst", "backup_manifest.zst"} if major >= 17 else {"base.tar.zst"}
+    assert {o.name for o in rec.objects} == names
+    assert rec.stored_bytes == sum(o.stored_bytes for o in rec.objects)
+    obj = next(o for o in rec.objects if o.name == "base.tar.zst")
     assert obj.stored_bytes == env.repo.storage.stat(obj.key).size
 
     members = tar_members(env, obj.key, workdir, sha256=obj.sha256, raw_sha256=obj.raw_sha256)

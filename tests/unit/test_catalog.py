@@ -195,8 +195,9 @@ def test_report_schema_is_stable() -> None:
     assert set(doc["backups"][0]) == {
         "id", "label", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline",
         "pg_version", "db_size", "raw_bytes", "stored_bytes", "compression_ratio", "pinned",
-        "wal_complete"}
+        "wal_complete", "type", "parent", "chain", "chain_whole", "chain_problem"}
     assert doc["backups"][0]["compression_ratio"] == 9.0
+    assert (doc["backups"][0]["type"], doc["backups"][0]["chain"]) == ("full", ["b1"])
     assert doc["wal"][0]["ranges"][0]["first"] == "000000010000000000000002"
     assert doc["wal"][0]["ranges"][0]["end_lsn"] == "0/4000000"
     assert doc["wal"][0]["gaps"] == []
