@@ -56,8 +56,8 @@ class ClusterInfo:
     archive_command: str
     archive_library: str
     in_recovery: bool
-    # The cluster's TimeZone: a zone-less restore target is read in it (README
-    # "Restoring"), so each backup records it
+    # The cluster's TimeZone: a zone-less restore target is read in it
+    # (docs/restore.md), so each backup records it
     timezone: str
 
     @property

@@ -112,7 +112,7 @@ def last_xact_end_time(repo: Repo, catalog: Catalog, backup: BackupRecord, bindi
 # PostgreSQL replays CREATE TABLESPACE by (re)creating pg_tblspc/<oid> as a link to
 # the location recorded in the WAL, and then writes every relation of that
 # tablespace through it. On the database host that location is production's live
-# tablespace, so a restore must know before replay (README: Restoring, Tablespaces).
+# tablespace, so a restore must know before replay (docs/restore.md, "Tablespaces in archived WAL").
 
 DEFAULT_TABLESPACES = (1663, 1664)  # pg_default, pg_global: inside the data directory
 
@@ -195,7 +195,7 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
 # Segments one pg_waldump run decodes (plus the next one, read on): each segment is
 # decoded 1.125 times instead of twice. The run's text is held in memory (about 15 MB
 # a busy segment, so ~135 MB at most); 35 pgbench segments took 16 s to scan at 8,
-# 20 s at 4 and 27 s in windows of two (README, "Restoring").
+# 20 s at 4 and 27 s in windows of two (docs/restore.md).
 SCAN_CHUNK = 8
 
 
@@ -208,7 +208,8 @@ def scan_tablespace_records(repo: Repo, segments: Sequence[str], bindir: str | P
     Each segment is fetched once (verified against its stored sha256). One pg_waldump
     run decodes up to ``SCAN_CHUNK`` consecutive segments of a timeline plus the next
     one, so a record crossing into it is read whole; records starting in that next
-    segment belong to the next run (README, "Restoring", for the cost)."""
+    segment belong to the next run (docs/restore.md, "Tablespaces in archived WAL", for
+    the cost)."""
     pg_waldump = Path(bindir) / "pg_waldump"
     if not pg_waldump.exists():
         raise PostgresError(f"{pg_waldump} not found",

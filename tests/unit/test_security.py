@@ -116,7 +116,7 @@ def test_dsn_without_password(dsn: str, clean: str, password: str | None) -> Non
     assert dsn_without_password(dsn) == (clean, password)
 
 
-# -- every rendered form of a secret (README: Fault table) --------------------------
+# -- every rendered form of a secret (docs/fault-table.md) --------------------------
 
 _ODD = 'k3y"with\\back\'slash/+é&=%'
 _HOOK = "https://hooks.example.invalid/services/T000/B000/hooksecret-31337"
