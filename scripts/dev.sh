@@ -39,7 +39,11 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # the code under test; a copy otherwise (a checkout under a 0700 home directory).
 install() {
   local extras=$1 mode=copy stamp sum
-  ./scripts/setup-host.sh "$venv" "$pguser"
+  if [ "$extras" = test ]; then
+    SETUP_HOST_TEST_TOOLS=1 ./scripts/setup-host.sh "$venv" "$pguser"
+  else  # the demo: PostgreSQL and the venv, none of the tools only the tests use
+    SETUP_HOST_NO_SYSTEMD=1 ./scripts/setup-host.sh "$venv" "$pguser"
+  fi
   runuser -u "$pguser" -- test -r "$PWD/pitr/__init__.py" 2>/dev/null && mode=editable
   # the checkout's path too: an editable install of another checkout runs other code
   sum=$( { echo "$mode $extras $PWD"; cat pyproject.toml
