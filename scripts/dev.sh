@@ -30,6 +30,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cd "$(dirname "$0")/.."
+# Run through sudo by a normal user on their own checkout: what root writes into it
+# (build/, pitr.egg-info, caches) is handed back to that user, so it stays theirs.
+if [ -n "${SUDO_UID:-}" ] && [ "${SUDO_UID}" != 0 ] && [ "$(stat -c %u .)" = "$SUDO_UID" ]; then
+  trap 'find . -xdev -user 0 -exec chown -h "$SUDO_UID:$SUDO_GID" {} + 2>/dev/null || true' EXIT
+fi
 venv=${VENV:-/opt/pitr-venv}
 pguser=${PGUSER_OS:-pgtest}
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
