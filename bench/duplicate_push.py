@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The cost of archive-push's duplicate path: answering "already archived" for a 16 MiB
-segment that is stored, now that the whole stored object is proven first (README
+segment that is stored, now that the whole stored object is proven first (docs/archiving.md,
 "What archive-push guarantees").
 
 Pushes N synthetic segments (a valid long page header; compressible text-like or

@@ -374,7 +374,7 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
 
 
 def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock | None) -> None:
-    """The last look before the manifest makes the backup exist (README: Fault table).
+    """The last look before the manifest makes the backup exist (docs/fault-table.md).
 
     A run that took our lock over (it thought us gone) may clean our objects up as
     an interrupted backup's leftovers, and a run whose lock we took over may still

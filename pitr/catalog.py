@@ -262,7 +262,7 @@ def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Except
         if isinstance(data, TransientStorageError):
             # The repository did not answer: the backup's state is unknown, not "damaged".
             # Reading it as damaged would silently plan from an older backup, or report
-            # "no completed backup" when there is one (README, Fault table).
+            # "no completed backup" when there is one (docs/fault-table.md).
             raise data
         try:
             if isinstance(data, Exception):

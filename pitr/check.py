@@ -42,8 +42,8 @@ def _fail(name: str, err: PitrError | str, hint: str = "") -> CheckResult:
 
 
 def check_version(cfg: Config, repo: Repo | None, major: int) -> CheckResult:
-    """The server's major version against the stanza's and the binaries' (README
-    "Supported PostgreSQL versions")."""
+    """The server's major version against the stanza's and the binaries'
+    (docs/postgresql-versions.md)."""
     from pitr.pg.version import TESTED_MAJORS, require_same_major, resolve_bindir
 
     try:

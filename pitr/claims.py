@@ -10,7 +10,7 @@ while the claim's lease runs, and says which claim held it back.
 A claim outlives its holder only by its lease: a crashed restore holds nothing
 back for long. ``pitr restore`` without ``--start`` hands replay to PostgreSQL,
 which pitr does not watch: that claim is left with a lease of ``--wait-timeout``
-(README: Fault table).
+(docs/fault-table.md).
 """
 
 from __future__ import annotations

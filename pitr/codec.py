@@ -88,7 +88,7 @@ def verify_blob(obj: bytes, name: str) -> tuple[Header, bytes]:
 
     Stricter than :func:`decompress_blob` (which would not notice bytes appended after
     the frame) and a little slower: archive-push runs it before answering "already
-    archived" (README "What archive-push guarantees"), archive-get does not need it.
+    archived" (docs/archiving.md, "What archive-push guarantees"), archive-get does not need it.
     """
     import zstandard
 

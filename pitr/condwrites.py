@@ -2,7 +2,7 @@
 
 Never overwriting an archived segment, the stanza lock and the claim of a
 stanza's ``repo.json`` all rest on one primitive: a conditional write that the
-server refuses when the key exists (README, "Conditional writes are proven, not
+server refuses when the key exists (docs/archiving.md, "Conditional writes are proven, not
 assumed", under "Setting up archiving"). A server or proxy that ignores the
 header answers every such write with success, and all three silently stop
 protecting anything. So before archive-push, the agent, backup, expire (the

@@ -2,7 +2,7 @@
 
 The schema is the dataclasses below; each field's metadata carries its doc
 text and whether it is secret, so `config show`, `config check` and the
-README reference are all generated from this one place. Loading collects every
+reference in docs/configuration.md are all generated from this one place. Loading collects every
 problem before failing, so a user fixes a file in one pass.
 
 This module must stay cheap to import (stdlib only): archive-push's fast path
@@ -447,7 +447,7 @@ def secrets_of(cfg: Config) -> list[str]:
 def exposed_secrets_warning(cfg: Config) -> str | None:
     """A warning when the config file holds secrets and every user may read it.
 
-    Group-readable is fine (README: Security: ``chgrp postgres``, mode 640, so the
+    Group-readable is fine (docs/setup.md, "Security": ``chgrp postgres``, mode 640, so the
     archiver reads it); readable by others hands the repository keys to any local
     account."""
     from pitr.security import dsn_passwords

@@ -17,7 +17,7 @@ before any I/O. Two cases are answered here with :mod:`pitr.fastpath` only
   recovered (its pg_control), rename it to DEST. All of it in this restore's own
   corner of the spool (repository, data directory, system id:
   :func:`pitr.fastpath.restore_key`). The fast path never answers "absent": that
-  needs the proof only the full path gives (README "Exit codes", archive-get),
+  needs the proof only the full path gives (docs/exit-codes.md, archive-get),
   and it is asked a handful of times per restore. History files (no page header
   to prove) take the full path too.
 

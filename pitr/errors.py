@@ -170,7 +170,7 @@ class InternalError(PitrError):
 
 
 def exit_code_table() -> list[tuple[int, str, str]]:
-    """(code, class name, first docstring line) for README and `pitr --help`."""
+    """(code, class name, first docstring line) for docs/exit-codes.md and `pitr --help`."""
     seen: dict[int, tuple[int, str, str]] = {}
     stack: list[type[PitrError]] = [PitrError]
     while stack:

@@ -15,7 +15,7 @@ so it deletes exactly the rest. Expire holds the stanza lock that ``pitr backup`
 takes, so the two never run at the same time. Restores and drills hold reader
 claims: a backup a live claim reads is kept with the WAL after it, and claims are
 read again before each step, so one registered mid-run stops the run
-(README: Fault table).
+(docs/fault-table.md).
 """
 
 from __future__ import annotations

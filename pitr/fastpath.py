@@ -224,7 +224,7 @@ def prefetched_intact(path: str) -> bool:
     """Does the prefetched file still hash to the sha256 the repository recorded for it?
 
     Checked at hand-over (one read of the file, 27 ms p50 for 16 MiB on a loaded 2-core
-    host; README, "Prefetch in archive-get"): a file changed or
+    host; docs/design.md, "Prefetch"): a file changed or
     damaged in the spool after the worker verified it is never given to PostgreSQL.
     """
     import hashlib

@@ -1,7 +1,7 @@
 """What `pitr list` shows: backups, WAL per timeline, gaps, the recovery window.
 
 :func:`report` turns a :class:`~pitr.catalog.Catalog` into the JSON document
-(``schema_version`` 1, documented in README "Base backups"); :func:`render`
+(``schema_version`` 1, documented in docs/backups.md); :func:`render`
 prints the same facts for people. The recovery window is :mod:`pitr.window`'s,
 the one every other reader uses too. Pure: no I/O, time is not read.
 """

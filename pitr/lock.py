@@ -6,7 +6,7 @@ records who holds it and a **lease**: the holder rewrites ``renewed`` every
 ``lease / 3`` seconds while it works (a thread), so a lock whose lease runs
 means a live holder.
 
-Takeover rule (README: Fault table). A lock is taken over, with a warning,
+Takeover rule (docs/fault-table.md). A lock is taken over, with a warning,
 only when its lease has expired **and** its holder is provably gone:
 
 * same host: the holder's process is not alive (a live process keeps its lock

@@ -79,7 +79,7 @@ class RestoreOptions:
     port: int | None = None
     yes: bool = False
     wait_timeout: float = 3600.0
-    # a restore drill: nothing may be written outside pgdata's parent (README: Fault table)
+    # a restore drill: nothing may be written outside pgdata's parent (docs/fault-table.md)
     isolated: bool = False
     # the drill's own settings (private socket, no archiving, no replicas: pitr/verify.py),
     # written with the recovery settings and overriding the restored ones
@@ -195,9 +195,9 @@ def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
                       opts: RestoreOptions, bindir: Path) -> None:
     """Refuse, before anything is written, WAL whose replay would leave the directory.
 
-    pg_waldump reads every planned segment (README: Restoring, Tablespaces). A drill also
-    fetches nothing past them (``archive-get --stop-after``), so WAL archived
-    while it runs cannot bring a tablespace in unseen.
+    pg_waldump reads every planned segment (docs/restore.md, "Tablespaces in archived
+    WAL"). A drill also fetches nothing past them (``archive-get --stop-after``), so WAL
+    archived while it runs cannot bring a tablespace in unseen.
     """
     from pitr.pg.waldump import scan_tablespace_records, tablespace_refusal
     from pitr.wal.fetch import fetch_to_bytes
@@ -214,8 +214,8 @@ def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
         return
     raise TargetDirError(
         f"refusing to {'run the restore drill' if opts.isolated else 'restore'}: {why}",
-        hint=("pitr does not restore tablespaces in a drill (README: Restoring, "
-              "Tablespaces): pick a target before that record (--to), or a backup taken "
+        hint=("pitr does not restore tablespaces in a drill (docs/restore.md, Tablespaces "
+              "in archived WAL): pick a target before that record (--to), or a backup taken "
               "after the tablespace was dropped" if opts.isolated else
               "restore on another host, or move that directory's contents away first; pitr "
               "never replays into an occupied tablespace location"))
@@ -330,7 +330,7 @@ def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: 
                                           "backup (--backup ID)") from exc
             except OSError as exc:
                 # Writing into the data directory failed (full, read-only, quota): the
-                # destination's fault, said as such, never "a bug" (README, Fault table).
+                # destination's fault, said as such, never "a bug" (docs/fault-table.md).
                 progress.abandon()
                 raise TargetDirError(
                     f"cannot write the restored files into {pgdata}: {exc.strerror or exc}",
@@ -375,8 +375,8 @@ def safe_member(member: tarfile.TarInfo, root: Path, what: str) -> None:
         raise TargetDirError(
             f"{what}: the backup holds the tablespace link {name} -> {member.linkname}; "
             "restoring it would write outside the data directory",
-            hint="pitr does not restore tablespaces (README: Restoring, Tablespaces); restore this "
-                 "backup with the tool that made it")
+            hint="pitr does not restore tablespaces (docs/restore.md, Tablespaces in archived "
+                 "WAL); restore this backup with the tool that made it")
     if os.path.isabs(name) or ".." in parts:
         raise refuse("absolute path or '..'")
     dest = os.path.join(base, name)

@@ -230,7 +230,7 @@ class ZstdDecompress:
     The two modes for a stored WAL object, which is held in memory anyway:
     ``"first"`` (archive-get) decompresses the first frame and ignores what follows;
     ``"exactly-one"`` is the proof a stored object must pass before archive-push
-    answers "already archived" (README "What archive-push guarantees"): one
+    answers "already archived" (docs/archiving.md, "What archive-push guarantees"): one
     complete frame and nothing after it.
 
     More than ``limit`` bytes of output (what the object's header declares) fail

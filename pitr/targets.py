@@ -5,7 +5,7 @@ wrong data: exactly one target kind, times in ISO 8601, LSNs as ``X/Y``.
 
 A time without a zone is read in the cluster's ``TimeZone`` (the zone its
 users read and write times in), which every backup records in its manifest
-(README "Restoring"). It is never read silently as UTC: when the backups do
+(docs/restore.md). It is never read silently as UTC: when the backups do
 not record the zone, or the local time does not exist or happens twice (a
 daylight-saving change), the input is refused and the error says how to
 write it with a zone.

@@ -354,7 +354,7 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
               target=str(target), scratch=str(scratch), port=port)
     from pitr.claims import claim_backup
 
-    # expire keeps the backup and its WAL while the drill reads them (README: Fault table)
+    # expire keeps the backup and its WAL while the drill reads them (docs/fault-table.md)
     claim = claim_backup(repo, plan.backup.id, command="pitr verify",
                          lease=2 * cfg.backup.lock_lease)
     report.scratch["claim"] = claim.claim.id

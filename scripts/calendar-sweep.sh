@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The calendar sweep (README, "Development"): run the tests of calendar logic once for
+# The calendar sweep (docs/development.md): run the tests of calendar logic once for
 # every date in tests/support/dates.py's SWEPT_DATES.
 #   - pure tests (retention, targets, planner, health, catalog) run with the process's
 #     wall clock moved to noon of that date by libfaketime (Debian package `faketime`);

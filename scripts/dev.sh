@@ -30,6 +30,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cd "$(dirname "$0")/.."
+# Run through sudo by a normal user on their own checkout: what root writes into it
+# (build/, pitr.egg-info, caches) is handed back to that user, so it stays theirs.
+if [ -n "${SUDO_UID:-}" ] && [ "${SUDO_UID}" != 0 ] && [ "$(stat -c %u .)" = "$SUDO_UID" ]; then
+  trap 'find . -xdev -user 0 -exec chown -h "$SUDO_UID:$SUDO_GID" {} + 2>/dev/null || true' EXIT
+fi
 venv=${VENV:-/opt/pitr-venv}
 pguser=${PGUSER_OS:-pgtest}
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
@@ -39,7 +44,11 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # the code under test; a copy otherwise (a checkout under a 0700 home directory).
 install() {
   local extras=$1 mode=copy stamp sum
-  ./scripts/setup-host.sh "$venv" "$pguser"
+  if [ "$extras" = test ]; then
+    SETUP_HOST_TEST_TOOLS=1 ./scripts/setup-host.sh "$venv" "$pguser"
+  else  # the demo: PostgreSQL and the venv, none of the tools only the tests use
+    SETUP_HOST_NO_SYSTEMD=1 ./scripts/setup-host.sh "$venv" "$pguser"
+  fi
   runuser -u "$pguser" -- test -r "$PWD/pitr/__init__.py" 2>/dev/null && mode=editable
   # the checkout's path too: an editable install of another checkout runs other code
   sum=$( { echo "$mode $extras $PWD"; cat pyproject.toml

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Write README's configuration reference from the config model (pitr.config.schema()).
+"""Write docs/configuration.md's reference from the config model (pitr.config.schema()).
 
-    python scripts/gen_config_reference.py          # rewrite README.md in place
-    python scripts/gen_config_reference.py --check  # exit 1 if README.md is stale
+    python scripts/gen_config_reference.py          # rewrite docs/configuration.md in place
+    python scripts/gen_config_reference.py --check  # exit 1 if docs/configuration.md is stale
 
 The reference sits between ``<!-- section:config-reference -->`` and
-``<!-- /section:config-reference -->``; everything else in README is left alone.
+``<!-- /section:config-reference -->``; everything else in the file is left alone.
 A unit test runs ``--check`` so a new config key cannot ship undocumented.
 """
 
@@ -68,7 +68,7 @@ def render(keys: list[KeyInfo] | None = None) -> str:
     for info in keys:
         if info.section != section:
             section = info.section
-            out += ["", f"#### `[{section}]`" if section else "#### Top level", "",
+            out += ["", f"## `[{section}]`" if section else "## Top level", "",
                     "| key | type | default | environment | meaning |",
                     "|---|---|---|---|---|"]
         meaning = info.doc
@@ -85,13 +85,13 @@ def render(keys: list[KeyInfo] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def replace_section(readme: str, body: str) -> str:
-    return generated.replace_between(readme, BEGIN, END, body)
+def replace_section(text: str, body: str) -> str:
+    return generated.replace_between(text, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
     return generated.run(argv, description=(__doc__ or "").splitlines()[0],
-                         default_path=ROOT / "README.md", option="readme",
+                         default_path=ROOT / "docs" / "configuration.md", option="doc",
                          transform=lambda current: replace_section(current, render()),
                          what="configuration reference",
                          command="python scripts/gen_config_reference.py")

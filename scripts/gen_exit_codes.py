@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Write README's exit-code table from pitr.errors (the one registry of codes).
+"""Write docs/exit-codes.md's table from pitr.errors (the one registry of codes).
 
-    python scripts/gen_exit_codes.py          # rewrite the section in README.md
-    python scripts/gen_exit_codes.py --check  # exit 1 if README.md is stale
+    python scripts/gen_exit_codes.py          # rewrite the section in docs/exit-codes.md
+    python scripts/gen_exit_codes.py --check  # exit 1 if docs/exit-codes.md is stale
 
 The table sits between ``<!-- section:exit-codes -->`` and
 ``<!-- /section:exit-codes -->``. Each row also gives what archive-get
@@ -82,13 +82,13 @@ def render() -> str:
     return "\n".join(rows) + "\n"
 
 
-def replace_section(readme: str, body: str) -> str:
-    return generated.replace_between(readme, BEGIN, END, body)
+def replace_section(text: str, body: str) -> str:
+    return generated.replace_between(text, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
     return generated.run(argv, description=(__doc__ or "").splitlines()[0],
-                         default_path=ROOT / "README.md", option="readme",
+                         default_path=ROOT / "docs" / "exit-codes.md", option="doc",
                          transform=lambda current: replace_section(current, render()),
                          what="exit-code table", command="python scripts/gen_exit_codes.py")
 

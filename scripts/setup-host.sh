@@ -10,8 +10,15 @@ need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15 postgresql-client-15)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v runuser >/dev/null || need_apt+=(util-linux)
-# The tests check the systemd units with `systemd-analyze verify`; images skip it.
+# The tests check the systemd units with `systemd-analyze verify`; the demo and images skip
+# it (SETUP_HOST_NO_SYSTEMD=1). The tests also run the openssl and zstd command-line tools
+# (a TLS S3 server, `zstd -d` on a stored object), which a bare Debian 12 lacks: without
+# them those tests would only be skipped (SETUP_HOST_TEST_TOOLS=1 installs them).
 [ -n "${SETUP_HOST_NO_SYSTEMD:-}" ] || command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+if [ -n "${SETUP_HOST_TEST_TOOLS:-}" ]; then
+  command -v openssl >/dev/null || need_apt+=(openssl)
+  command -v zstd >/dev/null || need_apt+=(zstd)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install ${need_apt[*]} (needs root)" >&2; exit 1

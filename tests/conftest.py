@@ -70,7 +70,7 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that builds a cluster runs on PostgreSQL 15; those marked
-    ``@pytest.mark.pg_versions(15, 18)`` (the README's "Development" slice) on each listed
+    ``@pytest.mark.pg_versions(15, 18)`` (docs/development.md) on each listed
     major. The param is module-scoped, so a module's shared cluster is made once per major."""
     if "pg_major" not in metafunc.fixturenames:
         return
@@ -126,7 +126,7 @@ def testdir(workdir: Path, request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def pitr_exe() -> Path:
     """The pitr console script, proven runnable by the cluster user (a venv under a 0700
-    home is not: README, "Development")."""
+    home is not: docs/development.md)."""
     if not (PG_BINDIR / "initdb").exists():
         pytest.skip(f"PostgreSQL binaries not found in {PG_BINDIR}")
     if not PITR_EXE.exists():
@@ -135,7 +135,7 @@ def pitr_exe() -> Path:
     if proc.returncode != 0:
         pytest.fail(f"the cluster user {PG_USER!r} cannot run {PITR_EXE}: {proc.stderr}\n"
                     "Create the virtualenv and checkout where that user can read them "
-                    "(see README, Development).")
+                    "(see docs/development.md).")
     return PITR_EXE
 
 

@@ -6,10 +6,12 @@ from typing import Annotated
 
 import typer
 
-from pitr.cli.app import app, load_config
+from pitr.cli.app import app, examples, load_config
 
 
-@app.command("agent")
+@app.command("agent", epilog=examples(
+    "runuser -u postgres -- pitr --config /etc/pitr/pitr.toml agent",
+    "systemctl enable --now pitr-agent.service    # the same, as a service"))
 def agent(
     rescan: Annotated[float, typer.Option(
         "--rescan", help="seconds between full rescans of archive_status "
@@ -35,7 +37,9 @@ def agent(
     raise typer.Exit(code)
 
 
-@app.command("prefetch-worker", hidden=True)
+@app.command("prefetch-worker", hidden=True, epilog=examples(
+    "pitr prefetch-worker --datadir /srv/pg-restored --idle-exit 20"
+    "    # archive-get starts it"))
 def prefetch_worker(
     idle_exit: Annotated[float, typer.Option(
         "--idle-exit", help="exit after this many seconds without a request")] = 20.0,

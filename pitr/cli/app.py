@@ -18,6 +18,16 @@ from pitr import config as config_mod
 from pitr import log
 from pitr.errors import PitrError
 
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: example command lines, shown as written.
+
+    Every command has one (tests/unit/test_cli_help.py); click's ``\\b`` keeps the lines
+    from being re-wrapped into one paragraph.
+    """
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="pitr",
     help="Point-in-time recovery for PostgreSQL: WAL archiving, base backups, restores.",
@@ -28,6 +38,9 @@ app = typer.Typer(
     # and eats bracketed words such as "[retention]" as markup.
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples("pitr check", "pitr backup", "pitr list",
+                    "pitr restore --to 2025-02-15T01:30Z --pgdata /srv/pg-restored --start",
+                    "pitr COMMAND --help    # each command's options and examples"),
 )
 
 
@@ -41,6 +54,7 @@ class GlobalOptions:
 OPTS = GlobalOptions()
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
+
 
 
 def version_callback(value: bool) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json, report_error
+from pitr.cli.app import OPTS, JsonFlag, app, examples, load_config, print_json, report_error
 from pitr.errors import RECOVERY_ABORT_OFFSET, CheckFailed, UsageError
 
 
@@ -27,7 +27,9 @@ def _click_usage_error() -> type[Exception]:
     return ClickUsageError
 
 
-@app.command("archive-push")
+@app.command("archive-push", epilog=examples(
+    "archive_command = '/opt/pitr-venv/bin/pitr --config /etc/pitr/pitr.toml archive-push %p'",
+    "cd $PGDATA && pitr archive-push pg_wal/000000010000000000000042    # by hand"))
 def archive_push(
     path: Annotated[str, typer.Argument(help="the WAL file to archive (%p)")],
 ) -> None:
@@ -54,7 +56,9 @@ class _RestoreCommand(TyperCommand):
             raise  # unreachable: ctx.exit raises
 
 
-@app.command("archive-get", cls=_RestoreCommand)
+@app.command("archive-get", cls=_RestoreCommand, epilog=examples(
+    "restore_command = '/opt/pitr-venv/bin/pitr --config /etc/pitr/pitr.toml archive-get %f %p'",
+    "pitr archive-get 000000010000000000000042 /tmp/seg    # fetch one file by hand"))
 def archive_get(
     walname: Annotated[str, typer.Argument(help="the WAL file PostgreSQL wants (%f)")],
     dest: Annotated[str, typer.Argument(help="where to write it (%p)")],
@@ -72,7 +76,9 @@ def archive_get(
         raise typer.Exit(code)
 
 
-@app.command("check")
+@app.command("check", epilog=examples(
+    "runuser -u postgres -- pitr check",
+    "pitr check --json --timeout 120"))
 def check(
     json_out: JsonFlag = False,
     timeout: Annotated[float, typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, load_config, print_doc, print_json
+from pitr.cli.app import JsonFlag, app, examples, load_config, print_doc, print_json
 
 
 class Label(StrEnum):
@@ -15,7 +15,10 @@ class Label(StrEnum):
     scheduled = "scheduled"
 
 
-@app.command("backup")
+@app.command("backup", epilog=examples(
+    "pitr backup",
+    "pitr backup --pin --json",
+    "pitr backup --label scheduled    # what pitr-backup.timer runs"))
 def backup(
     label: Annotated[Label, typer.Option(
         "--label", help="why the backup was taken (the systemd timer passes scheduled)")
@@ -69,7 +72,7 @@ def backup(
         raise expire_error
 
 
-@app.command("list")
+@app.command("list", epilog=examples("pitr list", "pitr list --json"))
 def list_(json_out: JsonFlag = False) -> None:
     """Backups, archived WAL per timeline, gaps and the recovery window."""
     from pitr.catalog_cache import cached_catalog

@@ -5,13 +5,15 @@ from __future__ import annotations
 import typer
 
 from pitr import config as config_mod
-from pitr.cli.app import JsonFlag, app, load_config, print_json
+from pitr.cli.app import JsonFlag, app, examples, load_config, print_json
 
-config_app = typer.Typer(help="Show or check the effective configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Show or check the effective configuration.", no_args_is_help=True,
+                         epilog=examples("pitr config show", "pitr config check"))
 app.add_typer(config_app, name="config")
 
 
-@config_app.command("show")
+@config_app.command("show", epilog=examples(
+    "pitr --config /etc/pitr/pitr.toml config show", "pitr config show --json"))
 def show(json_out: JsonFlag = False) -> None:
     """Print every effective value and where it came from (secrets masked)."""
     cfg = load_config(command="config show")
@@ -24,7 +26,8 @@ def show(json_out: JsonFlag = False) -> None:
         typer.echo(f"{key:<{width}}  {value!r:<40}  ({source})")
 
 
-@config_app.command("check")
+@config_app.command("check", epilog=examples(
+    "pitr config check", "PITR_REPOSITORY_URL=s3://bucket/pitr pitr config check"))
 def check(json_out: JsonFlag = False) -> None:
     """Validate the configuration; lists every problem at once (exit 3 if any)."""
     cfg = load_config(command="config check")

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, load_config, print_json
+from pitr.cli.app import JsonFlag, app, examples, load_config, print_json
 
 
-@app.command("expire")
+@app.command("expire", epilog=examples(
+    "pitr expire --dry-run    # each backup kept (and why) or deleted", "pitr expire --json"))
 def expire(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="show what would be deleted and why; delete nothing")] = False,
@@ -26,14 +27,14 @@ def expire(
         typer.echo(render(result))
 
 
-@app.command("pin")
+@app.command("pin", epilog=examples("pitr pin 20250215T013000Z"))
 def pin(backup_id: Annotated[str, typer.Argument(help="id of a completed backup")],
         json_out: JsonFlag = False) -> None:
     """Pin a backup: retention keeps it until it is unpinned."""
     _set_pin(backup_id, True, json_out)
 
 
-@app.command("unpin")
+@app.command("unpin", epilog=examples("pitr unpin 20250215T013000Z"))
 def unpin(backup_id: Annotated[str, typer.Argument(help="id of a pinned backup")],
           json_out: JsonFlag = False) -> None:
     """Remove a pin: retention treats the backup like any other again."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
+from pitr.cli.app import OPTS, JsonFlag, app, examples, load_config, print_json
 
 if TYPE_CHECKING:
     from pitr.catalog import Catalog
@@ -71,7 +71,10 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
     return cfg, repo, plan
 
 
-@app.command("plan")
+@app.command("plan", epilog=examples(
+    "pitr plan --to '2025-02-15 01:30'",
+    "pitr plan --to 2025-02-15T01:30Z --json",
+    "pitr plan --latest"))
 def plan_cmd(to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
              immediate: Immediate = False, latest: Latest = False,
              timeline: TimelineOpt = None, backup: BackupOpt = None, exclusive: Exclusive = False,
@@ -85,7 +88,10 @@ def plan_cmd(to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
         _print_plan(cfg.stanza, plan)
 
 
-@app.command("restore")
+@app.command("restore", epilog=examples(
+    "pitr restore --to 2025-02-15T01:30Z --pgdata /srv/pg-restored --port 5499 --start",
+    "pitr restore --latest --pgdata /var/lib/postgresql/15/main --force "
+    "--archive-mode preserve"))
 def restore_cmd(
     pgdata: Annotated[Path, typer.Option("--pgdata", "-D", help="data directory to restore into",
                                          show_default=False)],

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from pitr import setup as setup_mod
-from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_json
+from pitr.cli.app import OPTS, JsonFlag, app, examples, load_config, print_json
 from pitr.config import Config
 from pitr.security import check_command_user
 
@@ -24,7 +24,9 @@ def _run_check(cfg: Config) -> dict[str, Any]:
     return {"status": "passed" if ok else "failed", "results": [r.as_dict() for r in results]}
 
 
-@app.command("setup")
+@app.command("setup", epilog=examples(
+    "runuser -u postgres -- pitr setup            # what it would change",
+    "runuser -u postgres -- pitr setup --apply    # change it, then run pitr check"))
 def setup(
     apply: Annotated[bool, typer.Option(
         "--apply", help="write the settings with ALTER SYSTEM, reload, create the stanza, "

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, load_config, print_doc
+from pitr.cli.app import JsonFlag, app, examples, load_config, print_doc
 from pitr.errors import CheckFailed
 
 
@@ -56,7 +56,7 @@ def render_text(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-@app.command("status")
+@app.command("status", epilog=examples("pitr status", "pitr status --json"))
 def status(json_out: JsonFlag = False) -> None:
     """Backup health: last backup, WAL archiving, recovery window, last restore drill.
 
@@ -73,7 +73,9 @@ def status(json_out: JsonFlag = False) -> None:
             f.message for f in report.findings if f.severity == "critical"))
 
 
-@app.command("serve")
+@app.command("serve", epilog=examples(
+    "pitr serve", "pitr serve --listen 0.0.0.0 --port 9187",
+    "curl -s localhost:9187/health/backup"))
 def serve(
     port: Annotated[int | None, typer.Option(help="port (default: monitor.port)")] = None,
     listen: Annotated[str | None, typer.Option(help="address (default: monitor.listen)")] = None,

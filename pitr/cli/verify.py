@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pitr.cli.app import OPTS, JsonFlag, app, load_config, print_doc
+from pitr.cli.app import OPTS, JsonFlag, app, examples, load_config, print_doc
 from pitr.errors import CheckFailed
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ def render_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@app.command("verify")
+@app.command("verify", epilog=examples(
+    "pitr verify", "pitr verify --random-point --json",
+    "pitr verify --to 2025-02-15T01:30Z --keep"))
 def verify(
     backup: Annotated[str | None, typer.Option("--backup", help="backup ID (default: the "
                                                "newest that reaches the target)")] = None,

@@ -53,8 +53,8 @@ class ClusterInfo:
     archive_command: str
     archive_library: str
     in_recovery: bool
-    # The cluster's TimeZone: a zone-less restore target is read in it (README
-    # "Restoring"), so each backup records it
+    # The cluster's TimeZone: a zone-less restore target is read in it
+    # (docs/restore.md), so each backup records it
     timezone: str
     # summarize_wal ("on"/"off"; "" before PostgreSQL 17): incremental backups need "on"
     summarize_wal: str = ""

@@ -3,7 +3,7 @@
 ``global/pg_control`` starts with ``ControlFileData.system_identifier`` (a
 uint64 in the platform's byte order, little-endian on every platform PostgreSQL
 packages for). archive-get runs once per WAL segment and needs the identity of
-the cluster it restores into (README "Exit codes": archive-get answers "absent"
+the cluster it restores into (docs/exit-codes.md: archive-get answers "absent"
 only for the right repository), so it reads these 8 bytes instead of running
 pg_controldata.
 """

@@ -2,7 +2,7 @@
 
 A data directory, its WAL and its base backups belong to one major version: a
 server of another major refuses to start on them, and a stanza mixing two
-majors could never be restored (README "Supported PostgreSQL versions"). pitr
+majors could never be restored (docs/postgresql-versions.md). pitr
 reads the major from the server (``server_version_num``), from ``PG_VERSION`` in
 a data directory, from the WAL page magic (pitr/pg/walheader.py) and from the
 binaries' ``--version``, and refuses to mix them with :class:`VersionMismatch`.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pitr.errors import ConfigError, PostgresError, VersionMismatch
 
-# README "Supported PostgreSQL versions": the majors CI runs the integration tests on
+# docs/postgresql-versions.md: the majors CI runs the integration tests on
 # (16 and 17 are expected to work; `pitr check` says when a cluster is neither).
 TESTED_MAJORS = (15, 18)
 

@@ -93,7 +93,7 @@ def last_xact_end_time(segments: Sequence[str], fetch: Fetch,
 # PostgreSQL replays CREATE TABLESPACE by (re)creating pg_tblspc/<oid> as a link to
 # the location recorded in the WAL, and then writes every relation of that
 # tablespace through it. On the database host that location is production's live
-# tablespace, so a restore must know before replay (README: Restoring, Tablespaces).
+# tablespace, so a restore must know before replay (docs/restore.md, "Tablespaces in archived WAL").
 
 DEFAULT_TABLESPACES = (1663, 1664)  # pg_default, pg_global: inside the data directory
 
@@ -166,7 +166,7 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
     # a backup never holds a tablespace (backup and extraction refuse a pg_tblspc link),
     # so any write into one in the replayed WAL follows a Tablespace, Database or Storage
     # record that creates its files. Decoding is the same; printing and parsing every
-    # heap record cost 4x the time (docs: README, "Restoring", Tablespaces).
+    # heap record cost 4x the time (docs/restore.md, "Tablespaces in archived WAL").
     argv = [str(pg_waldump), *(f"--rmgr={r}" for r in SCAN_RMGRS), str(first)]
     argv += [str(last)] if last and last != first else []
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,
@@ -180,7 +180,7 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
 
 
 # Segments one pg_waldump run decodes (plus the next one, read on): each segment is
-# decoded 1.125 times instead of twice (README, "Restoring", for the measured cost).
+# decoded 1.125 times instead of twice (docs/restore.md, for the measured cost).
 SCAN_CHUNK = 8
 SCAN_RMGRS = ("Tablespace", "Database", "Storage")
 # Segments downloaded ahead of the one pg_waldump decodes, by SCAN_FETCHERS threads: the
@@ -198,7 +198,8 @@ def scan_tablespace_records(segments: Sequence[str], fetch: Fetch, bindir: str |
     Each segment is fetched once (verified against its stored sha256). One pg_waldump
     run decodes up to ``SCAN_CHUNK`` consecutive segments of a timeline plus the next
     one, so a record crossing into it is read whole; records starting in that next
-    segment belong to the next run (README, "Restoring", for the cost)."""
+    segment belong to the next run (docs/restore.md, "Tablespaces in archived WAL", for
+    the cost)."""
     pg_waldump = Path(bindir) / "pg_waldump"
     if not pg_waldump.exists():
         raise PostgresError(f"{pg_waldump} not found",

@@ -532,8 +532,8 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
         if code in _NO_SUCH or (op == "stat" and status == 404):
             return NotFound(f"{key}: not found in the repository ({where})")
         if status == 404 or code in _NOT_FOUND:
-            # Only the server's own "no such key" proves an object absent (README "Exit
-            # codes", archive-get); a bare 404 to a GET comes from a proxy, a wrong
+            # Only the server's own "no such key" proves an object absent (docs/exit-codes.md,
+            # archive-get); a bare 404 to a GET comes from a proxy, a wrong
             # endpoint or prefix. HEAD has no body to say more, so stat keeps 404.
             return StorageError(f"{what}: unexpected 404 ({code}) from {where}: not the "
                                 "server's NoSuchKey, so the object is not known to be absent",

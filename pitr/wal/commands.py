@@ -7,7 +7,7 @@ CLI framework: :mod:`pitr.cli.archive` wraps these for ``pitr archive-push`` /
 ``archive-get``, and :mod:`pitr.entry` may call them directly for
 ``[--config X] archive-push|archive-get ARGS``.
 
-The exit-code contract (README "Exit codes"): archive-push exits 0 only once the file
+The exit-code contract (docs/exit-codes.md): archive-push exits 0 only once the file
 is durable and never above 125. archive-get exits 1 only when the file is
 confirmed absent (or under standby.signal), and RECOVERY_ABORT_OFFSET + code
 for everything else, so PostgreSQL stops recovery instead of promoting early.

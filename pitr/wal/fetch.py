@@ -101,7 +101,7 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
 def archive_get(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
                 budget: float) -> FetchResult:
     """restore_command's whole answer: ``dest`` written and proven, or WalNotFound only
-    when the absence is proven (README "Exit codes", archive-get).
+    when the absence is proven (docs/exit-codes.md, archive-get).
 
     ``datadir`` is the cluster being recovered; its pg_control names the system
     identifier every fetched segment must carry and the stanza's repo.json must

@@ -4,7 +4,7 @@ The file is read once. Segments and partial segments carry a WAL long page
 header: its system identifier must match the stanza's ``repo.json`` (created
 by the first push), so two clusters can never mix WAL under one name. The
 object is written with a conditional put. When the name is taken, the stored
-object is read WHOLE and proven against itself (README "What archive-push
+object is read WHOLE and proven against itself (docs/archiving.md, "What archive-push
 guarantees"): its header, one complete zstd frame and nothing after it, the
 size and sha256 of what it decompresses to. Only then does its sha256 decide:
 

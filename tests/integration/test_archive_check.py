@@ -34,7 +34,7 @@ def test_check_passes_on_an_archiving_cluster(pg_factory: Any, pitr_exe: Path,
     doc = json.loads(run_pitr(cfg, "check", "--json").stdout)
     assert doc["ok"] is True and {c["status"] for c in doc["checks"]} == {"ok"}
 
-    # a key in a file every user can read: a warning, not a failure (README: Fault table)
+    # a key in a file every user can read: a warning, not a failure (docs/fault-table.md)
     hook = "https://hooks.example.invalid/services/T1/B1/tok-12345678"
     cfg.write_text(cfg.read_text() + f'\n[monitor]\nwebhook_url = "{hook}"\n')
     assert cfg.stat().st_mode & 0o004

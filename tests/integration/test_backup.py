@@ -66,7 +66,7 @@ def _make_env(kind: str, workdir: Path, pitr_exe: Path, request: pytest.FixtureR
         "archive": {"spool_dir": str(base / "spool")},
         "postgres": {"bindir": str(bindir), "user": PG_USER, "dsn": cluster.dsn},
         # Retention has its own tests; here every backup must stay.
-        # a short lease: the kill -9 test's rerun waits for it (README: Fault table)
+        # a short lease: the kill -9 test's rerun waits for it (docs/fault-table.md)
         "backup": {"wal_timeout": 120, "expire_after": False, "lock_lease": 3},
     })
     cluster.initdb(conf={"archive_mode": "on",

@@ -1,4 +1,4 @@
-"""Conditional writes proven (README, "Conditional writes are proven, not assumed"):
+"""Conditional writes proven (docs/archiving.md, "Conditional writes are proven, not assumed"):
 against the real S3 server behind the fault proxy, whose ``ignore_if_none_match`` rule
 makes it a server that accepts overwrites."""
 

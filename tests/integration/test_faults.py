@@ -1,4 +1,4 @@
-"""The fault table (README, "Fault table"): real PostgreSQL 15, the real S3 server behind the
+"""The fault table (docs/fault-table.md): real PostgreSQL 15, the real S3 server behind the
 fault proxy (tests/support/faultproxy.py), real kill -9 and real full file systems.
 
 Every scenario asserts the same three things where they apply: no segment lost (each one
@@ -317,7 +317,7 @@ def test_hang_during_replay_stops_recovery_then_it_finishes_exact(
     src.archived(names[-1])
     expected = src.expected()
     # The restore reads every planned segment once before it writes anything (the
-    # tablespace scan, README "Restoring"): the last one's second read is replay's.
+    # tablespace scan, docs/restore.md): the last one's second read is replay's.
     lab.proxy.set_rules(Rule("hang", method="GET", path_contains=f"/{names[-1]}", after=1))
     target, proc = src.restore("hang-replay", check=False)
     assert proc.returncode != 0, "a restore whose WAL hangs must not succeed"

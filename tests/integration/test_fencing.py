@@ -1,5 +1,5 @@
 """Writers and readers fenced from each other, on a real PostgreSQL 15 cluster archiving
-to a local repository (README: Fault table).
+to a local repository (docs/fault-table.md).
 
 * `pitr expire` while a restore of an old backup runs: the restore's claim keeps that
   backup and its WAL, expire says which claim held it back, and the restore is exact.

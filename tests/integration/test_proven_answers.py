@@ -1,4 +1,4 @@
-"""Faults in the repository while PostgreSQL replays from it (README "Fault table").
+"""Faults in the repository while PostgreSQL replays from it (docs/fault-table.md).
 
 A real PostgreSQL 15 cluster archives into a local-directory repository: one base
 backup, then a numbered row per segment, each segment switched and archived. Each
@@ -269,7 +269,7 @@ def test_damaged_object_is_refused_by_archive_get_and_repaired_by_push(
                    "--port", str(target.port), "--wait-timeout", "120")
         proc = run_pitr(source.config, *restore, check=False)
         # restore reads every planned segment before it writes anything (the tablespace
-        # scan, README "Restoring"): the damage stops it there, named, and nothing is
+        # scan, docs/restore.md): the damage stops it there, named, and nothing is
         # started. (archive-get's own refusal, exit 159, is test_archive's
         # test_archive_get_missing_and_corrupt: damage found during a replay.)
         assert proc.returncode == IntegrityError.exit_code, proc.stderr

@@ -76,7 +76,7 @@ def test_entrypoint_first_start_archives_and_backs_up(testdir: Path, pitr_exe: P
         assert json.loads(backup.stdout)["id"] in listing.stdout
         assert (pgdata.parent.stat().st_mode & 0o777) == 0o700
 
-        # README's Docker walkthrough: a table, the time, an accident, a restore.
+        # docs/setup.md's Docker walkthrough: a table, the time, an accident, a restore.
         def psql(sql: str) -> str:
             return run_as([str(PG_BINDIR / "psql"), "-h", str(sock), "-p", str(port), "-d",
                            "postgres", "-XAtc", sql]).stdout.strip()

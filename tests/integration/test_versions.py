@@ -1,5 +1,5 @@
 """Major versions: a stanza, its WAL, its backups and the binaries that restore them belong
-to one PostgreSQL major (README "Supported PostgreSQL versions"). A PostgreSQL 15 stanza
+to one PostgreSQL major (docs/postgresql-versions.md). A PostgreSQL 15 stanza
 meets a PostgreSQL 18 cluster and PostgreSQL 18 binaries: every crossing is refused with
 VersionMismatch before anything is written."""
 

@@ -3,7 +3,7 @@
 Calendar logic (retention tiers, target times) is tested at a date passed in: by default
 ``DEFAULT_TODAY``; ``PITR_TEST_TODAY=YYYY-MM-DD`` moves the whole suite to another date,
 and ``scripts/calendar-sweep`` runs the calendar tests once for every date of
-``SWEPT_DATES`` (README, "Development": the calendar sweep).
+``SWEPT_DATES`` (docs/development.md: the calendar sweep).
 """
 
 from __future__ import annotations

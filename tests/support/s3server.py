@@ -1,4 +1,4 @@
-"""A real S3 server for tests: SeaweedFS ``weed mini`` (README, "Development").
+"""A real S3 server for tests: SeaweedFS ``weed mini`` (docs/development.md).
 
 One process serves master, volume, filer and the S3 gateway; it is ready in
 about a second. Every port is chosen explicitly (``weed mini`` otherwise uses

@@ -156,7 +156,7 @@ def test_unreadable_lock_is_stale(tmp_path: Path) -> None:
 
 
 def test_a_backup_rechecks_its_lock_and_objects_before_its_manifest(tmp_path: Path) -> None:
-    """README: Fault table: after a takeover a backup writes no manifest over lost objects."""
+    """docs/fault-table.md: after a takeover a backup writes no manifest over lost objects."""
     from retention_builders import backup
 
     from pitr.backup import recheck_before_manifest

@@ -1,4 +1,4 @@
-"""README's configuration reference is generated from the config model and current."""
+"""docs/configuration.md's reference is generated from the config model and current."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_every_key_is_documented_with_its_env_name_and_doc() -> None:
         if info.section != "verify" or info.name != "checks":
             assert f"`{info.env}`" in text
     for section in {i.section for i in schema() if i.section}:
-        assert f"#### `[{section}]`" in text
+        assert f"## `[{section}]`" in text
 
 
 def test_secrets_are_flagged_and_durations_readable() -> None:
@@ -41,26 +41,26 @@ def test_secrets_are_flagged_and_durations_readable() -> None:
     assert '"26h"' in line
 
 
-def test_replace_section_keeps_the_rest_of_the_readme() -> None:
+def test_replace_section_keeps_the_rest_of_the_file() -> None:
     gen = _gen()
-    readme = f"intro\n{gen.BEGIN}\nold stuff\n{gen.END}\noutro\n"
-    out = gen.replace_section(readme, "NEW\n")
+    doc = f"intro\n{gen.BEGIN}\nold stuff\n{gen.END}\noutro\n"
+    out = gen.replace_section(doc, "NEW\n")
     assert out == f"intro\n{gen.BEGIN}\nNEW\n{gen.END}\noutro\n"
     assert gen.replace_section(out, "NEW\n") == out
 
 
-def test_check_mode_flags_a_stale_readme(tmp_path: Path) -> None:
+def test_check_mode_flags_a_stale_file(tmp_path: Path) -> None:
     gen = _gen()
-    stale = tmp_path / "README.md"
+    stale = tmp_path / "configuration.md"
     stale.write_text(f"x\n{gen.BEGIN}\nold\n{gen.END}\n")
-    assert gen.main(["--check", "--readme", str(stale)]) == 1
-    assert gen.main(["--readme", str(stale)]) == 0
-    assert gen.main(["--check", "--readme", str(stale)]) == 0
+    assert gen.main(["--check", "--doc", str(stale)]) == 1
+    assert gen.main(["--doc", str(stale)]) == 0
+    assert gen.main(["--check", "--doc", str(stale)]) == 0
 
 
-def test_readme_reference_is_current() -> None:
+def test_the_committed_reference_is_current() -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True,
                           text=True)
     assert proc.returncode == 0, (
-        proc.stderr + "\nREADME.md's configuration reference no longer matches pitr/config.py: "
-        "run `python scripts/gen_config_reference.py` and commit README.md")
+        proc.stderr + "\ndocs/configuration.md no longer matches pitr/config.py: "
+        "run `python scripts/gen_config_reference.py` and commit docs/configuration.md")

@@ -86,7 +86,7 @@ def exec_start_argv(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", services(), ids=lambda p: p.name)
 def test_exec_start_names_a_real_pitr_command(path: Path) -> None:
     argv = exec_start_argv(path)
-    assert argv[0] == INSTALLED_PITR, f"{path.name}: run {INSTALLED_PITR} (README: deployment)"
+    assert argv[0] == INSTALLED_PITR, f"{path.name}: run {INSTALLED_PITR} (docs/setup.md)"
     # `--help` after the real arguments: click rejects an unknown command or option
     # before it prints help, so this proves the whole command line parses.
     proc = subprocess.run([str(PITR), *argv[1:], "--help"], capture_output=True, text=True,
@@ -134,7 +134,7 @@ def test_systemd_analyze_verify_accepts_every_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:  # scripts/setup-host.sh installs it; genuinely missing elsewhere
         pytest.skip("systemd-analyze not installed")
-    # The units name /usr/local/bin/pitr (where README installs it); point the
+    # The units name /usr/local/bin/pitr (where docs/setup.md installs it); point the
     # copies at this virtualenv's pitr so verify checks a real executable.
     copies = []
     for path in unit_files():

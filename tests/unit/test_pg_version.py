@@ -84,5 +84,5 @@ def test_resolve_bindir_without_binaries_or_version(tmp_path: Path) -> None:
 
 
 def test_every_supported_major_has_its_wal_page_magic() -> None:
-    # README "Supported PostgreSQL versions": 15 and 18 tested, 16 and 17 expected to work
+    # docs/postgresql-versions.md: 15 and 18 tested, 16 and 17 expected to work
     assert {15, 16, 17, 18} <= set(PAGE_MAGIC_TO_VERSION.values())

@@ -242,7 +242,7 @@ def test_plan_json_is_complete() -> None:
     assert doc["recovery_settings"]["recovery_target_timeline"] == "2"
 
 
-# -- the end of replay the plan promises (README "Exit codes": ReplayEndedShort) ----------
+# -- the end of replay the plan promises (docs/exit-codes.md: ReplayEndedShort) ----------
 def test_latest_promises_replay_into_the_last_planned_segment() -> None:
     from pitr.pg.names import format_lsn
     from pitr.restore import replay_shortfall

@@ -236,7 +236,7 @@ def test_after_a_restore_into_the_past_its_base_backup_stays() -> None:
 
 
 def test_a_live_reader_claim_keeps_its_backup_and_the_wal_after_it() -> None:
-    """README: Fault table: expire during a running restore deletes nothing it needs."""
+    """docs/fault-table.md: expire during a running restore deletes nothing it needs."""
     from pitr.claims import Claim
 
     now = T0 + timedelta(days=10)

@@ -105,7 +105,7 @@ def test_scrubbing_stream_masks_every_write() -> None:
         s.write(b"bytes")  # type: ignore[arg-type]
 
 
-# -- every rendered form of a secret (README: Fault table) --------------------------
+# -- every rendered form of a secret (docs/fault-table.md) --------------------------
 
 _ODD = 'k3y"with\\back\'slash/+é&=%'
 _HOOK = "https://hooks.example.invalid/services/T000/B000/hooksecret-31337"

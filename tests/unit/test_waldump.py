@@ -61,7 +61,7 @@ def test_restore_error_names_the_last_commit_and_the_ways_out() -> None:
     assert none.hint is not None and none.hint.endswith("restore again")
 
 
-# -- tablespaces (README: Fault table) ---------------------------------------------
+# -- tablespaces (docs/fault-table.md) ---------------------------------------------
 
 def _rec(rmgr: str, lsn: str, desc: str) -> str:
     """One line as pg_waldump 15 prints it."""
