@@ -5,10 +5,11 @@ and a Python process that imports typer/boto3/zstandard spends 100-250 ms
 before any I/O. Two cases are answered here with :mod:`pitr.fastpath` only
 (os, time, fcntl, pwd; not even json or re):
 
-* ``[--config X] archive-push PATH``: exit 0 when the agent's receipt proves
-  this very file is stored (see :mod:`pitr.wal.spool` for why the identity
-  check is sound). A running agent that has not reached the segment yet gets
-  up to ``archive.fast_path_wait`` seconds.
+* ``[--config X] archive-push PATH``: exit 0 when the agent's proof says this
+  very file is stored (docs/design-fast-path.md for why the identity check is
+  sound). When no agent runs, start one (docs/archiving-modes.md). A running
+  (or just started) agent that has not reached the segment yet gets up to
+  ``archive.fast_path_wait`` seconds.
 * ``[--config X] archive-get NAME DEST`` for a segment NAME: record NAME as the
   restore position, start the detached prefetch worker if none runs, and if
   NAME was prefetched (verified, decompressed, renamed into the spool only when
@@ -110,31 +111,49 @@ def archive_push_fast(config: str | None, path: str) -> int | None:
     cfg = fp.load_config(config)
     st = os.stat(path)
     base = cfg.base
-    proved = fp.receipt_proves(base, name, st, cfg.url)
-    if not proved and cfg.fast_path_wait > 0 and fp.agent_running(base):
-        proved = _wait_for_agent(base, name, st, cfg.url, start + cfg.fast_path_wait)
-    if not proved:
+    if fp.proven(base, cfg.proof_tag, name, st):
+        fp.note_fast_path(base, name, start)
+        return 0
+    if cfg.fast_path_wait <= 0:
+        return None
+    running = fp.agent_running(base)
+    now, spawned = time.time(), fp.last_spawn(base)
+    if fp.spawn_due(now=now, agent_running=running, idle_exit=cfg.agent_idle_exit,
+                    pgdata=cfg.pgdata, last_spawn=spawned):
+        spawn_agent(config, base)
+        spawned = now
+    # An agent started moments ago (by us or another archive-push) holds no lock yet.
+    starting_until = start + fp.starting_left(now, spawned)
+    if not running and starting_until <= start:
+        return None
+    if not _wait_for_agent(base, name, st, cfg.proof_tag, start + cfg.fast_path_wait,
+                           starting_until):
         return None
     fp.note_fast_path(base, name, start)
     return 0
 
 
-def _wait_for_agent(base: str, name: str, st: os.stat_result, url: str,
-                    deadline: float) -> bool:
+def _wait_for_agent(base: str, name: str, st: os.stat_result, proof_tag: str,
+                    deadline: float, starting_until: float) -> bool:
+    """Poll for the agent's proof until ``deadline``; False as soon as it cannot come.
+
+    Before ``starting_until`` an agent just started may not hold its lock yet.
+    """
     from pitr import fastpath as fp
 
     pause, last_alive = 0.002, time.perf_counter()
     while time.perf_counter() < deadline:
         time.sleep(pause)
         pause = min(pause * 1.5, 0.02)
-        if fp.receipt_proves(base, name, st, url):
+        if fp.proven(base, proof_tag, name, st):
             return True
         if fp.has_error(base, name):
             return False  # the agent failed on it: push synchronously, report properly
-        if time.perf_counter() - last_alive > 0.2:
+        now = time.perf_counter()
+        if now - last_alive > 0.2 and now >= starting_until:
             if not fp.agent_running(base):
                 return False
-            last_alive = time.perf_counter()
+            last_alive = now
     return False
 
 
@@ -238,15 +257,41 @@ def move_into_place(src: str, dest: str) -> None:
 
 
 def spawn_prefetcher(config: str | None, datadir: str, log_path: str) -> None:
-    """Start ``pitr prefetch-worker`` detached (double fork, own session).
+    """Start ``pitr prefetch-worker`` for the restore into ``datadir``."""
+    spawn_detached([*_pitr_argv(config), "prefetch-worker", "--datadir",
+                    os.path.abspath(datadir)], log_path)
 
-    It must outlive this short archive-get process and must not hold
-    PostgreSQL's stdout/stderr, or the startup process would wait for it.
+
+def spawn_agent(config: str | None, base: str) -> None:
+    """Start ``pitr agent --on-demand`` for this stanza (docs/archiving-modes.md).
+
+    Touches ``agent.spawned`` first, so the archive-pushes that follow within
+    :data:`pitr.fastpath.SPAWN_GRACE` wait for this one instead of starting
+    another. The agent's own lock makes it single-instance whatever happens.
     """
+    from pitr import fastpath as fp
+
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    marker = os.path.join(base, fp.AGENT_SPAWNED)
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.utime(marker)
+    spawn_detached([*_pitr_argv(config), "agent", "--on-demand"],
+                   os.path.join(base, fp.AGENT_LOG))
+
+
+def _pitr_argv(config: str | None) -> list[str]:
     argv = [sys.executable, "-m", "pitr"]
     if config:
         argv += ["--config", os.path.abspath(config)]
-    argv += ["prefetch-worker", "--datadir", os.path.abspath(datadir)]
+    return argv
+
+
+def spawn_detached(argv: list[str], log_path: str) -> None:
+    """Run ``argv`` detached (double fork, own session), output appended to ``log_path``.
+
+    It must outlive this short archive-push/archive-get process and must not hold
+    PostgreSQL's stdout/stderr, or PostgreSQL would wait for it.
+    """
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:

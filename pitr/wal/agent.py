@@ -14,6 +14,11 @@ PostgreSQL still runs archive-push for every segment, and only that marks a
 segment done, so stopping or killing the agent can only make archiving slower,
 never lose a segment.
 
+Two ways to run (docs/archiving-modes.md): as a service (``pitr agent``, e.g.
+systemd/pitr-agent.service), until stopped; or on demand (``pitr agent
+--on-demand``, started by archive-push when no agent runs), until it has had
+nothing to do for ``archive.agent_idle_exit`` seconds (:func:`idle_exit_due`).
+
 Failures: push_wal already retries transient errors within its budget; a
 segment that still fails gets an ``.error`` file and an exponential per-segment
 backoff (capped), so an S3 outage costs no busy loop. After a crash, a segment
@@ -58,6 +63,13 @@ def iso(ts: float | None) -> str | None:
 INCOMPRESSIBLE = 0.9  # sampled size ratio above which a segment is treated as random data
 FAST_LEVEL = -1  # zstd's fast mode: same format, ~4x less CPU on data that will not shrink
 SAMPLE = 256 << 10
+
+
+def idle_exit_due(*, now: float, idle_since: float | None, idle_exit: float) -> bool:
+    """PURE: should an on-demand agent exit? ``idle_since``: when it last found nothing
+    to do (no .ready segment, nothing queued or in flight), None while it has work;
+    ``idle_exit`` <= 0: never (a service agent)."""
+    return idle_exit > 0 and idle_since is not None and now - idle_since >= idle_exit
 
 
 def adaptive_level(path: Path, level: int) -> int:
@@ -167,7 +179,7 @@ class AgentState:
 
 class Agent:
     def __init__(self, cfg: Config, *, rescan_interval: float = 1.0,
-                 budget: float | None = None) -> None:
+                 budget: float | None = None, on_demand: bool = False) -> None:
         if not cfg.postgres.pgdata:
             raise ConfigError(["postgres.pgdata: the agent needs the cluster's data directory"])
         self.cfg = cfg
@@ -184,6 +196,10 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.started_at = time.time()
+        self.on_demand = on_demand
+        # an on-demand agent exits after this long without work; a service agent never
+        self.idle_exit = float(cfg.archive.agent_idle_exit) if on_demand else 0.0
+        self.exit_reason: str | None = None
         self._last_cleanup = 0.0
         self._storage: Any = None
         self._storage_lock = threading.Lock()
@@ -211,10 +227,21 @@ class Agent:
             t.start()
         event(log, logging.INFO, "agent started", pgdata=str(self.wal_dir.parent),
               workers=self.workers, spool=str(self.spool.base))
+        idle_since: float | None = None
         try:
             while not self.stop.is_set():
                 self.wake.clear()
-                self.scan()
+                ready = self.scan()
+                now = time.monotonic()
+                if ready or self.busy():
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                if idle_exit_due(now=now, idle_since=idle_since, idle_exit=self.idle_exit):
+                    self.exit_reason = "idle"
+                    event(log, logging.INFO, "agent idle: exiting",
+                          idle_exit=self.idle_exit)
+                    break
                 self.write_status("running")
                 self.wake.wait(self.rescan_interval)
         finally:
@@ -230,6 +257,10 @@ class Agent:
             os.close(lock_fd)
             event(log, logging.INFO, "agent stopped", stored=self.state.counters.stored)
         return 0
+
+    def busy(self) -> bool:
+        with self.state.lock:
+            return bool(self.state.queued or self.state.in_flight)
 
     def _watch(self) -> Any:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -434,6 +465,10 @@ class Agent:
                 "stanza": self.cfg.stanza,
                 "pgdata": str(self.wal_dir.parent),
                 "workers": self.workers,
+                # additive (format 1): how this agent runs, docs/archiving-modes.md
+                "mode": "on-demand" if self.on_demand else "service",
+                "idle_exit": self.idle_exit,
+                "exit_reason": self.exit_reason,
                 "started_at": iso(self.started_at),
                 "updated_at": iso(now),
                 "backlog": {

@@ -1,0 +1,67 @@
+"""The agent on demand: pure decisions, with the clock passed in (docs/archiving-modes.md)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pitr.fastpath import SPAWN_GRACE, spawn_due, starting_left
+from pitr.wal.agent import idle_exit_due
+from pitr.wal.modes import ON_DEMAND, SYNCHRONOUS, SYSTEMD, UNKNOWN, archiving_mode
+
+NOW = 1_000_000.0
+
+
+def due(**kw: object) -> bool:
+    args: dict = {"now": NOW, "agent_running": False, "idle_exit": 60.0, "pgdata": "/pg",
+                  "last_spawn": None}
+    args.update(kw)
+    return spawn_due(**args)
+
+
+def test_spawns_only_when_no_agent_runs_and_on_demand_is_enabled() -> None:
+    assert due()
+    assert not due(agent_running=True)
+    assert not due(idle_exit=0.0)  # archive.agent_idle_exit = 0: synchronous
+    assert not due(pgdata="")  # an agent cannot watch pg_wal without it
+
+
+def test_a_recent_spawn_is_waited_for_not_repeated() -> None:
+    assert not due(last_spawn=NOW - 1)
+    assert not due(last_spawn=NOW - SPAWN_GRACE + 0.01)
+    assert due(last_spawn=NOW - SPAWN_GRACE)  # it never took its lock: try again
+    assert due(last_spawn=NOW + 3600)  # a marker from the future (clock step) is no excuse
+
+
+@given(st.floats(0, 100), st.one_of(st.none(), st.floats(-100, 100)))
+def test_starting_window_is_bounded_by_the_grace(age: float, offset: float | None) -> None:
+    last = None if offset is None else NOW - offset
+    left = starting_left(NOW, last)
+    assert 0.0 <= left <= SPAWN_GRACE
+    assert (left > 0) == (last is not None and 0 <= NOW - last < SPAWN_GRACE)
+    assert due(last_spawn=last) == (left == 0.0)
+
+
+def test_idle_exit_after_the_configured_time_only() -> None:
+    assert not idle_exit_due(now=NOW, idle_since=None, idle_exit=5)  # has work
+    assert not idle_exit_due(now=NOW, idle_since=NOW - 4.9, idle_exit=5)
+    assert idle_exit_due(now=NOW, idle_since=NOW - 5, idle_exit=5)
+    assert not idle_exit_due(now=NOW, idle_since=NOW - 1e6, idle_exit=0)  # a service agent
+
+
+def mode(**kw: object) -> str:
+    args: dict = {"agent_running": False, "agent_mode": None, "idle_exit": 60.0,
+                  "pgdata": "/pg"}
+    args.update(kw)
+    return archiving_mode(**args)
+
+
+def test_the_mode_in_effect() -> None:
+    assert mode(agent_running=True, agent_mode="service") == SYSTEMD
+    assert mode(agent_running=True, agent_mode=None) == SYSTEMD
+    assert mode(agent_running=True, agent_mode="on-demand") == ON_DEMAND
+    assert mode() == ON_DEMAND  # none running: the next archive-push starts one
+    assert mode(idle_exit=0) == SYNCHRONOUS
+    assert mode(pgdata="") == SYNCHRONOUS
+    assert mode(agent_running=True, idle_exit=0) == SYSTEMD
+    assert mode(agent_running=None) == UNKNOWN  # cannot tell: never guessed
