@@ -117,27 +117,27 @@ def archive_push_fast(config: str | None, path: str) -> int | None:
     if cfg.fast_path_wait <= 0:
         return None
     running = fp.agent_running(base)
-    now, spawned = time.time(), fp.last_spawn(base)
+    now, (spawned_at, pid) = time.time(), fp.last_spawn(base)
     if fp.spawn_due(now=now, agent_running=running, idle_exit=cfg.agent_idle_exit,
-                    pgdata=cfg.pgdata, last_spawn=spawned):
-        spawn_agent(config, base)
-        spawned = now
+                    pgdata=cfg.pgdata, last_spawn=spawned_at):
+        spawned_at, pid = now, spawn_agent(config, base)
     # An agent started moments ago (by us or another archive-push) holds no lock yet.
-    starting_until = start + fp.starting_left(now, spawned)
+    starting_until = start + fp.starting_left(now, spawned_at, fp.pid_alive(pid))
     if not running and starting_until <= start:
         return None
     if not _wait_for_agent(base, name, st, cfg.proof_tag, start + cfg.fast_path_wait,
-                           starting_until):
+                           starting_until, pid):
         return None
     fp.note_fast_path(base, name, start)
     return 0
 
 
 def _wait_for_agent(base: str, name: str, st: os.stat_result, proof_tag: str,
-                    deadline: float, starting_until: float) -> bool:
+                    deadline: float, starting_until: float, spawned: int) -> bool:
     """Poll for the agent's proof until ``deadline``; False as soon as it cannot come.
 
-    Before ``starting_until`` an agent just started may not hold its lock yet.
+    Before ``starting_until`` the agent just started (pid ``spawned``) may not hold
+    its lock yet; if that process dies meanwhile, the wait ends.
     """
     from pitr import fastpath as fp
 
@@ -150,8 +150,9 @@ def _wait_for_agent(base: str, name: str, st: os.stat_result, proof_tag: str,
         if fp.has_error(base, name):
             return False  # the agent failed on it: push synchronously, report properly
         now = time.perf_counter()
-        if now - last_alive > 0.2 and now >= starting_until:
-            if not fp.agent_running(base):
+        if now - last_alive > 0.2:
+            if not fp.agent_running(base) and (now >= starting_until
+                                               or not fp.pid_alive(spawned)):
                 return False
             last_alive = now
     return False
@@ -262,21 +263,23 @@ def spawn_prefetcher(config: str | None, datadir: str, log_path: str) -> None:
                     os.path.abspath(datadir)], log_path)
 
 
-def spawn_agent(config: str | None, base: str) -> None:
-    """Start ``pitr agent --on-demand`` for this stanza (docs/archiving-modes.md).
+def spawn_agent(config: str | None, base: str) -> int:
+    """Start ``pitr agent --on-demand`` for this stanza (docs/archiving-modes.md); its pid.
 
-    Touches ``agent.spawned`` first, so the archive-pushes that follow within
-    :data:`pitr.fastpath.SPAWN_GRACE` wait for this one instead of starting
-    another. The agent's own lock makes it single-instance whatever happens.
+    Records the start (time and pid) in ``agent.spawned``, so the archive-pushes that
+    follow within :data:`pitr.fastpath.SPAWN_GRACE` wait for this one while it lives
+    instead of starting another. The agent's own lock makes it single-instance
+    whatever happens.
     """
     from pitr import fastpath as fp
 
     os.makedirs(base, mode=0o700, exist_ok=True)
     marker = os.path.join(base, fp.AGENT_SPAWNED)
-    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
-    os.utime(marker)
-    spawn_detached([*_pitr_argv(config), "agent", "--on-demand"],
-                   os.path.join(base, fp.AGENT_LOG))
+    fp.atomic_write(marker, "0\n")  # before the fork: a concurrent archive-push waits
+    pid = spawn_detached([*_pitr_argv(config), "agent", "--on-demand"],
+                         os.path.join(base, fp.AGENT_LOG))
+    fp.atomic_write(marker, f"{pid}\n")
+    return pid
 
 
 def _pitr_argv(config: str | None) -> list[str]:
@@ -286,23 +289,35 @@ def _pitr_argv(config: str | None) -> list[str]:
     return argv
 
 
-def spawn_detached(argv: list[str], log_path: str) -> None:
-    """Run ``argv`` detached (double fork, own session), output appended to ``log_path``.
+def spawn_detached(argv: list[str], log_path: str) -> int:
+    """Run ``argv`` detached (double fork, own session), output appended to ``log_path``;
+    the detached process's pid (0: unknown).
 
     It must outlive this short archive-push/archive-get process and must not hold
     PostgreSQL's stdout/stderr, or PostgreSQL would wait for it.
     """
+    rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
+            os.close(rfd)
             os.setsid()
-            if os.fork() == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(wfd)
                 null = os.open(os.devnull, os.O_RDWR)
                 out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 os.dup2(null, 0)
                 os.dup2(out, 1)
                 os.dup2(out, 2)
                 os.execv(sys.executable, argv)
+            os.write(wfd, str(grandchild).encode())
         finally:
             os._exit(0)
+    os.close(wfd)
+    try:
+        text = os.read(rfd, 32)
+    finally:
+        os.close(rfd)
     os.waitpid(pid, 0)
+    return int(text) if text.isdigit() else 0

@@ -42,7 +42,7 @@ PREFETCH_DIR = "prefetch"
 AGENT_LOCK = "agent.lock"
 AGENT_SPAWNED = "agent.spawned"  # touched by the archive-push that last started an agent
 AGENT_LOG = "agent.log"  # stdout/stderr of agents started on demand
-SPAWN_GRACE = 10.0  # seconds a started agent has to take its lock before another try
+SPAWN_GRACE = 30.0  # seconds a started agent has to take its lock before another try
 STATUS_FILE = "agent-status.json"
 FASTPATH_LOG = "fastpath.log"  # inside ARCHIVE_DIR
 PREFETCH_LOCK = "prefetch.lock"
@@ -339,28 +339,47 @@ def spawn_due(*, now: float, agent_running: bool, idle_exit: float, pgdata: str,
     """PURE: should this archive-push start an agent?
 
     Only when none runs, the on-demand agent is enabled (``archive.agent_idle_exit``
-    > 0) and can run at all (it watches ``<pgdata>/pg_wal``), and no other
-    archive-push started one within :data:`SPAWN_GRACE` seconds (``last_spawn``,
-    same clock as ``now``): that one may still be importing, and a second would
-    only lose the lock. A spawn that failed is retried after the grace.
+    > 0) and can run at all (it watches ``<pgdata>/pg_wal``), and no archive-push
+    started one within :data:`SPAWN_GRACE` seconds (``last_spawn``, same clock as
+    ``now``): that one may still be importing, and a second would only lose the
+    lock. One that died at once (a broken setup) is retried after the grace, not
+    on every segment.
     """
     if agent_running or idle_exit <= 0 or not pgdata:
         return False
-    return starting_left(now, last_spawn) == 0.0
+    return last_spawn is None or not 0 <= now - last_spawn < SPAWN_GRACE
 
 
-def starting_left(now: float, last_spawn: float | None) -> float:
-    """PURE: seconds an agent started at ``last_spawn`` may still take to hold its lock."""
-    if last_spawn is None or not 0 <= now - last_spawn < SPAWN_GRACE:
+def starting_left(now: float, last_spawn: float | None, spawned_alive: bool) -> float:
+    """PURE: seconds an agent started at ``last_spawn`` may still take to hold its lock
+    (0: it is not starting: never started, died, or had its grace)."""
+    if last_spawn is None or not spawned_alive or not 0 <= now - last_spawn < SPAWN_GRACE:
         return 0.0
     return SPAWN_GRACE - (now - last_spawn)
 
 
-def last_spawn(base: str) -> float | None:
+def last_spawn(base: str) -> tuple[float | None, int]:
+    """When an agent was last started on demand and its pid (0: unknown)."""
+    path = os.path.join(base, AGENT_SPAWNED)
     try:
-        return os.stat(os.path.join(base, AGENT_SPAWNED)).st_mtime
+        with open(path) as fh:
+            at = os.fstat(fh.fileno()).st_mtime
+            text = fh.read(32).strip()
     except OSError:
-        return None
+        return None, 0
+    return at, int(text) if text.isdigit() else 0
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- archive-get: proving a prefetched segment ---------------------------------------

@@ -33,13 +33,14 @@ def test_a_recent_spawn_is_waited_for_not_repeated() -> None:
     assert due(last_spawn=NOW + 3600)  # a marker from the future (clock step) is no excuse
 
 
-@given(st.floats(0, 100), st.one_of(st.none(), st.floats(-100, 100)))
-def test_starting_window_is_bounded_by_the_grace(age: float, offset: float | None) -> None:
+@given(st.one_of(st.none(), st.floats(-100, 100)), st.booleans())
+def test_starting_window_is_bounded_by_the_grace(offset: float | None, alive: bool) -> None:
     last = None if offset is None else NOW - offset
-    left = starting_left(NOW, last)
+    left = starting_left(NOW, last, alive)
     assert 0.0 <= left <= SPAWN_GRACE
-    assert (left > 0) == (last is not None and 0 <= NOW - last < SPAWN_GRACE)
-    assert due(last_spawn=last) == (left == 0.0)
+    within = last is not None and 0 <= NOW - last < SPAWN_GRACE
+    assert (left > 0) == (within and alive)  # a started agent that died is not waited for
+    assert due(last_spawn=last) == (not within)  # ... nor started again within the grace
 
 
 def test_idle_exit_after_the_configured_time_only() -> None:
