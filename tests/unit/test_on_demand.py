@@ -66,3 +66,59 @@ def test_the_mode_in_effect() -> None:
     assert mode(pgdata="") == SYNCHRONOUS
     assert mode(agent_running=True, idle_exit=0) == SYSTEMD
     assert mode(agent_running=None) == UNKNOWN  # cannot tell: never guessed
+
+
+def test_an_on_demand_agent_that_exited_idle_is_no_stale_agent() -> None:
+    from datetime import timedelta
+
+    from test_health import NOW as HNOW
+    from test_health import TH, healthy_catalog
+
+    from pitr.monitor.health import AgentStatus, evaluate
+
+    doc = {"updated_at": (HNOW - timedelta(hours=3)).isoformat(), "state": "stopped",
+           "mode": "on-demand", "backlog": {"ready": 0}}
+    on_demand = AgentStatus.from_json(doc)
+    assert on_demand.mode == "on-demand"
+    names = {f.name for f in evaluate(healthy_catalog(), on_demand, None, TH, HNOW).findings}
+    assert "agent_stale" not in names
+    service = AgentStatus.from_json({**doc, "mode": "service"})
+    names = {f.name for f in evaluate(healthy_catalog(), service, None, TH, HNOW).findings}
+    assert "agent_stale" in names  # a service agent that stopped is still said
+    assert AgentStatus.from_json({k: v for k, v in doc.items() if k != "mode"}).mode == \
+        "service"  # files of older agents
+
+
+def test_check_and_status_read_the_mode_from_the_lock_and_the_status(tmp_path: object) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    from pitr import config
+    from pitr.check import check_mode
+    from pitr.wal.spool import Spool, try_lock
+
+    d = Path(str(tmp_path))
+    toml = d / "pitr.toml"
+
+    def cfg(idle: int) -> config.Config:
+        toml.write_text(f'stanza = "main"\n[repository]\nurl = "file://{d}/repo"\n'
+                        f'[archive]\nspool_dir = "{d}/spool"\nagent_idle_exit = {idle}\n'
+                        f'[postgres]\npgdata = "{d}/pg"\n')
+        return config.load(toml, env={})
+
+    assert "on-demand agent" in check_mode(cfg(60)).detail
+    assert check_mode(cfg(0)).detail.startswith("synchronous")
+    spool = Spool(d / "spool", "main").ensure()
+    fd = try_lock(spool.agent_lock)  # an agent runs
+    assert fd is not None
+    try:
+        spool.status_path.write_text(json.dumps({"updated_at": "2026-01-01T00:00:00+00:00",
+                                                 "mode": "service"}))
+        assert check_mode(cfg(0)).detail.startswith("systemd agent")
+        spool.status_path.write_text(json.dumps({"updated_at": "2026-01-01T00:00:00+00:00",
+                                                 "mode": "on-demand"}))
+        result = check_mode(cfg(60))
+        assert result.status == "ok" and "running now" in result.detail
+    finally:
+        os.close(fd)
