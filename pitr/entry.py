@@ -118,11 +118,12 @@ def archive_push_fast(config: str | None, path: str) -> int | None:
         return None
     running = fp.agent_running(base)
     now, (spawned_at, pid) = time.time(), fp.last_spawn(base)
+    alive = not running and fp.pid_alive(pid)
     if fp.spawn_due(now=now, agent_running=running, idle_exit=cfg.agent_idle_exit,
-                    pgdata=cfg.pgdata, last_spawn=spawned_at):
-        spawned_at, pid = now, spawn_agent(config, base)
+                    pgdata=cfg.pgdata, last_spawn=spawned_at, spawned_alive=alive):
+        (spawned_at, pid), alive = (now, spawn_agent(config, base)), True
     # An agent started moments ago (by us or another archive-push) holds no lock yet.
-    starting_until = start + fp.starting_left(now, spawned_at, fp.pid_alive(pid))
+    starting_until = start + fp.starting_left(now, spawned_at, alive)
     if not running and starting_until <= start:
         return None
     if not _wait_for_agent(base, name, st, cfg.proof_tag, start + cfg.fast_path_wait,

@@ -43,6 +43,7 @@ AGENT_LOCK = "agent.lock"
 AGENT_SPAWNED = "agent.spawned"  # touched by the archive-push that last started an agent
 AGENT_LOG = "agent.log"  # stdout/stderr of agents started on demand
 SPAWN_GRACE = 30.0  # seconds a started agent has to take its lock before another try
+RESPAWN_AFTER = 5.0  # seconds before a started agent that died is replaced
 STATUS_FILE = "agent-status.json"
 FASTPATH_LOG = "fastpath.log"  # inside ARCHIVE_DIR
 PREFETCH_LOCK = "prefetch.lock"
@@ -335,19 +336,25 @@ def has_error(base: str, name: str) -> bool:
 
 # -- the agent on demand (docs/archiving-modes.md) ------------------------------------
 def spawn_due(*, now: float, agent_running: bool, idle_exit: float, pgdata: str,
-              last_spawn: float | None) -> bool:
+              last_spawn: float | None, spawned_alive: bool) -> bool:
     """PURE: should this archive-push start an agent?
 
     Only when none runs, the on-demand agent is enabled (``archive.agent_idle_exit``
-    > 0) and can run at all (it watches ``<pgdata>/pg_wal``), and no archive-push
-    started one within :data:`SPAWN_GRACE` seconds (``last_spawn``, same clock as
-    ``now``): that one may still be importing, and a second would only lose the
-    lock. One that died at once (a broken setup) is retried after the grace, not
-    on every segment.
+    > 0) and can run at all (it watches ``<pgdata>/pg_wal``), and the agent an
+    archive-push started last (at ``last_spawn``, same clock as ``now``) is not
+    still starting: alive within :data:`SPAWN_GRACE` seconds it may still be
+    importing, and a second would only lose the lock. One that died (killed, or a
+    broken setup) is replaced, but not sooner than :data:`RESPAWN_AFTER` after the
+    last start, so a broken setup costs no Python start per segment.
     """
     if agent_running or idle_exit <= 0 or not pgdata:
         return False
-    return last_spawn is None or not 0 <= now - last_spawn < SPAWN_GRACE
+    if last_spawn is None:
+        return True
+    age = now - last_spawn
+    if not 0 <= age < SPAWN_GRACE:
+        return True
+    return not spawned_alive and age >= RESPAWN_AFTER
 
 
 def starting_left(now: float, last_spawn: float | None, spawned_alive: bool) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pitr.fastpath import SPAWN_GRACE, spawn_due, starting_left
+from pitr.fastpath import RESPAWN_AFTER, SPAWN_GRACE, spawn_due, starting_left
 from pitr.wal.agent import idle_exit_due
 from pitr.wal.modes import ON_DEMAND, SYNCHRONOUS, SYSTEMD, UNKNOWN, archiving_mode
 
@@ -14,7 +14,7 @@ NOW = 1_000_000.0
 
 def due(**kw: object) -> bool:
     args: dict = {"now": NOW, "agent_running": False, "idle_exit": 60.0, "pgdata": "/pg",
-                  "last_spawn": None}
+                  "last_spawn": None, "spawned_alive": True}
     args.update(kw)
     return spawn_due(**args)
 
@@ -33,6 +33,12 @@ def test_a_recent_spawn_is_waited_for_not_repeated() -> None:
     assert due(last_spawn=NOW + 3600)  # a marker from the future (clock step) is no excuse
 
 
+def test_a_started_agent_that_died_is_replaced_but_not_in_a_loop() -> None:
+    assert not due(last_spawn=NOW - RESPAWN_AFTER + 0.01, spawned_alive=False)
+    assert due(last_spawn=NOW - RESPAWN_AFTER, spawned_alive=False)  # e.g. SIGKILL
+    assert not due(last_spawn=NOW - RESPAWN_AFTER, spawned_alive=True)  # still starting
+
+
 @given(st.one_of(st.none(), st.floats(-100, 100)), st.booleans())
 def test_starting_window_is_bounded_by_the_grace(offset: float | None, alive: bool) -> None:
     last = None if offset is None else NOW - offset
@@ -40,7 +46,7 @@ def test_starting_window_is_bounded_by_the_grace(offset: float | None, alive: bo
     assert 0.0 <= left <= SPAWN_GRACE
     within = last is not None and 0 <= NOW - last < SPAWN_GRACE
     assert (left > 0) == (within and alive)  # a started agent that died is not waited for
-    assert due(last_spawn=last) == (not within)  # ... nor started again within the grace
+    assert due(last_spawn=last, spawned_alive=True) == (not within)
 
 
 def test_idle_exit_after_the_configured_time_only() -> None:
