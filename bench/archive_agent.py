@@ -456,13 +456,18 @@ def summary(results: list[Any]) -> dict[str, Any]:
     """Medians over repeated runs (list a mode twice in --modes to interleave repeats)."""
     runs: dict[tuple[str, str, str], list[float]] = {}
     cpu: dict[tuple[str, str, str], list[float]] = {}
+    own: dict[tuple[str, str, str], list[float]] = {}
     for r in results:
         runs.setdefault((r.workload, r.repo, r.mode), []).append(r.mib_per_s)
         cpu.setdefault((r.workload, r.repo, r.mode), []).append(r.cpu_s_per_gib_net)
+        if r.cgroup_cpu_s_per_gib is not None:
+            own.setdefault((r.workload, r.repo, r.mode), []).append(r.cgroup_cpu_s_per_gib)
     med = {k: statistics.median(v) for k, v in runs.items()}
     out: dict[str, Any] = {"median_mib_per_s": {"/".join(k): v for k, v in med.items()},
                            "median_cpu_s_per_gib_net": {"/".join(k): statistics.median(v)
-                                                        for k, v in cpu.items()}}
+                                                        for k, v in cpu.items()},
+                           "median_cgroup_cpu_s_per_gib": {"/".join(k): statistics.median(v)
+                                                           for k, v in own.items()}}
     ceiling = EXTRA["ceiling"].get("https", {}).get("best_mib_per_s")
     for wl in ("pgbench", "random"):
         pgbr = med.get((wl, "s3", "pgbackrest-async"))
