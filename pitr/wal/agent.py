@@ -342,6 +342,7 @@ class Agent:
                     if entry.name.split("_", 1)[0] not in ready:
                         _unlink_if_older(entry, now - RECEIPT_KEEP)
         rotate_if_big(self.spool.fastpath_log)
+        rotate_if_big(self.spool.agent_log)  # on-demand agents append their output to it
 
     # -- workers ------------------------------------------------------------
     def _make_repo(self) -> Repo:

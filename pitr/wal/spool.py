@@ -166,6 +166,7 @@ class Spool:
         self.archive_dir = self.base / fp.ARCHIVE_DIR
         self.agent_lock = self.base / fp.AGENT_LOCK
         self.status_path = self.base / fp.STATUS_FILE
+        self.agent_log = self.base / fp.AGENT_LOG
         self.fastpath_log = self.archive_dir / fp.FASTPATH_LOG
         self.restore_key = restore_key
         self.restore_base = self.base / (fp.RESTORE_PREFIX + restore_key)

@@ -61,7 +61,7 @@ def on_demand(pg_factory: Any, pitr_config: Any, testdir: Path, pitr_exe: Path,
 
 
 def agents_started(spool: Spool) -> int:
-    log = spool.base / "agent.log"
+    log = spool.agent_log
     return log.read_text().count("agent started") if log.exists() else 0
 
 
@@ -77,7 +77,7 @@ def test_a_burst_starts_one_agent_which_exits_when_idle(
     pg.start()
     burst = make_segments(pg, 64)
     pid = agent_pid(spool)
-    assert pid is not None, (spool.base / "agent.log").read_text()
+    assert pid is not None, spool.agent_log.read_text()
     mode = status_json(cfg)["archive"]["mode"]
     assert mode["mode"] == "on-demand-agent" and mode["agent_running"] is True
     wait_archived(pg, burst[-1])
@@ -85,8 +85,8 @@ def test_a_burst_starts_one_agent_which_exits_when_idle(
     assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
     done = done_segments(pg)
     assert set(burst) <= done and done <= repo_names(cfg)
-    assert agents_started(spool) == 1, (spool.base / "agent.log").read_text()
-    assert "another pitr agent is running" not in (spool.base / "agent.log").read_text()
+    assert agents_started(spool) == 1, spool.agent_log.read_text()
+    assert "another pitr agent is running" not in spool.agent_log.read_text()
     # The agent did the work: archive-push answered from its proofs (the first
     # segments may have gone synchronously while it was still starting).
     answered = set(fast_path_names(spool))
