@@ -53,6 +53,7 @@ STATUS_FORMAT = 1
 BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed segment
 BACKOFF_MAX = 60.0
 RECEIPT_KEEP = 30.0  # seconds a receipt outlives its .ready (a crashed archiver may ask again)
+TAKEOVER_WAIT = 30.0  # seconds a service agent waits for an on-demand agent to hand over
 _STOP = "~stop"  # sorts after every WAL name, so workers finish queued work first
 
 
@@ -210,11 +211,43 @@ class Agent:
         self.stop.set()
         self.wake.set()
 
+    def _take_lock(self) -> int:
+        """The agent lock's fd. A service agent takes over from an on-demand one (asks it
+        to stop: SIGTERM, which loses nothing) instead of failing: archive-push may have
+        started one before the service came up (docs/archiving-modes.md)."""
+        deadline = time.monotonic() + TAKEOVER_WAIT
+        asked: int | None = None
+        while True:
+            fd = try_lock(self.spool.agent_lock)
+            if fd is not None:
+                return fd
+            holder, mode = self._holder()
+            # an on-demand agent never takes over; nor does anyone from a service agent
+            if self.on_demand or mode == "service" or time.monotonic() >= deadline:
+                raise LockedError(f"another pitr agent is running for stanza "
+                                  f"{self.cfg.stanza!r} (lock {self.spool.agent_lock})")
+            if mode == "on-demand" and holder != asked:
+                event(log, logging.INFO, "asking the on-demand agent to stop", pid=holder)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(holder, signal.SIGTERM)
+                asked = holder
+            time.sleep(0.1)  # unknown holder (still starting): look again
+
+    def _holder(self) -> tuple[int, str | None]:
+        """(pid, mode) of the running agent holding the lock, as its lock file and its
+        status agree; mode None while unsure (e.g. it has not written its status yet)."""
+        doc = self.spool.read_status() or {}
+        try:
+            pid = int(self.spool.agent_lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0, None
+        if pid > 0 and doc.get("state") == "running" and doc.get("pid") == pid:
+            mode = doc.get("mode", "service")  # older agents wrote no mode: services
+            return pid, str(mode)
+        return pid, None
+
     def run(self) -> int:
-        lock_fd = try_lock(self.spool.agent_lock)
-        if lock_fd is None:
-            raise LockedError(f"another pitr agent is running for stanza {self.cfg.stanza!r} "
-                              f"(lock {self.spool.agent_lock})")
+        lock_fd = self._take_lock()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self._load_receipts()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import run_pitr
-from support.pgcluster import PgCluster
+from support.pgcluster import PgCluster, as_user_cmd
 from test_agent import done_segments, fast_path_names, make_segments, repo_names, wait_archived
 from test_agent import wait_for as wait_until
 
@@ -129,3 +130,35 @@ def test_an_agent_killed_mid_burst_loses_nothing(
     assert set(made) <= stored, sorted(set(made) - stored)
     assert done_segments(pg) <= stored
     assert agent_pid(spool) != pid  # the killed one is gone; a new one may run
+
+
+def test_the_systemd_agent_takes_over_from_an_on_demand_one(
+        on_demand: tuple[PgCluster, Path, Spool], pitr_exe: Path, testdir: Path) -> None:
+    """systemd starts pitr-agent.service after PostgreSQL, whose archive-push may already
+    have started an on-demand agent: the service asks it to stop and takes its place."""
+    pg, cfg, spool = on_demand
+    pg.start()
+    first = make_segments(pg, 2)
+    wait_until(lambda: (d := spool.read_status()) and d.get("mode") == "on-demand"
+               and d.get("state") == "running", "an on-demand agent")
+    with open(testdir / "service.log", "ab") as out:
+        service = subprocess.Popen(
+            as_user_cmd([str(pitr_exe), "--config", str(cfg), "agent", "--rescan", "0.5"]),
+            stdout=out, stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+    try:
+        wait_until(lambda: (d := spool.read_status()) and d.get("mode") == "service"
+                   and d.get("state") == "running", "the service agent to take over",
+                   timeout=120)
+        assert service.poll() is None, (testdir / "service.log").read_text()
+        later = make_segments(pg, 3)
+        wait_archived(pg, later[-1])
+        assert set(first + later) <= repo_names(cfg)
+        assert pg.archiver_stats()["failed_count"] == 0, pg.log_tail()
+        assert agents_started(spool) == 1  # archive-push started no other meanwhile
+        assert status_json(cfg)["archive"]["mode"]["mode"] == "systemd-agent"
+    finally:
+        pid = agent_pid(spool)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+        service.wait(timeout=60)
