@@ -14,6 +14,9 @@ and archive-push fast-path latency, all in the same run on the same cluster and 
   HTTPS to the same SeaweedFS server (a self-signed certificate with
   ``DNS:127.0.0.1`` in its SAN, verified through ``repo1-storage-ca-file``).
   The pitr agent talks to the same HTTPS port with the same certificate.
+* mode ``pitr-on-demand``: the plain ``pitr archive-push %p`` with no agent running;
+  the first archive-push starts ``pitr agent --on-demand`` (cold start timed).
+* mode ``pgbackrest-sync``: pgBackRest with ``archive-async=n``, otherwise as async.
 * the S3 server's own ingest ceiling: 16 MiB incompressible objects PUT from
   warm boto3 clients in several threads (best of 2/4/8 threads).
 * fast-path latency: wall time of ``pitr archive-push`` answered from a receipt,
@@ -29,6 +32,7 @@ Run through bench/archive.py (it imports this module), as root:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -50,7 +54,7 @@ from installed import installed_copy
 from support.pgcluster import PG_USER, as_user_cmd, chown_user, make_user_dir, run_as
 from support.s3server import S3Server
 
-EXTRA: dict[str, Any] = {"ceiling": {}, "fast_path": {}, "agent": []}
+EXTRA: dict[str, Any] = {"ceiling": {}, "fast_path": {}, "agent": [], "on_demand": []}
 
 
 # -- an S3 server that also speaks HTTPS (pgBackRest requires TLS) --------------------
@@ -179,7 +183,7 @@ def start_agent(ctx: BenchCtx, repo: str) -> AgentRun:
     spool_dir = make_user_dir(ctx.workdir / f"spool-{uuid.uuid4().hex[:8]}", mode=0o700)
     cfg = A.write_pitr_config(ctx, section,
                               archive={"spool_dir": str(spool_dir), "fast_path_wait": 60,
-                                       "workers": 4},
+                                       "workers": 4, "agent_idle_exit": 0},
                               postgres={"pgdata": str(ctx.workdir / "pg" / "data")},
                               monitor={"port": 0})
     c = config.load(cfg, env={})
@@ -282,10 +286,55 @@ def pitr_agent_sh_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
     yield from _agent_mode(ctx, repo, shell=True)
 
 
-# -- mode: pgBackRest 2.45 asynchronous archiving ----------------------------------------
+# -- mode: the plain archive_command, agent started on demand ----------------------------
+@A.mode("pitr-on-demand", repos=("s3",))
+def pitr_on_demand_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
+    """The README's plain `pitr archive-push %p` with no agent running: the first
+    archive-push starts `pitr agent --on-demand` (its cold start is timed), default
+    archive settings otherwise (fast_path_wait 2 s, 4 workers), HTTPS as pitr-agent."""
+    from pitr import config
+    from pitr.wal.spool import Spool
+
+    spool_dir = make_user_dir(ctx.workdir / f"spool-{uuid.uuid4().hex[:8]}", mode=0o700)
+    cfg = A.write_pitr_config(ctx, ctx.tls_section(),
+                              archive={"spool_dir": str(spool_dir), "agent_idle_exit": 60},
+                              postgres={"pgdata": str(ctx.workdir / "pg" / "data")},
+                              monitor={"port": 0})
+    c = config.load(cfg, env={})
+    spool = Spool(c.archive.spool_dir, c.stanza)
+    if not (ctx.workdir / "venv-installed").exists():
+        installed_copy(ctx.workdir)
+    venv = ctx.workdir / "venv-installed"
+    try:
+        yield A.Target(f"{venv / 'bin' / 'pitr'} --config {cfg} archive-push %p",
+                       lambda: A.repo_stored_bytes(cfg))
+    finally:
+        from pitr.wal.spool import lock_held
+
+        log = spool.base / "agent.log"
+        started = log.read_text().count("agent started") if log.exists() else 0
+        lines = spool.fastpath_log.read_text().splitlines() if spool.fastpath_log.exists() else []
+        if lock_held(spool.agent_lock):  # stop it, as its idle exit would
+            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+                os.kill(int(spool.agent_lock.read_text().split()[0]), signal.SIGTERM)
+        EXTRA["on_demand"].append({"repo": repo, "agents_started": started,
+                                   "fast_path_answers": len(lines)})
+
+
+# -- mode: pgBackRest 2.45 archiving, asynchronous and synchronous -------------------------
 @A.mode("pgbackrest-async", repos=("s3",))
 def pgbackrest_async_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
     """pgBackRest archive-push with archive-async=y, process-max=2, zst level 3, HTTPS."""
+    yield from _pgbackrest(ctx, repo, asynchronous=True)
+
+
+@A.mode("pgbackrest-sync", repos=("s3",))
+def pgbackrest_sync_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
+    """The same with archive-async=n: one pgbackrest process per segment."""
+    yield from _pgbackrest(ctx, repo, asynchronous=False)
+
+
+def _pgbackrest(ctx: BenchCtx, repo: str, *, asynchronous: bool) -> Iterator[A.Target]:
     exe = shutil.which("pgbackrest")
     if exe is None:
         raise SystemExit("pgbackrest missing: apt-get install -y pgbackrest")
@@ -306,7 +355,8 @@ def pgbackrest_async_mode(ctx: BenchCtx, repo: str) -> Iterator[A.Target]:
         f"repo1-s3-region={server.region}", f"repo1-s3-key={server.access_key}",
         f"repo1-s3-key-secret={server.secret_key}", "repo1-s3-uri-style=path",
         f"repo1-storage-ca-file={server.cert}",
-        "archive-async=y", f"spool-path={d / 'spool'}", "process-max=2",
+        f"archive-async={'y' if asynchronous else 'n'}", f"spool-path={d / 'spool'}",
+        "process-max=2",
         "compress-type=zst", "compress-level=3",
         f"lock-path={d / 'lock'}", f"log-path={d / 'log'}",
         "log-level-console=warn", "log-level-stderr=warn", "log-level-file=info",
@@ -405,10 +455,19 @@ def fast_path_latency(workdir: Path,
 def summary(results: list[Any]) -> dict[str, Any]:
     """Medians over repeated runs (list a mode twice in --modes to interleave repeats)."""
     runs: dict[tuple[str, str, str], list[float]] = {}
+    cpu: dict[tuple[str, str, str], list[float]] = {}
+    own: dict[tuple[str, str, str], list[float]] = {}
     for r in results:
         runs.setdefault((r.workload, r.repo, r.mode), []).append(r.mib_per_s)
+        cpu.setdefault((r.workload, r.repo, r.mode), []).append(r.cpu_s_per_gib_net)
+        if r.cgroup_cpu_s_per_gib is not None:
+            own.setdefault((r.workload, r.repo, r.mode), []).append(r.cgroup_cpu_s_per_gib)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    out: dict[str, Any] = {"median_mib_per_s": {"/".join(k): v for k, v in med.items()}}
+    out: dict[str, Any] = {"median_mib_per_s": {"/".join(k): v for k, v in med.items()},
+                           "median_cpu_s_per_gib_net": {"/".join(k): statistics.median(v)
+                                                        for k, v in cpu.items()},
+                           "median_cgroup_cpu_s_per_gib": {"/".join(k): statistics.median(v)
+                                                           for k, v in own.items()}}
     ceiling = EXTRA["ceiling"].get("https", {}).get("best_mib_per_s")
     for wl in ("pgbench", "random"):
         pgbr = med.get((wl, "s3", "pgbackrest-async"))

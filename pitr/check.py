@@ -124,6 +124,19 @@ def check_settings(s: dict[str, str], proof_dir: str | None = None) -> list[Chec
     return out
 
 
+def check_mode(cfg: Config) -> CheckResult:
+    """Which archiving mode is in effect (docs/archiving-modes.md); informational."""
+    from pitr.monitor.collect import read_agent_status
+    from pitr.wal.modes import UNKNOWN, current
+
+    agent = read_agent_status(cfg)
+    mode = current(cfg, agent.mode if agent is not None and agent.state != "stopped" else None)
+    if mode["mode"] == UNKNOWN:
+        return CheckResult("archiving_mode", "WARN", mode["detail"],
+                           "run pitr check as the OS user that runs PostgreSQL")
+    return CheckResult("archiving_mode", "ok", mode["detail"])
+
+
 def check_archiving(repo: Repo, conn: Any, *, timeout: float,
                     sleep: Callable[[float], None] = time.sleep) -> CheckResult:
     """pg_switch_wal(), then wait until that segment is in the repository."""
@@ -208,6 +221,7 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         settings = check_settings(pgconn.settings(
             conn, ["wal_level", "archive_mode", "archive_command"]), proof_dir_of(cfg))
         results += settings
+        results.append(check_mode(cfg))
         if repo_ok and all(r.status == "ok" for r in settings):
             results.append(check_archiving(repo, conn, timeout=archive_timeout))
         else:

@@ -111,6 +111,9 @@ class ArchiveConfig:
     fast_path_wait: Duration = _f(Duration(2), "how long archive-push waits for a running agent "
                                   "to store a segment before pushing it itself")
     workers: int = _f(4, "agent: segments pushed in parallel")
+    agent_idle_exit: Duration = _f(Duration(60), "archive-push starts an agent when none "
+                                   "runs; it exits after this long without work (0: never "
+                                   "start one, push synchronously unless `pitr agent` runs)")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,15 @@ this module:
   reports config errors exactly as the CLI does) and rewrites the cache. The
   cache file must belong to this user and not be group/world-writable: it
   decides where receipts are read from.
-* **Receipt proof without a JSON parser.** Receipts are JSON written by
-  :class:`pitr.wal.spool.Receipt` with sorted keys, so the part that proves a
-  file (format, identity, name, repository) is one contiguous, canonical
-  fragment. We build that fragment from ``os.stat`` of the file and look for
-  it; JSON escaping cannot forge it (a quote inside a value is escaped). URLs
-  whose JSON form could differ from the raw text fall back to a real parse.
-  tests/unit/test_spool.py pins the fragment to the writer's output.
+* **One proof.** A segment is proven stored by one empty file, its proof:
+  ``<spool>/<stanza>/archive/proofs-<tag>/<name>_<dev>_<ino>_<size>_<mtime>_<ctime>``
+  (tag: :func:`proof_dir_name` of the repository URL), which the agent creates after
+  the repository acknowledged the object. This module, :mod:`pitr.wal.spool` and
+  pitr/archive-push.sh all check that same file; nothing else answers
+  (docs/design-fast-path.md gives the soundness argument).
+* **The agent on demand.** When no agent runs for the stanza, archive-push starts
+  one (:func:`spawn_due` decides, :func:`pitr.entry.spawn_agent` forks it); it exits
+  after ``archive.agent_idle_exit`` seconds without work (docs/archiving-modes.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import os
 import time
 
+from pitr import __version__
 from pitr.atomic import atomic_write
 from pitr.configfile import config_file
 from pitr.pg.walname import is_segment_name, is_wal_name
@@ -35,13 +38,17 @@ from pitr.pg.walname import is_segment_name, is_wal_name
 # the fast paths ask these through fp.*
 __all__ = ["atomic_write", "is_segment_name", "is_wal_name"]
 
-CACHE_FORMAT = "pitr-fast-config 1"
+CACHE_FORMAT = "pitr-fast-config 2"
 RECEIPT_FORMAT = 1
 
 # Spool layout, relative to <archive.spool_dir>/<stanza> (see pitr.wal.spool).
 ARCHIVE_DIR = "archive"
 PREFETCH_DIR = "prefetch"
 AGENT_LOCK = "agent.lock"
+AGENT_SPAWNED = "agent.spawned"  # touched by the archive-push that last started an agent
+AGENT_LOG = "agent.log"  # stdout/stderr of agents started on demand
+SPAWN_GRACE = 30.0  # seconds a started agent has to take its lock before another try
+RESPAWN_AFTER = 5.0  # seconds before a started agent that died is replaced
 STATUS_FILE = "agent-status.json"
 FASTPATH_LOG = "fastpath.log"  # inside ARCHIVE_DIR
 PREFETCH_LOCK = "prefetch.lock"
@@ -63,17 +70,20 @@ PG_CONTROL = os.path.join("global", "pg_control")
 class FastConfig:
     """The settings the fast paths read (a subset of pitr.config.Config)."""
 
-    KEYS = ("stanza", "spool_dir", "url", "fast_path_wait", "prefetch", "pgdata")
+    KEYS = ("stanza", "spool_dir", "url", "fast_path_wait", "prefetch", "pgdata",
+            "agent_idle_exit", "proof_tag")
     __slots__ = KEYS
 
     def __init__(self, stanza: str, spool_dir: str, url: str, fast_path_wait: float,
-                 prefetch: int, pgdata: str) -> None:
+                 prefetch: int, pgdata: str, agent_idle_exit: float, proof_tag: str) -> None:
         self.stanza = stanza
         self.spool_dir = spool_dir
         self.url = url
         self.fast_path_wait = fast_path_wait
         self.prefetch = prefetch
         self.pgdata = pgdata
+        self.agent_idle_exit = agent_idle_exit
+        self.proof_tag = proof_tag  # proof_dir_name(url), cached: hashlib is not imported
 
     @property
     def base(self) -> str:
@@ -86,7 +96,8 @@ class FastConfig:
     def parse(cls, text: str) -> FastConfig:
         kv = dict(line.split("=", 1) for line in text.splitlines() if line)
         return cls(kv["stanza"], kv["spool_dir"], kv["url"], float(kv["fast_path_wait"]),
-                   int(kv["prefetch"]), kv["pgdata"])
+                   int(kv["prefetch"]), kv["pgdata"], float(kv["agent_idle_exit"]),
+                   kv["proof_tag"])
 
 
 def _cache_path(config_path: str) -> str | None:
@@ -103,7 +114,8 @@ def _cache_path(config_path: str) -> str | None:
 
 def _cache_key(config_path: str, st: os.stat_result) -> str:
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PITR_"))
-    lines = [CACHE_FORMAT, config_path,
+    # pitr's version: an upgrade may change defaults, which the cache would otherwise keep
+    lines = [CACHE_FORMAT, __version__, config_path,
              f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}",
              *(f"{k}={v}" for k, v in env), "--"]
     return "\n".join(lines) + "\n"
@@ -143,7 +155,8 @@ def _full_load(explicit: str | None, cache: str | None, key: str | None) -> Fast
     cfg = load(explicit)  # raises ConfigError: the caller falls through to the CLI
     fc = FastConfig(cfg.stanza, cfg.archive.spool_dir, cfg.repository.url,
                     float(cfg.archive.fast_path_wait), int(cfg.archive.prefetch),
-                    cfg.postgres.pgdata)
+                    cfg.postgres.pgdata, float(cfg.archive.agent_idle_exit),
+                    proof_dir_name(cfg.repository.url))
     body = fc.dump()
     # Newlines could make two different inputs read alike: such setups are not cached.
     if cache is not None and key is not None and body.count("\n") == len(FastConfig.KEYS) \
@@ -173,18 +186,25 @@ def lock_held(path: str | os.PathLike[str]) -> bool:
     flock dies with its holder (even on kill -9), so unlike a pid file this
     cannot be fooled by a stale file or a recycled pid.
     """
+    return lock_state(path) is True
+
+
+def lock_state(path: str | os.PathLike[str]) -> bool | None:
+    """:func:`lock_held`, but None when this process cannot tell (e.g. no permission)."""
     import fcntl
 
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return False
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:
-        return False
+        return None
     finally:
         os.close(fd)  # also drops our shared lock if we got it
     return False
@@ -239,36 +259,38 @@ def prefetched_intact(path: str) -> bool:
     return bool(expected) and got == expected
 
 
-# -- receipts ---------------------------------------------------------------------------
+# -- the proof ------------------------------------------------------------------------
 def identity_of(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def receipt_fragment(name: str, url: str, st: os.stat_result) -> str | None:
-    """The canonical JSON text a receipt for exactly this file must contain (None: can't tell)."""
-    if not (url.isascii() and url.isprintable()) or '"' in url or "\\" in url:
-        return None
-    dev, ino, size, mtime_ns, ctime_ns = identity_of(st)
-    return (f'"format": {RECEIPT_FORMAT}, "identity": {{"ctime_ns": {ctime_ns}, "dev": {dev}, '
-            f'"ino": {ino}, "mtime_ns": {mtime_ns}, "size": {size}}}, "name": "{name}", '
-            f'"repository": "{url}", ')
+def proof_dir_name(repository: str) -> str:
+    """The proof directory of one repository URL (a URL can hold any character)."""
+    import hashlib
+
+    return "proofs-" + hashlib.sha256(repository.encode()).hexdigest()[:16]
 
 
-def receipt_proves(base: str, name: str, st: os.stat_result, url: str) -> bool:
-    """Does the receipt in the spool prove THIS file's content is stored in ``url``?"""
-    path = os.path.join(base, ARCHIVE_DIR, name + ".ok")
-    fragment = receipt_fragment(name, url, st)
-    if fragment is None:
-        from pitr.wal.spool import Spool
+def _stat_time(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return f"{sec}.{frac:09d}"
 
-        spool = Spool(os.path.dirname(base), os.path.basename(base))
-        return spool.receipt_proves(name, st, url)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read(65536)
-    except (OSError, ValueError):
-        return False
-    return text.endswith("}") and fragment in text
+
+def proof_name(name: str, identity: tuple[int, int, int, int, int]) -> str:
+    """``<name>_<identity>`` as ``stat -c '%d_%i_%s_%.9Y_%.9Z'`` prints the identity."""
+    dev, ino, size, mtime_ns, ctime_ns = identity
+    return f"{name}_{dev}_{ino}_{size}_{_stat_time(mtime_ns)}_{_stat_time(ctime_ns)}"
+
+
+def proof_path(base: str, proof_tag: str, name: str, st: os.stat_result) -> str:
+    return os.path.join(base, ARCHIVE_DIR, proof_tag, proof_name(name, identity_of(st)))
+
+
+def proven(base: str, proof_tag: str, name: str, st: os.stat_result) -> bool:
+    """Does the agent's proof say THIS file (``st``) is durably stored in the repository
+    ``proof_tag`` names? The only question the fast paths may answer (the same file
+    pitr/archive-push.sh tests; docs/design-fast-path.md)."""
+    return os.path.isfile(proof_path(base, proof_tag, name, st))
 
 
 def note_fast_path(base: str, name: str, started: float) -> None:
@@ -286,6 +308,61 @@ def agent_running(base: str) -> bool:
 
 def has_error(base: str, name: str) -> bool:
     return os.path.exists(os.path.join(base, ARCHIVE_DIR, name + ".error"))
+
+
+# -- the agent on demand (docs/archiving-modes.md) ------------------------------------
+def spawn_due(*, now: float, agent_running: bool, idle_exit: float, pgdata: str,
+              last_spawn: float | None, spawned_alive: bool) -> bool:
+    """PURE: should this archive-push start an agent?
+
+    Only when none runs, the on-demand agent is enabled (``archive.agent_idle_exit``
+    > 0) and can run at all (it watches ``<pgdata>/pg_wal``), and the agent an
+    archive-push started last (at ``last_spawn``, same clock as ``now``) is not
+    still starting: alive within :data:`SPAWN_GRACE` seconds it may still be
+    importing, and a second would only lose the lock. One that died (killed, or a
+    broken setup) is replaced, but not sooner than :data:`RESPAWN_AFTER` after the
+    last start, so a broken setup costs no Python start per segment.
+    """
+    if agent_running or idle_exit <= 0 or not pgdata:
+        return False
+    if last_spawn is None:
+        return True
+    age = now - last_spawn
+    if not 0 <= age < SPAWN_GRACE:
+        return True
+    return not spawned_alive and age >= RESPAWN_AFTER
+
+
+def starting_left(now: float, last_spawn: float | None, spawned_alive: bool) -> float:
+    """PURE: seconds an agent started at ``last_spawn`` may still take to hold its lock
+    (0: it is not starting: never started, died, or had its grace)."""
+    if last_spawn is None or not spawned_alive or not 0 <= now - last_spawn < SPAWN_GRACE:
+        return 0.0
+    return SPAWN_GRACE - (now - last_spawn)
+
+
+def last_spawn(base: str) -> tuple[float | None, int]:
+    """When an agent was last started on demand and its pid (0: unknown)."""
+    path = os.path.join(base, AGENT_SPAWNED)
+    try:
+        with open(path) as fh:
+            at = os.fstat(fh.fileno()).st_mtime
+            text = fh.read(32).strip()
+    except OSError:
+        return None, 0
+    return at, int(text) if text.isdigit() else 0
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- archive-get: proving a prefetched segment ---------------------------------------

@@ -16,19 +16,26 @@ def agent(
     rescan: Annotated[float, typer.Option(
         "--rescan", help="seconds between full rescans of archive_status "
                          "(events from watchdog wake it sooner)")] = 1.0,
+    on_demand: Annotated[bool, typer.Option(
+        "--on-demand", help="exit after archive.agent_idle_exit seconds without work, "
+                            "without the monitoring server (how archive-push starts it)")] = False,
 ) -> None:
     """Push .ready WAL segments ahead of PostgreSQL so archive-push answers at once.
 
     Runs until SIGTERM; writes receipts and agent-status.json under
     archive.spool_dir, and serves /health/backup and /metrics on monitor.listen:port
     (monitor.port = 0: off). Run it as the PostgreSQL OS user (systemd/pitr-agent.service).
+    Without it, archive-push starts `pitr agent --on-demand` itself
+    (docs/archiving-modes.md).
     """
     from pitr.monitor.server import maybe_start_server
     from pitr.wal.agent import Agent
 
     cfg = load_config(command="agent")
-    agent_ = Agent(cfg, rescan_interval=rescan)
-    health = maybe_start_server(cfg)  # monitoring must never stop archiving: warns only
+    agent_ = Agent(cfg, rescan_interval=rescan, on_demand=on_demand)
+    # monitoring must never stop archiving: warns only. An agent that comes and goes
+    # with the WAL does not serve it (`pitr serve` does, docs/archiving-modes.md).
+    health = None if on_demand else maybe_start_server(cfg)
     try:
         code = agent_.run()
     finally:

@@ -44,6 +44,7 @@ def render_text(doc: dict[str, Any]) -> str:
               f"({wal['last_archived_age_seconds']:.0f}s ago)" if wal["last_archived"] else None),
         _line("archive lag", f"{arch['lag_seconds']:.0f}s ({arch['lag_source']})"
               if arch["lag_seconds"] is not None else None),
+        _line("archive mode", (arch.get("mode") or {}).get("detail")),
         _line("archive backlog", f"{agent['backlog']} segments, "
               f"{agent['consecutive_failures']} failures in a row" if agent else
               "unknown (no agent status)"),

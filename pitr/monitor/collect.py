@@ -90,10 +90,15 @@ def gather(cfg: Config, cache: CatalogCache | None = None) -> Inputs:
 
 
 def report_from(cfg: Config, inputs: Inputs, now: datetime | None = None) -> HealthReport:
-    return evaluate(inputs.catalog, inputs.agent, inputs.last_verify,
+    from pitr.wal.modes import current
+
+    agent = inputs.agent
+    mode = current(cfg, agent.mode if agent is not None and agent.state != "stopped" else None)
+    return evaluate(inputs.catalog, agent, inputs.last_verify,
                     Thresholds.from_config(cfg.monitor), now or datetime.now(UTC),
                     location=location(cfg), retention=asdict(cfg.retention),
-                    conditional_writes=cfg.repository.conditional_writes)
+                    conditional_writes=cfg.repository.conditional_writes,
+                    archive_mode=mode)
 
 
 def health_report(cfg: Config, now: datetime | None = None) -> HealthReport:

@@ -131,11 +131,13 @@ def evaluate(
     location: str = "",
     retention: dict[str, Any] | None = None,
     conditional_writes: bool = True,
+    archive_mode: dict[str, Any] | None = None,
 ) -> HealthReport:
     """Decide health. ``now`` is timezone-aware UTC, as are all catalog times.
 
     ``conditional_writes``: repository.conditional_writes; false is a standing warning
     (the repository is used without never-overwrite and the stanza lock).
+    ``archive_mode``: :func:`pitr.wal.modes.current`, reported as ``archive.mode``.
     """
     findings: list[Finding] = []
     crit = lambda n, m: findings.append(Finding(n, CRITICAL, m))  # noqa: E731
@@ -168,6 +170,8 @@ def evaluate(
                  for g in catalog.gaps()],
     }
     archive = _archive_health(agent, newest_seg, thresholds, now, crit, warn)
+    if archive_mode is not None:
+        archive["mode"] = archive_mode
     if wal["gaps"] and catalog.backups:
         _gap_findings(catalog, warn)
 
@@ -228,8 +232,10 @@ def _archive_health(agent: AgentStatus | None, newest_seg: tuple[str, datetime] 
             "total_failures": agent.total_failures,
             "last_error": agent.last_error,
             "state": agent.state,
+            "mode": agent.mode,
         }
-        if not fresh:
+        # An on-demand agent that exited is normal: the next archive-push starts one.
+        if not fresh and not (agent.state == "stopped" and agent.mode == "on-demand"):
             stale = (now - agent.updated_at).total_seconds()
             warn("agent_stale", "the agent has stopped" if agent.state == "stopped" else
                  f"the agent's status is {human_age(stale)} old: is `pitr agent` running?")

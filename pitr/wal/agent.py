@@ -14,6 +14,11 @@ PostgreSQL still runs archive-push for every segment, and only that marks a
 segment done, so stopping or killing the agent can only make archiving slower,
 never lose a segment.
 
+Two ways to run (docs/archiving-modes.md): as a service (``pitr agent``, e.g.
+systemd/pitr-agent.service), until stopped; or on demand (``pitr agent
+--on-demand``, started by archive-push when no agent runs), until it has had
+nothing to do for ``archive.agent_idle_exit`` seconds (:func:`idle_exit_due`).
+
 Failures: push_wal already retries transient errors within its budget; a
 segment that still fails gets an ``.error`` file and an exponential per-segment
 backoff (capped), so an S3 outage costs no busy loop. After a crash, a segment
@@ -49,6 +54,7 @@ log = logging.getLogger("pitr.wal.agent")
 BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed segment
 BACKOFF_MAX = 60.0
 RECEIPT_KEEP = 30.0  # seconds a receipt outlives its .ready (a crashed archiver may ask again)
+TAKEOVER_WAIT = 30.0  # seconds a service agent waits for an on-demand agent to hand over
 _STOP = "~stop"  # sorts after every WAL name, so workers finish queued work first
 
 
@@ -59,6 +65,13 @@ def _utc(ts: float | None) -> datetime | None:
 INCOMPRESSIBLE = 0.9  # sampled size ratio above which a segment is treated as random data
 FAST_LEVEL = -1  # zstd's fast mode: same format, ~4x less CPU on data that will not shrink
 SAMPLE = 256 << 10
+
+
+def idle_exit_due(*, now: float, idle_since: float | None, idle_exit: float) -> bool:
+    """PURE: should an on-demand agent exit? ``idle_since``: when it last found nothing
+    to do (no .ready segment, nothing queued or in flight), None while it has work;
+    ``idle_exit`` <= 0: never (a service agent)."""
+    return idle_exit > 0 and idle_since is not None and now - idle_since >= idle_exit
 
 
 def adaptive_level(path: Path, level: int) -> int:
@@ -168,7 +181,7 @@ class AgentState:
 
 class Agent:
     def __init__(self, cfg: Config, *, rescan_interval: float = 1.0,
-                 budget: float | None = None) -> None:
+                 budget: float | None = None, on_demand: bool = False) -> None:
         if not cfg.postgres.pgdata:
             raise ConfigError(["postgres.pgdata: the agent needs the cluster's data directory"])
         self.cfg = cfg
@@ -185,6 +198,10 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.started_at = time.time()
+        self.on_demand = on_demand
+        # an on-demand agent exits after this long without work; a service agent never
+        self.idle_exit = float(cfg.archive.agent_idle_exit) if on_demand else 0.0
+        self.exit_reason: str | None = None
         self._last_cleanup = 0.0
         self._storage: Any = None
         self._storage_lock = threading.Lock()
@@ -195,11 +212,43 @@ class Agent:
         self.stop.set()
         self.wake.set()
 
+    def _take_lock(self) -> int:
+        """The agent lock's fd. A service agent takes over from an on-demand one (asks it
+        to stop: SIGTERM, which loses nothing) instead of failing: archive-push may have
+        started one before the service came up (docs/archiving-modes.md)."""
+        deadline = time.monotonic() + TAKEOVER_WAIT
+        asked: int | None = None
+        while True:
+            fd = try_lock(self.spool.agent_lock)
+            if fd is not None:
+                return fd
+            holder, mode = self._holder()
+            # an on-demand agent never takes over; nor does anyone from a service agent
+            if self.on_demand or mode == "service" or time.monotonic() >= deadline:
+                raise LockedError(f"another pitr agent is running for stanza "
+                                  f"{self.cfg.stanza!r} (lock {self.spool.agent_lock})")
+            if mode == "on-demand" and holder != asked:
+                event(log, logging.INFO, "asking the on-demand agent to stop", pid=holder)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(holder, signal.SIGTERM)
+                asked = holder
+            time.sleep(0.1)  # unknown holder (still starting): look again
+
+    def _holder(self) -> tuple[int, str | None]:
+        """(pid, mode) of the running agent holding the lock, as its lock file and its
+        status agree; mode None while unsure (e.g. it has not written its status yet)."""
+        doc = self.spool.read_status() or {}
+        try:
+            pid = int(self.spool.agent_lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0, None
+        if pid > 0 and doc.get("state") == "running" and doc.get("pid") == pid:
+            mode = doc.get("mode", "service")  # older agents wrote no mode: services
+            return pid, str(mode)
+        return pid, None
+
     def run(self) -> int:
-        lock_fd = try_lock(self.spool.agent_lock)
-        if lock_fd is None:
-            raise LockedError(f"another pitr agent is running for stanza {self.cfg.stanza!r} "
-                              f"(lock {self.spool.agent_lock})")
+        lock_fd = self._take_lock()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self._load_receipts()
@@ -212,10 +261,21 @@ class Agent:
             t.start()
         event(log, logging.INFO, "agent started", pgdata=str(self.wal_dir.parent),
               workers=self.workers, spool=str(self.spool.base))
+        idle_since: float | None = None
         try:
             while not self.stop.is_set():
                 self.wake.clear()
-                self.scan()
+                ready = self.scan()
+                now = time.monotonic()
+                if ready or self.busy():
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                if idle_exit_due(now=now, idle_since=idle_since, idle_exit=self.idle_exit):
+                    self.exit_reason = "idle"
+                    event(log, logging.INFO, "agent idle: exiting",
+                          idle_exit=self.idle_exit)
+                    break
                 self.write_status("running")
                 self.wake.wait(self.rescan_interval)
         finally:
@@ -231,6 +291,10 @@ class Agent:
             os.close(lock_fd)
             event(log, logging.INFO, "agent stopped", stored=self.state.counters.stored)
         return 0
+
+    def busy(self) -> bool:
+        with self.state.lock:
+            return bool(self.state.queued or self.state.in_flight)
 
     def _watch(self) -> Any:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -312,6 +376,7 @@ class Agent:
                     if entry.name.split("_", 1)[0] not in ready:
                         _unlink_if_older(entry, now - RECEIPT_KEEP)
         rotate_if_big(self.spool.fastpath_log)
+        rotate_if_big(self.spool.agent_log)  # on-demand agents append their output to it
 
     # -- workers ------------------------------------------------------------
     def _make_repo(self) -> Repo:
@@ -434,6 +499,9 @@ class Agent:
                 stanza=self.cfg.stanza,
                 pgdata=str(self.wal_dir.parent),
                 workers=self.workers,
+                mode="on-demand" if self.on_demand else "service",
+                idle_exit=self.idle_exit,
+                exit_reason=self.exit_reason,
                 started_at=_utc(self.started_at),
                 updated_at=datetime.fromtimestamp(now, UTC),
                 backlog=len(ready),

@@ -4,11 +4,14 @@ Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
 
     <spool>/<stanza>/agent.lock          flock'ed (exclusive) while an agent runs; holds its pid
     <spool>/<stanza>/agent-status.json   backlog metrics, rewritten atomically by the agent
-    <spool>/<stanza>/archive/<name>.ok     receipt: <name> is durably in the repository
+    <spool>/<stanza>/agent.spawned       touched when archive-push starts an agent on demand
+    <spool>/<stanza>/agent.log           output of agents started on demand
+    <spool>/<stanza>/archive/<name>.ok     receipt: what was stored for <name> (a record)
     <spool>/<stanza>/archive/<name>.error  the agent's last failure for <name> (text)
-    <spool>/<stanza>/archive/fastpath.log  one line per archive-push answered from a receipt
-    <spool>/<stanza>/archive/proofs-<tag>/<name>_<identity>  empty twin of a receipt, for
-                                         pitr/archive-push.sh (tag: the repository URL's hash)
+    <spool>/<stanza>/archive/fastpath.log  one line per archive-push answered from a proof
+    <spool>/<stanza>/archive/proofs-<tag>/<name>_<identity>  the proof: <name> with this
+                                         identity is durably in the repository (tag: the
+                                         repository URL's hash)
     <spool>/<stanza>/restore-<key>/      one restore's prefetch state; key: repository URL,
                                          data directory and its system id (fastpath.restore_key)
     <spool>/<stanza>/restore-<key>/prefetch.lock   flock'ed while its prefetch worker runs
@@ -19,13 +22,13 @@ Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
                                          recorded it, checked again when it is handed over
     <spool>/<stanza>/restore-<key>/prefetch/<name>.missing  the worker could not fetch <name>
 
-Why a receipt may answer archive-push. A receipt is written only after the
-repository acknowledged the object (push_wal returned), and it records the
-identity of the file the agent read: device, inode, size, mtime_ns and
+Why a proof may answer archive-push. A proof (and its receipt) is written only
+after the repository acknowledged the object (push_wal returned), and it records
+the identity of the file the agent read: device, inode, size, mtime_ns and
 ctime_ns, stat'ed before *and* after reading (a file that changed meanwhile
-gets no receipt). archive-push trusts a receipt only when the file PostgreSQL
-hands it has the same name and the same identity, and the receipt names the
-same repository. That is sound because:
+gets no proof). archive-push trusts a proof only when the file PostgreSQL
+hands it has the same name and the same identity, and the proof lies in the
+directory of the same repository. That is sound because:
 
 * PostgreSQL never writes a segment again once it is ``.ready``;
 * recycling renames a segment file to a *future* name, so the old inode never
@@ -35,26 +38,23 @@ same repository. That is sound because:
   system copy, re-creating the cluster) makes a new inode or at least a new
   ctime; ctime cannot be set from user space, unlike mtime (``cp -p``, ``tar``).
 
-The same proof, for a shell. ``archive-push.sh`` (what `pitr setup` puts in
-archive_command) answers without starting Python when an empty file named
-``<name>_<dev>_<ino>_<size>_<mtime>_<ctime>`` exists in the proof directory of
-the configured repository: the receipt's name, identity and repository, spelled
-as a path that one stat(1) call can build. The agent creates it right after the
-receipt and removes it with the receipt.
+The proof. What archive-push checks (the Python fast path, this module and
+``archive-push.sh`` alike) is one empty file named
+``<name>_<dev>_<ino>_<size>_<mtime>_<ctime>`` in the proof directory of the
+configured repository: the receipt's name, identity and repository, spelled as
+a path that one stat(1) call can build. The agent creates it right after the
+receipt (which stays as the record of the sha256 and when it was stored, and
+proves nothing by itself) and removes it with the receipt. The soundness
+argument in full: docs/design-fast-path.md.
 
 Hashing the 16 MiB file again would also be sound but costs tens of
 milliseconds per segment, which is the whole budget of the fast path.
-
-The fast paths in :mod:`pitr.entry` do not import this module (dataclasses,
-pathlib and json cost more than their whole budget); :mod:`pitr.fastpath`
-checks receipts with the same layout and a canonical fragment of this JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -111,20 +111,13 @@ class Receipt:
         return cls(**doc)
 
 
-def proof_dir_name(repository: str) -> str:
-    """The proof directory of one repository URL (a URL can hold any character)."""
-    return "proofs-" + hashlib.sha256(repository.encode()).hexdigest()[:16]
-
-
-def _stat_time(ns: int) -> str:
-    sec, frac = divmod(ns, 1_000_000_000)
-    return f"{sec}.{frac:09d}"
+proof_dir_name = fp.proof_dir_name
 
 
 def proof_name(name: str, ident: FileIdentity) -> str:
     """``<name>_<identity>`` as ``stat -c '%d_%i_%s_%.9Y_%.9Z'`` prints the identity."""
-    return (f"{name}_{ident.dev}_{ident.ino}_{ident.size}_{_stat_time(ident.mtime_ns)}_"
-            f"{_stat_time(ident.ctime_ns)}")
+    return fp.proof_name(name, (ident.dev, ident.ino, ident.size, ident.mtime_ns,
+                                ident.ctime_ns))
 
 
 def try_lock(path: Path) -> int | None:
@@ -158,6 +151,7 @@ class Spool:
         self.archive_dir = self.base / fp.ARCHIVE_DIR
         self.agent_lock = self.base / fp.AGENT_LOCK
         self.status_path = self.base / fp.STATUS_FILE
+        self.agent_log = self.base / fp.AGENT_LOG
         self.fastpath_log = self.archive_dir / fp.FASTPATH_LOG
         self.restore_key = restore_key
         self.restore_base = self.base / (fp.RESTORE_PREFIX + restore_key)
@@ -211,10 +205,12 @@ class Spool:
             return None  # absent, or unreadable after a crash: not proof of anything
 
     def receipt_proves(self, name: str, st: os.stat_result, repository: str) -> bool:
-        """Does a receipt prove that THIS file's content is stored in ``repository``?"""
-        r = self.read_receipt(name)
-        return (r is not None and r.name == name and r.repository == repository
-                and r.identity == FileIdentity.of(st))
+        """Does the agent's proof say THIS file's content is stored in ``repository``?
+
+        The same file, checked the same way, as the fast paths
+        (:func:`pitr.fastpath.proven`, pitr/archive-push.sh).
+        """
+        return fp.proven(str(self.base), proof_dir_name(repository), name, st)
 
     def write_error(self, name: str, message: str) -> None:
         atomic_write(self.error_path(name), message.rstrip("\n") + "\n")

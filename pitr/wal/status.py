@@ -36,6 +36,11 @@ class AgentStatus:
     total_failures: int
     last_error: str | None = None
     state: str = "running"  # "stopped" once the agent exits
+    # how this agent runs (docs/archiving-modes.md): "on-demand" agents are started by
+    # archive-push and exit after ``idle_exit`` seconds without work; "service" ones do not
+    mode: str = "service"
+    idle_exit: float = 0.0
+    exit_reason: str | None = None  # "idle" once an on-demand agent left for idleness
     # what the file adds for people reading it
     pid: int | None = None
     stanza: str = ""
@@ -57,6 +62,9 @@ class AgentStatus:
             "stanza": self.stanza,
             "pgdata": self.pgdata,
             "workers": self.workers,
+            "mode": self.mode,
+            "idle_exit": self.idle_exit,
+            "exit_reason": self.exit_reason,
             "started_at": _iso(self.started_at),
             "updated_at": _iso(self.updated_at),
             "backlog": {
@@ -102,6 +110,9 @@ class AgentStatus:
             total_failures=int(failures.get("total", 0) or 0),
             last_error=failures.get("last_error"),
             state=str(doc.get("state") or "running"),
+            mode=str(doc.get("mode") or "service"),
+            idle_exit=float(doc.get("idle_exit") or 0.0),
+            exit_reason=doc.get("exit_reason"),
             pid=int(pid) if isinstance(pid, int) else None,
             stanza=str(doc.get("stanza") or ""),
             pgdata=str(doc.get("pgdata") or ""),

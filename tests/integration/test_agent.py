@@ -238,12 +238,17 @@ def test_kill_9_and_restart_loses_nothing_and_conflicts_with_nothing(
     wait_for(lambda: len(list(spool.archive_dir.glob("*.ok"))) >= 8, "some receipts")
     first.signal(signal.SIGKILL)
     assert not lock_held(spool.agent_lock), "a killed agent's flock must be gone"
-    # A crash between "stored" and "receipt written": drop some receipts. The
-    # restarted agent must find those objects already archived, not conflicting.
+    # A crash between "stored" and "proof written" (the proof is the last write: the
+    # receipt of every other one stays): drop some proofs. The restarted agent must
+    # find those objects already archived, not conflicting.
     receipts = sorted(spool.archive_dir.glob("*.ok"))
     dropped = receipts[: len(receipts) // 2]
-    for p in dropped:
-        p.unlink()
+    for i, p in enumerate(dropped):
+        for proof in spool.proof_dir(config.load(cfg, env={}).repository.url).glob(
+                p.name.removesuffix(".ok") + "_*"):
+            proof.unlink()
+        if i % 2:
+            p.unlink()
     # A crash between writing a receipt's temp file and renaming it.
     torn = spool.archive_dir / f".{receipts[-1].name}.999999.tmp"
     torn.write_text("{")

@@ -28,7 +28,7 @@ def test_check_passes_on_an_archiving_cluster(pg_factory: Any, pitr_exe: Path,
     lines = proc.stdout.splitlines()
     names = [line.split()[0] for line in lines if line.strip()]
     assert names == ["config", "repository", "postgres", "version", "wal_level",
-                     "archive_mode", "archive_command", "archive"], proc.stdout
+                     "archive_mode", "archive_command", "archiving_mode", "archive"], proc.stdout
     assert all(line.split()[1] == "ok" for line in lines), proc.stdout
 
     doc = json.loads(run_pitr(cfg, "check", "--json").stdout)

@@ -88,6 +88,13 @@ def make_user_dir(path: Path, user: str = PG_USER, mode: int = 0o700) -> Path:
     return path
 
 
+# The server's environment, which archive_command inherits. archive-push starts an
+# agent on demand when none runs (docs/archiving-modes.md); tests written for the
+# synchronous path or for an agent of their own keep it off, and the on-demand tests
+# (tests/integration/test_on_demand.py) clear this with ``server_env = {}``.
+NO_ON_DEMAND_AGENT = {"PITR_ARCHIVE_AGENT_IDLE_EXIT": "0"}
+
+
 class PgCluster:
     """One PostgreSQL cluster. ``conf`` lines are appended to postgresql.conf."""
 
@@ -100,6 +107,7 @@ class PgCluster:
         self.log_file = self.base / "postgres.log"
         self.user = user
         self.port = free_port()
+        self.server_env: dict[str, str] = dict(NO_ON_DEMAND_AGENT)
 
     # -- lifecycle ------------------------------------------------------------
     def bin(self, name: str) -> str:
@@ -143,7 +151,7 @@ class PgCluster:
         args = [self.bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_file),
                 "-t", str(timeout), "-o", f"-p {self.port} -k {self.socket_dir}"]
         args += ["-w"] if wait else ["-W"]
-        run_as([*args, "start"], user=self.user, timeout=timeout + 30)
+        run_as([*args, "start"], user=self.user, timeout=timeout + 30, env=self.server_env)
 
     def stop(self, mode: str = "fast") -> None:
         if (self.pgdata / "postmaster.pid").exists():

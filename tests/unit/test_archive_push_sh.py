@@ -92,6 +92,47 @@ def test_anything_but_a_matching_proof_runs_pitr_archive_push(
     assert not spool.fastpath_log.exists()
 
 
+def run_bg(spool: Spool, seg: Path, fake: Path) -> subprocess.Popen[bytes]:
+    cmd, _ = archive_commands(str(fake), "/etc/pitr/x.toml", str(spool.proof_dir(URL)))
+    return subprocess.Popen(["/bin/sh", "-c", cmd.replace("%p", f"pg_wal/{seg.name}")],
+                            cwd=seg.parent.parent)
+
+
+def test_a_running_agent_gets_a_bounded_wait_for_its_proof(
+        env: tuple[Spool, Path, Path]) -> None:
+    spool, seg, fake = env
+    agent = subprocess.Popen(["sleep", "60"])  # a live process named by agent.lock
+    try:
+        spool.agent_lock.write_text(f"{agent.pid}\n")
+        proc = run_bg(spool, seg, fake)
+        time.sleep(0.3)  # the agent is behind, the script polls
+        assert proc.poll() is None
+        stored(spool, seg)
+        assert proc.wait(timeout=30) == 0
+        assert called(seg) is None
+        assert f"{seg.name} fast-path-sh" in spool.fastpath_log.read_text()
+        # No proof ever: the wait is bounded, then pitr runs.
+        other = seg.with_name("000000010000000000000008")
+        other.write_bytes(os.urandom(4096))
+        assert run(spool, other, fake) == FALLBACK_EXIT
+        # The agent failed on it: pitr runs (and reports the failure properly).
+        spool.write_error(other.name, "boom")
+        assert run(spool, other, fake) == FALLBACK_EXIT
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_no_live_agent_pid_means_pitr_runs(env: tuple[Spool, Path, Path]) -> None:
+    spool, seg, fake = env
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for content in (f"{gone.pid}\n", "0\n", "x\n", ""):
+        spool.agent_lock.write_text(content)
+        assert run(spool, seg, fake) == FALLBACK_EXIT
+        (seg.parent.parent / "called").unlink()
+
+
 def test_without_a_proof_dir_the_command_is_plain_pitr() -> None:
     push, get = archive_commands("/opt/pitr venv/bin/pitr", "/etc/pitr/pitr.toml")
     assert shlex.split(push) == ["/opt/pitr venv/bin/pitr", "--config", "/etc/pitr/pitr.toml",

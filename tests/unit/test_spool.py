@@ -255,22 +255,23 @@ def test_backoff_grows_and_is_capped(attempts: int) -> None:
 
 
 # -- pitr.fastpath: the stdlib-light twins must agree with the full implementations ---
-def test_fragment_is_what_the_receipt_writer_writes(setup: tuple[Spool, Path, Path]) -> None:
+def fast_proves(spool: Spool, seg: Path, url: str) -> bool:
+    return fastpath.proven(str(spool.base), fastpath.proof_dir_name(url), SEG, seg.stat())
+
+
+def test_python_and_spool_check_the_one_proof_file(setup: tuple[Spool, Path, Path]) -> None:
     spool, seg, _ = setup
-    for url in ("s3://bucket/prefix", "file:///var/lib/pitr/repo"):
+    for url in ("s3://bucket/prefix", "file:///var/lib/pitr/repo", 's3://bucket/pré"fix'):
         spool.write_receipt(receipt_for(seg, url))
-        fragment = fastpath.receipt_fragment(SEG, url, seg.stat())
-        assert fragment is not None and fragment in spool.ok_path(SEG).read_text()
-        assert fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), url)
-        assert not fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), url + "x")
-
-
-def test_fast_proof_falls_back_to_json_for_odd_urls(setup: tuple[Spool, Path, Path]) -> None:
-    spool, seg, _ = setup
-    url = 's3://bucket/pré"fix'
-    spool.write_receipt(receipt_for(seg, url))
-    assert fastpath.receipt_fragment(SEG, url, seg.stat()) is None
-    assert fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), url)
+        proof = Path(fastpath.proof_path(str(spool.base), fastpath.proof_dir_name(url), SEG,
+                                         seg.stat()))
+        assert proof.parent == spool.proof_dir(url) and proof.is_file()
+        assert fast_proves(spool, seg, url) and spool.receipt_proves(SEG, seg.stat(), url)
+        assert not fast_proves(spool, seg, url + "x")
+        proof.unlink()  # the receipt alone proves nothing, to either of them
+        assert spool.read_receipt(SEG) is not None
+        assert not fast_proves(spool, seg, url)
+        assert not spool.receipt_proves(SEG, seg.stat(), url)
 
 
 def test_fast_proof_rejects_another_version_of_the_file(setup: tuple[Spool, Path, Path]) -> None:
@@ -279,7 +280,19 @@ def test_fast_proof_rejects_another_version_of_the_file(setup: tuple[Spool, Path
     other = seg.with_name("000000010000000000000001")
     other.write_bytes(seg.read_bytes())  # even the very same bytes: a new file, no proof
     os.replace(other, seg)
-    assert not fastpath.receipt_proves(str(spool.base), SEG, seg.stat(), "u")
+    assert not fast_proves(spool, seg, "u")
+
+
+def test_fast_config_cache_key_holds_pitrs_version(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("")
+    key = fastpath._cache_key(str(cfg), cfg.stat())
+    from pitr import __version__
+
+    assert f"\n{__version__}\n" in key
+    monkeypatch.setattr(fastpath, "__version__", __version__ + ".1")  # an upgrade
+    assert fastpath._cache_key(str(cfg), cfg.stat()) != key
 
 
 wal_like = st.one_of(
