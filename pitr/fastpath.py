@@ -354,6 +354,7 @@ def last_spawn(base: str) -> tuple[float | None, int]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (whoever owns it: EPERM says it does)."""
     if pid <= 0:
         return False
     try:

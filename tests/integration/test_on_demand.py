@@ -23,7 +23,7 @@ from support.pgcluster import PgCluster, as_user_cmd
 from test_agent import done_segments, fast_path_names, make_segments, repo_names, wait_archived
 from test_agent import wait_for as wait_until
 
-from pitr import config
+from pitr import config, fastpath
 from pitr.wal.spool import Spool, lock_held
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
@@ -94,6 +94,10 @@ def test_a_burst_starts_one_agent_which_exits_when_idle(
     assert len(set(burst) & answered) >= len(burst) // 2, sorted(set(burst) - answered)
 
     wait_until(lambda: agent_pid(spool) is None, "the idle agent to exit", timeout=120)
+    # and its process to be gone: an archive-push that finds the agent it started alive
+    # but without its lock (still exiting) pushes synchronously and starts none
+    wait_until(lambda: not fastpath.pid_alive(pid), "the idle agent's process to end",
+               timeout=60)
     doc = spool.read_status()
     assert doc is not None and doc["state"] == "stopped"
     assert doc["mode"] == "on-demand" and doc["exit_reason"] == "idle"

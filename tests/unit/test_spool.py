@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -382,11 +383,24 @@ def test_an_absent_marker_is_proven_by_the_full_path(
         Repo(FsStorage(cfg.parent / "repo"), "main").ensure_identity(sysid, 15, 1 << 20)
         give_to_user(cfg.parent / "repo")
     fd = try_lock(spool.prefetch_lock)  # a worker "runs"
-    spool.missing(SEG).write_text("absent")
+    marker = spool.missing(SEG)
+    marker.write_text("absent")
+    done = threading.Event()
+
+    def worker_keeps_answering() -> None:
+        # like the worker, which asks again every MISSING_FRESH seconds: the marker stays
+        # fresh however long the interpreter takes to start on a loaded host
+        while not done.wait(0.2):
+            os.utime(marker)
+
+    keeper = threading.Thread(target=worker_keeps_answering, daemon=True)
+    keeper.start()
     try:
         proc = run_entry(cfg.parent, "--config", str(cfg), "archive-get", SEG,
                          "pg_wal/RECOVERYXLOG", env={"PITR_ARCHIVE_FAST_PATH_WAIT": "5"})
     finally:
+        done.set()
+        keeper.join()
         assert fd is not None
         os.close(fd)
     assert f"absent {SEG}" in spool.prefetch_log.read_text()
