@@ -85,7 +85,8 @@ _README_SECTION = re.compile(r"README(?:'s)?[\s,:]*[\"“(]?[A-Z]")
 
 
 def test_code_cites_docs_not_readme_sections_or_outside_files() -> None:
-    """README is short now; the sections code used to cite live in docs/."""
+    """README is short now; the sections code used to cite live in docs/, and every
+    Markdown file code names is one of the project's own."""
     tops = ("pitr", "tests", "scripts", "bench", "conf", "docker", "systemd", ".ci")
     files = [ROOT / "pyproject.toml", ROOT / "Makefile",
              *(p for top in tops for p in (ROOT / top).rglob("*") if p.is_file())]
@@ -98,6 +99,16 @@ def test_code_cites_docs_not_readme_sections_or_outside_files() -> None:
         except UnicodeDecodeError:
             continue
         for n, line in enumerate(text.splitlines(), 1):
-            if "DESIGN.md" in line or _README_SECTION.search(line):
+            if _README_SECTION.search(line) or any(
+                    not _project_doc(m.group(0)) for m in _MD_FILE.finditer(line)):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not bad, "cite docs/<file>.md instead:\n" + "\n".join(bad)
+
+
+# a Markdown file named in code: it must be one of the project's own documents
+_MD_FILE = re.compile(r"[\w./-]*\b[\w-]+\.md\b")
+
+
+def _project_doc(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return (ROOT / name).is_file() or (ROOT / "docs" / base).is_file() or base == "README.md"
