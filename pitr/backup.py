@@ -183,7 +183,6 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
 def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
                  incremental: bool | None) -> tuple[BackupRecord | None, str]:
     """(parent or None for a full backup, why) -- docs/incremental-backups.md."""
-    from pitr import chains
     from pitr.catalog import load_catalog
 
     if incremental is False:
@@ -192,8 +191,9 @@ def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
         return None, "full: backup.full_interval is 0"
     if incremental is None and cluster.major < chains.MIN_MAJOR:
         return None, f"full: PostgreSQL {cluster.major} has no incremental backups"
+    catalog = load_catalog(repo)
     decision = chains.choose_parent(
-        load_catalog(repo), major=cluster.major, summarize_wal=cluster.summarize_wal,
+        catalog, major=cluster.major, summarize_wal=cluster.summarize_wal,
         server_compression=cfg.backup.server_compression, timeline=cluster.timeline)
     if decision.parent is None:
         if incremental:
@@ -204,8 +204,7 @@ def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
                         if "summarize_wal" in decision.why else ""))
         return None, f"full: {decision.why}"
     if incremental is None:
-        root = chains.chain_of(decision.parent, {b.id: b for b in load_catalog(repo).backups}
-                               ).root
+        root = chains.chain_of(decision.parent, {b.id: b for b in catalog.backups}).root
         if chains.full_is_due(root, datetime.now(UTC), cfg.backup.full_interval):
             return None, (f"full: the chain's full backup {root.id} is older than "
                           f"backup.full_interval")
@@ -472,26 +471,27 @@ def _store_pg_manifest(repo: Repo, backup_id: str, raw: bytes, level: int) -> Ba
     """Keep a copy of the backup_manifest beside the tar (docs/incremental-backups.md
     "Where the manifest is kept"): a later incremental needs it without downloading
     the whole backup."""
-    import hashlib
-
     blob, raw_sha = codec.compress_blob(raw, level)
     key = repo.backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
     put_bytes(repo.storage, key, blob, if_absent=True)
+    stored = stream.Hash()
+    stream.run(blob, [stored])
     return BackupObject(chains.BACKUP_MANIFEST_OBJECT, key, len(raw), len(blob),
-                        hashlib.sha256(blob).hexdigest(), raw_sha)
+                        stored.sha256, raw_sha)
 
 
 def read_parent_manifest(repo: Repo, parent: BackupRecord) -> bytes:
     """The parent's backup_manifest, proven against its record; IncrementalError if not."""
-    import hashlib
-
     obj = next(o for o in parent.objects if o.name == chains.BACKUP_MANIFEST_OBJECT)
     try:
         blob = read_bytes(repo.storage, obj.key)
-        if hashlib.sha256(blob).hexdigest() != obj.sha256:
+        # the whole object proven (one frame, nothing after it, its own sha256), and
+        # what it holds is what the parent's record says it stored
+        header, raw = codec.verify_blob(blob, obj.key)
+        if header.sha256 != obj.raw_sha256 or len(raw) != obj.raw_bytes:
             raise IntegrityError(f"{obj.key}: checksum mismatch with backup {parent.id}'s "
                                  "manifest")
-        return codec.decompress_blob(blob, obj.key)
+        return raw
     except (NotFound, IntegrityError) as exc:
         raise IncrementalError(
             f"the parent backup {parent.id}'s backup_manifest is unusable: "

@@ -49,10 +49,6 @@ class Chain:
         return tuple(b.id for b in self.backups)
 
 
-def is_incremental(b: BackupRecord) -> bool:
-    return b.parent is not None
-
-
 def has_backup_manifest(b: BackupRecord) -> bool:
     """Whether ``b`` can be the parent of an incremental backup."""
     return any(o.name == BACKUP_MANIFEST_OBJECT for o in b.objects)

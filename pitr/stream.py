@@ -283,8 +283,6 @@ class ZstdDecompress:
         for chunk in chunks:
             stored += len(chunk)
             if dobj.eof:
-                if not strict:
-                    continue
                 raise IntegrityError(f"{self._name} has {len(chunk)} stray bytes after "
                                      "its zstd frame")
             if data := dobj.decompress(chunk):
@@ -292,7 +290,7 @@ class ZstdDecompress:
         if not dobj.eof:
             raise IntegrityError(f"{self._name}'s zstd frame is cut off "
                                  f"({stored} bytes stored)")
-        if dobj.unused_data and strict:
+        if dobj.unused_data:
             raise IntegrityError(f"{self._name} has {len(dobj.unused_data)} stray bytes "
                                  "after its zstd frame")
 

@@ -376,7 +376,7 @@ class TarMemberCapture:
         self.name = name
         # lives as long as the stream; value() closes it
         self.data: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115
-        self.found = False
+        self._seen = False
         self._header = bytearray()
         self._skip = 0  # bytes of the current member's data (and padding) still to pass
         self._take = 0  # of which this many are the wanted member's content
@@ -412,10 +412,15 @@ class TarMemberCapture:
         size = _tar_size(block[124:136])
         self._skip = (size + 511) // 512 * 512
         if name == self.name and block[156:157] in (b"0", b"\0"):
-            self.found = True
+            self._seen = True
             self.data.seek(0)
             self.data.truncate()
             self._take = size
+
+    @property
+    def found(self) -> bool:
+        """The member passed whole (a stream cut inside it found nothing)."""
+        return self._seen and self._take == 0
 
     def value(self) -> bytes:
         """The member's content (once; the spool file is closed)."""
