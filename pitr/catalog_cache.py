@@ -94,6 +94,9 @@ class CacheState:
     segments: dict[str, list[Row]] = field(default_factory=dict)
     wal_other: list[Row] = field(default_factory=list)  # history/.backup/.partial [key, ..]
     last_key: dict[str, str] = field(default_factory=dict)  # timeline -> greatest key
+    # timeline -> epoch seconds it was last listed (after its resume point); a file
+    # without it (older writer) counts as listed now, as before
+    listed_at: dict[str, float] = field(default_factory=dict)
     blobs: dict[str, Row] = field(default_factory=dict)  # key -> [size, µs, base64]
     format: int = CACHE_FORMAT
 
@@ -102,7 +105,7 @@ class CacheState:
         if doc.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache format {doc.get('format')!r}, expected {CACHE_FORMAT}")
         state = cls(**doc)
-        for name in ("head", "wal_other", "segments", "last_key", "blobs"):
+        for name in ("head", "wal_other", "segments", "last_key", "blobs", "listed_at"):
             if not isinstance(getattr(state, name), list | dict):
                 raise ValueError(f"{name}: wrong type")
         return state
@@ -188,6 +191,8 @@ class CatalogCache:
             top = max(state.last_key, default=None)
             self._append_wal(state, repo.storage.list(
                 repo.wal_prefix, start_after=self._resume_after(state, top, now)), seg_size)
+            if top is not None:
+                state.listed_at[top] = now
             if now - state.swept_at >= SWEEP_EVERY:
                 # Every timeline below the newest, also those without WAL so far (the
                 # parent of a promotion can still archive its last segments).
@@ -195,6 +200,7 @@ class CatalogCache:
                     self._append_wal(state, repo.storage.list(
                         f"{repo.wal_prefix}{tli}",
                         start_after=self._resume_after(state, tli, now)), seg_size)
+                    state.listed_at[tli] = now
                 state.swept_at = now
         self._index = None
         catalog = self._catalog(state)
@@ -206,13 +212,23 @@ class CatalogCache:
 
     def _resume_after(self, state: CacheState, tli: str | None, now: float) -> str | None:
         """Where listing ``tli`` resumes: after its last key, or before the first gap
-        among its segments stored in the last :data:`SETTLE` seconds. The agent stores
-        segments in parallel, so a later one can be listed before an earlier one
-        lands; resuming after the later one would hide the earlier one for good."""
+        among its segments stored within :data:`SETTLE` seconds before ``tli`` was last
+        listed. The agent stores segments in parallel, so a later one can be listed
+        before an earlier one lands; resuming after the later one would hide the earlier
+        one for good. A gap is taken as real only once a listing made SETTLE after the
+        segment behind it was stored has not shown it (counting from the previous
+        listing, not from now: refreshes an hour apart still look again)."""
         if tli is None or tli not in state.last_key:
             return None
         rows = state.segments.get(tli, [])
-        recent = _us(datetime.fromtimestamp(now, UTC)) - int(SETTLE * 1e6)
+        if not rows:
+            # only its history file so far: resume just below the timeline's own keys
+            # (after every segment directory of the timeline before it), never at the
+            # history key, which no server can take as a marker (server_start_after)
+            return f"{self.repo.wal_prefix}{int(tli, 16) - 1:08X}G/" if tli > "00000001" \
+                else None
+        since = min(state.listed_at.get(tli, now), now)
+        recent = _us(datetime.fromtimestamp(since, UTC)) - int(SETTLE * 1e6)
         i = len(rows) - 1
         while i > 0 and rows[i][2] >= recent:
             i -= 1

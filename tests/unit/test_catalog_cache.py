@@ -25,7 +25,7 @@ from pitr.manifest import BackupObject, BackupRecord
 from pitr.pg.names import format_lsn, segment_name, segno_to_lsn
 from pitr.repo import Repo
 from pitr.retention import Policy
-from pitr.storage.base import put_bytes
+from pitr.storage.base import put_bytes, server_start_after
 from pitr.storage.fs import FsStorage
 from pitr.targets import TargetKind
 
@@ -188,6 +188,38 @@ def test_a_segment_stored_after_a_later_one_is_not_lost(tmp_path: Path) -> None:
     w.clock += 1
     assert cache.refresh() == load_catalog(w.repo)
     assert [s.segno for s in w.cache().refresh().segments[1]] == [250, 251, 252, 253, 254]
+
+
+def test_a_late_segment_is_found_by_a_refresh_an_hour_later(tmp_path: Path) -> None:
+    """The window for late segments counts from the previous listing, not from now:
+    hourly `pitr status` runs must not report a gap that filled in between."""
+    w = World(tmp_path)
+    w.clock = time.time()
+    w.append(1, 3)
+    cache = w.cache()
+    cache.refresh()
+    put_bytes(w.repo.storage, w.repo.wal_key(segment_name(1, 254, SEG)), b"late")
+    cache.refresh()  # sees 254 while 253 is still uploading
+    put_bytes(w.repo.storage, w.repo.wal_key(segment_name(1, 253, SEG)), b"late")
+    w.clock += 3600
+    assert [s.segno for s in w.cache().refresh().segments[1]] == [250, 251, 252, 253, 254]
+
+
+def test_a_timeline_with_only_its_history_resumes_after_the_parents_segments(
+        tmp_path: Path) -> None:
+    """A promotion's first refreshes must not list the whole archive again."""
+    w = World(tmp_path)
+    w.append(1, 3)
+    put_bytes(w.repo.storage, w.repo.wal_key("00000002.history"),
+              compress_blob(b"1\t0/5000000\tno recovery target specified\n", 3)[0])
+    cache = w.cache()
+    cache.refresh()
+    state = cache.state
+    assert state is not None
+    marker = cache._resume_after(state, "00000002", w.clock)
+    assert marker == f"{w.repo.wal_prefix}00000001G/"
+    assert server_start_after(w.repo.wal_prefix, marker) == marker  # a real StartAfter
+    assert cache.refresh() == load_catalog(w.repo)
 
 
 PLAN_STEPS = st.lists(st.one_of(
