@@ -103,6 +103,7 @@ class RestoreResult:
     chain: tuple[str, ...] = ()  # backup ids pg_combinebackup combined, full backup first
     combine_seconds: float = 0.0
     verified: tuple[str, ...] = ()  # what pg_verifybackup verified
+    unverified: tuple[tuple[str, str], ...] = ()  # (directory, why pg_verifybackup did not run)
 
     def to_json(self) -> dict[str, Any]:
         return {"pgdata": str(self.pgdata),
@@ -625,8 +626,17 @@ def _verifybackup(bindir: Path, d: Path, owner: Owner, result: RestoreResult) ->
     """pg_verifybackup -n: every file against the backup_manifest pg_basebackup wrote
     (-n: the WAL is checked by the restore itself, not shipped inside the backup)."""
     tool = bindir / "pg_verifybackup"
-    if not (d / "backup_manifest").exists() or not tool.exists():
-        return  # server-compressed backups carry no manifest: nothing to verify against
+    why = ("the backup carries no backup_manifest (server-compressed, or taken without one)"
+           if not (d / "backup_manifest").exists() else
+           f"{bindir} has no pg_verifybackup" if not tool.exists() else "")
+    if why:
+        # Said, not skipped silently: a drill report must not read as if the files were
+        # checked against the manifest when they were not
+        # (docs/incremental-backups.md "The drill").
+        result.unverified = (*result.unverified, (d.name, why))
+        pitr_log.event(log, logging.WARNING, "pg_verifybackup did not run", directory=str(d),
+                       reason=why)
+        return
     try:
         _run_tool([str(tool), "-n", "-q", str(d)], owner, f"pg_verifybackup found {d} damaged")
     except IncrementalError as exc:

@@ -377,6 +377,8 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
             report.checks.append(DrillCheck(
                 "pg_verifybackup", True, f"verified against their backup_manifest: "
                 f"{', '.join(result.verified)}"))
+        for name, why in result.unverified:
+            report.checks.append(DrillCheck("pg_verifybackup", True, f"skipped for {name}: {why}"))
         assert result.bindir is not None  # restore() resolves it for the backup's major
         ctl = PgCtl(pgdata, bindir=result.bindir, user=owner.name,
                     log_file=scratch / "postgres.log", db_user=_db_user(cfg))

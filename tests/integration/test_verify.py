@@ -183,6 +183,8 @@ def test_good_backup_passes_writes_report_and_leaves_nothing(prod: Prod) -> None
     assert names["tables"]["data"]["rows"] >= 100000 + 6000 + 500 + 1000
     assert "remote_thing" not in json.dumps(report)
     assert names["amcheck"]["data"]["indexes"] > 0
+    # checked against pg_basebackup's manifest, not skipped (docs/incremental-backups.md)
+    assert names["pg_verifybackup"]["detail"].startswith("verified against"), names
     assert set(names["databases"]["data"]["databases"]) == {"postgres", "app"}
     assert report["rto_seconds"] > 0 and report["restored_bytes"] > 10_000_000
     assert report["wal_replayed_bytes"] > 3 * 16 * 2**20 - 2**20
