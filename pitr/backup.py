@@ -329,6 +329,12 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
     t1 = time.monotonic()
     objects = [obj]
     if pg_manifest is not None and cluster.major >= chains.MIN_MAJOR:
+        problem = chains.manifest_checksum_problem(pg_manifest)
+        if problem is not None:
+            raise BackupError(f"backup {backup_id}: the backup_manifest pg_basebackup wrote "
+                              f"into the tar fails its own checksum: {problem}",
+                              hint="take the backup again; if it repeats, report it with "
+                                   "the pg_basebackup and pitr versions")
         objects.append(_store_pg_manifest(repo, backup_id, pg_manifest, cfg.compression.level))
     event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=obj.raw_bytes,
           stored_bytes=obj.stored_bytes, seconds=round(t1 - t0, 2),
@@ -491,6 +497,9 @@ def read_parent_manifest(repo: Repo, parent: BackupRecord) -> bytes:
         if header.sha256 != obj.raw_sha256 or len(raw) != obj.raw_bytes:
             raise IntegrityError(f"{obj.key}: checksum mismatch with backup {parent.id}'s "
                                  "manifest")
+        problem = chains.manifest_checksum_problem(raw)
+        if problem is not None:
+            raise IntegrityError(f"{obj.key}: {problem}")
         return raw
     except (NotFound, IntegrityError) as exc:
         raise IncrementalError(

@@ -16,6 +16,8 @@ against.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +29,29 @@ from pitr.manifest import BackupRecord
 BACKUP_MANIFEST_OBJECT = "backup_manifest.zst"
 # PostgreSQL 17 added pg_basebackup --incremental, WAL summaries and pg_combinebackup
 MIN_MAJOR = 17
+
+
+_CHECKSUM_LINE = re.compile(rb'"Manifest-Checksum": "([0-9a-f]{64})"}\s*$')
+
+
+def manifest_checksum_problem(raw: bytes) -> str | None:
+    """Why PostgreSQL's ``backup_manifest`` fails its own ``Manifest-Checksum``, or None.
+
+    The checksum is the sha256 of everything up to and including the newline that
+    ends the line before the checksum's own (the file's penultimate newline), as
+    PostgreSQL's manifest parser computes it. A copy that fails it is never kept:
+    an incremental backup taken against it would compare WAL summaries with a
+    manifest that is not the one the server wrote (docs/incremental-backups.md).
+    """
+    m = _CHECKSUM_LINE.search(raw)
+    if m is None:
+        return "it has no Manifest-Checksum line at its end (cut off?)"
+    end = raw.rfind(b"\n", 0, m.start())
+    if end < 0:
+        return "it has nothing before its Manifest-Checksum line"
+    if hashlib.sha256(raw[:end + 1]).hexdigest() != m.group(1).decode():
+        return "its content does not match its Manifest-Checksum"
+    return None
 
 
 @dataclass(frozen=True)
