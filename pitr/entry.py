@@ -168,7 +168,9 @@ def archive_get_fast(config: str | None, name: str, dest: str) -> int | None:
     if cfg.prefetch <= 0:
         return None
     datadir = fp.data_dir_of(dest, cfg.pgdata)
-    sysid = fp.read_system_id(datadir)  # read once: it keys the spool and proves files
+    from pitr.pg.control import system_id_or_none
+
+    sysid = system_id_or_none(datadir)  # read once: it keys the spool and proves files
     if sysid is None:
         return None  # no pg_control to say whose restore this is: the full CLI fetches
     base = fp.restore_base(cfg.base, cfg.url, datadir, sysid)

@@ -62,8 +62,6 @@ REQUEST_SUFFIX = ".request"  # prefetch/<name>.request: archive-get wants this o
 CHECKSUM_SUFFIX = ".sha256"  # prefetch/<name>.sha256: the raw sha256 the repository recorded
 # Prefetch state lives in <spool>/<stanza>/restore-<key>/, one per restore: see restore_key.
 RESTORE_PREFIX = "restore-"
-PG_CONTROL = os.path.join("global", "pg_control")
-
 
 
 # -- config ---------------------------------------------------------------------------
@@ -211,17 +209,6 @@ def lock_state(path: str | os.PathLike[str]) -> bool | None:
 
 
 # -- one restore's prefetch state ---------------------------------------------------
-def read_system_id(datadir: str) -> int | None:
-    """The cluster's system identifier: the first 8 bytes of global/pg_control (native,
-    little-endian on every platform PostgreSQL 15 packages exist for). None: unreadable."""
-    try:
-        with open(os.path.join(datadir, PG_CONTROL), "rb") as fh:
-            raw = fh.read(8)
-    except OSError:
-        return None
-    return int.from_bytes(raw, "little") if len(raw) == 8 else None
-
-
 def restore_key(url: str, datadir: str, system_id: int) -> str:
     """Who a prefetched file is for: this repository, this cluster, this data directory.
 
@@ -377,7 +364,7 @@ def data_dir_of(dest: str, pgdata: str) -> str:
 
 def segment_proven(path: str, name: str, cluster: int) -> bool:
     """Is the spool file at ``path`` segment ``name`` of the cluster whose system
-    identifier (from its ``global/pg_control``, :func:`read_system_id`) is ``cluster``?
+    identifier (from its ``global/pg_control``) is ``cluster``?
 
     The long page header at its start (layout in :mod:`pitr.pg.walheader`) names
     the segment's first LSN and the system identifier. Any doubt: False.

@@ -17,12 +17,26 @@ from pitr.errors import TargetDirError
 CONTROL_FILE = "global/pg_control"
 
 
+def _head(path: Path | str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(8)
+
+
+def system_id_or_none(datadir: Path | str) -> int | None:
+    """The system identifier, or None when pg_control cannot be read whole (the fast
+    paths, which then leave the decision to the full command)."""
+    try:
+        head = _head(Path(datadir) / CONTROL_FILE)
+    except OSError:
+        return None
+    return int.from_bytes(head, "little") if len(head) == 8 else None
+
+
 def read_system_id(datadir: Path) -> int:
     """The system identifier recorded in ``datadir``'s pg_control."""
     path = Path(datadir) / CONTROL_FILE
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
+        head = _head(path)
     except OSError as exc:
         raise TargetDirError(
             f"cannot read {path}: {exc.strerror or exc}",

@@ -46,6 +46,7 @@ from pitr.atomic import atomic_write
 from pitr.config import Config
 from pitr.errors import UsageError, WalNotFound
 from pitr.log import event
+from pitr.pg.control import system_id_or_none
 from pitr.pg.names import DEFAULT_SEGMENT_SIZE, parse_segment_name, segment_name
 from pitr.pg.walname import is_segment_name
 from pitr.repo import Repo
@@ -91,7 +92,7 @@ class Prefetcher:
                  poll: float = 0.01, absent_retry: float = ABSENT_RETRY) -> None:
         self.cfg = cfg
         self.datadir = os.path.realpath(datadir)
-        system_id = fp.read_system_id(self.datadir)
+        system_id = system_id_or_none(self.datadir)
         if system_id is None:
             raise UsageError(f"{self.datadir}: no readable global/pg_control",
                              hint="the prefetch worker serves one restore's data directory")

@@ -65,6 +65,7 @@ from typing import Any
 from pitr import fastpath as fp
 from pitr.atomic import atomic_write
 from pitr.fastpath import append_line, lock_held
+from pitr.pg.control import system_id_or_none
 from pitr.pg.walname import is_segment_name
 
 __all__ = ["FileIdentity", "Receipt", "Spool", "lock_held", "try_lock"]
@@ -164,7 +165,7 @@ class Spool:
     def for_restore(cls, spool_dir: str | Path, stanza: str, url: str,
                     datadir: str | Path) -> Spool | None:
         """The spool of the restore into ``datadir`` from ``url`` (None: no pg_control)."""
-        sysid = fp.read_system_id(str(datadir))
+        sysid = system_id_or_none(str(datadir))
         if sysid is None:
             return None
         return cls(spool_dir, stanza, fp.restore_key(url, str(datadir), sysid))

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from pitr import fastpath
 from pitr.entry import fast_path, split_args
+from pitr.pg.control import system_id_or_none
 from pitr.pg.names import parse_segment_name, segment_name
 from pitr.wal.agent import BACKOFF_MAX, backoff_delay
 from pitr.wal.prefetch import is_stale, plan_window
@@ -229,8 +230,8 @@ def test_restores_are_keyed_by_repository_data_directory_and_system_id(
     keys = {key("s3://x/p", str(a), 1), key("s3://y/p", str(a), 1),
             key("s3://x/p", str(b), 1), key("s3://x/p", str(a), 2)}
     assert len(keys) == 4
-    assert fastpath.read_system_id(str(a)) == 1
-    assert fastpath.read_system_id(str(tmp_path)) is None  # no pg_control: no key, no prefetch
+    assert system_id_or_none(str(a)) == 1
+    assert system_id_or_none(str(tmp_path)) is None  # no pg_control: no key, no prefetch
     assert Spool.for_restore(tmp_path, "s", "u", tmp_path) is None
     assert fastpath.data_dir_of(str(a / "pg_wal" / "RECOVERYXLOG"), "") == str(a)
 
