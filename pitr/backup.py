@@ -330,8 +330,9 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         t0 = time.monotonic()
         tablespaces: list[pgbb.Tablespace] = []
         if cluster.tablespaces:
-            objects, backup_label, tablespaces = _stream_with_tablespaces(
-                repo, backup_id, opts, cfg, progress)
+            tablespaces = list(pgbb.list_tablespaces(cfg.postgres.dsn))
+            objects, backup_label = stream_with_tablespaces(repo, backup_id, opts, cfg,
+                                                            progress, tablespaces)
             pg_manifest = None
         else:
             obj, backup_label, pg_manifest = _stream(repo, backup_id, opts, cfg, progress)
@@ -501,14 +502,16 @@ def tablespace_object(oid: int) -> str:
     return f"tablespace-{oid}.tar.zst"
 
 
-def _stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions,
-                             cfg: Config, progress: Progress | None
-                             ) -> tuple[list[BackupObject], str, list[pgbb.Tablespace]]:
-    """pg_basebackup -Ft into a directory of named pipes, one per tablespace queried just
-    before it starts and one for the base; each pipe is read by its own thread through
-    the stream filters into its own object (docs/tablespaces.md). Nothing is written to
-    local disk: pg_basebackup may write no byte into a regular file (RLIMIT_FSIZE), so
-    an archive pitr made no pipe for fails the backup."""
+def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions,
+                            cfg: Config, progress: Progress | None,
+                            tablespaces: list[pgbb.Tablespace]
+                            ) -> tuple[list[BackupObject], str]:
+    """pg_basebackup -Ft into a directory of named pipes, one per tablespace of
+    ``tablespaces`` (queried just before) and one for the base; each pipe is read by its
+    own thread through the stream filters into its own object (docs/tablespaces.md).
+    Nothing is written to local disk: pg_basebackup may write no byte into a regular file
+    (RLIMIT_FSIZE), so an archive pitr made no pipe for (a tablespace created since the
+    query) fails the backup."""
     import tempfile
     import threading
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -534,7 +537,6 @@ def _stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOp
         outdir = os.path.join(tmp, "out")
         os.mkdir(outdir, 0o700)
         watch = pgbb.DirCheckWatch(outdir)
-        tablespaces = list(pgbb.list_tablespaces(cfg.postgres.dsn))
         proc = pgbb.BaseBackupProcess(dataclasses.replace(opts, outdir=outdir),
                                       cfg.backup.wal_timeout, gated=True)
         # (archive file, object name, tap)
@@ -568,12 +570,16 @@ def _stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOp
             with ThreadPoolExecutor(len(archives), thread_name_prefix="pitr-upload") as pool:
                 futures = [pool.submit(upload, r, a[1], a[2])
                            for r, a in zip(readers, archives, strict=True)]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                first = next((e for f in done if (e := f.exception()) is not None), None)
-                if first is not None:
-                    proc.stop()  # the other readers then end with pg_basebackup's failure
-                    wait(futures)
-                    raise first
+                try:
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    first = next((e for f in done if (e := f.exception()) is not None), None)
+                    if first is not None:
+                        raise first
+                except BaseException:
+                    # a failed upload or a signal: the other readers then end with
+                    # pg_basebackup's failure, so the pool can be shut down
+                    proc.stop()
+                    raise
                 objects = [f.result() for f in futures]
             rc = proc.wait()
             if rc != 0:
@@ -595,7 +601,7 @@ def _stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOp
                 r.close()
     if progress is not None:
         progress.close()
-    return objects, head.backup_label(), tablespaces
+    return objects, head.backup_label()
 
 
 # -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----
