@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -586,8 +587,11 @@ def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOpt
                 raise proc.failure(rc)
         except PitrError as exc:
             proc.stop()
+            # pg_basebackup names the file it could not write, then empties the directory
             expected = {a[0] for a in archives}
-            unexpected = sorted(n for n in os.listdir(outdir) if n not in expected)
+            named = {m.group(1) for line in proc.stderr_tail
+                     for m in re.finditer(re.escape(outdir) + r'/([^"/]+)"', line)}
+            unexpected = sorted((named | set(os.listdir(outdir))) - expected)
             if unexpected:
                 raise BackupError(
                     f"a tablespace was created while the backup started: pg_basebackup began "
