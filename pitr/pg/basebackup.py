@@ -326,11 +326,15 @@ class BaseBackupProcess:
     def open_gate(self) -> None:
         self._gate.set()
 
+    def gate_open(self) -> bool:
+        return self._gate.is_set()
+
     def held_at_gate(self) -> bool:
         """pg_basebackup blocks writing to its full stderr (Linux /proc/PID/wchan)."""
         try:
             with open(f"/proc/{self.pid}/wchan") as fh:
-                return fh.read().strip() == "pipe_write"
+                # "pipe_write"; "anon_pipe_write" since Linux 6.x
+                return fh.read().strip().endswith("pipe_write")
         except OSError:
             return False
 
@@ -458,6 +462,9 @@ class ProcessStdout:
 
 # -- a directory of named pipes: clusters with tablespaces (docs/tablespaces.md) -------
 
+# Seconds pg_basebackup may take to connect before its directory check; past them,
+# if /proc cannot tell that it is blocked on its stderr, the gate opens anyway.
+GATE_PATIENCE = 30.0
 _IN_CLOSE_NOWRITE = 0x10
 _IN_CLOEXEC = 0o2000000
 _IN_NONBLOCK = 0o4000
@@ -489,6 +496,7 @@ class DirCheckWatch:
         If it blocks on its gated stderr before that (a message before the check),
         the gate opens and the pipes come as soon as the check is seen; an archive
         opened before them fails the backup (RLIMIT_FSIZE: nothing lands on disk)."""
+        patience = time.monotonic() + GATE_PATIENCE
         while True:
             ready, _, _ = select.select([self.fd], [], [], 0.05)
             if ready:
@@ -499,7 +507,10 @@ class DirCheckWatch:
                 rc = proc.wait()
                 raise proc.failure(rc) if rc else BackupError(
                     "pg_basebackup ended without reading its output directory")
-            if proc.held_at_gate():
+            if not proc.gate_open() and (proc.held_at_gate()
+                                         or time.monotonic() > patience):
+                # an error message (a refused connection) comes before the check: let
+                # it out, so pg_basebackup can say it and end
                 log.warning("pg_basebackup wrote to stderr before checking its output "
                             "directory; its named pipes are made without holding it")
                 proc.open_gate()

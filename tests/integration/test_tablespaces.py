@@ -233,3 +233,19 @@ def test_a_tablespace_created_during_the_backup_fails_it(source: Source) -> None
         assert list(repo.storage.list(repo.backup_prefix(backup_id))) == []
     finally:
         source.cluster.sql("drop tablespace late")
+
+
+def test_pg_basebackup_refused_before_its_directory_check_is_reported(source: Source) -> None:
+    """A role without REPLICATION: pg_basebackup's connection error comes before its
+    directory check, while its stderr is held full; pitr must let it out and report it
+    (not wait forever for the check)."""
+    import tomllib
+
+    source.cluster.sql("drop role if exists plain")
+    source.cluster.sql("create role plain login in role pg_monitor")
+    settings = tomllib.loads(source.config.read_text())
+    settings["postgres"]["dsn"] = f"{source.cluster.dsn} user=plain"
+    cfg = write_config(source.base / "plain.toml", settings)
+    proc = run_pitr(cfg, "backup", check=False, timeout=300)
+    assert proc.returncode == BackupError.exit_code, proc.stdout + proc.stderr
+    assert "must be superuser or replication role" in proc.stderr, proc.stderr
