@@ -13,10 +13,13 @@ objects are removed; what a SIGKILL leaves behind the next run removes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -187,6 +190,14 @@ def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
 
     if incremental is False:
         return None, "full: asked for"
+    if cluster.tablespaces:
+        # pg_basebackup writes no backup_manifest into a directory of pipes, and pitr
+        # rebuilds chains without tablespace archives (docs/tablespaces.md)
+        why = "the cluster has tablespaces, and pitr takes only full backups of it"
+        if incremental:
+            raise IncrementalError(f"cannot take an incremental backup: {why}",
+                                   hint="take a full backup (`pitr backup`)")
+        return None, f"full: {why}"
     if incremental is None and cfg.backup.full_interval <= 0:
         return None, "full: backup.full_interval is 0"
     if incremental is None and cluster.major < chains.MIN_MAJOR:
@@ -214,13 +225,6 @@ def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
 # -- before ----------------------------------------------------------------------------
 
 def _check_cluster(cluster: pgbb.ClusterInfo) -> None:
-    if cluster.tablespaces:
-        raise BackupError(
-            f"the cluster has tablespaces ({', '.join(cluster.tablespaces)}); pitr streams "
-            f"one tar through pg_basebackup -D -, which cannot carry tablespaces",
-            hint="move their objects to pg_default (ALTER TABLE/INDEX ... SET TABLESPACE "
-                 "pg_default, ALTER DATABASE ... SET TABLESPACE) and DROP TABLESPACE, or back "
-                 "this cluster up with another tool")
     if cluster.in_recovery:
         # A standby writes no .backup history file, which is where the stop point
         # and stop time come from.
@@ -325,9 +329,20 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
             server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate,
             incremental_manifest=parent_manifest)
         t0 = time.monotonic()
-        obj, backup_label, pg_manifest = _stream(repo, backup_id, opts, cfg, progress)
+        tablespaces: list[pgbb.Tablespace] = []
+        if cluster.tablespaces:
+            tablespaces = list(pgbb.list_tablespaces(cfg.postgres.dsn))
+            objects, backup_label = stream_with_tablespaces(repo, backup_id, opts, cfg,
+                                                            progress, tablespaces)
+            pg_manifest = None
+        else:
+            obj, backup_label, pg_manifest = _stream(repo, backup_id, opts, cfg, progress)
+            objects = [obj]
     t1 = time.monotonic()
-    objects = [obj]
+    raw_bytes = sum(o.raw_bytes for o in objects)  # the tars: base and tablespaces
+    event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=raw_bytes,
+          stored_bytes=sum(o.stored_bytes for o in objects), seconds=round(t1 - t0, 2),
+          mb_per_s=round(raw_bytes / max(t1 - t0, 1e-9) / 1e6, 1))
     if pg_manifest is not None and cluster.major >= chains.MIN_MAJOR:
         problem = chains.manifest_checksum_problem(pg_manifest)
         if problem is not None:
@@ -336,9 +351,6 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
                               hint="take the backup again; if it repeats, report it with "
                                    "the pg_basebackup and pitr versions")
         objects.append(_store_pg_manifest(repo, backup_id, pg_manifest, cfg.compression.level))
-    event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=obj.raw_bytes,
-          stored_bytes=obj.stored_bytes, seconds=round(t1 - t0, 2),
-          mb_per_s=round(obj.raw_bytes / max(t1 - t0, 1e-9) / 1e6, 1))
     stop = _stop_point(cfg, repo, cluster, opts.label, backup_label)
     event(log, logging.INFO, f"backup {backup_id}: its WAL is archived",
           stop_lsn=format_lsn(stop.stop_lsn), waited_s=round(time.monotonic() - t1, 2))
@@ -351,7 +363,7 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         # within the following second, so a target before this could be inconsistent.
         stop_time=stop.stop_time + timedelta(seconds=1),
         timeline=stop.start_tli, system_id=cluster.system_id, pg_version=cluster.major,
-        db_size=cluster.db_size, raw_bytes=obj.raw_bytes,
+        db_size=cluster.db_size, raw_bytes=raw_bytes,
         stored_bytes=sum(o.stored_bytes for o in objects),
         objects=tuple(objects), pitr_version=__version__, timezone=cluster.timezone,
         extra={
@@ -366,7 +378,11 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
                 segment_name(stop.stop_tli, lsn_to_segno(stop.stop_lsn - 1, seg), seg)],
             "compression": {"codec": "zstd", "where": "server" if server else "client",
                             "level": cfg.compression.level},
-            "backup_manifest_in_tar": not server,
+            "backup_manifest_in_tar": not server and not tablespaces,
+            # docs/tablespaces.md: what `pitr restore --tablespace-map` relocates
+            **({"tablespaces": [{"oid": t.oid, "name": t.name, "location": t.location,
+                                 "object": tablespace_object(t.oid)} for t in tablespaces]}
+               if tablespaces else {}),
             "host": socket.gethostname(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -415,6 +431,39 @@ def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock |
                 hint="another run removed or rewrote it; run the backup again")
 
 
+def _raw_and_store_filters(opts: pgbb.BaseBackupOptions, cfg: Config,
+                           on_raw: Callable[[bytes], None]
+                           ) -> tuple[list[stream.Filter], list[stream.Count | stream.Hash]]:
+    """The filters one archive of pg_basebackup goes through into the repository, and
+    its counters (raw bytes, raw sha256, stored bytes, stored sha256)."""
+    raw, raw_hash = stream.Count(), stream.Hash()
+    stored, stored_hash = stream.Count(), stream.Hash()
+    tap_raw: list[stream.Filter] = [raw, stream.Tap(on_raw)]
+    if opts.server_zstd_level is not None:
+        # Stored as pg_basebackup compressed it; a side branch decompresses a copy to
+        # read backup_label and to hash the raw tar.
+        filters: list[stream.Filter] = [
+            stream.Tee([stream.ZstdDecompress(), raw_hash, *tap_raw]), stored, stored_hash]
+    else:
+        # The tap runs in the read-ahead thread, the only caller of head/progress.
+        # No sha256 of the raw tar (0.74 CPU-s/GB, a tenth of the whole backup's CPU):
+        # the manifest's sha256 proves the stored bytes, and the frame's content
+        # checksum proves that decompressing them gives back what was compressed.
+        filters = [*tap_raw, stream.ReadAhead(4),
+                   stream.ZstdCompress(cfg.compression.level, threads=cfg.compression.threads),
+                   stored, stored_hash]
+    return filters, [raw, raw_hash, stored, stored_hash]
+
+
+def _object(name: str, key: str, counters: list[stream.Count | stream.Hash],
+            server: bool) -> BackupObject:
+    raw, raw_hash, stored, stored_hash = counters
+    assert isinstance(raw, stream.Count) and isinstance(stored, stream.Count)
+    assert isinstance(raw_hash, stream.Hash) and isinstance(stored_hash, stream.Hash)
+    return BackupObject(name, key, raw.bytes, stored.bytes, stored_hash.sha256,
+                        raw_hash.sha256 if server else "")
+
+
 def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
             progress: Progress | None) -> tuple[BackupObject, str, bytes | None]:
     """Run pg_basebackup into the repository; returns the stored object, backup_label and
@@ -433,22 +482,7 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
             progress.update(len(data))
 
     key = repo.backup_prefix(backup_id) + BASE_OBJECT
-    raw, raw_hash = stream.Count(), stream.Hash()
-    stored, stored_hash = stream.Count(), stream.Hash()
-    tap_raw: list[stream.Filter] = [raw, stream.Tap(on_raw)]
-    if opts.server_zstd_level is not None:
-        # Stored as pg_basebackup compressed it; a side branch decompresses a copy to
-        # read backup_label and to hash the raw tar.
-        filters: list[stream.Filter] = [
-            stream.Tee([stream.ZstdDecompress(), raw_hash, *tap_raw]), stored, stored_hash]
-    else:
-        # The tap runs in the read-ahead thread, the only caller of head/progress.
-        # No sha256 of the raw tar (0.74 CPU-s/GB, a tenth of the whole backup's CPU):
-        # the manifest's sha256 proves the stored bytes, and the frame's content
-        # checksum proves that decompressing them gives back what was compressed.
-        filters = [*tap_raw, stream.ReadAhead(4),
-                   stream.ZstdCompress(cfg.compression.level, threads=cfg.compression.threads),
-                   stored, stored_hash]
+    filters, counters = _raw_and_store_filters(opts, cfg, on_raw)
     try:
         with stream.Pipeline(pgbb.ProcessStdout(proc), filters) as pipe:
             repo.storage.put(key, pipe, if_absent=True)
@@ -465,10 +499,119 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
         proc.stop()
     if progress is not None:
         progress.close()
-    obj = BackupObject(BASE_OBJECT, key, raw.bytes, stored.bytes, stored_hash.sha256,
-                       raw_hash.sha256 if opts.server_zstd_level is not None else "")
+    obj = _object(BASE_OBJECT, key, counters, opts.server_zstd_level is not None)
     manifest_bytes = pg_manifest.value()
     return obj, head.backup_label(), manifest_bytes if pg_manifest.found else None
+
+
+def tablespace_object(oid: int) -> str:
+    """The name of a tablespace's archive in a backup (docs/tablespaces.md)."""
+    return f"tablespace-{oid}.tar.zst"
+
+
+def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions,
+                            cfg: Config, progress: Progress | None,
+                            tablespaces: list[pgbb.Tablespace]
+                            ) -> tuple[list[BackupObject], str]:
+    """pg_basebackup -Ft into a directory of named pipes, one per tablespace of
+    ``tablespaces`` (queried just before) and one for the base; each pipe is read by its
+    own thread through the stream filters into its own object (docs/tablespaces.md).
+    Nothing is written to local disk: pg_basebackup may write no byte into a regular file
+    (RLIMIT_FSIZE), so an archive pitr made no pipe for (a tablespace created since the
+    query) fails the backup."""
+    import tempfile
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    server = opts.server_zstd_level is not None
+    suffix = ".tar.zst" if server else ".tar"
+    log.info("backup %s: starting pg_basebackup (with tablespaces)", backup_id)
+    if progress is not None:
+        progress.start()
+    lock = threading.Lock()
+    head = pgbb.TarHead()
+
+    def on_base(data: bytes) -> None:
+        head.feed(data)
+        on_any(data)
+
+    def on_any(data: bytes) -> None:
+        if progress is not None:
+            with lock:
+                progress.update(len(data))
+
+    with tempfile.TemporaryDirectory(prefix="pitr-backup-pipes-") as tmp:
+        outdir = os.path.join(tmp, "out")
+        os.mkdir(outdir, 0o700)
+        watch = pgbb.DirCheckWatch(outdir)
+        proc = pgbb.BaseBackupProcess(dataclasses.replace(opts, outdir=outdir),
+                                      cfg.backup.wal_timeout, gated=True)
+        # (archive file, object name, tap)
+        archives = [(f"{t.oid}{suffix}", tablespace_object(t.oid), on_any)
+                    for t in tablespaces] + [(f"base{suffix}", BASE_OBJECT, on_base)]
+        readers: list[pgbb.FifoStream] = []
+        try:
+            proc.start()
+            try:
+                watch.wait(proc)
+            finally:
+                watch.close()
+            pgbb.make_fifos(outdir, [a[0] for a in archives])
+            readers = [pgbb.FifoStream(proc, os.path.join(outdir, a[0])) for a in archives]
+            proc.open_gate()  # now it may send BASE_BACKUP
+
+            def upload(reader: pgbb.FifoStream, name: str,
+                       tap: Callable[[bytes], None]) -> BackupObject:
+                key = repo.backup_prefix(backup_id) + name
+                filters, counters = _raw_and_store_filters(opts, cfg, tap)
+                try:
+                    with stream.Pipeline(reader, filters) as pipe:
+                        repo.storage.put(key, pipe, if_absent=True)
+                except IntegrityError as exc:
+                    if not server:
+                        raise
+                    raise BackupError(f"pg_basebackup's server-compressed stream {name} is "
+                                      f"damaged: {exc.message}") from exc
+                return _object(name, key, counters, server)
+
+            with ThreadPoolExecutor(len(archives), thread_name_prefix="pitr-upload") as pool:
+                futures = [pool.submit(upload, r, a[1], a[2])
+                           for r, a in zip(readers, archives, strict=True)]
+                try:
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    first = next((e for f in done if (e := f.exception()) is not None), None)
+                    if first is not None:
+                        raise first
+                except BaseException:
+                    # a failed upload or a signal: the other readers then end with
+                    # pg_basebackup's failure, so the pool can be shut down
+                    proc.stop()
+                    raise
+                objects = [f.result() for f in futures]
+            rc = proc.wait()
+            if rc != 0:
+                raise proc.failure(rc)
+        except PitrError as exc:
+            proc.stop()
+            # pg_basebackup names the file it could not write, then empties the directory
+            expected = {a[0] for a in archives}
+            named = {m.group(1) for line in proc.stderr_tail
+                     for m in re.finditer(re.escape(outdir) + r'/([^"/]+)"', line)}
+            unexpected = sorted((named | set(os.listdir(outdir))) - expected)
+            if unexpected:
+                raise BackupError(
+                    f"a tablespace was created while the backup started: pg_basebackup began "
+                    f"{', '.join(unexpected)}, for which pitr had no named pipe (nothing of it "
+                    "was written to local disk); the backup was abandoned",
+                    hint="run the backup again (docs/tablespaces.md)") from exc
+            raise
+        finally:
+            proc.stop()
+            for r in readers:
+                r.close()
+    if progress is not None:
+        progress.close()
+    return objects, head.backup_label()
 
 
 # -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----

@@ -31,6 +31,8 @@ code class                         meaning
                                   restore plan promised
 20   IncrementalError             an incremental backup cannot be taken or
                                   rebuilt (no usable parent, WAL summaries)
+31   TablespaceError              a tablespace cannot be restored where asked
+                                  (bad --tablespace-map, location not empty)
 70   InternalError                a bug: please report it (with --debug)
 ==== ============================ ==============================================
 
@@ -157,6 +159,16 @@ class IncrementalError(PitrError):
     """
 
     exit_code = 20
+
+
+class TablespaceError(PitrError):
+    """A tablespace of the backup cannot be restored where asked (docs/tablespaces.md).
+
+    --tablespace-map names no tablespace of the backup or a relative path, two
+    tablespaces would share a directory, or the location is not empty.
+    """
+
+    exit_code = 31
 
 
 class WalNotFound(NotFound):

@@ -6,6 +6,7 @@
     <stanza>/wal/<tli+log, 16 hex>/<segment>.zst      (also .partial.zst, .backup.zst)
     <stanza>/wal/<tli>.history.zst
     <stanza>/backups/<id>/base.tar.zst      ... other objects of the backup
+    <stanza>/backups/<id>/tablespace-<oid>.tar.zst  a tablespace's tar (docs/tablespaces.md)
     <stanza>/backups/<id>/manifest.json     written LAST: no manifest, no backup
     <stanza>/pins/<id>                      its existence pins the backup
     <stanza>/claims/<id>.json               a reader's lease on a backup (pitr.claims)

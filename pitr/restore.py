@@ -47,6 +47,7 @@ from pitr.errors import (
     PitrError,
     PostgresError,
     ReplayEndedShort,
+    TablespaceError,
     TargetDirError,
     VersionMismatch,
 )
@@ -86,6 +87,9 @@ class RestoreOptions:
     extra_settings: dict[str, str] = field(default_factory=dict)
     # run pg_verifybackup on each backup of the chain and on the result (the drill does)
     verify_backups: bool = False
+    # --tablespace-map OLD=NEW: where each tablespace goes instead of its original
+    # location (docs/tablespaces.md); a drill puts every one into its scratch directory
+    tablespace_map: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +108,7 @@ class RestoreResult:
     combine_seconds: float = 0.0
     verified: tuple[str, ...] = ()  # what pg_verifybackup verified
     unverified: tuple[tuple[str, str], ...] = ()  # (directory, why pg_verifybackup did not run)
+    tablespaces: dict[str, str] = field(default_factory=dict)  # name -> where restored
 
     def to_json(self) -> dict[str, Any]:
         return {"pgdata": str(self.pgdata),
@@ -111,7 +116,7 @@ class RestoreResult:
                 "downloaded_bytes": self.downloaded_bytes, "extracted_bytes": self.extracted_bytes,
                 "files": self.files, "extract_seconds": round(self.extract_seconds, 2),
                 "chain": list(self.chain), "combine_seconds": round(self.combine_seconds, 2),
-                "verified": list(self.verified),
+                "verified": list(self.verified), "tablespaces": self.tablespaces,
                 "recovery_settings": self.settings, "start_command": self.start_command,
                 "started": self.recovery is not None,
                 "reached": self.recovery.to_json() if self.recovery else None}
@@ -138,6 +143,107 @@ class Owner:
     def chown(self, path: Path) -> None:
         if os.geteuid() == 0:
             os.lchown(path, self.uid, self.gid)
+
+
+# -- tablespaces (docs/tablespaces.md) ---------------------------------------------
+
+@dataclass(frozen=True)
+class TablespaceTarget:
+    oid: int
+    name: str
+    location: str  # where it was when the backup was taken
+    object: str  # the backup object holding its tar
+    dest: Path  # where this restore puts it
+
+
+def parse_tablespace_map(items: list[str]) -> dict[str, str]:
+    """``OLD=NEW`` options -> {OLD: NEW}; both absolute paths.
+
+    >>> parse_tablespace_map(["/srv/ts=/restore/ts"])
+    {'/srv/ts': '/restore/ts'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise TablespaceError(f"--tablespace-map {item!r}: expected OLD=NEW")
+        for path in (old, new):
+            if not os.path.isabs(path) or "\n" in path:
+                raise TablespaceError(f"--tablespace-map {item!r}: {path!r} is not an "
+                                      "absolute path")
+        old = os.path.normpath(old)
+        if old in out:
+            raise TablespaceError(f"--tablespace-map names {old} twice")
+        out[old] = os.path.normpath(new)
+    return out
+
+
+def tablespace_targets(backup: BackupRecord, opts: RestoreOptions) -> list[TablespaceTarget]:
+    """Where each tablespace of ``backup`` goes: the map's NEW, else its original location;
+    in a drill (``isolated``) always ``<scratch>/tablespaces/<oid>``, beside the data
+    directory, whatever the map says (a drill never writes to a production path)."""
+    spaces = backup.extra.get("tablespaces") or []
+    locations = {os.path.normpath(str(t["location"])) for t in spaces}
+    unknown = sorted(set(opts.tablespace_map) - locations)
+    if unknown and not opts.isolated:
+        raise TablespaceError(
+            f"--tablespace-map names {', '.join(unknown)}, which is no tablespace location "
+            f"of backup {backup.id}"
+            + (f" (its tablespaces: {', '.join(sorted(locations))})" if locations
+               else " (it has no tablespaces)"))
+    out = []
+    for t in spaces:
+        location = os.path.normpath(str(t["location"]))
+        if opts.isolated:
+            dest = opts.pgdata.parent / "tablespaces" / str(t["oid"])
+        else:
+            dest = Path(opts.tablespace_map.get(location, location))
+        out.append(TablespaceTarget(int(t["oid"]), str(t["name"]), location, str(t["object"]),
+                                    dest))
+    dests = [os.path.normpath(t.dest) for t in out]
+    if len(set(dests)) != len(dests):
+        raise TablespaceError("two tablespaces would be restored into one directory: "
+                              + ", ".join(f"{t.name} -> {t.dest}" for t in out))
+    return out
+
+
+def check_tablespace_targets(targets: list[TablespaceTarget], opts: RestoreOptions) -> None:
+    """Refuse, before anything is written, a tablespace location that is not empty (on
+    the database host, without a map, that is production's live tablespace)."""
+    pgdata = os.path.normpath(opts.pgdata)
+    for t in targets:
+        dest = os.path.normpath(t.dest)
+        if dest == pgdata or dest.startswith(pgdata + os.sep):
+            raise TablespaceError(f"tablespace {t.name} would be restored into the data "
+                                  f"directory ({t.dest})",
+                                  hint="map it elsewhere: --tablespace-map OLD=NEW")
+        if _occupied(str(t.dest)):
+            mapped = t.location != dest
+            raise TablespaceError(
+                f"tablespace {t.name} (oid {t.oid}) would be restored into {t.dest}, "
+                f"{'which' if mapped else 'its original location, which'} is not empty",
+                hint=f"relocate it with --tablespace-map {t.location}=NEW_EMPTY_DIR, or empty "
+                     f"{t.dest} first; pitr never restores into an occupied tablespace "
+                     "location (docs/tablespaces.md)")
+
+
+def write_tablespace_map(pgdata: Path, targets: list[TablespaceTarget], owner: Owner) -> None:
+    """Point the backup's tablespace_map at the restored locations: PostgreSQL makes the
+    pg_tblspc links from it when recovery starts."""
+    path = pgdata / "tablespace_map"
+    try:
+        found = {int(line.split(" ", 1)[0]) for line in path.read_text().splitlines()
+                 if line.strip()}
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"the backup's tablespace_map is unreadable: {exc}",
+                             hint="the backup is damaged: restore another backup") from exc
+    if found != {t.oid for t in targets}:
+        raise IntegrityError(
+            f"the backup's tablespace_map lists tablespaces {sorted(found)}, its manifest "
+            f"{sorted(t.oid for t in targets)}",
+            hint="the backup is damaged: restore another backup")
+    atomic_write(path, "".join(f"{t.oid} {t.dest}\n" for t in targets), durable=True)
+    owner.chown(path)
 
 
 # -- the target directory ---------------------------------------------------------
@@ -193,12 +299,14 @@ def refuse_postmaster_pid(d: Path) -> None:
 
 
 def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
-                      opts: RestoreOptions, bindir: Path) -> None:
+                      opts: RestoreOptions, bindir: Path,
+                      restored: frozenset[int] = frozenset()) -> None:
     """Refuse, before anything is written, WAL whose replay would leave the directory.
 
     pg_waldump reads every planned segment (docs/restore.md, "Tablespaces in archived
     WAL"). A drill also fetches nothing past them (``archive-get --stop-after``), so WAL
-    archived while it runs cannot bring a tablespace in unseen.
+    archived while it runs cannot bring a tablespace in unseen. Writes into the
+    tablespaces the backup holds (``restored``) go where this restore put them.
     """
     from pitr.pg.waldump import scan_tablespace_records, tablespace_refusal
     from pitr.wal.fetch import fetch_to_bytes
@@ -206,6 +314,7 @@ def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
     records = scan_tablespace_records(
         plan.segments, lambda name: fetch_to_bytes(repo, name, budget=cfg.repository.timeout),
         bindir, tmp_parent=opts.pgdata.parent if opts.isolated else None)
+    records = [r for r in records if r.location is not None or r.tablespace not in restored]
     why = tablespace_refusal(records, isolated=opts.isolated, occupied=_occupied)
     if why is None:
         if records:
@@ -215,9 +324,9 @@ def check_tablespaces(cfg: Config, repo: Repo, plan: RestorePlan,
         return
     raise TargetDirError(
         f"refusing to {'run the restore drill' if opts.isolated else 'restore'}: {why}",
-        hint=("pitr does not restore tablespaces in a drill (docs/restore.md, Tablespaces "
-              "in archived WAL): pick a target before that record (--to), or a backup taken "
-              "after the tablespace was dropped" if opts.isolated else
+        hint=("a drill restores only the tablespaces its backup holds, relocated into its "
+              "scratch directory (docs/tablespaces.md): pick a target before that record "
+              "(--to), or a backup taken after the tablespace was created" if opts.isolated else
               "restore on another host, or move that directory's contents away first; pitr "
               "never replays into an occupied tablespace location"))
 
@@ -284,26 +393,34 @@ def _download_report(what: str, total: int) -> tuple[Progress, Callable[[int], N
     return progress, report
 
 
-def _extract_root(obj: BackupObject, pgdata: Path) -> Path:
+def _extract_root(obj: BackupObject, pgdata: Path, roots: dict[str, Path]) -> Path:
     if obj.name == "base.tar.zst":
         return pgdata
     if obj.name == "pg_wal.tar.zst":
         return pgdata / "pg_wal"
+    if obj.name in roots:  # a tablespace (docs/tablespaces.md)
+        return roots[obj.name]
     raise IntegrityError(f"backup object {obj.name} is of a kind this pitr cannot restore",
                          hint="restore it with the pitr version that made the backup")
 
 
 def extract_backup(storage: Storage, objects: tuple[BackupObject, ...], pgdata: Path,
-                   owner: Owner, result: RestoreResult) -> None:
-    """Stream each tar object through zstd into ``pgdata``, verifying its checksums."""
+                   owner: Owner, result: RestoreResult,
+                   tablespaces: list[TablespaceTarget] | None = None) -> None:
+    """Stream each tar object through zstd into ``pgdata`` (a tablespace's into its
+    destination), verifying its checksums."""
+    roots = {t.object: t.dest for t in tablespaces or ()}
     tars = [o for o in objects if o.name.endswith(".tar.zst")]
     if not any(o.name == "base.tar.zst" for o in tars):
         raise IntegrityError("the backup manifest lists no base.tar.zst",
                              hint="the backup is damaged; restore from another backup (--backup)")
     began = time.monotonic()
     for obj in sorted(tars, key=lambda o: o.name != "base.tar.zst"):
-        root = _extract_root(obj, pgdata)
-        root.mkdir(mode=0o700, exist_ok=True)
+        root = _extract_root(obj, pgdata, roots)
+        if obj.name in roots:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            root.mkdir(mode=0o700, exist_ok=True)
         owner.chown(root)
         try:
             src = storage.open(obj.key)
@@ -376,8 +493,9 @@ def safe_member(member: tarfile.TarInfo, root: Path, what: str) -> None:
         raise TargetDirError(
             f"{what}: the backup holds the tablespace link {name} -> {member.linkname}; "
             "restoring it would write outside the data directory",
-            hint="pitr does not restore tablespaces (docs/restore.md, Tablespaces in archived "
-                 "WAL); restore this backup with the tool that made it")
+            hint="pitr restores tablespaces from their own archives in the backup "
+                 "(docs/tablespaces.md), never through a link in the base; restore this "
+                 "backup with the tool that made it")
     if os.path.isabs(name) or ".." in parts:
         raise refuse("absolute path or '..'")
     dest = os.path.join(base, name)
@@ -506,7 +624,10 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
     owner = Owner.for_config(cfg)
     cfg_file = config_path_for_postgres(config_path, owner)
     check_destination(cfg, opts, confirm)
-    check_tablespaces(cfg, repo, plan, opts, bindir)  # the backup's major's pg_waldump
+    spaces = tablespace_targets(plan.backup, opts)
+    check_tablespace_targets(spaces, opts)
+    check_tablespaces(cfg, repo, plan, opts, bindir,  # the backup's major's pg_waldump
+                      frozenset(t.oid for t in spaces))
     result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,
@@ -515,7 +636,10 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
     if plan.chain:
         rebuild_chain(repo.storage, plan, opts, owner, bindir, result, now)
     else:
-        extract_backup(repo.storage, plan.backup.objects, opts.pgdata, owner, result)
+        extract_backup(repo.storage, plan.backup.objects, opts.pgdata, owner, result, spaces)
+        if spaces:
+            write_tablespace_map(opts.pgdata, spaces, owner)
+            result.tablespaces = {t.name: str(t.dest) for t in spaces}
         if opts.verify_backups:
             _verifybackup(bindir, opts.pgdata, owner, result)
     _check_data_major(opts.pgdata, plan)
@@ -626,7 +750,8 @@ def _verifybackup(bindir: Path, d: Path, owner: Owner, result: RestoreResult) ->
     """pg_verifybackup -n: every file against the backup_manifest pg_basebackup wrote
     (-n: the WAL is checked by the restore itself, not shipped inside the backup)."""
     tool = bindir / "pg_verifybackup"
-    why = ("the backup carries no backup_manifest (server-compressed, or taken without one)"
+    why = ("the backup carries no backup_manifest (server-compressed, with tablespaces "
+           "(docs/tablespaces.md), or taken without one)"
            if not (d / "backup_manifest").exists() else
            f"{bindir} has no pg_verifybackup" if not tool.exists() else "")
     if why:

@@ -373,6 +373,10 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
             report.checks.append(DrillCheck(
                 "chain", True, f"pg_combinebackup rebuilt backup {plan.backup.id} from "
                 f"{' <- '.join(result.chain)} in {result.combine_seconds:.1f} s"))
+        if result.tablespaces:  # docs/tablespaces.md: never a production path
+            report.checks.append(DrillCheck(
+                "tablespaces", True, "relocated into the scratch directory: " + ", ".join(
+                    f"{name} -> {dest}" for name, dest in sorted(result.tablespaces.items()))))
         if result.verified:
             report.checks.append(DrillCheck(
                 "pg_verifybackup", True, f"verified against their backup_manifest: "

@@ -115,17 +115,25 @@ def restore_cmd(
                                       "the configured postgres.pgdata")] = False,
     wait_timeout: Annotated[float, typer.Option(
         "--wait-timeout", help="with --start: seconds to wait for the target")] = 3600.0,
+    tablespace_map: Annotated[list[str] | None, typer.Option(
+        "--tablespace-map", metavar="OLD=NEW",
+        help="restore the tablespace at OLD (its location when the backup was taken) into "
+             "the empty or new directory NEW instead; repeatable (docs/tablespaces.md)",
+        show_default=False)] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Restore the cluster into DIR as of the target: backup + WAL + recovery settings."""
-    from pitr.restore import RestoreOptions, restore
+    from pitr.restore import RestoreOptions, parse_tablespace_map, restore
+
+    spaces = parse_tablespace_map(tablespace_map or [])
 
     cfg, repo, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
                                exclusive, "restore")
     if not json_out:
         _print_plan(cfg.stanza, plan)
     opts = RestoreOptions(pgdata=pgdata, force=force, start=start, target_action=target_action,
-                          archive_mode=archive_mode, port=port, yes=yes, wait_timeout=wait_timeout)
+                          archive_mode=archive_mode, port=port, yes=yes, wait_timeout=wait_timeout,
+                          tablespace_map=spaces)
     from pitr.claims import claim_backup
 
     claim = claim_backup(repo, plan.backup.id, command="pitr restore",
@@ -172,6 +180,8 @@ def _print_plan(stanza: str, plan: RestorePlan) -> None:
     if plan.chain:  # docs/incremental-backups.md: pg_combinebackup rebuilds it from these
         echo(f"  chain       {' <- '.join(c.id for c in plan.chain)} "
              f"({_mib(plan.backup_bytes)} stored, combined by pg_combinebackup)")
+    for t in b.extra.get("tablespaces") or ():  # docs/tablespaces.md
+        echo(f"  tablespace  {t['name']} (oid {t['oid']}) from {t['location']}")
     path = " -> ".join(f"{s.tli}" + (f" (until {format_lsn(s.end_lsn)})"
                                     if s.end_lsn is not None else "") for s in plan.path)
     echo(f"  timelines   {path}; recovery_target_timeline = {plan.timeline}")

@@ -1,5 +1,10 @@
 """The PostgreSQL side of a base backup: probing the cluster and the pg_basebackup child.
 
+A cluster with tablespaces cannot go through stdout (pg_basebackup writes one tar per
+tablespace): ``-D DIR`` then points at a directory of named pipes, one per archive,
+created once pg_basebackup has checked that the directory is empty
+(:class:`DirCheckWatch`, :func:`make_fifos`, :class:`FifoStream`; docs/tablespaces.md).
+
 ``pg_basebackup -D - -Ft -X none`` writes one tar (the main data directory) to
 stdout. It does not print the start/stop LSN with ``-X none``; those come from
 the ``backup_label`` at the head of the tar and from the ``.backup`` history
@@ -20,6 +25,8 @@ import io
 import logging
 import os
 import re
+import resource
+import select
 import signal
 import subprocess
 import tarfile
@@ -42,13 +49,22 @@ PIPE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
+class Tablespace:
+    """A user tablespace (not pg_default/pg_global) as pg_tablespace describes it."""
+
+    oid: int
+    name: str
+    location: str
+
+
+@dataclass(frozen=True)
 class ClusterInfo:
     system_id: str
     timeline: int
     version_num: int  # e.g. 150018
     segment_size: int
     db_size: int  # sum of pg_database_size over all databases
-    tablespaces: tuple[str, ...]  # user tablespaces (not pg_default/pg_global)
+    tablespaces: tuple[Tablespace, ...]  # user tablespaces (not pg_default/pg_global)
     archive_mode: str
     archive_command: str
     archive_library: str
@@ -64,6 +80,11 @@ class ClusterInfo:
         return self.version_num // 10000
 
 
+# one line per user tablespace, parsed by _tablespace
+_TABLESPACES_SQL = ("select format('%s %s %s', oid, length(spcname), spcname) || ' ' "
+                    "|| pg_tablespace_location(oid) from pg_tablespace "
+                    "where spcname not in ('pg_default', 'pg_global') order by oid")
+
 _PROBE_SQL = """
 select (select system_identifier::text from pg_control_system()),
        (select timeline_id from pg_control_checkpoint()),
@@ -72,15 +93,14 @@ select (select system_identifier::text from pg_control_system()),
                                            else 1 end
           from pg_settings where name = 'wal_segment_size'),
        (select sum(pg_database_size(oid))::bigint from pg_database),
-       array(select spcname::text from pg_tablespace
-              where spcname not in ('pg_default', 'pg_global') order by spcname),
+       array(TABLESPACES_SQL),
        current_setting('archive_mode'),
        current_setting('archive_command'),
        coalesce(current_setting('archive_library', true), ''),
        pg_is_in_recovery(),
        current_setting('TimeZone'),
        coalesce(current_setting('summarize_wal', true), '')
-"""
+""".replace("TABLESPACES_SQL", _TABLESPACES_SQL)
 
 
 def probe(dsn: str) -> ClusterInfo:
@@ -88,8 +108,26 @@ def probe(dsn: str) -> ClusterInfo:
     with connect(dsn, application_name="pitr-backup") as conn:
         row = query(conn, _PROBE_SQL)[0]
     return ClusterInfo(str(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4] or 0),
-                       tuple(row[5]), str(row[6]), str(row[7]), str(row[8]), bool(row[9]),
-                       str(row[10]), str(row[11]))
+                       tuple(_tablespace(t) for t in row[5]), str(row[6]), str(row[7]),
+                       str(row[8]), bool(row[9]), str(row[10]), str(row[11]))
+
+
+def _tablespace(text: str) -> Tablespace:
+    """'16384 4 fast /srv/ts' (oid, name length, name, location) -> Tablespace.
+
+    >>> _tablespace("16384 6 a b  c /srv/t s")
+    Tablespace(oid=16384, name='a b  c', location='/srv/t s')
+    """
+    oid, length, rest = text.split(" ", 2)
+    n = int(length)
+    return Tablespace(int(oid), rest[:n], rest[n + 1:])
+
+
+def list_tablespaces(dsn: str) -> tuple[Tablespace, ...]:
+    """The user tablespaces now: queried again just before pg_basebackup starts."""
+    with connect(dsn, application_name="pitr-backup") as conn:
+        rows = query(conn, _TABLESPACES_SQL)
+    return tuple(_tablespace(r[0]) for r in rows)
 
 
 def server_parse_times(dsn: str, texts: list[str]) -> list[datetime]:
@@ -154,18 +192,26 @@ class BaseBackupOptions:
     max_rate: str | None = None  # pg_basebackup --max-rate (tests throttle with it)
     # the parent's backup_manifest: an incremental backup (docs/incremental-backups.md)
     incremental_manifest: str | None = None
+    # a directory of named pipes instead of stdout: a cluster with tablespaces
+    # (docs/tablespaces.md); pg_basebackup then writes no backup_manifest
+    outdir: str | None = None
 
 
 def build_argv(opts: BaseBackupOptions) -> list[str]:
     """The command line; a password in the DSN is left out (see :func:`child_env`)."""
     dsn, _ = dsn_without_password(opts.dsn)
-    argv = [os.path.join(opts.bindir, "pg_basebackup"), "-D", "-", "-Ft", "-X", "none",
+    argv = [os.path.join(opts.bindir, "pg_basebackup"), "-D", opts.outdir or "-", "-Ft",
+            "-X", "none",
             "--checkpoint=fast", "--no-sync", "--no-password", "--verbose",
             f"--label={opts.label}", f"--dbname={dsn}"]
     if opts.server_zstd_level is not None:
         # pg_basebackup can only inject its backup_manifest into an uncompressed tar
         # on stdout, so server-side compression goes without one.
         argv += [f"--compress=server-zstd:level={opts.server_zstd_level}", "--no-manifest"]
+    elif opts.outdir:
+        # into a directory it would write backup_manifest.tmp and rename it: a file
+        # on local disk, which a backup of a cluster with tablespaces never writes
+        argv.append("--no-manifest")
     if opts.max_rate:
         argv.append(f"--max-rate={opts.max_rate}")
     if opts.incremental_manifest:
@@ -183,6 +229,22 @@ def child_env(opts: BaseBackupOptions) -> dict[str, str]:
     return env
 
 
+def _fill(fd: int) -> int:
+    """Fill the pipe ``fd`` writes into (shrunk to one page first); bytes written."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, 4096)
+    os.set_blocking(fd, False)
+    n = 0
+    for chunk in (4096, 1):  # whole pages, then the last bytes of a page
+        try:
+            while True:
+                n += os.write(fd, b"\0" * chunk)
+        except BlockingIOError:
+            pass
+    os.set_blocking(fd, True)
+    return n
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     # If pitr is SIGKILLed while the server waits for archiving (no output flows,
     # so no SIGPIPE), pg_basebackup must not linger holding the backup open.
@@ -190,10 +252,30 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class BaseBackupProcess:
-    """pg_basebackup with its stdout as a readable stream and stderr watched."""
+def _no_regular_files() -> None:  # pragma: no cover - runs in the child
+    """pg_basebackup writing into a directory of named pipes may write no byte to a file.
 
-    def __init__(self, opts: BaseBackupOptions, archive_wait_timeout: float) -> None:
+    RLIMIT_FSIZE 0 binds root too and spares pipes: an archive pitr made no pipe for
+    (a tablespace created during the backup, docs/tablespaces.md) fails with EFBIG
+    instead of landing on local disk. SIGXFSZ ignored: pg_basebackup reports the
+    error instead of dying of the signal.
+    """
+    _die_with_parent()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+class BaseBackupProcess:
+    """pg_basebackup with its stdout as a readable stream and stderr watched.
+
+    ``gated``: pg_basebackup's stderr starts full, so its first message, "initiating
+    base backup" (with --verbose), blocks it after it checked its ``-D`` directory and
+    before it sends BASE_BACKUP; :meth:`open_gate` lets it go on. The named pipes of a
+    cluster with tablespaces are made while it waits (docs/tablespaces.md).
+    """
+
+    def __init__(self, opts: BaseBackupOptions, archive_wait_timeout: float,
+                 *, gated: bool = False) -> None:
         self.argv = build_argv(opts)
         self.env = child_env(opts)
         self.archive_wait_timeout = archive_wait_timeout
@@ -202,28 +284,59 @@ class BaseBackupProcess:
         self.archive_wait_expired = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
+        self._gate = threading.Event()
+        self._filler = 0  # bytes pitr put into the stderr pipe to hold pg_basebackup
+        self._stderr: IO[bytes] | None = None
+        if not gated:
+            self._gate.set()
 
     def start(self) -> BaseBackupProcess:
         env = self.env
+        to_dir = self.argv[self.argv.index("-D") + 1] != "-"
+        read_end, write_end = os.pipe()
+        if not self._gate.is_set():
+            self._filler = _fill(write_end)
         try:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          bufsize=0, env=env, preexec_fn=_die_with_parent,
+                                          stdout=subprocess.DEVNULL if to_dir
+                                          else subprocess.PIPE, stderr=write_end,
+                                          bufsize=0, env=env,
+                                          preexec_fn=_no_regular_files if to_dir
+                                          else _die_with_parent,
                                           # Ctrl-C reaches pitr only; pitr stops the child
                                           start_new_session=True)
         except OSError as exc:
+            os.close(read_end)
             raise BackupError(f"cannot run {self.argv[0]}: {exc.strerror}",
                               hint="set postgres.bindir to the directory of pg_basebackup") \
                 from exc
-        assert self._proc.stdout is not None
-        with contextlib.suppress(OSError):  # a bigger pipe means fewer stalls of the writer
-            fcntl.fcntl(self._proc.stdout.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+        finally:
+            os.close(write_end)
+        self._stderr = os.fdopen(read_end, "rb", buffering=0)
+        if self._proc.stdout is not None:
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer stalls of the writer
+                fcntl.fcntl(self._proc.stdout.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
         for target in (self._read_stderr, self._watch_archive_wait):
             t = threading.Thread(target=target, name=f"pg_basebackup-{target.__name__}",
                                  daemon=True)
             t.start()
             self._threads.append(t)
         return self
+
+    def open_gate(self) -> None:
+        self._gate.set()
+
+    def gate_open(self) -> bool:
+        return self._gate.is_set()
+
+    def held_at_gate(self) -> bool:
+        """pg_basebackup blocks writing to its full stderr (Linux /proc/PID/wchan)."""
+        try:
+            with open(f"/proc/{self.pid}/wchan") as fh:
+                # "pipe_write"; "anon_pipe_write" since Linux 6.x
+                return fh.read().strip().endswith("pipe_write")
+        except OSError:
+            return False
 
     @property
     def stdout(self) -> IO[bytes]:
@@ -235,15 +348,24 @@ class BaseBackupProcess:
         assert self._proc is not None
         return self._proc.pid
 
+    def poll(self) -> int | None:
+        assert self._proc is not None
+        return self._proc.poll()
+
     def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        for raw in self._proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.stderr_tail.append(line)
-            log.debug("pg_basebackup: %s", line)
-            if _WAITING_NOTICE in line and self.waiting_since is None:
-                self.waiting_since = time.monotonic()
-                log.info("backup data sent; PostgreSQL waits for the WAL to be archived")
+        assert self._stderr is not None
+        self._gate.wait()
+        skip = self._filler
+        while skip:
+            skip -= len(self._stderr.read(skip)) or skip
+        with self._stderr:
+            for raw in self._stderr:
+                line = raw.decode(errors="replace").rstrip()
+                self.stderr_tail.append(line)
+                log.debug("pg_basebackup: %s", line)
+                if _WAITING_NOTICE in line and self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+                    log.info("backup data sent; PostgreSQL waits for the WAL to be archived")
 
     def _watch_archive_wait(self) -> None:
         assert self._proc is not None
@@ -257,6 +379,7 @@ class BaseBackupProcess:
 
     def wait(self) -> int:
         assert self._proc is not None
+        self._gate.set()  # never left holding it
         rc = self._proc.wait()
         for t in self._threads:
             t.join(timeout=5)
@@ -264,6 +387,7 @@ class BaseBackupProcess:
 
     def stop(self) -> None:
         """Terminate pg_basebackup (the server then aborts the backup)."""
+        self._gate.set()
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
@@ -324,13 +448,135 @@ class ProcessStdout:
         self._stream = proc.stdout
         self.exit_code: int | None = None
 
+    def _read(self, n: int) -> bytes:
+        return self._stream.read(n)
+
     def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
+        data = self._read(n)
         if not data and n != 0:
             self.exit_code = self._proc.wait()
             if self.exit_code != 0:
                 raise self._proc.failure(self.exit_code)
         return data
+
+
+# -- a directory of named pipes: clusters with tablespaces (docs/tablespaces.md) -------
+
+# Seconds pg_basebackup may take to connect before its directory check; past them,
+# if /proc cannot tell that it is blocked on its stderr, the gate opens anyway.
+GATE_PATIENCE = 30.0
+_IN_CLOSE_NOWRITE = 0x10
+_IN_CLOEXEC = 0o2000000
+_IN_NONBLOCK = 0o4000
+
+
+class DirCheckWatch:
+    """Tells when pg_basebackup has checked that its ``-D`` directory is empty.
+
+    pg_basebackup refuses a directory that is not empty and opens its archives later
+    by name, so the pipes can only be made in between. It reads the directory once,
+    after connecting, then runs IDENTIFY_SYSTEM, writes "initiating base backup" and
+    sends BASE_BACKUP (PostgreSQL 15 to 18); inotify reports the close of that read.
+    With the process gated (:class:`BaseBackupProcess`) it cannot send BASE_BACKUP, so
+    nothing can open before the pipes are made. Nobody else opens the private directory.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(_IN_CLOEXEC | _IN_NONBLOCK)
+        if self.fd < 0 or self._libc.inotify_add_watch(
+                self.fd, os.fsencode(path), _IN_CLOSE_NOWRITE) < 0:
+            err = ctypes.get_errno()
+            self.close()
+            raise BackupError(f"cannot watch {path} (inotify): {os.strerror(err)}")
+
+    def wait(self, proc: BaseBackupProcess) -> None:
+        """Until pg_basebackup has read the directory (its error raised if it ended).
+
+        If it blocks on its gated stderr before that (a message before the check),
+        the gate opens and the pipes come as soon as the check is seen; an archive
+        opened before them fails the backup (RLIMIT_FSIZE: nothing lands on disk)."""
+        patience = time.monotonic() + GATE_PATIENCE
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                os.read(self.fd, 4096)
+                return
+            rc = proc.poll()
+            if rc is not None:
+                rc = proc.wait()
+                raise proc.failure(rc) if rc else BackupError(
+                    "pg_basebackup ended without reading its output directory")
+            if not proc.gate_open() and (proc.held_at_gate()
+                                         or time.monotonic() > patience):
+                # an error message (a refused connection) comes before the check: let
+                # it out, so pg_basebackup can say it and end
+                log.warning("pg_basebackup wrote to stderr before checking its output "
+                            "directory; its named pipes are made without holding it")
+                proc.open_gate()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def make_fifos(outdir: str, names: list[str]) -> None:
+    """One named pipe per expected archive; BackupError if pg_basebackup was first."""
+    for name in names:
+        try:
+            os.mkfifo(os.path.join(outdir, name), 0o600)
+        except FileExistsError:
+            raise BackupError(
+                f"pg_basebackup opened {name} before pitr's named pipe for it was in place "
+                "(no byte of it was written locally); the backup was abandoned",
+                hint="run the backup again") from None
+
+
+class FifoStream(ProcessStdout):
+    """One named pipe of pg_basebackup's output directory as a file (see ProcessStdout).
+
+    Opened without blocking, so a pipe pg_basebackup never opens (a tablespace dropped
+    during the backup) cannot hang its reader: it waits for a writer only while
+    pg_basebackup runs. Linux raises no POLLHUP on a pipe no writer has opened yet.
+    """
+
+    def __init__(self, proc: BaseBackupProcess, path: str) -> None:
+        self._proc = proc
+        self.path = path
+        self.exit_code = None
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.written = False  # a writer opened the pipe
+
+    def _wait_writer(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN | select.POLLHUP)
+        while True:
+            ended = self._proc.poll() is not None
+            if poller.poll(200):
+                break
+            if ended:  # looked again after it ended: nothing can come any more
+                rc = self._proc.wait()
+                if rc:
+                    raise self._proc.failure(rc)
+                raise BackupError(f"pg_basebackup ended without writing "
+                                  f"{os.path.basename(self.path)}: its tablespace was "
+                                  "dropped during the backup",
+                                  hint="run the backup again")
+        self.written = True
+        os.set_blocking(self._fd, True)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_SIZE)
+
+    def _read(self, n: int) -> bytes:
+        if not self.written:
+            self._wait_writer()
+        return os.read(self._fd, n if n > 0 else PIPE_SIZE)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 # -- the tar stream ------------------------------------------------------------------

@@ -163,10 +163,11 @@ def _dump_window(pg_waldump: Path, first: Path, last: Path | None) -> str:
     A record that starts in one segment and ends in the next is read only when both
     are in the run; a single segment would drop it."""
     # Only the resource managers that create, drop or fill a tablespace's directories:
-    # a backup never holds a tablespace (backup and extraction refuse a pg_tblspc link),
-    # so any write into one in the replayed WAL follows a Tablespace, Database or Storage
-    # record that creates its files. Decoding is the same; printing and parsing every
-    # heap record cost 4x the time (docs/restore.md, "Tablespaces in archived WAL").
+    # a tablespace the backup does not hold (the restore relocates those it holds,
+    # docs/tablespaces.md) is written in the replayed WAL only after a Tablespace,
+    # Database or Storage record that creates its files. Decoding is the same; printing
+    # and parsing every heap record cost 4x the time (docs/restore.md, "Tablespaces in
+    # archived WAL").
     argv = [str(pg_waldump), *(f"--rmgr={r}" for r in SCAN_RMGRS), str(first)]
     argv += [str(last)] if last and last != first else []
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600,

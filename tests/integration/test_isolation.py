@@ -11,13 +11,13 @@ inodes) are compared before and after: the test fails if any changed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import run_pitr, write_config
+from support.files import snapshot
 from support.pgcluster import PG_BINDIR, PG_USER, PgCluster, make_user_dir
 
 from pitr.errors import CheckFailed, TargetDirError
@@ -65,17 +65,6 @@ def prod(workdir: Path, pitr_exe: Path) -> Iterator[Prod]:
         yield Prod(cluster, cfg, base, ts)
     finally:
         cluster.stop("immediate")
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """relative path -> (size, mtime_ns, inode) of everything below root."""
-    out: dict[str, tuple[int, int, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath, name)
-            st = p.lstat()
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    return out
 
 
 def test_the_drill_refuses_wal_that_uses_a_tablespace_and_leaves_production_alone(
