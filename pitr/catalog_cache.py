@@ -39,7 +39,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog
+from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog, identity_fields
+from pitr.errors import IntegrityError
 from pitr.pg.names import WalKind, classify, parse_segment_name, segment_name
 from pitr.storage.base import ObjectInfo, read_bytes
 
@@ -273,9 +274,8 @@ class CatalogCache:
         if ident_key not in self._entries():
             return DEFAULT_SEGMENT_SIZE
         try:
-            return int(json.loads(self.read(ident_key)).get("segment_size")
-                       or DEFAULT_SEGMENT_SIZE)
-        except (ValueError, TypeError, AttributeError):
+            return identity_fields(self.read(ident_key), ident_key)[1]
+        except IntegrityError:
             return DEFAULT_SEGMENT_SIZE  # build_catalog reports the damaged identity
 
     # -- small objects ----------------------------------------------------------
