@@ -337,6 +337,18 @@ def cached_catalog(cfg: Config, repo: Repo | None = None) -> tuple[Catalog, Cata
     return cache.refresh(), cache
 
 
+def describe(cache: CatalogCache | None, now: float | None = None) -> dict[str, Any]:
+    """What ``pitr status`` says about the cache behind its answer (``None``: bypassed)."""
+    if cache is None or cache.state is None:
+        return {"used": False}
+    t = cache.clock() if now is None else now
+    return {"used": True, "file": str(cache.path), "rebuilt": cache.rebuilt,
+            "full_listing_at": datetime.fromtimestamp(cache.state.built_at, UTC)
+            .isoformat(timespec="seconds"),
+            "full_listing_age_seconds": round(max(0.0, t - cache.state.built_at), 3),
+            "rebuild_every_seconds": REBUILD_EVERY}
+
+
 def _row(obj: ObjectInfo) -> Row:
     return [obj.key, obj.size, _us(obj.mtime)]
 
