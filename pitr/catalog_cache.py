@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,7 +112,9 @@ class CacheState:
         return state
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every row, seconds for a year of
+        # segments (docs/benchmarks.md, "Scale: a year of WAL"); json.dumps only reads.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def read_state(path: Path, url: str, stanza: str) -> CacheState | None:
@@ -361,7 +363,7 @@ def _objects(rows: Iterable[Row]) -> Iterator[ObjectInfo]:
 def _segments(repo: Repo, tli: int, rows: list[Row], seg_size: int) -> Iterator[WalSegment]:
     for segno, size, us in rows:
         yield WalSegment(tli, segno, size, _time(us),
-                         repo.wal_key(segment_name(tli, segno, seg_size)))
+                         repo.segment_key(segment_name(tli, segno, seg_size)))
 
 
 def _deleted_since(state: CacheState, head: list[Row], stanza: str) -> bool:
