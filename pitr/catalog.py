@@ -163,6 +163,16 @@ def load_catalog(repo: Repo) -> Catalog:
     return build_catalog(repo.stanza, repo.storage.list(repo.root), read)
 
 
+def identity_fields(data: bytes, key: str) -> tuple[str, int]:
+    """System id and segment size from ``repo.json``'s bytes (the one reader of them for
+    catalogs, cached or not); :class:`IntegrityError` when the file is damaged."""
+    try:
+        ident = json.loads(data)
+        return str(ident["system_id"]), int(ident.get("segment_size") or DEFAULT_SEGMENT_SIZE)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{key}: damaged repository identity ({exc})") from exc
+
+
 def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
                   read: Callable[[str], bytes]) -> Catalog:
     """Build a :class:`Catalog` from a listing; ``read`` fetches one small object.
@@ -197,12 +207,7 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
     system_id: str | None = None
     seg_size = DEFAULT_SEGMENT_SIZE
     if has_identity:
-        try:
-            ident = json.loads(read(identity_key))
-            system_id = str(ident["system_id"])
-            seg_size = int(ident.get("segment_size") or DEFAULT_SEGMENT_SIZE)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"{identity_key}: damaged repository identity ({exc})") from exc
+        system_id, seg_size = identity_fields(read(identity_key), identity_key)
 
     segments: dict[int, list[WalSegment]] = {}
     history_keys: dict[int, tuple[str, ObjectInfo]] = {}

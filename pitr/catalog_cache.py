@@ -34,12 +34,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog
+from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog, identity_fields
+from pitr.errors import IntegrityError
 from pitr.pg.names import WalKind, classify, parse_segment_name, segment_name
 from pitr.storage.base import ObjectInfo, read_bytes
 
@@ -111,7 +112,9 @@ class CacheState:
         return state
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every row, seconds for a year of
+        # segments (docs/benchmarks.md, "Scale: a year of WAL"); json.dumps only reads.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def read_state(path: Path, url: str, stanza: str) -> CacheState | None:
@@ -273,9 +276,8 @@ class CatalogCache:
         if ident_key not in self._entries():
             return DEFAULT_SEGMENT_SIZE
         try:
-            return int(json.loads(self.read(ident_key)).get("segment_size")
-                       or DEFAULT_SEGMENT_SIZE)
-        except (ValueError, TypeError, AttributeError):
+            return identity_fields(self.read(ident_key), ident_key)[1]
+        except IntegrityError:
             return DEFAULT_SEGMENT_SIZE  # build_catalog reports the damaged identity
 
     # -- small objects ----------------------------------------------------------
@@ -337,6 +339,18 @@ def cached_catalog(cfg: Config, repo: Repo | None = None) -> tuple[Catalog, Cata
     return cache.refresh(), cache
 
 
+def describe(cache: CatalogCache | None, now: float | None = None) -> dict[str, Any]:
+    """What ``pitr status`` says about the cache behind its answer (``None``: bypassed)."""
+    if cache is None or cache.state is None:
+        return {"used": False}
+    t = cache.clock() if now is None else now
+    return {"used": True, "file": str(cache.path), "rebuilt": cache.rebuilt,
+            "full_listing_at": datetime.fromtimestamp(cache.state.built_at, UTC)
+            .isoformat(timespec="seconds"),
+            "full_listing_age_seconds": round(max(0.0, t - cache.state.built_at), 3),
+            "rebuild_every_seconds": REBUILD_EVERY}
+
+
 def _row(obj: ObjectInfo) -> Row:
     return [obj.key, obj.size, _us(obj.mtime)]
 
@@ -349,7 +363,7 @@ def _objects(rows: Iterable[Row]) -> Iterator[ObjectInfo]:
 def _segments(repo: Repo, tli: int, rows: list[Row], seg_size: int) -> Iterator[WalSegment]:
     for segno, size, us in rows:
         yield WalSegment(tli, segno, size, _time(us),
-                         repo.wal_key(segment_name(tli, segno, seg_size)))
+                         repo.segment_key(segment_name(tli, segno, seg_size)))
 
 
 def _deleted_since(state: CacheState, head: list[Row], stanza: str) -> bool:

@@ -28,12 +28,37 @@ from pitr.storage.base import ObjectInfo, read_bytes
 from pitr.targets import Target, TargetKind
 
 
+class Scope:
+    """One plan's listings: :attr:`base` first; :meth:`full` only when the plan needs it.
+
+    The fallback to the full catalog reuses the head listing and the small objects
+    already read (manifests, history files, ``repo.json``), so it adds only the WAL
+    listing instead of listing and reading the whole stanza again.
+    """
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        stanza = repo.stanza
+        self._head = list(repo.storage.list(f"{stanza}/", end_before=f"{stanza}/wal"))
+        self._blobs: dict[str, bytes] = {}
+        # Backups, identity and timelines (history files), without any WAL segment.
+        self.base = build_catalog(stanza, [*self._head, *_history_objects(repo)], self._read)
+
+    def _read(self, key: str) -> bytes:
+        if key not in self._blobs:
+            self._blobs[key] = read_bytes(self.repo.storage, key)
+        return self._blobs[key]
+
+    def full(self) -> Catalog:
+        """The full catalog (what :func:`pitr.catalog.load_catalog` builds)."""
+        repo = self.repo
+        return build_catalog(repo.stanza, [*self._head, *repo.storage.list(repo.wal_prefix)],
+                             self._read)
+
+
 def base_catalog(repo: Repo) -> Catalog:
     """Backups, identity and timelines (history files), without any WAL segment."""
-    stanza = repo.stanza
-    head = list(repo.storage.list(f"{stanza}/", end_before=f"{stanza}/wal"))
-    return build_catalog(stanza, [*head, *_history_objects(repo)],
-                         lambda key: read_bytes(repo.storage, key))
+    return Scope(repo).base
 
 
 def _history_objects(repo: Repo) -> Iterator[ObjectInfo]:

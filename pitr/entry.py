@@ -29,6 +29,7 @@ CLI, which behaves exactly as it would without the fast paths.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -75,13 +76,27 @@ def direct_path(args: list[str]) -> int | None:
     if parsed is None:
         return None
     config, (command, *rest) = parsed
-    from pitr.wal import commands
+    if (command, len(rest)) not in (("archive-push", 1), ("archive-get", 2)):
+        return None  # wrong arity: the CLI reports it (archive-get with a recovery-stopping code)
+    # No cyclic garbage collection in a process that handles one WAL file and exits.
+    # Importing botocore and building a client makes tens of thousands of objects,
+    # and the collector walked them again and again (and once more at interpreter
+    # exit): a third of a synchronous archive-push's CPU (docs/benchmarks.md, "The
+    # synchronous archive-push"). What such a process leaves in cycles is bounded by
+    # the one file it handles; reference counting still frees everything else. On
+    # the way out the survivors are frozen, so the exit-time collection skips them.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        from pitr.wal import commands
 
-    if command == "archive-push" and len(rest) == 1:
-        return commands.archive_push_main(config, rest[0])
-    if command == "archive-get" and len(rest) == 2:
+        if command == "archive-push":
+            return commands.archive_push_main(config, rest[0])
         return commands.archive_get_main(config, rest[0], rest[1])
-    return None  # wrong arity: the CLI reports it (archive-get with a recovery-stopping code)
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
 
 
 def fast_path(args: list[str]) -> int | None:

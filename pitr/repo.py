@@ -69,6 +69,11 @@ class Layout:
         """Object key of a WAL file name PostgreSQL hands us (%f)."""
         if classify(name) is WalKind.HISTORY:
             return f"{self.wal_prefix}{name}{WAL_SUFFIX}"
+        return self.segment_key(name)
+
+    def segment_key(self, name: str) -> str:
+        """:meth:`wal_key` of a name known to be a segment's (or a .partial/.backup
+        file's): without classifying it again, for catalogs of many segments."""
         return f"{self.wal_prefix}{name[:16]}/{name}{WAL_SUFFIX}"
 
     @staticmethod

@@ -54,6 +54,9 @@ class GlobalOptions:
 OPTS = GlobalOptions()
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="list the whole stanza; the local catalog cache is neither read nor "
+                       "written (docs/catalog-cache.md)")]
 
 
 

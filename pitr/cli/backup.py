@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, examples, load_config, print_doc, print_json
+from pitr.cli.app import JsonFlag, NoCache, app, examples, load_config, print_doc, print_json
 
 
 class Label(StrEnum):
@@ -72,12 +72,14 @@ def backup(
         raise expire_error
 
 
-@app.command("list", epilog=examples("pitr list", "pitr list --json"))
-def list_(json_out: JsonFlag = False) -> None:
+@app.command("list", epilog=examples("pitr list", "pitr list --json", "pitr list --no-cache"))
+def list_(json_out: JsonFlag = False, no_cache: NoCache = False) -> None:
     """Backups, archived WAL per timeline, gaps and the recovery window."""
+    from pitr.catalog import load_catalog
     from pitr.catalog_cache import cached_catalog
     from pitr.listing import render, report
+    from pitr.repo import Repo
 
     cfg = load_config(command="list")
-    doc = report(cached_catalog(cfg)[0])
+    doc = report(load_catalog(Repo.open(cfg)) if no_cache else cached_catalog(cfg)[0])
     print_doc(doc, json_out, render)

@@ -12,7 +12,6 @@ import typer
 from pitr.cli.app import OPTS, JsonFlag, app, examples, load_config, print_json
 
 if TYPE_CHECKING:
-    from pitr.catalog import Catalog
     from pitr.config import Config
     from pitr.planner import RestorePlan
     from pitr.repo import Repo
@@ -45,29 +44,28 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
           latest: bool, timeline: int | None, backup: str | None, exclusive: bool,
           command: str) -> tuple[Config, Repo, RestorePlan]:
     from pitr import planner, targets
-    from pitr.catalog import load_catalog
-    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.catalog_scope import Scope, scoped_plan
     from pitr.repo import Repo
 
-    loaded: list[tuple[Config, Repo, Catalog]] = []
+    loaded: list[tuple[Config, Repo, Scope]] = []
 
-    def context() -> tuple[Config, Repo, Catalog]:
+    def context() -> tuple[Config, Repo, Scope]:
         if not loaded:  # after the command line is checked, and only once
             cfg = load_config(command=command)
             repo = Repo.open(cfg)
             # backups and timelines only: the WAL is listed for the chosen path below
-            loaded.append((cfg, repo, base_catalog(repo)))
+            loaded.append((cfg, repo, Scope(repo)))
         return loaded[0]
 
     target = targets.from_options(
         to=to, lsn=lsn, xid=xid, name=name, immediate=immediate, latest=latest,
         timeline=timeline, exclusive=exclusive,
-        zone=lambda: planner.cluster_timezone(context()[2], backup))
-    cfg, repo, base = context()
+        zone=lambda: planner.cluster_timezone(context()[2].base, backup))
+    cfg, repo, scope = context()
     now = datetime.now(UTC)
-    plan = scoped_plan(repo, base, target, now, backup)
+    plan = scoped_plan(repo, scope.base, target, now, backup)
     if plan is None:  # not decided by the path's WAL alone: the full catalog decides
-        plan = planner.plan(load_catalog(repo), target, now, backup_id=backup)
+        plan = planner.plan(scope.full(), target, now, backup_id=backup)
     return cfg, repo, plan
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pitr.cli.app import JsonFlag, app, examples, load_config, print_doc
+from pitr.cli.app import JsonFlag, NoCache, app, examples, load_config, print_doc
 from pitr.errors import CheckFailed
 
 
@@ -52,22 +52,32 @@ def render_text(doc: dict[str, Any]) -> str:
                               f"(backup {ver['backup_id']}, RTO {ver['rto_seconds']}s)")
               if ver else "never"),
     ]
+    cache = doc.get("catalog_cache")
+    if cache is not None:
+        out.append(_line("catalog cache", (
+            f"full listing {cache['full_listing_age_seconds']:.0f}s ago"
+            f"{' (this run)' if cache['rebuilt'] else ', then only what is new'}; "
+            f"{cache['file']}") if cache["used"] else "not used (--no-cache): full listing"))
     for p in doc["problems"]:
         out.append(f"{p['severity'].upper():<8} {p['name']}: {p['message']}")
     return "\n".join(out)
 
 
-@app.command("status", epilog=examples("pitr status", "pitr status --json"))
-def status(json_out: JsonFlag = False) -> None:
+@app.command("status", epilog=examples("pitr status", "pitr status --json",
+                                        "pitr status --no-cache"))
+def status(json_out: JsonFlag = False, no_cache: NoCache = False) -> None:
     """Backup health: last backup, WAL archiving, recovery window, last restore drill.
 
     Exits 14 (CheckFailed) when unhealthy, like /health/backup returning 503.
     """
-    from pitr.monitor.collect import health_report
+    from pitr.catalog_cache import CatalogCache, cache_path, describe
+    from pitr.monitor.collect import gather, report_from
+    from pitr.repo import Repo
 
     cfg = load_config(command="status")
-    report = health_report(cfg)
-    doc = report.to_dict()
+    cache = None if no_cache else CatalogCache(Repo.open(cfg), cache_path(cfg))
+    report = report_from(cfg, gather(cfg, cache, use_cache=not no_cache))
+    doc = {**report.to_dict(), "catalog_cache": describe(cache)}
     print_doc(doc, json_out, render_text)
     if not report.healthy:
         raise CheckFailed("unhealthy: " + "; ".join(

@@ -76,13 +76,13 @@ def verify(
 
 def _time_target(cfg: Config, to: str, backup: str | None) -> Target:
     """--to as `pitr restore` reads it (a zone-less time in the cluster's TimeZone)."""
-    from pitr.catalog import load_catalog
+    from pitr.catalog_scope import base_catalog
     from pitr.planner import cluster_timezone
     from pitr.repo import Repo
     from pitr.targets import at_time_text
 
     def zone() -> str | None:
-        repo = Repo.open(cfg)
-        return cluster_timezone(load_catalog(repo), backup)
+        # the backups' manifests say it: no WAL listing (the drill lists the stanza)
+        return cluster_timezone(base_catalog(Repo.open(cfg)), backup)
 
     return at_time_text(to, zone)

@@ -78,9 +78,16 @@ def read_last_verify(repo: Repo, listed: list[ObjectInfo] | None = None,
     return None
 
 
-def gather(cfg: Config, cache: CatalogCache | None = None) -> Inputs:
+def gather(cfg: Config, cache: CatalogCache | None = None, *, use_cache: bool = True) -> Inputs:
     """``cache``: a long-lived one (the server's) keeps its state in memory between
-    refreshes; without it the cache file is read (docs/catalog-cache.md)."""
+    refreshes; without it the cache file is read (docs/catalog-cache.md).
+    ``use_cache=False`` (``pitr status --no-cache``): a full listing, the cache file
+    neither read nor written."""
+    if not use_cache:
+        from pitr.catalog import load_catalog
+
+        repo = Repo.open(cfg)
+        return Inputs(load_catalog(repo), read_agent_status(cfg), read_last_verify(repo))
     if cache is None:
         cache = CatalogCache(Repo.open(cfg), cache_path(cfg))
     catalog = cache.refresh()

@@ -1,4 +1,4 @@
-"""S3 repository (``s3://bucket/prefix``) through boto3.
+"""S3 repository (``s3://bucket/prefix``) through botocore (boto3's client layer).
 
 The never-overwrite rule rests on conditional writes: ``If-None-Match: *`` on
 PutObject and on CompleteMultipartUpload (AWS since 2024, SeaweedFS, MinIO);
@@ -10,7 +10,7 @@ at most ``upload_concurrency + 1`` parts are held at once. A failed upload is
 aborted; if even the abort fails (server gone), ``cleanup_incomplete`` removes
 the leftover later.
 
-boto3 is imported when a driver is built, never at module import, so importing
+botocore is imported when a driver is built, never at module import, so importing
 this module stays cheap. botocore does not retry: callers own the retry budget
 (``repository.timeout``), so one call here fails after about ``request_timeout``
 (uploads add botocore's fixed 1 s wait for ``100 Continue``). The one exception
@@ -168,13 +168,17 @@ class S3Storage:
 
     def _make_client(self, cfg: RepositoryConfig) -> Any:
         try:
-            import boto3.session
+            import botocore.session
             from botocore.config import Config
         except ImportError as exc:  # pragma: no cover - boto3 is a dependency
             raise StorageError("boto3 is not installed", hint="pip install boto3") from exc
-        # A private session: boto3's default session is not thread-safe to create clients from.
-        session = boto3.session.Session()
-        region = cfg.region or session.region_name or "us-east-1"
+        # botocore's own session, not boto3's: the client is the same (boto3 builds it
+        # with botocore and the same credential chain), but boto3 adds resources and
+        # s3transfer that pitr never uses, ~0.1 s per synchronous archive-push
+        # (docs/benchmarks.md, "The synchronous archive-push"). A private session: a
+        # shared one is not thread-safe to create clients from.
+        session = botocore.session.Session()
+        region = cfg.region or session.get_config_variable("region") or "us-east-1"
         timeout = float(cfg.request_timeout)
         config = Config(
             region_name=region,
@@ -207,8 +211,8 @@ class S3Storage:
                           aws_secret_access_key=cfg.secret_access_key,
                           aws_session_token=cfg.session_token or None)
         try:
-            return session.client("s3", endpoint_url=cfg.endpoint_url or None, config=config,
-                                  verify=verify, **kwargs)
+            return session.create_client("s3", endpoint_url=cfg.endpoint_url or None,
+                                         config=config, verify=verify, **kwargs)
         except Exception as exc:
             raise self._translate(exc, "", "connect") from None
 

@@ -106,6 +106,17 @@ def test_cache_equals_full_listing_at_counted_requests(s3_repo: dict[str, Any],
     assert plan is not None and plan == planner.plan(load_catalog(repo), Target.latest(), now)
     assert n["ListObjectsV2"] <= 1 + 4 + 4 and n["GetObject"] == 4
 
+    # a plan that falls back to the full catalog adds only the WAL listing: the head
+    # listing and the small objects read for the base are not listed or read again
+    from pitr.catalog_scope import Scope
+
+    scope, n_base = counted(lambda: Scope(repo))
+    full, n_full = counted(scope.full)
+    _, n_wal = counted(lambda: list(storage.list(repo.wal_prefix)))
+    assert full == load_catalog(repo)
+    assert n_full == n_wal == {"ListObjectsV2": 2}
+    assert n_base["GetObject"] == 4
+
     # the hourly sweep lists timelines 1 and 2 after their last keys
     _segments(repo, 1, range(1101, 1103))  # the old primary archived late
     clock[0] += SWEEP_EVERY

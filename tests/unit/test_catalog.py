@@ -338,3 +338,16 @@ def test_a_manifest_the_repository_did_not_answer_for_is_unknown_not_damaged() -
     backups, damaged = _decode_manifests({"20250215T040000Z": key}, {key: NotFound("gone")},
                                          set())
     assert (backups, damaged) == ([], ["20250215T040000Z"])
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"segment_size": 1}',
+                                  b'{"system_id": 1, "segment_size": "x"}'])
+def test_a_damaged_identity_is_an_integrity_error(body: bytes) -> None:
+    with pytest.raises(IntegrityError, match="damaged repository identity"):
+        catalog.identity_fields(body, "db/repo.json")
+
+
+def test_identity_fields_default_the_segment_size() -> None:
+    assert catalog.identity_fields(b'{"system_id": 7001}', "k") == ("7001", 16 << 20)
+    assert catalog.identity_fields(b'{"system_id": "7", "segment_size": 1048576}', "k") == (
+        "7", 1 << 20)

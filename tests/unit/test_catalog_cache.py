@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pitr import manifest
 from pitr.catalog import load_catalog
 from pitr.catalog_cache import SWEEP_EVERY, CatalogCache, read_state
+from pitr.catalog_scope import Scope
 from pitr.codec import compress_blob
 from pitr.expire import expire
 from pitr.manifest import BackupObject, BackupRecord
@@ -133,6 +134,8 @@ def test_the_cached_catalog_is_the_full_listings(steps: list[tuple[Any, ...]]) -
             w.clock += SWEEP_EVERY  # older timelines are listed at least this often
             assert w.cache().refresh() == full
             w.stale_old_timeline = False
+            # a plan's fallback to the full catalog, from its head listing
+            assert Scope(w.repo).full() == full
 
 
 def test_a_damaged_or_foreign_cache_is_rebuilt_not_trusted(tmp_path: Path) -> None:
