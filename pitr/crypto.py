@@ -40,6 +40,7 @@ import base64
 import binascii
 import hashlib
 import io
+import itertools
 import json
 import os
 import struct
@@ -191,6 +192,31 @@ def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if final else b"\x00")
 
 
+def _blocks(chunks: Iterator[bytes] | Iterator[bytes | memoryview], size: int) -> Iterator[tuple[bytes | memoryview, bool]]:
+    """``chunks`` regrouped into blocks of ``size`` bytes and (last, flagged final) the
+    rest: 0..size bytes, never held back empty after a full block unless nothing came.
+
+    One join per input round and views into it, no copying per block: the format's
+    cost must stay AES-GCM's own (docs/encryption.md, "Cost").
+    """
+    parts: list[bytes | memoryview] = []
+    have = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts.append(chunk)
+        have += len(chunk)
+        if have <= size:
+            continue
+        view = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        pos = 0
+        while have - pos > size:
+            yield view[pos:pos + size], False
+            pos += size
+        parts, have = [view[pos:]], have - pos
+    yield b"".join(parts), True
+
+
 class Encrypt:
     """Filter: the header, then the input sealed in chunks (the last held back and
     sealed with the final flag once the input ends)."""
@@ -200,19 +226,12 @@ class Encrypt:
 
     def apply(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         header, dek = new_header(self.keyring, self.name, self.chunk_log)
-        gcm, aad, size = _aesgcm(dek), header.chunk_aad(self.name), 1 << self.chunk_log
+        gcm, aad = _aesgcm(dek), header.chunk_aad(self.name)
         yield header.encode()
-        buf = bytearray()
-        counter = 0
-        for chunk in chunks:
-            buf += chunk
-            while len(buf) > size:
-                yield gcm.encrypt(_nonce(header.prefix, counter, False), bytes(buf[:size]), aad)
-                del buf[:size]
-                counter += 1
-                if counter >= MAX_CHUNKS:  # pragma: no cover - 4 PiB at 1 MiB chunks
-                    raise DecryptionFailed(f"{self.name}: too large to seal")
-        yield gcm.encrypt(_nonce(header.prefix, counter, True), bytes(buf), aad)
+        for counter, (block, final) in enumerate(_blocks(chunks, 1 << self.chunk_log)):
+            if counter >= MAX_CHUNKS:  # pragma: no cover - 4 PiB at 1 MiB chunks
+                raise DecryptionFailed(f"{self.name}: too large to seal")
+            yield gcm.encrypt(_nonce(header.prefix, counter, final), block, aad)
 
 
 class Decrypt:
@@ -225,33 +244,26 @@ class Decrypt:
         self.header: SealedHeader | None = None
 
     def apply(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        buf = bytearray()
-        gcm: Any = None
-        aad = prefix = b""
-        size = counter = 0
-        for chunk in chunks:
-            buf += chunk
-            if gcm is None:
-                if len(buf) < HEADER_SIZE:
-                    continue
-                header = SealedHeader.decode(bytes(buf[:HEADER_SIZE]), self.name)
-                self.header = header
-                gcm = _aesgcm(header.data_key(self.keyring, self.name))
-                aad, prefix = header.chunk_aad(self.name), header.prefix
-                size = (1 << header.chunk_log) + TAG
-                del buf[:HEADER_SIZE]
-            while len(buf) > size:
-                yield self._open(gcm, prefix, counter, False, bytes(buf[:size]), aad)
-                del buf[:size]
-                counter += 1
-        if gcm is None:
-            SealedHeader.decode(bytes(buf), self.name)  # raises: cut inside the header
-        if len(buf) < TAG:
-            raise DecryptionFailed(f"{self.name}: sealed object is truncated")
-        yield self._open(gcm, prefix, counter, True, bytes(buf), aad)
+        it = iter(chunks)
+        first = b""
+        for chunk in it:  # once, unless the first chunks are shorter than the header
+            first = first + chunk if first else chunk
+            if len(first) >= HEADER_SIZE:
+                break
+        view = memoryview(first)
+        header = SealedHeader.decode(bytes(view[:HEADER_SIZE]), self.name)  # raises if cut
+        self.header = header
+        gcm = _aesgcm(header.data_key(self.keyring, self.name))
+        aad = header.chunk_aad(self.name)
+        size = (1 << header.chunk_log) + TAG
+        body: Iterator[bytes | memoryview] = itertools.chain([view[HEADER_SIZE:]], it)
+        for counter, (block, final) in enumerate(_blocks(body, size)):
+            if final and len(block) < TAG:
+                raise DecryptionFailed(f"{self.name}: sealed object is truncated")
+            yield self._open(gcm, header.prefix, counter, final, block, aad)
 
-    def _open(self, gcm: Any, prefix: bytes, counter: int, final: bool, data: bytes,
-              aad: bytes) -> bytes:
+    def _open(self, gcm: Any, prefix: bytes, counter: int, final: bool,
+              data: bytes | memoryview, aad: bytes) -> bytes:
         try:
             return cast(bytes, gcm.decrypt(_nonce(prefix, counter, final), data, aad))
         except _invalid_tag():

@@ -202,6 +202,15 @@ def test_encrypted_stanza_end_to_end_on_the_fs_driver(tmp_path: Path) -> None:
     assert stored.startswith(crypto.MAGIC) and b"pitr" not in stored[:200]
     # re-push: proven already archived through the seal
     assert push_wal(repo, wal / name_of(1), level=3, budget=5).status == "already-archived"
+    # a flipped bit in the stored object: archive-get refuses it, a re-push repairs it
+    path = tmp_path / "repo" / repo.wal_key(name_of(1))
+    at = crypto.HEADER_SIZE + 5
+    path.write_bytes(stored[:at] + bytes([stored[at] ^ 1]) + stored[at + 1:])
+    with pytest.raises(DecryptionFailed):
+        fetch_wal(repo, name_of(1), tmp_path / "no", budget=5)
+    assert not (tmp_path / "no").exists()
+    assert push_wal(repo, wal / name_of(1), level=3, budget=5).status == "stored"
+    stored = path.read_bytes()
     fetch_wal(Repo(storage, "s", K1), name_of(1), tmp_path / "got", budget=5)
     assert (tmp_path / "got").read_bytes() == seg
 
