@@ -192,7 +192,8 @@ def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if final else b"\x00")
 
 
-def _blocks(chunks: Iterator[bytes] | Iterator[bytes | memoryview], size: int) -> Iterator[tuple[bytes | memoryview, bool]]:
+def _blocks(chunks: Iterator[bytes] | Iterator[bytes | memoryview],
+            size: int) -> Iterator[tuple[bytes | memoryview, bool]]:
     """``chunks`` regrouped into blocks of ``size`` bytes and (last, flagged final) the
     rest: 0..size bytes, never held back empty after a full block unless nothing came.
 
