@@ -254,3 +254,50 @@ def test_turning_encryption_on_keeps_old_objects_readable(tmp_path: Path) -> Non
     assert read_bytes(enc.storage, "s/pins/new") == b"after"
     with pytest.raises(KeyNotConfigured):
         read_bytes(Repo(storage, "s").storage, "s/pins/new")
+
+
+# -- pitr key rotate on an existing unencrypted stanza, then --rewrap ---------------
+
+def test_rotate_turns_encryption_on_then_rewrap_retires_the_old_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    from pitr.config import Config, RepositoryConfig
+    from pitr.keys import rotate
+
+    def cfg(current: crypto.Keyring, old: list[Path] | None = None) -> Config:
+        return Config(stanza="s", repository=RepositoryConfig(url=f"file://{tmp_path}/repo"),
+                      encryption=EncryptionConfig(
+                          key=base64.b64encode(current.current).decode(),
+                          old_key_files=",".join(str(p) for p in old or [])))
+
+    storage = FsStorage(tmp_path / "repo")
+    plain = Repo(storage, "s")
+    plain.ensure_identity(walbytes.SYSID, 15, SEG)
+    put_bytes(plain.storage, "s/pins/old", b"before")
+
+    first = rotate(cfg(K1), rewrap=False)
+    assert first.turned_on and first.keys == [K1.current_id]
+    assert rotate(cfg(K1), rewrap=False).added is False  # a second run changes nothing
+    put_bytes(Repo.open(cfg(K1)).storage, "s/pins/k1", b"under key 1")
+    big = os.urandom(3 << 20)  # several chunks, rewrapped by a streamed copy
+    put_bytes(Repo.open(cfg(K1)).storage, "s/backups/b/base.tar.zst", big)
+
+    k1_file = tmp_path / "k1"
+    k1_file.write_text(base64.b64encode(K1.current).decode())
+    second = rotate(cfg(K2, [k1_file]), rewrap=False)
+    assert second.added and second.keys == [K2.current_id, K1.current_id]
+    both = Repo.open(cfg(K2, [k1_file]))
+    put_bytes(both.storage, "s/pins/k2", b"under key 2")
+    assert read_bytes(both.storage, "s/pins/k1") == b"under key 1"
+
+    monkeypatch.setattr("pitr.keys.WHOLE_IN_MEMORY", 1 << 20)  # the big one: streamed
+    done = rotate(cfg(K2, [k1_file]), rewrap=True)
+    assert done.rewrapped == 2 and done.plaintext == 1 and done.retired == [K1.current_id]
+    assert done.keys == [K2.current_id]
+    only_new = Repo.open(cfg(K2)).storage
+    assert read_bytes(only_new, "s/pins/k1") == b"under key 1"
+    assert read_bytes(only_new, "s/backups/b/base.tar.zst") == big
+    assert read_bytes(only_new, "s/pins/old") == b"before"  # left as it was
+    with pytest.raises(EncryptionMismatch, match="not one of them"):
+        put_bytes(Repo.open(cfg(K1)).storage, "s/pins/again", b"x")
