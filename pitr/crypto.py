@@ -54,6 +54,7 @@ from pitr import stream
 from pitr.errors import (
     DecryptionFailed,
     EncryptionMismatch,
+    IntegrityError,
     KeyNotConfigured,
     KeySourceError,
     NotFound,
@@ -490,8 +491,8 @@ class SealedStorage:
                 doc = json.loads(fh.read())
         except NotFound:
             doc = None
-        except ValueError:
-            doc = None  # the caller that reads repo.json reports it damaged
+        except ValueError as exc:  # never guess the stanza's mode from a damaged file
+            raise IntegrityError(f"{self._identity_key}: not valid JSON") from exc
         self.learn_identity(doc)
         return doc
 

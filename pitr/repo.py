@@ -23,7 +23,7 @@ encrypted: the repository handle carries its own keys (docs/encryption.md).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -165,7 +165,8 @@ class Repo(Layout):
         except ValueError as exc:
             raise IntegrityError(f"{self.identity_key}: not valid JSON") from exc
         self.sealed.learn_identity(doc)
-        return RepoIdentity(**doc)
+        known = {f.name for f in fields(RepoIdentity)}  # keys a newer pitr adds are kept out
+        return RepoIdentity(**{k: v for k, v in doc.items() if k in known})
 
     def ensure_identity(self, system_id: int, pg_version: int | None,
                         segment_size: int) -> RepoIdentity:
