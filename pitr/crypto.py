@@ -198,24 +198,39 @@ def _blocks(chunks: Iterator[bytes] | Iterator[bytes | memoryview],
     """``chunks`` regrouped into blocks of ``size`` bytes and (last, flagged final) the
     rest: 0..size bytes, never held back empty after a full block unless nothing came.
 
-    One join per input round and views into it, no copying per block: the format's
-    cost must stay AES-GCM's own (docs/encryption.md, "Cost").
+    A block inside one input chunk is a view of it (no copy); only a block that spans
+    chunks is joined, once. Reads that match the block size (:meth:`SealedStorage.open`)
+    copy nothing: the format's cost stays AES-GCM's own (docs/encryption.md, "Cost").
     """
-    parts: list[bytes | memoryview] = []
+    parts: list[memoryview] = []
     have = 0
     for chunk in chunks:
         if not chunk:
             continue
-        parts.append(chunk)
+        parts.append(memoryview(chunk))
         have += len(chunk)
-        if have <= size:
-            continue
-        view = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
-        pos = 0
-        while have - pos > size:
-            yield view[pos:pos + size], False
-            pos += size
-        parts, have = [view[pos:]], have - pos
+        while have > size:
+            first = parts[0]
+            if len(first) >= size:
+                block: bytes | memoryview = first[:size]
+                if len(first) > size:
+                    parts[0] = first[size:]
+                else:
+                    parts.pop(0)
+            else:
+                pieces, need = [], size
+                while need:
+                    part = parts[0]
+                    pieces.append(part[:need])
+                    if len(part) > need:
+                        parts[0] = part[need:]
+                        need = 0
+                    else:
+                        parts.pop(0)
+                        need -= len(part)
+                block = b"".join(pieces)
+            have -= size
+            yield block, False
     yield b"".join(parts), True
 
 
@@ -442,9 +457,17 @@ class _Joined(io.RawIOBase):
         super().close()
 
 
+def _read_upto(src: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end (a body may return short reads)."""
+    out = src.read(n)
+    while 0 < len(out) < n and (more := src.read(n - len(out))):
+        out += more
+    return out
+
+
 class _Unsealed(stream.Pipeline):
     def __init__(self, src: BinaryIO, filters: list[stream.Filter]) -> None:
-        super().__init__(src, filters)
+        super().__init__(src, filters, chunk=(1 << CHUNK_LOG) + TAG)
         self._src = src
 
     def close(self) -> None:
@@ -516,13 +539,14 @@ class SealedStorage:
         if self._plain_key(key):
             return src
         try:
-            head = src.read(len(MAGIC))
-            while 0 < len(head) < len(MAGIC) and (more := src.read(len(MAGIC) - len(head))):
-                head += more
+            head = _read_upto(src, len(MAGIC))
             if head != MAGIC:
                 self._plain_allowed(key)
                 return cast(BinaryIO, _Joined(head, src))
             keyring = self._read_keyring(key)
+            # the whole header first, then reads of one sealed chunk each: aligned with
+            # the chunks, so Decrypt copies nothing (see _blocks)
+            head += _read_upto(src, HEADER_SIZE - len(MAGIC))
         except BaseException:
             src.close()
             raise
