@@ -576,6 +576,16 @@ class SealedStorage:
         return self.inner.cleanup_incomplete(prefix)
 
     # -- helpers -----------------------------------------------------------
+    def check_opens(self, key: str) -> None:
+        """Prove the configured keys open ``key`` (its header and data key), reading
+        only the header: a restore checks every backup object before it writes."""
+        with self.inner.open(key) as fh:
+            head = _read_upto(fh, HEADER_SIZE)
+        if not head.startswith(MAGIC):
+            self._plain_allowed(key)
+            return
+        SealedHeader.decode(head, key).data_key(self._read_keyring(key), key)
+
     def unseal_bytes(self, key: str, data: bytes) -> bytes:
         if self._plain_key(key):
             return data

@@ -19,6 +19,7 @@ Safety rules, each one a past disaster somewhere:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -506,6 +507,10 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
     cfg_file = config_path_for_postgres(config_path, owner)
     check_destination(cfg, opts, confirm)
     check_tablespaces(cfg, repo, plan, opts, bindir)  # the backup's major's pg_waldump
+    for b in plan.backups:  # a key missing for any object stops here (docs/encryption.md)
+        for obj in b.objects:
+            with contextlib.suppress(NotFound):  # extract names a missing object
+                repo.sealed.check_opens(obj.key)
     result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,

@@ -301,3 +301,16 @@ def test_rotate_turns_encryption_on_then_rewrap_retires_the_old_key(
     assert read_bytes(only_new, "s/pins/old") == b"before"  # left as it was
     with pytest.raises(EncryptionMismatch, match="not one of them"):
         put_bytes(Repo.open(cfg(K1)).storage, "s/pins/again", b"x")
+
+
+def test_check_opens_reads_only_the_header_and_names_the_key(tmp_path: Path) -> None:
+    storage = FsStorage(tmp_path / "repo")
+    put_bytes(Repo(storage, "s", K1).storage, "s/backups/b/base.tar.zst", os.urandom(3 * C))
+    Repo(storage, "s", K1).sealed.check_opens("s/backups/b/base.tar.zst")
+    with pytest.raises(KeyNotConfigured, match=K1.current_id):
+        Repo(storage, "s", K2).sealed.check_opens("s/backups/b/base.tar.zst")
+    path = tmp_path / "repo/s/backups/b/base.tar.zst"
+    data = path.read_bytes()
+    path.write_bytes(data[:40] + bytes([data[40] ^ 1]) + data[41:])  # inside the wrapped key
+    with pytest.raises(DecryptionFailed):
+        Repo(storage, "s", K1).sealed.check_opens("s/backups/b/base.tar.zst")
