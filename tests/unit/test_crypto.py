@@ -314,3 +314,24 @@ def test_check_opens_reads_only_the_header_and_names_the_key(tmp_path: Path) -> 
     path.write_bytes(data[:40] + bytes([data[40] ^ 1]) + data[41:])  # inside the wrapped key
     with pytest.raises(DecryptionFailed):
         Repo(storage, "s", K1).sealed.check_opens("s/backups/b/base.tar.zst")
+
+
+def test_the_agents_warm_repository_seals_with_its_keys(tmp_path: Path) -> None:
+    from pitr.wal.agent import IdentityCache, WarmRepo
+
+    storage, cache = FsStorage(tmp_path / "repo"), IdentityCache()
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    for i in (1, 2):
+        (wal / name_of(i)).write_bytes(
+            walbytes.segment_bytes(name_of(i), seg_size=SEG, sysid=walbytes.SYSID))
+        # one handle per segment, as the agent's workers make them, one identity check
+        repo = WarmRepo(storage, "s", cache, K1)
+        assert push_wal(repo, wal / name_of(i), level=3, budget=5).status == "stored"
+        assert read_bytes(storage, repo.wal_key(name_of(i))).startswith(crypto.MAGIC)
+    # the second handle took the stanza's mode from the shared cache, not from a GET
+    (tmp_path / "repo/s/repo.json").unlink()
+    (wal / name_of(3)).write_bytes(
+        walbytes.segment_bytes(name_of(3), seg_size=SEG, sysid=walbytes.SYSID))
+    with pytest.raises(EncryptionMismatch):
+        push_wal(WarmRepo(storage, "s", cache, None), wal / name_of(3), level=3, budget=5)
