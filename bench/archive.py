@@ -136,6 +136,17 @@ def pitr_sync_mode(ctx: Ctx, repo: str) -> Iterator[Target]:
     yield Target(f"{PITR_EXE} --config {cfg} archive-push %p", lambda: repo_stored_bytes(cfg))
 
 
+@mode("pitr-sync-enc")
+def pitr_sync_enc_mode(ctx: Ctx, repo: str) -> Iterator[Target]:
+    """`pitr-sync` with client-side encryption on (docs/encryption.md): compare the two
+    in the same run."""
+    keydir = make_user_dir(ctx.workdir / f"key-{uuid.uuid4().hex[:8]}", mode=0o700)
+    run_as([str(PITR_EXE), "key", "generate", str(keydir / "repo.key")])
+    cfg = write_pitr_config(ctx, ctx.repo_section(repo), archive={"agent_idle_exit": 0},
+                            encryption={"key_file": str(keydir / "repo.key")})
+    yield Target(f"{PITR_EXE} --config {cfg} archive-push %p", lambda: repo_stored_bytes(cfg))
+
+
 @mode("pitr-nocli")
 def pitr_nocli_mode(ctx: Ctx, repo: str) -> Iterator[Target]:
     """The same push through pitr.wal.commands directly, without typer's start-up cost

@@ -423,10 +423,11 @@ def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock |
             size = repo.storage.stat(obj.key).size
         except NotFound:
             size = None
-        if size != obj.stored_bytes:
+        want = repo.stored_size(obj.stored_bytes)  # sealed objects: docs/encryption.md
+        if size != want:
             raise BackupError(
                 f"backup {record.id}: {obj.key} is "
-                f"{'gone' if size is None else f'{size} bytes, not {obj.stored_bytes}'} "
+                f"{'gone' if size is None else f'{size} bytes, not {want}'} "
                 f"in the repository{why}; no manifest is written",
                 hint="another run removed or rewrote it; run the backup again")
 

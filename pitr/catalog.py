@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from pitr.errors import IntegrityError, PitrError, TransientStorageError
+from pitr.errors import IntegrityError, KeyNotConfigured, PitrError, TransientStorageError
 from pitr.manifest import BackupRecord
 from pitr.manifest import decode as decode_manifest
 from pitr.pg.names import (
@@ -264,10 +264,12 @@ def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Except
     damaged: list[str] = []
     for backup_id, key in manifests.items():
         data = texts[key]
-        if isinstance(data, TransientStorageError):
+        if isinstance(data, TransientStorageError | KeyNotConfigured):
             # The repository did not answer: the backup's state is unknown, not "damaged".
             # Reading it as damaged would silently plan from an older backup, or report
-            # "no completed backup" when there is one (docs/fault-table.md).
+            # "no completed backup" when there is one (docs/fault-table.md). A backup
+            # sealed with a key this host lacks is the same: plan names the key
+            # (docs/encryption.md).
             raise data
         try:
             if isinstance(data, Exception):
@@ -294,6 +296,8 @@ def _timelines(segments: dict[int, list[WalSegment]],
             name, obj = history_keys[tli]
             created = obj.mtime
             data = texts[obj.key]
+            if isinstance(data, TransientStorageError | KeyNotConfigured):
+                raise data  # a missing key is not a missing history (see above)
             try:
                 if isinstance(data, Exception):
                     raise data

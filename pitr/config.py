@@ -190,6 +190,19 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    key: str = _f("", "the repository key itself, base64 (set it as PITR_ENCRYPTION_KEY in the "
+                  "environment, not in this file); one of key, key_file, key_command",
+                  secret=True)
+    key_file: str = _f("", "file holding the repository key, base64 of 32 bytes, mode 0600 "
+                       "(`pitr key generate FILE` writes one)")
+    key_command: str = _f("", "command (run with /bin/sh) that prints the repository key, "
+                          "e.g. from Vault, a KMS or a password manager")
+    old_key_files: str = _f("", "comma-separated key files of earlier keys, to read objects "
+                            "sealed before `pitr key rotate` (not needed after --rewrap)")
+
+
+@dataclass(frozen=True)
 class Config:
     stanza: str = _f("main", "name of this cluster's area in the repository")
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
@@ -201,6 +214,7 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     # key ("stanza", "repository.url") -> where its value came from
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

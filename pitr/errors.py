@@ -31,6 +31,14 @@ code class                         meaning
                                   restore plan promised
 20   IncrementalError             an incremental backup cannot be taken or
                                   rebuilt (no usable parent, WAL summaries)
+21   KeyNotConfigured             an object is encrypted with a key this host
+                                  does not have (missing or wrong key)
+22   DecryptionFailed             an encrypted object fails authentication
+                                  (tampered, truncated, reordered, renamed)
+23   EncryptionMismatch           an unencrypted write into an encrypted
+                                  stanza, or the reverse, refused
+24   KeySourceError               the configured key file/command/variable
+                                  gives no usable key
 31   TablespaceError              a tablespace cannot be restored where asked
                                   (bad --tablespace-map, location not empty)
 70   InternalError                a bug: please report it (with --debug)
@@ -169,6 +177,33 @@ class TablespaceError(PitrError):
     """
 
     exit_code = 31
+
+
+class KeyNotConfigured(PitrError):
+    """An object is encrypted with a key this host does not have (missing or wrong key).
+
+    docs/encryption.md "Errors": configure the key the message names.
+    """
+
+    exit_code = 21
+
+
+class DecryptionFailed(IntegrityError):
+    """An encrypted object fails authentication: tampered, truncated, reordered or renamed."""
+
+    exit_code = 22
+
+
+class EncryptionMismatch(PitrError):
+    """An unencrypted write into an encrypted stanza, or the reverse, is refused."""
+
+    exit_code = 23
+
+
+class KeySourceError(PitrError):
+    """The configured key file, key command or PITR_ENCRYPTION_KEY gives no usable key."""
+
+    exit_code = 24
 
 
 class WalNotFound(NotFound):

@@ -38,7 +38,7 @@ from pitr.pg.walname import is_segment_name, is_wal_name
 # the fast paths ask these through fp.*
 __all__ = ["atomic_write", "is_segment_name", "is_wal_name"]
 
-CACHE_FORMAT = "pitr-fast-config 2"
+CACHE_FORMAT = "pitr-fast-config 3"
 RECEIPT_FORMAT = 1
 
 # Spool layout, relative to <archive.spool_dir>/<stanza> (see pitr.wal.spool).
@@ -111,7 +111,12 @@ def _cache_path(config_path: str) -> str | None:
 
 
 def _cache_key(config_path: str, st: os.stat_result) -> str:
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PITR_"))
+    import hashlib
+
+    # Values as digests: PITR_ENCRYPTION_KEY and other secrets never land in the cache
+    # file (docs/encryption.md, "Keeping the key safe"); any change still means a miss.
+    env = sorted((k, hashlib.sha256(v.encode()).hexdigest()) for k, v in os.environ.items()
+                 if k.startswith("PITR_"))
     # pitr's version: an upgrade may change defaults, which the cache would otherwise keep
     lines = [CACHE_FORMAT, __version__, config_path,
              f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}",

@@ -16,16 +16,19 @@
 
 :class:`Repo` owns every key of this layout; nothing else spells one.
 
-Every WAL object is compressed with the header from :mod:`pitr.codec`.
+Every WAL object is compressed with the header from :mod:`pitr.codec`. Every
+object but ``repo.json`` is sealed by :mod:`pitr.crypto` when the stanza is
+encrypted: the repository handle carries its own keys (docs/encryption.md).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from pitr.crypto import Keyring, SealedStorage
 from pitr.errors import AlreadyExists, IntegrityError, NotFound, SystemIdMismatch
 from pitr.pg.names import WalKind, classify
 from pitr.pg.version import require_same_major
@@ -45,6 +48,12 @@ class RepoIdentity:
     segment_size: int
     format: int = REPO_FORMAT
     created: str = ""
+    # docs/encryption.md: new objects are sealed; ``keys`` are the fingerprints of the
+    # keys in use (newest first); ``plaintext_objects``: it held unencrypted objects
+    # before encryption was turned on, which stay readable
+    encrypted: bool = False
+    keys: list[str] = field(default_factory=list)
+    plaintext_objects: bool = False
 
 
 class Layout:
@@ -135,26 +144,35 @@ class Layout:
 class Repo(Layout):
     """Keys and identity of one stanza inside a storage."""
 
-    def __init__(self, storage: Storage, stanza: str) -> None:
+    def __init__(self, storage: Storage, stanza: str, keyring: Keyring | None = None) -> None:
         super().__init__(stanza)
-        self.storage = storage
+        self.sealed = SealedStorage(storage, keyring, stanza)
+        self.storage: Storage = self.sealed
 
     @classmethod
     def open(cls, cfg: Config) -> Repo:
-        """The configured stanza in the configured repository (the one way to open it)."""
+        """The configured stanza in the configured repository (the one way to open it),
+        with this configuration's encryption keys."""
         from pitr.storage import open_storage
 
-        return cls(open_storage(cfg.repository), cfg.stanza)
+        return cls(open_storage(cfg.repository), cfg.stanza, open_keyring(cfg))
+
+    def stored_size(self, plain: int) -> int:
+        """The size ``plain`` bytes written now take in the repository (sealed or not)."""
+        return self.sealed.stored_size(plain)
 
     # -- identity ---------------------------------------------------------
     def read_identity(self) -> RepoIdentity | None:
         try:
             doc = json.loads(read_bytes(self.storage, self.identity_key))
         except NotFound:
+            self.sealed.learn_identity(None)
             return None
         except ValueError as exc:
             raise IntegrityError(f"{self.identity_key}: not valid JSON") from exc
-        return RepoIdentity(**doc)
+        self.sealed.learn_identity(doc)
+        known = {f.name for f in fields(RepoIdentity)}  # keys a newer pitr adds are kept out
+        return RepoIdentity(**{k: v for k, v in doc.items() if k in known})
 
     def ensure_identity(self, system_id: int, pg_version: int | None,
                         segment_size: int) -> RepoIdentity:
@@ -165,11 +183,15 @@ class Repo(Layout):
         """
         current = self.read_identity()
         if current is None:
+            keyring = self.sealed.keyring
             mine = RepoIdentity(str(system_id), pg_version, segment_size,
-                                created=datetime.now(UTC).isoformat(timespec="seconds"))
+                                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                                encrypted=keyring is not None,
+                                keys=[keyring.current_id] if keyring is not None else [])
             try:
                 put_bytes(self.storage, self.identity_key,
                           json.dumps(asdict(mine), indent=2).encode(), if_absent=True)
+                self.sealed.learn_identity(asdict(mine))
                 return mine
             except AlreadyExists:
                 current = self.read_identity()
@@ -184,4 +206,16 @@ class Repo(Layout):
                 hint="give each cluster its own stanza (`stanza` in pitr.toml); after "
                      "initdb/pg_upgrade a cluster needs a new stanza",
             )
+        self.sealed.sealing()  # refuses a host whose key disagrees with the stanza's
         return current
+
+
+def open_keyring(cfg: Config) -> Keyring | None:
+    """The configured encryption keys; their text is kept out of every log line."""
+    from pitr import log
+    from pitr.crypto import load_keyring
+
+    keyring = load_keyring(cfg.encryption)
+    if keyring is not None:
+        log.register_secrets(keyring.secret_forms())
+    return keyring

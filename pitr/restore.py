@@ -19,6 +19,7 @@ Safety rules, each one a past disaster somewhere:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -628,6 +629,10 @@ def restore(cfg: Config, repo: Repo, plan: RestorePlan, opts: RestoreOptions, *,
     check_tablespace_targets(spaces, opts)
     check_tablespaces(cfg, repo, plan, opts, bindir,  # the backup's major's pg_waldump
                       frozenset(t.oid for t in spaces))
+    for b in plan.backups:  # a key missing for any object stops here (docs/encryption.md)
+        for obj in b.objects:
+            with contextlib.suppress(NotFound):  # extract names a missing object
+                repo.sealed.check_opens(obj.key)
     result = RestoreResult(opts.pgdata, bindir=bindir)
     result.moved_aside = prepare_directory(opts, owner, now)
     pitr_log.event(log, logging.INFO, "restoring base backup", backup=plan.backup.id,

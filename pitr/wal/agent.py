@@ -36,16 +36,17 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pitr.config import Config
+from pitr.crypto import Keyring
 from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageError
 from pitr.log import event
 from pitr.pg.walname import is_wal_name
-from pitr.repo import Repo, RepoIdentity
+from pitr.repo import Repo, RepoIdentity, open_keyring
 from pitr.wal.spool import FileIdentity, Receipt, Spool, rotate_if_big, try_lock
 from pitr.wal.status import AgentStatus
 
@@ -131,8 +132,9 @@ class WarmRepo(Repo):
     retry with backoff).
     """
 
-    def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None) -> None:
-        super().__init__(storage, stanza)
+    def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None,
+                 keyring: Keyring | None = None) -> None:
+        super().__init__(storage, stanza, keyring)
         self._cache = cache or IdentityCache()
 
     def ensure_identity(self, system_id: int, pg_version: int | None,
@@ -141,6 +143,8 @@ class WarmRepo(Repo):
         with self._cache.lock:
             known = self._cache.known
             if known is not None and known[0] == key:
+                # the sealing decision too, without a GET (docs/encryption.md)
+                self.sealed.learn_identity(asdict(known[1]))
                 return known[1]
             ident = super().ensure_identity(system_id, pg_version, segment_size)
             self._cache.known = (key, ident)
@@ -204,6 +208,7 @@ class Agent:
         self.exit_reason: str | None = None
         self._last_cleanup = 0.0
         self._storage: Any = None
+        self._keyring: Keyring | None = None
         self._storage_lock = threading.Lock()
         self._identity = IdentityCache()
 
@@ -393,8 +398,9 @@ class Agent:
             if self._storage is None:
                 storage = open_storage(self.cfg.repository)
                 require_conditional_writes(self.cfg, storage)
+                self._keyring = open_keyring(self.cfg)  # a key_command runs once
                 self._storage = storage
-            return WarmRepo(self._storage, self.cfg.stanza, self._identity)
+            return WarmRepo(self._storage, self.cfg.stanza, self._identity, self._keyring)
 
     def _worker(self) -> None:
         repo: Repo | None = None

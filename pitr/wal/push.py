@@ -39,6 +39,7 @@ from typing import Any, Literal
 from pitr import codec
 from pitr.errors import (
     AlreadyExists,
+    DecryptionFailed,
     IntegrityError,
     NotFound,
     TransientStorageError,
@@ -158,14 +159,20 @@ def _settle_taken_name(repo: Repo, key: str, blob: bytes, digest: str, deadline:
     """The name is taken: answer only from a proven stored object (see the module doc)."""
     for _ in range(SETTLE_ROUNDS):
         try:
-            stored, etag = call_with_budget(lambda: repo.storage.read_with_etag(key),
+            # as stored: a sealed object that fails authentication is damage to repair,
+            # a key this host lacks is not (docs/encryption.md)
+            stored, etag = call_with_budget(lambda: repo.sealed.inner.read_with_etag(key),
                                             budget=deadline.left(),
                                             what=f"{name}: reading the stored object")
         except NotFound:  # removed meanwhile (expire): the name is free again
             if _put_if_absent(repo, key, blob, deadline, name):
                 return "stored"
             continue
-        damage = stored_damage(stored, name)
+        try:
+            stored = repo.sealed.unseal_bytes(key, stored)
+            damage = stored_damage(stored, name)
+        except DecryptionFailed as exc:
+            damage = f"{len(stored)} bytes: {exc.message.removeprefix(f'{key}: ')}"
         if damage is None:
             theirs = codec.decode_header(stored, name)[0]
             if theirs.sha256 == digest and theirs.extra.get("name", name) == name:

@@ -24,6 +24,8 @@ KEY_ID = "AKIAKNOWNKEYID7788"
 TOKEN = "SessionTok-99xx-known"
 HOOK = "https://hooks.example.invalid/services/T000/B000/hooksecret-31337"
 PGPASS = "pgPassw0rd-known-1234"
+ENC_KEY = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="  # a repository key (docs/encryption.md)
+FILE_KEY = "jI2Oj5CRkpOUlZaXmJmam5ydnp+goaKjpKWmp6ipqqs="
 
 
 def closed_port() -> int:
@@ -56,6 +58,7 @@ def env_secrets(tmp_path: Path) -> dict[str, str]:
         "PITR_REPOSITORY_SECRET_ACCESS_KEY": SECRET,
         "PITR_REPOSITORY_SESSION_TOKEN": TOKEN,
         "PITR_MONITOR_WEBHOOK_URL": HOOK,
+        "PITR_ENCRYPTION_KEY": ENC_KEY,
     }
 
 
@@ -69,7 +72,8 @@ def run(env: dict[str, str], *args: str,
 
 def assert_clean(proc: subprocess.CompletedProcess[str], what: str) -> None:
     out = proc.stdout + proc.stderr
-    for secret in (SECRET, KEY_ID, TOKEN, "hooksecret-31337", PGPASS):
+    for secret in (SECRET, KEY_ID, TOKEN, "hooksecret-31337", PGPASS, ENC_KEY, FILE_KEY,
+                   ENC_KEY[:16], FILE_KEY[:16]):
         assert secret not in out, f"{what} leaked a secret:\n{out}"
 
 
@@ -133,3 +137,23 @@ def test_archive_command_line_carries_no_credentials() -> None:
     # What `ps` shows while PostgreSQL archives: only paths.
     for cmd in archive_commands("/usr/local/bin/pitr", "/etc/pitr/pitr.toml"):
         assert "secret" not in cmd.lower() and "key" not in cmd.lower()
+
+
+def test_key_from_a_file_or_a_command_is_never_printed(env_secrets: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    key_file = tmp_path / "repo.key"
+    key_file.write_text(FILE_KEY + "\n")
+    key_file.chmod(0o600)
+    env = {k: v for k, v in env_secrets.items() if k != "PITR_ENCRYPTION_KEY"}
+    for source in (f"PITR_ENCRYPTION_KEY_FILE={key_file}",
+                   f"PITR_ENCRYPTION_KEY_COMMAND=cat {key_file}"):
+        name, _, value = source.partition("=")
+        for args in (("config", "show"), ("--debug", "check"),
+                     ("--debug", "archive-get", "000000010000000000000001", "RECOVERYXLOG")):
+            assert_clean(run({**env, name: value}, *args, cwd=tmp_path), " ".join(args))
+    # a file that is not a key: the error names the file, never its content
+    key_file.write_text(SECRET + "\n")
+    proc = run({**env, "PITR_ENCRYPTION_KEY_FILE": str(key_file)}, "--debug", "archive-get",
+               "000000010000000000000001", "RECOVERYXLOG", cwd=tmp_path)
+    assert proc.returncode == 150 + 24, proc.stderr
+    assert_clean(proc, "archive-get with a bad key file")
