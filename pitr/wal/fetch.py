@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +99,37 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
     return FetchResult(name, header.sha256, len(raw), len(blob), seconds)
 
 
-def archive_get(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
-                budget: float) -> FetchResult:
-    """restore_command's whole answer: ``dest`` written and proven, or WalNotFound only
+def archive_get(repos: Repo | Sequence[Repo], name: str, dest: Path, *,
+                datadir: Path | None, budget: float) -> FetchResult:
+    """restore_command's answer from several repositories (docs/multiple-repositories.md):
+    the first that has ``name`` serves it, in order; WalNotFound only when every one of
+    them proved the absence. A repository that cannot answer (down, wrong stanza, a
+    damaged object) is passed over for the others, and when none has the file its
+    failure is the answer: "unknown", never "absent"."""
+    targets = list(repos) if isinstance(repos, Sequence) else [repos]
+    failure: PitrError | None = None
+    for repo in targets:
+        try:
+            return _archive_get_one(repo, name, dest, datadir=datadir, budget=budget)
+        except WalNotFound:
+            if len(targets) == 1:
+                raise
+            continue
+        except PitrError as exc:
+            if len(targets) == 1:
+                raise
+            event(log, logging.WARNING, f"archive-get {name}: {repo.storage.url} cannot "
+                  "answer; trying the other repositories", error=exc.message)
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    raise WalNotFound(f"{name}: in none of the {len(targets)} repositories, each proven "
+                      f"this cluster's ({', '.join(r.storage.url for r in targets)})")
+
+
+def _archive_get_one(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
+                     budget: float) -> FetchResult:
+    """restore_command's whole answer from one repository: ``dest`` written and proven, or WalNotFound only
     when the absence is proven (docs/exit-codes.md, archive-get).
 
     ``datadir`` is the cluster being recovered; its pg_control names the system
