@@ -13,12 +13,14 @@ objects are removed; what a SIGKILL leaves behind the next run removes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pitr import __version__, chains, codec, stream
@@ -57,6 +59,7 @@ class BackupResult:
     seconds: float
     removed_leftovers: int
     why: str = ""  # why this kind of backup (full or incremental) was taken
+    repositories: tuple[str, ...] = ()  # names of the repositories that hold it
 
     def summary(self) -> dict[str, Any]:
         r = self.record
@@ -100,7 +103,8 @@ def new_backup_id(now: datetime, taken: set[str]) -> str:
 
 def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
                    max_rate: str | None = None, progress: Progress | None = None,
-                   command: str = "pitr backup", incremental: bool | None = False
+                   command: str = "pitr backup", incremental: bool | None = False,
+                   repo_name: str | None = None
                    ) -> tuple[dict[str, Any], PitrError | None]:
     """`pitr backup` as a whole: the backup, an alert when it fails, and after a scheduled
     backup the expiry ``backup.expire_after`` asks for (pitr/expire.py). ``incremental``:
@@ -111,7 +115,7 @@ def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
     """
     try:
         result = run_backup(cfg, label=label, pin=pin, max_rate=max_rate, progress=progress,
-                            command=command, incremental=incremental)
+                            command=command, incremental=incremental, repo_name=repo_name)
     except PitrError as exc:
         if not isinstance(exc, LockedError):  # another backup running is not a failure
             from pitr.monitor.alerts import send_alert
@@ -120,34 +124,59 @@ def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
                        {"exit_code": exc.exit_code, "hint": exc.hint})
         raise
     summary = result.summary()
+    summary["repositories"] = list(result.repositories)
     if label == "scheduled" and cfg.backup.expire_after:
         from pitr.expire import expire_after_backup
 
-        summary["expire"], expire_error = expire_after_backup(cfg, summary["id"])
-        return summary, expire_error
+        first_error: PitrError | None = None
+        for name in result.repositories:  # each repository keeps its own history
+            one = cfg.for_repository(name)
+            doc, error = expire_after_backup(one, summary["id"])
+            if len(result.repositories) == 1:
+                summary["expire"] = doc
+            else:
+                summary.setdefault("expire", {})[name] = doc
+                if "text" in doc:
+                    doc["text"] = f"{name}: {doc['text']}"
+            first_error = first_error or error
+        return summary, first_error
     return summary, None
 
 
 def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                max_rate: str | None = None, progress: Progress | None = None,
-               command: str = "pitr backup", incremental: bool | None = False) -> BackupResult:
-    """Take one base backup of ``cfg.postgres`` into ``cfg.repository``.
+               command: str = "pitr backup", incremental: bool | None = False,
+               repo_name: str | None = None) -> BackupResult:
+    """Take one base backup of ``cfg.postgres`` into every repository, or into the one
+    named ``repo_name`` (docs/multiple-repositories.md): one pass over pg_basebackup's
+    stream, the same backup id and bytes in each, and a manifest in each only once every
+    repository holds the backup and its WAL (so a failure in one leaves none).
 
     ``incremental``: True takes an incremental backup or fails (IncrementalError);
     None lets ``backup.full_interval`` decide (scheduled runs, docs/incremental-backups.md);
     False takes a full backup.
     """
-    repo = Repo.open(cfg)
-    require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
-    lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
-                      lease=cfg.backup.lock_lease)
+    rcs = [cfg.repository_named(repo_name)] if repo_name else list(cfg.all_repositories)
+    repos = []
+    for rc in rcs:
+        repos.append(Repo.open(cfg.for_repository(rc)))
+        # the lock and never-overwrite rest on it
+        require_conditional_writes(cfg.for_repository(rc), repos[-1].storage)
+    locks = [StanzaLock(r, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
+                        lease=cfg.backup.lock_lease) for r in repos]
     with signals_interrupt("backup stopped by {signal}; partial objects are removed"), \
-            lock as held:
+            contextlib.ExitStack() as stack:
+        helds = [stack.enter_context(lock) for lock in locks]
         started = time.monotonic()
-        removed, taken = clean_leftovers(repo, before=held.started_at)
+        removed, taken = 0, set[str]()
+        for r, held in zip(repos, helds, strict=True):
+            n, ids = clean_leftovers(r, before=held.started_at)
+            removed, taken = removed + n, taken | ids  # one id free in every repository
+        repo = repos[0]
         cluster = pgbb.probe(cfg.postgres.dsn)
         _check_cluster(cluster)
-        _check_identity(repo, cluster)
+        for r in repos:
+            _check_identity(r, cluster)
         if progress is not None and progress.total is None:
             progress.total = cluster.db_size  # the tar is about this size: an estimate
         parent, why = _choose_kind(cfg, repo, cluster, incremental)
@@ -155,12 +184,13 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
             backup_id = new_backup_id(datetime.now(UTC), taken)
             taken.add(backup_id)
             try:
-                record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress, lock,
-                               parent)
+                record = _take(cfg, repos, cluster, backup_id, label, max_rate, progress,
+                               locks, parent)
                 break
             except IncrementalError as exc:
                 with signals_ignored():
-                    discard(repo, backup_id)
+                    for r in repos:
+                        discard(r, backup_id)
                 if incremental is not None or parent is None:
                     if progress is not None:
                         progress.abandon()
@@ -173,11 +203,14 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                 if progress is not None:
                     progress.abandon()
                 with signals_ignored():
-                    discard(repo, backup_id)
+                    for r in repos:
+                        discard(r, backup_id)
                 raise
         if pin:
-            record = _pin(repo, record)
-        return BackupResult(record, time.monotonic() - started, removed, why)
+            for r in repos:
+                record = _pin(r, record)
+        return BackupResult(record, time.monotonic() - started, removed, why,
+                            tuple(rc.name for rc in rcs))
 
 
 def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
@@ -306,11 +339,13 @@ class _StopPoint:
     stop_time_text: str
 
 
-def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
-          max_rate: str | None, progress: Progress | None,
-          lock: StanzaLock | None = None, parent: BackupRecord | None = None) -> BackupRecord:
+def _take(cfg: Config, repos: list[Repo], cluster: pgbb.ClusterInfo, backup_id: str,
+          label: str, max_rate: str | None, progress: Progress | None,
+          locks: list[StanzaLock] | None = None,
+          parent: BackupRecord | None = None) -> BackupRecord:
     import tempfile
 
+    repo = repos[0]
     server = cfg.backup.server_compression
     bindir = resolve_bindir(cfg.postgres.bindir, cluster.major, tool="pg_basebackup",
                             what=f"postgres.dsn's cluster {cluster.system_id}")
@@ -325,15 +360,20 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
             server_zstd_level=cfg.compression.level if server else None, max_rate=max_rate,
             incremental_manifest=parent_manifest)
         t0 = time.monotonic()
-        obj, backup_label, pg_manifest = _stream(repo, backup_id, opts, cfg, progress)
+        obj, backup_label, pg_manifest = _stream(repos, backup_id, opts, cfg, progress)
     t1 = time.monotonic()
     objects = [obj]
     if pg_manifest is not None and cluster.major >= chains.MIN_MAJOR:
-        objects.append(_store_pg_manifest(repo, backup_id, pg_manifest, cfg.compression.level))
+        objects.append(_store_pg_manifest(repos, backup_id, pg_manifest,
+                                          cfg.compression.level))
     event(log, logging.INFO, f"backup {backup_id}: data stored", raw_bytes=obj.raw_bytes,
           stored_bytes=obj.stored_bytes, seconds=round(t1 - t0, 2),
           mb_per_s=round(obj.raw_bytes / max(t1 - t0, 1e-9) / 1e6, 1))
     stop = _stop_point(cfg, repo, cluster, opts.label, backup_label)
+    for r in repos[1:]:  # its WAL must be in every repository the backup goes to
+        if _stop_point(cfg, r, cluster, opts.label, backup_label) != stop:
+            raise BackupError(f"backup {backup_id}: the backup history file "
+                              f"{stop.history_file} differs between the repositories")
     event(log, logging.INFO, f"backup {backup_id}: its WAL is archived",
           stop_lsn=format_lsn(stop.stop_lsn), waited_s=round(time.monotonic() - t1, 2))
 
@@ -365,9 +405,11 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    recheck_before_manifest(repo, record, lock)
-    put_bytes(repo.storage, repo.manifest_key(backup_id), manifest_mod.encode(record),
-              if_absent=True)
+    for i, r in enumerate(repos):
+        recheck_before_manifest(r, record, locks[i] if locks else None)
+    for r in repos:
+        put_bytes(r.storage, r.manifest_key(backup_id), manifest_mod.encode(record),
+                  if_absent=True)
     log.info("backup %s completed", backup_id)
     return record
 
@@ -409,10 +451,15 @@ def recheck_before_manifest(repo: Repo, record: BackupRecord, lock: StanzaLock |
                 hint="another run removed or rewrote it; run the backup again")
 
 
-def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
+def _stream(repos: list[Repo], backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
             progress: Progress | None) -> tuple[BackupObject, str, bytes | None]:
-    """Run pg_basebackup into the repository; returns the stored object, backup_label and
-    PostgreSQL's backup_manifest (None when pg_basebackup wrote none into the tar)."""
+    """Run pg_basebackup into the repositories; returns the stored object, backup_label
+    and PostgreSQL's backup_manifest (None when pg_basebackup wrote none into the tar).
+
+    One pass: the first repository's upload reads the pipeline, every further one reads
+    a copy of the stored bytes in a :class:`stream.Tee` branch of its own (the slowest
+    repository sets the pace; one that fails fails the backup)."""
+    repo = repos[0]
     log.info("backup %s: starting pg_basebackup", backup_id)
     if progress is not None:
         progress.start()
@@ -443,6 +490,7 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
         filters = [*tap_raw, stream.ReadAhead(4),
                    stream.ZstdCompress(cfg.compression.level, threads=cfg.compression.threads),
                    stored, stored_hash]
+    filters += [stream.Tee([stream.Sink(partial(_upload, r, key))]) for r in repos[1:]]
     try:
         with stream.Pipeline(pgbb.ProcessStdout(proc), filters) as pipe:
             repo.storage.put(key, pipe, if_absent=True)
@@ -465,15 +513,21 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
     return obj, head.backup_label(), manifest_bytes if pg_manifest.found else None
 
 
+def _upload(repo: Repo, key: str, reader: stream.Readable) -> None:
+    repo.storage.put(key, reader, if_absent=True)
+
+
 # -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----
 
-def _store_pg_manifest(repo: Repo, backup_id: str, raw: bytes, level: int) -> BackupObject:
+def _store_pg_manifest(repos: list[Repo], backup_id: str, raw: bytes,
+                       level: int) -> BackupObject:
     """Keep a copy of the backup_manifest beside the tar (docs/incremental-backups.md
     "Where the manifest is kept"): a later incremental needs it without downloading
     the whole backup."""
     blob, raw_sha = codec.compress_blob(raw, level)
-    key = repo.backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
-    put_bytes(repo.storage, key, blob, if_absent=True)
+    key = repos[0].backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
+    for repo in repos:  # the same bytes in each: one record describes them all
+        put_bytes(repo.storage, key, blob, if_absent=True)
     stored = stream.Hash()
     stream.run(blob, [stored])
     return BackupObject(chains.BACKUP_MANIFEST_OBJECT, key, len(raw), len(blob),

@@ -541,7 +541,7 @@ def effective(cfg: Config, *, reveal: bool = False) -> list[tuple[str, Any, str]
 
 def secrets_of(cfg: Config) -> list[str]:
     """Every non-empty secret value, so output and logs can be scrubbed of them."""
-    out = []
+    out: list[str] = []
     for info in schema():
         if info.secret:
             sections = cfg.all_repositories if info.section == "repository" else (

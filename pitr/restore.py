@@ -86,6 +86,9 @@ class RestoreOptions:
     extra_settings: dict[str, str] = field(default_factory=dict)
     # run pg_verifybackup on each backup of the chain and on the result (the drill does)
     verify_backups: bool = False
+    # the repository the plan chose when it is not the first: restore_command asks it
+    # first (docs/multiple-repositories.md)
+    repo: str | None = None
 
 
 @dataclass
@@ -442,6 +445,8 @@ def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
     if opts.isolated and plan.segments:
         # the drill replays only WAL its tablespace scan has read
         bound = f"--stop-after {plan.segments[-1]} "
+    if opts.repo is not None:
+        bound += f"--repo {shlex.quote(opts.repo)} "
     restore_cmd = (f"{shlex.quote(exe)} --config {shlex.quote(str(config_path))} "
                    f"archive-get {bound}%f %p")
     out = {"restore_command": restore_cmd, **plan.recovery_settings}

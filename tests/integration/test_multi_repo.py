@@ -4,13 +4,20 @@ mid-burst), and a local directory; PostgreSQL runs pitr as its archive_command."
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_pitr, s3_repo_for
-from support.pgcluster import PgCluster, chown_user, make_user_dir
+from conftest import run_pitr, s3_repo_for, write_config
+from support.pgcluster import PG_USER, PgCluster, chown_user, free_port, make_user_dir
 
 from pitr import config
 from pitr.errors import RECOVERY_ABORT_OFFSET, NotFound
@@ -108,3 +115,129 @@ def test_archiving_into_three_repositories_survives_one_stopped(
         original = (pg.pgdata / "pg_wal" / name).read_bytes()
         for rname, repo in repos.items():
             assert fetch_to_bytes(repo, name, budget=10) == original, (rname, name)
+
+
+# -- backups into every repository, restores from each on its own ------------------------
+
+PAUSE = 0.3
+
+
+@dataclass
+class Source:
+    base: Path
+    config: Path
+    cluster: PgCluster
+    server: Any  # the first repository's own S3 server (paused by a test)
+    sections: dict[str, dict[str, Any]]
+    rows: list[tuple[int, datetime, datetime]] = field(default_factory=list)
+    restored: list[PgCluster] = field(default_factory=list)
+
+    def between(self, k: int) -> datetime:
+        """A time after row k committed and before row k+1 did."""
+        a, b = self.rows[k - 1], self.rows[k]
+        return a[2] + (b[1] - a[2]) / 2
+
+
+@pytest.fixture(scope="module")
+def source(workdir: Path, s3_server: Any, pitr_exe: Path, pg_bindir: Path) -> Iterator[Source]:
+    from conftest import _start_s3_server
+
+    base = make_user_dir(workdir / f"multi-{uuid.uuid4().hex[:6]}", mode=0o755)
+    own = _start_s3_server(base / "s3")
+    cluster = PgCluster(base, "src", bindir=pg_bindir)
+    sections = {
+        "first": {**s3_repo_for(own), "name": "first", "timeout": 4, "request_timeout": 1},
+        "second": {**s3_repo_for(s3_server), "name": "second"},
+        "usb": {"name": "usb", "url": f"file://{make_user_dir(base / 'usb')}"},
+    }
+    common = {"stanza": "multi",
+              "archive": {"spool_dir": str(make_user_dir(base / "spool")), "prefetch": 0},
+              "postgres": {"bindir": str(pg_bindir), "user": PG_USER, "dsn": cluster.dsn,
+                           "pgdata": str(cluster.pgdata)}}
+    cfg = write_config(base / "pitr.toml", {**common, "repository": sections["first"],
+                                            "repositories": [sections["second"],
+                                                             sections["usb"]]})
+    for name, section in sections.items():  # each repository alone, as after a disaster
+        write_config(base / f"{name}.toml", {**common, "repository": section})
+    cluster.initdb(conf={"archive_mode": "on",
+                         "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
+    src = Source(base, cfg, cluster, own, sections)
+    try:
+        cluster.start()
+        cluster.sql("create table t (n int primary key, ts timestamptz not null)")
+        started = time.monotonic()
+        doc = json.loads(run_pitr(cfg, "backup", "--json").stdout)
+        assert doc["repositories"] == ["first", "second", "usb"], doc
+        src.backup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+        with cluster.connect(autocommit=False) as conn:
+            for n in range(1, 9):
+                with conn.cursor() as cur:
+                    cur.execute("insert into t values (%s, clock_timestamp()) returning ts",
+                                (n,))
+                    before = cur.fetchone()[0]  # type: ignore[index]
+                conn.commit()
+                with conn.cursor() as cur:
+                    cur.execute("select clock_timestamp()")
+                    after = cur.fetchone()[0]  # type: ignore[index]
+                conn.commit()
+                src.rows.append((n, before, after))
+                time.sleep(PAUSE)
+        seg = cluster.switch_wal()
+        cluster.wait_until(f"select last_archived_wal >= '{seg}' from pg_stat_archiver "
+                           "where last_archived_wal not like '%.%'", timeout=120)
+        yield src
+    finally:
+        own.resume()
+        for c in [*src.restored, cluster]:
+            c.stop("immediate")
+        own.close()
+
+
+def restore(src: Source, config: Path, k: int, *args: str) -> tuple[list[int], dict[str, Any]]:
+    target = PgCluster(src.base, f"r-{uuid.uuid4().hex[:6]}", bindir=src.cluster.bindir)
+    target.port = free_port()
+    target.socket_dir = src.cluster.socket_dir
+    src.restored.append(target)
+    proc = run_pitr(config, "restore", "--pgdata", str(target.pgdata), "--start", "--port",
+                    str(target.port), "--json", "--to", src.between(k).isoformat(), *args)
+    doc = json.loads(proc.stdout)
+    got = [r[0] for r in target.sql("select n from t order by n")]
+    target.stop("immediate")
+    return got, doc
+
+
+def test_the_backup_is_in_every_repository(source: Source) -> None:
+    cfg = config.load(source.config, env={})
+    ids = []
+    for rc in cfg.all_repositories:
+        repo = Repo.open(cfg.for_repository(rc))
+        ids.append(sorted({k.key.split("/")[2] for k in repo.storage.list(repo.backups_prefix)}))
+    assert len(ids[0]) == 1 and ids[0] == ids[1] == ids[2], ids
+    plan = json.loads(run_pitr(source.config, "plan", "--latest", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in plan["repositories"]] == [
+        ("first", "chosen"), ("second", "can reach the target"),
+        ("usb", "can reach the target")], plan
+
+
+@pytest.mark.parametrize("alone", ["second", "usb"])
+def test_restore_from_one_repository_alone_is_exact(source: Source, alone: str) -> None:
+    """A config naming only that repository: the others might as well be gone."""
+    k = random.Random(alone).randint(2, 7)
+    got, _ = restore(source, source.base / f"{alone}.toml", k)
+    assert got == list(range(1, k + 1))
+
+
+def test_restore_with_the_first_repository_down_needs_no_flag(source: Source) -> None:
+    k = random.Random("down").randint(2, 7)
+    source.server.pause()
+    try:
+        got, doc = restore(source, source.config, k)
+    finally:
+        source.server.resume()
+    states = {r["name"]: r["state"] for r in doc["repositories"]}
+    assert states == {"first": "unreachable", "second": "chosen",
+                      "usb": "can reach the target"}, doc["repositories"]
+    assert got == list(range(1, k + 1))
+    # --repo forces one: the named repository is the only one read
+    proc = run_pitr(source.config, "plan", "--latest", "--json", "--repo", "usb")
+    assert [r["name"] for r in json.loads(proc.stdout)["repositories"]] == ["usb"]
