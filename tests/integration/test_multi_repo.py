@@ -241,3 +241,52 @@ def test_restore_with_the_first_repository_down_needs_no_flag(source: Source) ->
     # --repo forces one: the named repository is the only one read
     proc = run_pitr(source.config, "plan", "--latest", "--json", "--repo", "usb")
     assert [r["name"] for r in json.loads(proc.stdout)["repositories"]] == ["usb"]
+
+
+def test_copy_seeds_an_empty_repository_resumes_and_verifies(source: Source) -> None:
+    seed_dir = make_user_dir(source.base / "seed")
+    common = config.load(source.config, env={})
+    cfg = write_config(source.base / "seed.toml", {
+        "stanza": "multi",
+        "archive": {"spool_dir": common.archive.spool_dir, "prefetch": 0},
+        "postgres": {"bindir": common.postgres.bindir, "user": PG_USER,
+                     "dsn": common.postgres.dsn},
+        "repository": source.sections["second"],
+        "repositories": [{"name": "seed", "url": f"file://{seed_dir}"}]})
+    first = json.loads(run_pitr(cfg, "copy", "--from", "second", "--to", "seed",
+                                "--json").stdout)
+    assert len(first["backups_copied"]) == 1 and first["wal_copied"] >= 3, first
+    backup_id = first["backups_copied"][0]
+
+    # an interrupted copy: the manifest never written, a WAL object missing, and the
+    # backup's data object damaged; the next run proves what is there and refuses it
+    stanza = seed_dir / "multi"
+    (stanza / "backups" / backup_id / "manifest.json").unlink()
+    wal = sorted((stanza / "wal").rglob("*.zst"))
+    wal[-1].unlink()
+    data = stanza / "backups" / backup_id / "base.tar.zst"
+    good = data.read_bytes()
+    data.write_bytes(good[:-10])
+    proc = run_pitr(cfg, "copy", "--from", "second", "--to", "seed", check=False)
+    assert proc.returncode == 9 and "no manifest was written" in proc.stderr, proc.stderr
+    assert not (stanza / "backups" / backup_id / "manifest.json").exists()
+    assert wal[-1].exists()  # WAL goes first: the failed run still resumed it
+    data.unlink()
+    again = json.loads(run_pitr(cfg, "copy", "--from", "second", "--to", "seed",
+                                "--json").stdout)
+    assert again["backups_copied"] == [backup_id] and again["wal_copied"] == 0, again
+    assert again["wal_present"] == first["wal_copied"], again
+    assert data.read_bytes() == good
+    done = json.loads(run_pitr(cfg, "copy", "--from", "second", "--to", "seed",
+                               "--json").stdout)
+    assert (done["backups_present"], done["wal_copied"]) == ([backup_id], 0), done
+
+    alone = write_config(source.base / "seed-alone.toml", {
+        "stanza": "multi",
+        "archive": {"spool_dir": common.archive.spool_dir, "prefetch": 0},
+        "postgres": {"bindir": common.postgres.bindir, "user": PG_USER,
+                     "dsn": common.postgres.dsn},
+        "repository": {"name": "seed", "url": f"file://{seed_dir}"}})
+    k = random.Random("seed").randint(2, 7)
+    got, _ = restore(source, alone, k)
+    assert got == list(range(1, k + 1))
