@@ -4,9 +4,12 @@ mid-burst), and a local directory; PostgreSQL runs pitr as its archive_command."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +21,14 @@ from typing import Any
 import pytest
 from conftest import run_pitr, s3_repo_for, write_config
 from support.pgcluster import PG_USER, PgCluster, chown_user, free_port, make_user_dir
+from test_agent import fast_path_names
 
 from pitr import config
 from pitr.errors import RECOVERY_ABORT_OFFSET, NotFound
+from pitr.fastpath import proof_dir_name
 from pitr.repo import Repo
 from pitr.wal.fetch import fetch_to_bytes
+from pitr.wal.spool import Spool, lock_held
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +109,11 @@ def test_archiving_into_three_repositories_survives_one_stopped(
         got = run_pitr(cfg, "archive-get", future, str(dest), check=False)
         assert got.returncode > 125, got.stderr
         assert got.returncode - RECOVERY_ABORT_OFFSET in (4, 5), got.stderr
+        status = run_pitr(cfg, "status", "--json", check=False)
+        assert status.returncode == 14, status.stderr
+        rows = {r["name"]: r for r in json.loads(status.stdout)["repositories"]}
+        assert rows["second"]["reachable"] is False and rows["second"]["error"], rows
+        assert rows["usb"]["last_archived"] >= burst[0], rows
     finally:
         s3_server_private.resume()
     got = run_pitr(cfg, "archive-get", future, str(dest), check=False)
@@ -290,3 +301,42 @@ def test_copy_seeds_an_empty_repository_resumes_and_verifies(source: Source) -> 
     k = random.Random("seed").randint(2, 7)
     got, _ = restore(source, alone, k)
     assert got == list(range(1, k + 1))
+
+
+def test_the_agent_receipts_a_segment_only_once_every_repository_has_it(
+        pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_repo: dict[str, Any],
+        testdir: Path) -> None:
+    """The agent started on demand (docs/archiving-modes.md) pushes into all three; the
+    fast path answers from its proofs, kept apart from those of another set."""
+    usb, disk = (make_user_dir(testdir / n, mode=0o700) for n in ("usb", "disk"))
+    cfg = pitr_config(repository={**s3_repo, "name": "first"},
+                      archive={"fast_path_wait": 10, "agent_idle_exit": 4},
+                      postgres={"pgdata": str(testdir / "pg" / "data")},
+                      repositories=[{"name": "usb", "url": f"file://{usb}"},
+                                    {"name": "disk", "url": f"file://{disk}"}])
+    pg: PgCluster = pg_factory("pg", conf={
+        "archive_mode": "on", "wal_keep_size": "1GB",
+        "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
+    pg.server_env = {}  # the on-demand agent as users get it
+    pg.start()
+    burst = make_segments(pg, 12)
+    pg.wait_until(f"select last_archived_wal >= '{burst[-1]}' from pg_stat_archiver",
+                  timeout=180)
+    c = config.load(cfg, env={})
+    spool = Spool(c.archive.spool_dir, c.stanza)
+    try:
+        repos = repos_of(cfg)
+        for name in burst:
+            original = (pg.pgdata / "pg_wal" / name).read_bytes()
+            for rname, repo in repos.items():
+                assert fetch_to_bytes(repo, name, budget=10) == original, (rname, name)
+        assert set(burst) & set(fast_path_names(spool)), spool.agent_log.read_text()
+        proofs = [p.name for p in spool.archive_dir.glob("proofs-*")]
+        assert proofs == [proof_dir_name(c.archive_target)], proofs
+        assert proof_dir_name(c.archive_target) != proof_dir_name(c.repository.url)
+    finally:
+        if lock_held(spool.agent_lock):  # never leave the agent behind (its own lock's pid)
+            words = spool.agent_lock.read_text().split()
+            if words:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(words[0]), signal.SIGTERM)
