@@ -13,6 +13,7 @@ objects are removed; what a SIGKILL leaves behind the next run removes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pitr import __version__, chains, codec, stream
@@ -60,6 +62,7 @@ class BackupResult:
     seconds: float
     removed_leftovers: int
     why: str = ""  # why this kind of backup (full or incremental) was taken
+    repositories: tuple[str, ...] = ()  # names of the repositories that hold it
 
     def summary(self) -> dict[str, Any]:
         r = self.record
@@ -103,7 +106,8 @@ def new_backup_id(now: datetime, taken: set[str]) -> str:
 
 def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
                    max_rate: str | None = None, progress: Progress | None = None,
-                   command: str = "pitr backup", incremental: bool | None = False
+                   command: str = "pitr backup", incremental: bool | None = False,
+                   repo_name: str | None = None
                    ) -> tuple[dict[str, Any], PitrError | None]:
     """`pitr backup` as a whole: the backup, an alert when it fails, and after a scheduled
     backup the expiry ``backup.expire_after`` asks for (pitr/expire.py). ``incremental``:
@@ -114,7 +118,7 @@ def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
     """
     try:
         result = run_backup(cfg, label=label, pin=pin, max_rate=max_rate, progress=progress,
-                            command=command, incremental=incremental)
+                            command=command, incremental=incremental, repo_name=repo_name)
     except PitrError as exc:
         if not isinstance(exc, LockedError):  # another backup running is not a failure
             from pitr.monitor.alerts import send_alert
@@ -123,34 +127,59 @@ def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,
                        {"exit_code": exc.exit_code, "hint": exc.hint})
         raise
     summary = result.summary()
+    summary["repositories"] = list(result.repositories)
     if label == "scheduled" and cfg.backup.expire_after:
         from pitr.expire import expire_after_backup
 
-        summary["expire"], expire_error = expire_after_backup(cfg, summary["id"])
-        return summary, expire_error
+        first_error: PitrError | None = None
+        for name in result.repositories:  # each repository keeps its own history
+            one = cfg.for_repository(name)
+            doc, error = expire_after_backup(one, summary["id"])
+            if len(result.repositories) == 1:
+                summary["expire"] = doc
+            else:
+                summary.setdefault("expire", {})[name] = doc
+                if "text" in doc:
+                    doc["text"] = f"{name}: {doc['text']}"
+            first_error = first_error or error
+        return summary, first_error
     return summary, None
 
 
 def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                max_rate: str | None = None, progress: Progress | None = None,
-               command: str = "pitr backup", incremental: bool | None = False) -> BackupResult:
-    """Take one base backup of ``cfg.postgres`` into ``cfg.repository``.
+               command: str = "pitr backup", incremental: bool | None = False,
+               repo_name: str | None = None) -> BackupResult:
+    """Take one base backup of ``cfg.postgres`` into every repository, or into the one
+    named ``repo_name`` (docs/multiple-repositories.md): one pass over pg_basebackup's
+    stream, the same backup id and bytes in each, and a manifest in each only once every
+    repository holds the backup and its WAL (so a failure in one leaves none).
 
     ``incremental``: True takes an incremental backup or fails (IncrementalError);
     None lets ``backup.full_interval`` decide (scheduled runs, docs/incremental-backups.md);
     False takes a full backup.
     """
-    repo = Repo.open(cfg)
-    require_conditional_writes(cfg, repo.storage)  # the lock and never-overwrite rest on it
-    lock = StanzaLock(repo, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
-                      lease=cfg.backup.lock_lease)
+    rcs = [cfg.repository_named(repo_name)] if repo_name else list(cfg.all_repositories)
+    repos = []
+    for rc in rcs:
+        repos.append(Repo.open(cfg.for_repository(rc)))
+        # the lock and never-overwrite rest on it
+        require_conditional_writes(cfg.for_repository(rc), repos[-1].storage)
+    locks = [StanzaLock(r, "backup", command=command, stale_after=cfg.backup.lock_stale_after,
+                        lease=cfg.backup.lock_lease) for r in repos]
     with signals_interrupt("backup stopped by {signal}; partial objects are removed"), \
-            lock as held:
+            contextlib.ExitStack() as stack:
+        helds = [stack.enter_context(lock) for lock in locks]
         started = time.monotonic()
-        removed, taken = clean_leftovers(repo, before=held.started_at)
+        removed, taken = 0, set[str]()
+        for r, held in zip(repos, helds, strict=True):
+            n, ids = clean_leftovers(r, before=held.started_at)
+            removed, taken = removed + n, taken | ids  # one id free in every repository
+        repo = repos[0]
         cluster = pgbb.probe(cfg.postgres.dsn)
         _check_cluster(cluster)
-        _check_identity(repo, cluster)
+        for r in repos:
+            _check_identity(r, cluster)
         if progress is not None and progress.total is None:
             progress.total = cluster.db_size  # the tar is about this size: an estimate
         parent, why = _choose_kind(cfg, repo, cluster, incremental)
@@ -158,12 +187,13 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
             backup_id = new_backup_id(datetime.now(UTC), taken)
             taken.add(backup_id)
             try:
-                record = _take(cfg, repo, cluster, backup_id, label, max_rate, progress, lock,
-                               parent)
+                record = _take(cfg, repos, cluster, backup_id, label, max_rate, progress,
+                               locks, parent)
                 break
             except IncrementalError as exc:
                 with signals_ignored():
-                    discard(repo, backup_id)
+                    for r in repos:
+                        discard(r, backup_id)
                 if incremental is not None or parent is None:
                     if progress is not None:
                         progress.abandon()
@@ -176,11 +206,14 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
                 if progress is not None:
                     progress.abandon()
                 with signals_ignored():
-                    discard(repo, backup_id)
+                    for r in repos:
+                        discard(r, backup_id)
                 raise
         if pin:
-            record = _pin(repo, record)
-        return BackupResult(record, time.monotonic() - started, removed, why)
+            for r in repos:
+                record = _pin(r, record)
+        return BackupResult(record, time.monotonic() - started, removed, why,
+                            tuple(rc.name for rc in rcs))
 
 
 def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
@@ -310,11 +343,13 @@ class _StopPoint:
     stop_time_text: str
 
 
-def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, label: str,
-          max_rate: str | None, progress: Progress | None,
-          lock: StanzaLock | None = None, parent: BackupRecord | None = None) -> BackupRecord:
+def _take(cfg: Config, repos: list[Repo], cluster: pgbb.ClusterInfo, backup_id: str,
+          label: str, max_rate: str | None, progress: Progress | None,
+          locks: list[StanzaLock] | None = None,
+          parent: BackupRecord | None = None) -> BackupRecord:
     import tempfile
 
+    repo = repos[0]
     server = cfg.backup.server_compression
     bindir = resolve_bindir(cfg.postgres.bindir, cluster.major, tool="pg_basebackup",
                             what=f"postgres.dsn's cluster {cluster.system_id}")
@@ -332,11 +367,11 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
         tablespaces: list[pgbb.Tablespace] = []
         if cluster.tablespaces:
             tablespaces = list(pgbb.list_tablespaces(cfg.postgres.dsn))
-            objects, backup_label = stream_with_tablespaces(repo, backup_id, opts, cfg,
+            objects, backup_label = stream_with_tablespaces(repos, backup_id, opts, cfg,
                                                             progress, tablespaces)
             pg_manifest = None
         else:
-            obj, backup_label, pg_manifest = _stream(repo, backup_id, opts, cfg, progress)
+            obj, backup_label, pg_manifest = _stream(repos, backup_id, opts, cfg, progress)
             objects = [obj]
     t1 = time.monotonic()
     raw_bytes = sum(o.raw_bytes for o in objects)  # the tars: base and tablespaces
@@ -350,8 +385,13 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
                               f"into the tar fails its own checksum: {problem}",
                               hint="take the backup again; if it repeats, report it with "
                                    "the pg_basebackup and pitr versions")
-        objects.append(_store_pg_manifest(repo, backup_id, pg_manifest, cfg.compression.level))
+        objects.append(_store_pg_manifest(repos, backup_id, pg_manifest,
+                                          cfg.compression.level))
     stop = _stop_point(cfg, repo, cluster, opts.label, backup_label)
+    for r in repos[1:]:  # its WAL must be in every repository the backup goes to
+        if _stop_point(cfg, r, cluster, opts.label, backup_label) != stop:
+            raise BackupError(f"backup {backup_id}: the backup history file "
+                              f"{stop.history_file} differs between the repositories")
     event(log, logging.INFO, f"backup {backup_id}: its WAL is archived",
           stop_lsn=format_lsn(stop.stop_lsn), waited_s=round(time.monotonic() - t1, 2))
 
@@ -387,9 +427,11 @@ def _take(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo, backup_id: str, la
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    recheck_before_manifest(repo, record, lock)
-    put_bytes(repo.storage, repo.manifest_key(backup_id), manifest_mod.encode(record),
-              if_absent=True)
+    for i, r in enumerate(repos):
+        recheck_before_manifest(r, record, locks[i] if locks else None)
+    for r in repos:
+        put_bytes(r.storage, r.manifest_key(backup_id), manifest_mod.encode(record),
+                  if_absent=True)
     log.info("backup %s completed", backup_id)
     return record
 
@@ -465,10 +507,15 @@ def _object(name: str, key: str, counters: list[stream.Count | stream.Hash],
                         raw_hash.sha256 if server else "")
 
 
-def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
+def _stream(repos: list[Repo], backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Config,
             progress: Progress | None) -> tuple[BackupObject, str, bytes | None]:
-    """Run pg_basebackup into the repository; returns the stored object, backup_label and
-    PostgreSQL's backup_manifest (None when pg_basebackup wrote none into the tar)."""
+    """Run pg_basebackup into the repositories; returns the stored object, backup_label
+    and PostgreSQL's backup_manifest (None when pg_basebackup wrote none into the tar).
+
+    One pass: the first repository's upload reads the pipeline, every further one reads
+    a copy of the stored bytes in a :class:`stream.Tee` branch of its own (the slowest
+    repository sets the pace; one that fails fails the backup)."""
+    repo = repos[0]
     log.info("backup %s: starting pg_basebackup", backup_id)
     if progress is not None:
         progress.start()
@@ -484,6 +531,7 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
 
     key = repo.backup_prefix(backup_id) + BASE_OBJECT
     filters, counters = _raw_and_store_filters(opts, cfg, on_raw)
+    filters += _copies(repos[1:], key)
     try:
         with stream.Pipeline(pgbb.ProcessStdout(proc), filters) as pipe:
             repo.storage.put(key, pipe, if_absent=True)
@@ -510,7 +558,7 @@ def tablespace_object(oid: int) -> str:
     return f"tablespace-{oid}.tar.zst"
 
 
-def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions,
+def stream_with_tablespaces(repos: list[Repo], backup_id: str, opts: pgbb.BaseBackupOptions,
                             cfg: Config, progress: Progress | None,
                             tablespaces: list[pgbb.Tablespace]
                             ) -> tuple[list[BackupObject], str]:
@@ -524,6 +572,7 @@ def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOpt
     import threading
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+    repo = repos[0]
     server = opts.server_zstd_level is not None
     suffix = ".tar.zst" if server else ".tar"
     log.info("backup %s: starting pg_basebackup (with tablespaces)", backup_id)
@@ -565,6 +614,7 @@ def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOpt
                        tap: Callable[[bytes], None]) -> BackupObject:
                 key = repo.backup_prefix(backup_id) + name
                 filters, counters = _raw_and_store_filters(opts, cfg, tap)
+                filters += _copies(repos[1:], key)
                 try:
                     with stream.Pipeline(reader, filters) as pipe:
                         repo.storage.put(key, pipe, if_absent=True)
@@ -615,15 +665,27 @@ def stream_with_tablespaces(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOpt
     return objects, head.backup_label()
 
 
+def _copies(others: list[Repo], key: str) -> list[stream.Filter]:
+    """One Tee branch per further repository, uploading a copy of the stored bytes under
+    the same key (docs/multiple-repositories.md "Backups")."""
+    return [stream.Tee([stream.Sink(partial(_upload, r, key))]) for r in others]
+
+
+def _upload(repo: Repo, key: str, reader: stream.Readable) -> None:
+    repo.storage.put(key, reader, if_absent=True)
+
+
 # -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----
 
-def _store_pg_manifest(repo: Repo, backup_id: str, raw: bytes, level: int) -> BackupObject:
+def _store_pg_manifest(repos: list[Repo], backup_id: str, raw: bytes,
+                       level: int) -> BackupObject:
     """Keep a copy of the backup_manifest beside the tar (docs/incremental-backups.md
     "Where the manifest is kept"): a later incremental needs it without downloading
     the whole backup."""
     blob, raw_sha = codec.compress_blob(raw, level)
-    key = repo.backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
-    put_bytes(repo.storage, key, blob, if_absent=True)
+    key = repos[0].backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
+    for repo in repos:  # the same bytes in each: one record describes them all
+        put_bytes(repo.storage, key, blob, if_absent=True)
     stored = stream.Hash()
     stream.run(blob, [stored])
     return BackupObject(chains.BACKUP_MANIFEST_OBJECT, key, len(raw), len(blob),

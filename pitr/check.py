@@ -9,9 +9,10 @@ together as the PostgreSQL user.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -164,9 +165,11 @@ def check_mode(cfg: Config) -> CheckResult:
     return CheckResult("archiving_mode", "ok", mode["detail"])
 
 
-def check_archiving(repo: Repo, conn: Any, *, timeout: float,
+def check_archiving(repos: Repo | Sequence[Repo], conn: Any, *, timeout: float,
                     sleep: Callable[[float], None] = time.sleep) -> CheckResult:
-    """pg_switch_wal(), then wait until that segment is in the repository."""
+    """pg_switch_wal(), then wait until that segment is in the repository (in every one of
+    ``repos``: archive-push exits 0 only once it is durable in all of them)."""
+    waiting = list(repos) if isinstance(repos, Sequence) else [repos]
     from pitr.pg import conn as pgconn
 
     name = "archive"
@@ -181,19 +184,22 @@ def check_archiving(repo: Repo, conn: Any, *, timeout: float,
         segment = str(pgconn.scalar(conn, "select pg_walfile_name(pg_switch_wal() - 1)"))
     except PitrError as exc:
         return _fail(name, exc, "pg_switch_wal() needs superuser or an explicit GRANT")
-    key = repo.wal_key(segment)
+    where = "the repository" if len(waiting) == 1 else f"all {len(waiting)} repositories"
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            repo.storage.stat(key)
-            # Read back through the configured keys: proves they open the newest WAL
-            _proven_segment(repo, key, segment)
+        for repo in list(waiting):
+            try:
+                repo.storage.stat(repo.wal_key(segment))
+                # Read back through the configured keys: proves they open the newest WAL
+                _proven_segment(repo, repo.wal_key(segment), segment)
+                waiting.remove(repo)
+            except NotFound:
+                pass
+            except PitrError as exc:
+                return _fail(name, exc)
+        if not waiting:
             return CheckResult(name, "ok", f"switched to a new segment; {segment} arrived "
-                               "in the repository and reads back intact")
-        except NotFound:
-            pass
-        except PitrError as exc:
-            return _fail(name, exc)
+                               f"in {where} and reads back intact")
         if time.monotonic() >= deadline:
             break
         sleep(0.5)
@@ -204,7 +210,9 @@ def check_archiving(repo: Repo, conn: Any, *, timeout: float,
             hint = (f"pg_stat_archiver: last failure was {row[0][0]} at {row[0][1]}; " + hint)
     except PitrError:
         pass
-    return _fail(name, f"{segment} did not reach the repository within {timeout:g}s", hint)
+    missing = "the repository" if len(waiting) == 1 and where == "the repository" else \
+        ", ".join(r.storage.url for r in waiting)
+    return _fail(name, f"{segment} did not reach {missing} within {timeout:g}s", hint)
 
 
 def _proven_segment(repo: Repo, key: str, segment: str) -> None:
@@ -224,7 +232,8 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         cfg = load()
     except ConfigError as exc:
         return [_fail("config", "; ".join(exc.problems), exc.hint or "")]
-    results.append(CheckResult("config", "ok", f"stanza {cfg.stanza!r}, {cfg.repository.url}"))
+    results.append(CheckResult("config", "ok", f"stanza {cfg.stanza!r}, " + ", ".join(
+        rc.url for rc in cfg.all_repositories)))
     from pitr.config import exposed_secrets_warning
 
     exposed = exposed_secrets_warning(cfg)
@@ -232,16 +241,28 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         detail, _, hint = exposed.partition(": chmod")
         results.append(CheckResult("config_file_mode", "WARN", detail, "chmod" + hint))
 
-    try:
-        repo = Repo.open(cfg)
-    except PitrError as exc:
-        return [*results, _fail("repository", exc)]
-    results.append(check_repository(repo,
-                                    conditional_writes=cfg.repository.conditional_writes))
-    repo_ok = results[-1].status == "ok"
-    if repo_ok:
-        results.append(check_encryption(repo))
-        repo_ok = results[-1].status == "ok"
+    # Every repository on its own (docs/multiple-repositories.md): one that is down fails
+    # its own line; archive-push needs all of them, so the archive check then is skipped.
+    several = len(cfg.all_repositories) > 1
+    repos: list[Repo] = []
+    for rc in cfg.all_repositories:
+        name = f"repository {rc.name}" if several else "repository"
+        try:
+            one = Repo.open(cfg.for_repository(rc))
+        except PitrError as exc:
+            results.append(_fail(name, exc))
+            continue
+        res = check_repository(one, conditional_writes=rc.conditional_writes)
+        results.append(dataclasses.replace(res, name=name))
+        if res.status != "ok":
+            continue
+        enc = check_encryption(one)
+        results.append(dataclasses.replace(
+            enc, name=f"encryption {rc.name}" if several else enc.name))
+        if enc.status == "ok":
+            repos.append(one)
+    repo_ok = len(repos) == len(cfg.all_repositories)
+    repo = repos[0] if repos else None
 
     try:
         conn = pgconn.connect(cfg.postgres.dsn)
@@ -262,7 +283,7 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         results += settings
         results.append(check_mode(cfg))
         if repo_ok and all(r.status == "ok" for r in settings):
-            results.append(check_archiving(repo, conn, timeout=archive_timeout))
+            results.append(check_archiving(repos, conn, timeout=archive_timeout))
         else:
             results.append(CheckResult("archive", "skip", "fix the failures above first"))
     return results

@@ -53,6 +53,9 @@ def parse_duration(value: object) -> Duration:
 
 @dataclass(frozen=True)
 class RepositoryConfig:
+    name: str = _f("repo1", "name of this repository in messages, `--repo NAME`, status and "
+                   "metrics; each of the further repositories ([[repositories]] tables, "
+                   "docs/multiple-repositories.md) needs its own")
     url: str = _f("file:///var/lib/pitr/repo",
                   "where backups and WAL go: file:///path or s3://bucket/prefix")
     endpoint_url: str = _f("", "S3 endpoint for non-AWS servers, e.g. http://127.0.0.1:8333")
@@ -215,6 +218,8 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     log: LogConfig = field(default_factory=LogConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    # further repositories ([[repositories]] tables, file only): docs/multiple-repositories.md
+    repositories: tuple[RepositoryConfig, ...] = ()
     # key ("stanza", "repository.url") -> where its value came from
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -222,11 +227,39 @@ class Config:
     def spool_path(self) -> Path:
         return Path(self.archive.spool_dir) / self.stanza
 
+    @property
+    def all_repositories(self) -> tuple[RepositoryConfig, ...]:
+        """``[repository]`` first, then every ``[[repositories]]`` table in file order."""
+        return (self.repository, *self.repositories)
 
+    def repository_named(self, name: str) -> RepositoryConfig:
+        for rc in self.all_repositories:
+            if rc.name == name:
+                return rc
+        known = ", ".join(rc.name for rc in self.all_repositories)
+        raise ConfigError([f"--repo {name!r}: no repository has that name (configured: "
+                           f"{known})"])
+
+    def for_repository(self, rc: RepositoryConfig | str) -> Config:
+        """This config with ``rc`` as its only repository: every single-repository piece
+        (Repo.open, the catalog cache, the conditional-write memo) then serves ``rc``."""
+        if isinstance(rc, str):
+            rc = self.repository_named(rc)
+        return dataclasses.replace(self, repository=rc, repositories=())
+
+    @property
+    def archive_target(self) -> str:
+        """What an agent's receipt and proof vouch for: the repository URL, or with several
+        repositories every URL a segment must be durable in before archive-push exits 0, so
+        a proof made for another set of repositories never answers (docs/design-fast-path.md)."""
+        return "\n".join(rc.url for rc in self.all_repositories)
+
+
+_NOT_SECTIONS = ("stanza", "sources", "repositories")
 SECTIONS: dict[str, type] = {
     f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
-    if f.name not in ("stanza", "sources")
+    if f.name not in _NOT_SECTIONS
 }
 # TOML writes the verify checks as [[verify.check]]; the model calls them `checks`.
 _ALIASES = {("verify", "check"): "checks"}
@@ -256,7 +289,7 @@ def schema() -> list[KeyInfo]:
     keys: list[KeyInfo] = []
     top_hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        if f.name == "sources":
+        if f.name in ("sources", "repositories"):
             continue
         if f.name in SECTIONS:
             cls = SECTIONS[f.name]
@@ -307,22 +340,44 @@ def _coerce(info: KeyInfo, raw: Any, from_text: bool) -> Any:
     raise ValueError(f"unsupported type {t!r}")  # pragma: no cover - schema bug
 
 
-def _validate(cfg: Config) -> list[str]:
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
+
+
+def _validate_repository(where: str, rc: RepositoryConfig) -> list[str]:
     problems: list[str] = []
-    url = cfg.repository.url
+    url = rc.url
     if not (url.startswith("file:///") or re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/|$)", url)):
-        problems.append(f"repository.url: expected file:///absolute/path or s3://bucket/prefix, "
+        problems.append(f"{where}.url: expected file:///absolute/path or s3://bucket/prefix, "
                         f"got {url!r}")
+    if not _NAME_RE.match(rc.name):
+        problems.append(f"{where}.name: use 1-32 lower-case letters, digits, '-' or '_', "
+                        f"got {rc.name!r}")
+    if not 5 <= rc.part_size_mib <= 5120:
+        problems.append(f"{where}.part_size_mib: must be 5..5120")
+    if rc.timeout <= 0:
+        problems.append(f"{where}.timeout: must be positive")
+    if (rc.access_key_id == "") != (rc.secret_access_key == ""):
+        problems.append(f"{where}.access_key_id/secret_access_key: set both or neither")
+    return problems
+
+
+def _validate(cfg: Config) -> list[str]:
+    problems = _validate_repository("repository", cfg.repository)
+    seen: dict[str, str] = {cfg.repository.name: "repository",
+                            # two entries for one place would count one copy twice
+                            f"{cfg.repository.url}\0{cfg.repository.endpoint_url}": "repository"}
+    for rc in cfg.repositories:
+        where = f"repositories.{rc.name}"
+        problems += _validate_repository(where, rc)
+        for key, what in ((rc.name, "name"), (f"{rc.url}\0{rc.endpoint_url}", "url")):
+            if key in seen:
+                problems.append(f"{where}: the same {what} as {seen[key]}; each repository "
+                                "must be its own place with its own name")
+            seen[key] = where
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", cfg.stanza):
         problems.append(f"stanza: use letters, digits, '-', '_' or '.', got {cfg.stanza!r}")
     if not 1 <= cfg.compression.level <= 22:
         problems.append(f"compression.level: must be 1..22, got {cfg.compression.level}")
-    if not 5 <= cfg.repository.part_size_mib <= 5120:
-        problems.append("repository.part_size_mib: must be 5..5120")
-    if cfg.repository.timeout <= 0:
-        problems.append("repository.timeout: must be positive")
-    if (cfg.repository.access_key_id == "") != (cfg.repository.secret_access_key == ""):
-        problems.append("repository.access_key_id/secret_access_key: set both or neither")
     if cfg.archive.prefetch < 0 or cfg.archive.workers < 1:
         problems.append("archive.prefetch must be >= 0 and archive.workers >= 1")
     for name in ("daily", "weekly", "monthly", "min_backups"):
@@ -336,6 +391,45 @@ def _validate(cfg: Config) -> list[str]:
         if not set(check) & {"min", "max", "equals"}:
             problems.append(f"verify.check[{i}]: needs a condition: min, max or equals")
     return problems
+
+
+def _further_repositories(raw: Any, by_section: Mapping[tuple[str, str], KeyInfo],
+                          source_name: str, problems: list[str],
+                          sources: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """The ``[[repositories]]`` tables: the keys of ``[repository]``, each table named.
+
+    File only: environment variables and flags set the first repository's keys; the
+    further ones take credentials from the file or the AWS credential chain."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        problems.append(f"repositories ({source_name}): expected [[repositories]] tables")
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, table in enumerate(raw):
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            problems.append(f"repositories[{i}] ({source_name}): needs a name")
+            continue
+        kwargs: dict[str, Any] = {}
+        for key, sub in table.items():
+            info = by_section.get(("repository", str(key)))
+            where = f"repositories.{name}.{key}"
+            if info is None:
+                problems.append(f"{where} ({source_name}): unknown key")
+                continue
+            try:
+                value = _coerce(info, sub, False)
+            except ValueError as exc:
+                problems.append(f"{where} ({source_name}): "
+                                f"{'invalid value (not shown: secret)' if info.secret else exc}")
+                continue
+            if info.choices and value not in info.choices:
+                problems.append(f"{where} ({source_name}): must be one of "
+                                f"{', '.join(repr(c) for c in info.choices)}, got {value!r}")
+                continue
+            kwargs[str(key)] = value
+            sources[where] = source_name
+        out.append((name, kwargs))
+    return out
 
 
 def load(
@@ -387,8 +481,11 @@ def load(
         values[(info.section, info.name)] = value
         sources[info.dotted] = origin
 
+    extra: list[tuple[str, dict[str, Any]]] = []
     for name, raw in data.items():
-        if isinstance(raw, dict) and name in SECTIONS:
+        if name == "repositories":
+            extra = _further_repositories(raw, by_section, source_name, problems, sources)
+        elif isinstance(raw, dict) and name in SECTIONS:
             for key, sub in raw.items():
                 key = _ALIASES.get((name, str(key)), str(key))
                 info = by_section.get((name, key))
@@ -427,6 +524,7 @@ def load(
     for (section, name), value in values.items():
         (section_kwargs[section] if section else top_kwargs)[name] = value
     cfg = Config(**top_kwargs, **{s: SECTIONS[s](**kw) for s, kw in section_kwargs.items()},
+                 repositories=tuple(RepositoryConfig(**kw) for _, kw in extra),
                  sources=sources)
     problems.extend(_validate(cfg))
     if problems:
@@ -443,18 +541,26 @@ def effective(cfg: Config, *, reveal: bool = False) -> list[tuple[str, Any, str]
         if info.secret and value and not reveal:
             value = MASK
         rows.append((info.dotted, value, cfg.sources.get(info.dotted, "default")))
+    for rc in cfg.repositories:
+        for info in schema():
+            if info.section != "repository":
+                continue
+            value = getattr(rc, info.name)
+            if info.secret and value and not reveal:
+                value = MASK
+            dotted = f"repositories.{rc.name}.{info.name}"
+            rows.append((dotted, value, cfg.sources.get(dotted, "default")))
     return rows
 
 
 def secrets_of(cfg: Config) -> list[str]:
     """Every non-empty secret value, so output and logs can be scrubbed of them."""
-    out = []
+    out: list[str] = []
     for info in schema():
         if info.secret:
-            section = getattr(cfg, info.section) if info.section else cfg
-            value = getattr(section, info.name)
-            if value:
-                out.append(str(value))
+            sections = cfg.all_repositories if info.section == "repository" else (
+                getattr(cfg, info.section) if info.section else cfg,)
+            out.extend(str(v) for v in (getattr(s, info.name) for s in sections) if v)
     from pitr.security import dsn_passwords  # a password inside postgres.dsn is one too
 
     out.extend(dsn_passwords(cfg.postgres.dsn))
@@ -473,6 +579,9 @@ def exposed_secrets_warning(cfg: Config) -> str | None:
             if cfg.sources.get(info.dotted, "").startswith("file ")
             and (info.secret or (info.dotted == "postgres.dsn"
                                  and dsn_passwords(cfg.postgres.dsn)))]
+    keys += [f"repositories.{rc.name}.{info.name}" for rc in cfg.repositories
+             for info in schema() if info.section == "repository" and info.secret
+             and cfg.sources.get(f"repositories.{rc.name}.{info.name}", "").startswith("file ")]
     if not keys:
         return None
     path = Path(cfg.sources[keys[0]][len("file "):])

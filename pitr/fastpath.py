@@ -16,8 +16,9 @@ this module:
   decides where receipts are read from.
 * **One proof.** A segment is proven stored by one empty file, its proof:
   ``<spool>/<stanza>/archive/proofs-<tag>/<name>_<dev>_<ino>_<size>_<mtime>_<ctime>``
-  (tag: :func:`proof_dir_name` of the repository URL), which the agent creates after
-  the repository acknowledged the object. This module, :mod:`pitr.wal.spool` and
+  (tag: :func:`proof_dir_name` of the repository URL, or of every repository's URL
+  when there are several: ``Config.archive_target``), which the agent creates after
+  every repository acknowledged the object. This module, :mod:`pitr.wal.spool` and
   pitr/archive-push.sh all check that same file; nothing else answers
   (docs/design-fast-path.md gives the soundness argument).
 * **The agent on demand.** When no agent runs for the stanza, archive-push starts
@@ -159,7 +160,7 @@ def _full_load(explicit: str | None, cache: str | None, key: str | None) -> Fast
     fc = FastConfig(cfg.stanza, cfg.archive.spool_dir, cfg.repository.url,
                     float(cfg.archive.fast_path_wait), int(cfg.archive.prefetch),
                     cfg.postgres.pgdata, float(cfg.archive.agent_idle_exit),
-                    proof_dir_name(cfg.repository.url))
+                    proof_dir_name(cfg.archive_target))
     body = fc.dump()
     # Newlines could make two different inputs read alike: such setups are not cached.
     if cache is not None and key is not None and body.count("\n") == len(FastConfig.KEYS) \

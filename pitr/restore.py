@@ -91,6 +91,9 @@ class RestoreOptions:
     # --tablespace-map OLD=NEW: where each tablespace goes instead of its original
     # location (docs/tablespaces.md); a drill puts every one into its scratch directory
     tablespace_map: dict[str, str] = field(default_factory=dict)
+    # the repository the plan chose when it is not the first: restore_command asks it
+    # first (docs/multiple-repositories.md)
+    repo: str | None = None
 
 
 @dataclass
@@ -562,6 +565,8 @@ def recovery_conf(plan: RestorePlan, opts: RestoreOptions, exe: str,
     if opts.isolated and plan.segments:
         # the drill replays only WAL its tablespace scan has read
         bound = f"--stop-after {plan.segments[-1]} "
+    if opts.repo is not None:
+        bound += f"--repo {shlex.quote(opts.repo)} "
     restore_cmd = (f"{shlex.quote(exe)} --config {shlex.quote(str(config_path))} "
                    f"archive-get {bound}%f %p")
     out = {"restore_command": restore_cmd, **plan.recovery_settings}

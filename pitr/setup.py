@@ -83,7 +83,7 @@ def archive_commands(exe: str, config_path: str,
 def proof_dir_of(cfg: Config) -> str:
     from pitr.wal.spool import Spool
 
-    return str(Spool(cfg.archive.spool_dir, cfg.stanza).proof_dir(cfg.repository.url))
+    return str(Spool(cfg.archive.spool_dir, cfg.stanza).proof_dir(cfg.archive_target))
 
 
 def plan_settings(current: Mapping[str, ServerSetting], archive_command: str,

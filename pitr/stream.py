@@ -391,6 +391,19 @@ class ReadAhead:
             hand.stop()
 
 
+class Sink:
+    """Ends a :class:`Tee` branch in ``consume(reader)``, a file-like view of the branch's
+    bytes: one more upload of the very bytes the main stream stores (`pitr backup` into
+    several repositories, docs/multiple-repositories.md), without a second pass."""
+
+    def __init__(self, consume: Callable[[Readable], object]) -> None:
+        self._consume = consume
+
+    def apply(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        self._consume(_ChunkReader(chunks))
+        yield from ()
+
+
 class Tee:
     """Passes the stream on unchanged while ``filters`` run over a copy in a thread,
     their output discarded: the stored bytes of a server-compressed backup are
@@ -409,6 +422,10 @@ class Tee:
             while (item := hand.get()) is not _END:
                 assert isinstance(item, bytes)
                 yield item
+            if hand.stopped.is_set():
+                # the main stream was abandoned: the branch must not take what it has
+                # seen for the whole stream (a Sink would store a truncated object)
+                raise BrokenPipeError("the stream was abandoned before its end")
 
         def drain() -> None:
             branch: Iterator[bytes] = side()

@@ -49,6 +49,16 @@ CHECK_EXAMPLE = """\
 #min = 1
 """
 
+REPOSITORIES_EXAMPLE = """\
+# Further repositories (docs/multiple-repositories.md): one [[repositories]] table each,
+# with a name and any key of [repository] (file only, no environment variables).
+# archive-push exits 0 only once a segment is durable in every repository.
+#[[repositories]]
+#name = "offsite"
+#url = "s3://other-bucket/pitr"
+#endpoint_url = "https://s3.other-provider.example"
+"""
+
 
 def _duration(seconds: float) -> str:
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
@@ -94,6 +104,8 @@ def render() -> str:
                 out.append("\n".join(_doc(info)) + "\n" + CHECK_EXAMPLE)
             else:
                 out.append("\n".join(_doc(info)) + f"\n#{info.name} = {_value(info)}\n")
+        if section == "repository":
+            out.append(REPOSITORIES_EXAMPLE)
     return "\n".join(out).rstrip("\n") + "\n"
 
 

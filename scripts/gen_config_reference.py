@@ -67,6 +67,10 @@ def render(keys: list[KeyInfo] | None = None) -> str:
     section: str | None = None
     for info in keys:
         if info.section != section:
+            if section == "repository":
+                out += ["", "Further repositories: one `[[repositories]]` table each, with a "
+                        "`name` and any key of `[repository]` (file only); see "
+                        "[multiple-repositories.md](multiple-repositories.md)."]
             section = info.section
             out += ["", f"## `[{section}]`" if section else "## Top level", "",
                     "| key | type | default | environment | meaning |",

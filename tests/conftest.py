@@ -56,13 +56,20 @@ def toml_value(value: Any) -> str:
 
 
 def write_config(path: Path, settings: dict[str, Any]) -> Path:
-    """Write a pitr.toml from {"stanza": .., "repository": {...}, ...}; readable by PG_USER."""
-    top = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    """Write a pitr.toml from {"stanza": .., "repository": {...}, "repositories": [{...}],
+    ...}; readable by PG_USER."""
+    top = [f"{k} = {toml_value(v)}" for k, v in settings.items()
+           if not isinstance(v, dict | list)]
     lines = [*top]
     for section, values in settings.items():
         if isinstance(values, dict):
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    for section, tables in settings.items():  # arrays of tables ([[repositories]]) last
+        if isinstance(tables, list):
+            for table in tables:
+                lines.append(f"\n[[{section}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o644)
     return path

@@ -66,12 +66,15 @@ def archive_get(
         "--stop-after", metavar="SEGMENT",
         help="answer 'not found' for WAL segments after SEGMENT (a restore drill replays "
              "only the WAL it has checked)")] = None,
+    repo: Annotated[str | None, typer.Option(
+        "--repo", metavar="NAME", help="ask this repository first, then the others "
+        "(`pitr restore` writes it when the plan chose another than the first)")] = None,
 ) -> None:
     """restore_command: exit 0 = restored, 1 = confirmed absent, >125 = stop recovery."""
     from pitr.wal.commands import archive_get_main
 
     code = archive_get_main(OPTS.config_path, walname, dest, debug=OPTS.debug,
-                            log_format=OPTS.log_format, stop_after=stop_after)
+                            log_format=OPTS.log_format, stop_after=stop_after, prefer=repo)
     if code:
         raise typer.Exit(code)
 

@@ -34,6 +34,9 @@ def backup(
     full: Annotated[bool, typer.Option(
         "--full", help="take a full backup (scheduled backups otherwise follow "
         "backup.full_interval)")] = False,
+    repo: Annotated[str | None, typer.Option(
+        "--repo", metavar="NAME", help="only into this repository (default: into every "
+        "configured repository in one pass; docs/multiple-repositories.md)")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Take a base backup: pg_basebackup streamed through zstd into the repository."""
@@ -53,7 +56,7 @@ def backup(
     s, expire_error = backup_command(cfg, label=label.value, pin=pin, max_rate=max_rate,
                                      progress=Progress("backup", estimate=True),
                                      command=f"pitr backup --label {label.value}",
-                                     incremental=kind)
+                                     incremental=kind, repo_name=repo)
     if json_out:
         print_json(s)
     else:
@@ -65,9 +68,13 @@ def backup(
             f"{human_duration(s['seconds'])} "
             f"({human_rate(s['raw_bytes'] / max(s['seconds'], 1e-9))})"
             f"; WAL {s['start_lsn']} .. {s['stop_lsn']} on timeline {s['timeline']}, "
-            f"stop time {s['stop_time']}{', pinned' if s['pinned'] else ''}")
-        if "text" in s.get("expire", {}):
-            typer.echo(s["expire"]["text"])
+            f"stop time {s['stop_time']}{', pinned' if s['pinned'] else ''}"
+            + (f"; in {', '.join(s['repositories'])}" if len(s["repositories"]) > 1 else ""))
+        expired = s.get("expire", {})
+        for doc in [expired] if "text" in expired or len(s["repositories"]) == 1 \
+                else list(expired.values()):
+            if "text" in doc:
+                typer.echo(doc["text"])
     if expire_error is not None:
         raise expire_error
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pitr.cli.app import OPTS, JsonFlag, app, examples, load_config, print_json
 
 if TYPE_CHECKING:
+    from pitr.catalog_scope import Scope
     from pitr.config import Config
     from pitr.planner import RestorePlan
     from pitr.repo import Repo
     from pitr.restore import RestoreResult
+    from pitr.targets import Target
 
 To = Annotated[str | None, typer.Option(
     "--to", help="recover to this time: ISO 8601; a time without a zone is read in the "
@@ -40,33 +42,47 @@ Exclusive = Annotated[bool, typer.Option(
     "--exclusive", help="stop just before the target (recovery_target_inclusive = off)")]
 
 
+RepoOpt = Annotated[str | None, typer.Option(
+    "--repo", metavar="NAME", help="read only this repository (default: the first configured "
+    "repository that can reach the target; docs/multiple-repositories.md)",
+    show_default=False)]
+
+
+def _plan_one(scope: Scope, target: Target, now: datetime, backup: str | None) -> RestorePlan:
+    from pitr import planner
+    from pitr.catalog_scope import scoped_plan
+
+    plan = scoped_plan(scope.repo, scope.base, target, now, backup)
+    if plan is None:  # not decided by the path's WAL alone: the full catalog decides
+        plan = planner.plan(scope.full(), target, now, backup_id=backup)
+    return plan
+
+
 def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, immediate: bool,
           latest: bool, timeline: int | None, backup: str | None, exclusive: bool,
-          command: str) -> tuple[Config, Repo, RestorePlan]:
-    from pitr import planner, targets
-    from pitr.catalog_scope import Scope, scoped_plan
-    from pitr.repo import Repo
+          command: str, repo_name: str | None = None
+          ) -> tuple[Config, Repo, RestorePlan, list[dict[str, Any]]]:
+    """The plan, the repository it reads, and each repository's answer (several only)."""
+    from pitr import planner, repo_choice, targets
 
-    loaded: list[tuple[Config, Repo, Scope]] = []
+    loaded: list[tuple[Config, list[repo_choice.Candidate]]] = []
 
-    def context() -> tuple[Config, Repo, Scope]:
+    def context() -> tuple[Config, list[repo_choice.Candidate]]:
         if not loaded:  # after the command line is checked, and only once
             cfg = load_config(command=command)
-            repo = Repo.open(cfg)
             # backups and timelines only: the WAL is listed for the chosen path below
-            loaded.append((cfg, repo, Scope(repo)))
+            loaded.append((cfg, repo_choice.open_candidates(cfg, repo_name)))
         return loaded[0]
 
     target = targets.from_options(
         to=to, lsn=lsn, xid=xid, name=name, immediate=immediate, latest=latest,
         timeline=timeline, exclusive=exclusive,
-        zone=lambda: planner.cluster_timezone(context()[2].base, backup))
-    cfg, repo, scope = context()
-    now = datetime.now(UTC)
-    plan = scoped_plan(repo, scope.base, target, now, backup)
-    if plan is None:  # not decided by the path's WAL alone: the full catalog decides
-        plan = planner.plan(scope.full(), target, now, backup_id=backup)
-    return cfg, repo, plan
+        zone=lambda: planner.cluster_timezone(repo_choice.first_base(context()[1]), backup))
+    cfg, cands = context()
+    chosen = repo_choice.choose(cands, target, datetime.now(UTC), backup, _plan_one)
+    assert chosen.repo is not None and chosen.plan is not None
+    answers = [c.to_json(c is chosen) for c in cands] if len(cfg.all_repositories) > 1 else []
+    return cfg, chosen.repo, chosen.plan, answers
 
 
 @app.command("plan", epilog=examples(
@@ -76,14 +92,15 @@ def _plan(to: str | None, lsn: str | None, xid: str | None, name: str | None, im
 def plan_cmd(to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
              immediate: Immediate = False, latest: Latest = False,
              timeline: TimelineOpt = None, backup: BackupOpt = None, exclusive: Exclusive = False,
-             json_out: JsonFlag = False) -> None:
+             repo: RepoOpt = None, json_out: JsonFlag = False) -> None:
     """Show which backup and WAL a restore to the target would use (exit 11 if none can)."""
-    cfg, _repo, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
-                                exclusive, "plan")
+    cfg, _repo, plan, answers = _plan(to, lsn, xid, name, immediate, latest, timeline,
+                                      backup, exclusive, "plan", repo)
     if json_out:
-        print_json({"stanza": cfg.stanza, **plan.to_json()})
+        print_json({"stanza": cfg.stanza, **plan.to_json(),
+                    **({"repositories": answers} if answers else {})})
     else:
-        _print_plan(cfg.stanza, plan)
+        _print_plan(cfg.stanza, plan, answers)
 
 
 @app.command("restore", epilog=examples(
@@ -95,7 +112,7 @@ def restore_cmd(
                                          show_default=False)],
     to: To = None, lsn: Lsn = None, xid: Xid = None, name: Name = None,
     immediate: Immediate = False, latest: Latest = False, timeline: TimelineOpt = None,
-    backup: BackupOpt = None, exclusive: Exclusive = False,
+    backup: BackupOpt = None, exclusive: Exclusive = False, repo_name: RepoOpt = None,
     force: Annotated[bool, typer.Option(
         "--force", help="DIR is not empty: move its contents aside to DIR.pitr-old-<time> "
                         "(never deleted)")] = False,
@@ -125,13 +142,18 @@ def restore_cmd(
 
     spaces = parse_tablespace_map(tablespace_map or [])
 
-    cfg, repo, plan = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
-                               exclusive, "restore")
+    cfg, repo, plan, answers = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
+                                     exclusive, "restore", repo_name)
     if not json_out:
-        _print_plan(cfg.stanza, plan)
+        _print_plan(cfg.stanza, plan, answers)
+    # restore_command asks the chosen repository first, and its proven absence answers
+    # while another is unreachable (pitr/wal/fetch.py, archive_get)
+    chosen = next((a["name"] for a in answers if a["state"] == "chosen"), None)
+    if chosen == cfg.repository.name and all(a["state"] != "unreachable" for a in answers):
+        chosen = None
     opts = RestoreOptions(pgdata=pgdata, force=force, start=start, target_action=target_action,
                           archive_mode=archive_mode, port=port, yes=yes, wait_timeout=wait_timeout,
-                          tablespace_map=spaces)
+                          tablespace_map=spaces, repo=chosen)
     from pitr.claims import claim_backup
 
     claim = claim_backup(repo, plan.backup.id, command="pitr restore",
@@ -149,7 +171,8 @@ def restore_cmd(
         sys.stderr.write(f"pitr: {held.describe()} keeps backup {held.backup_id} and its WAL "
                          "from expiry while PostgreSQL replays (--wait-timeout)\n")
     if json_out:
-        print_json({"stanza": cfg.stanza, "plan": plan.to_json(), "restore": result.to_json()})
+        print_json({"stanza": cfg.stanza, "plan": plan.to_json(), "restore": result.to_json(),
+                    **({"repositories": answers} if answers else {})})
     else:
         _print_result(result)
 
@@ -166,12 +189,17 @@ def _mib(n: int) -> str:
     return human_bytes(n)
 
 
-def _print_plan(stanza: str, plan: RestorePlan) -> None:
+def _print_plan(stanza: str, plan: RestorePlan, answers: list[dict[str, Any]] | None = None
+                ) -> None:
     from pitr.pg.names import format_lsn
 
     b = plan.backup
     echo = typer.echo
     echo(f"Restore plan for stanza {stanza!r}, target {plan.target.describe()}:")
+    for a in answers or ():
+        echo(f"  repository  {a['name']} ({a['url']}): {a['state']}"
+             + (f", backup {a['backup']}" if "backup" in a else "")
+             + (f": {a['error']}" if "error" in a else ""))
     echo(f"  backup      {b.id} (timeline {b.timeline}, finished {b.stop_time.isoformat()}, "
          f"LSN {format_lsn(b.start_lsn)} .. {format_lsn(b.stop_lsn)}, "
          f"{_mib(b.stored_bytes)} stored)")

@@ -58,6 +58,11 @@ def render_text(doc: dict[str, Any]) -> str:
             f"full listing {cache['full_listing_age_seconds']:.0f}s ago"
             f"{' (this run)' if cache['rebuilt'] else ', then only what is new'}; "
             f"{cache['file']}") if cache["used"] else "not used (--no-cache): full listing"))
+    for r in doc.get("repositories", ()):
+        out.append(_line(f"repository {r['name']}", (
+            f"last WAL {r['last_archived'] or '-'}, last backup {r['last_backup'] or '-'}"
+            + (f" ({r['last_backup_age_seconds']:.0f}s ago)" if r["last_backup"] else ""))
+            if r["reachable"] else f"UNREACHABLE: {r['error']}"))
     for p in doc["problems"]:
         out.append(f"{p['severity'].upper():<8} {p['name']}: {p['message']}")
     return "\n".join(out)
@@ -78,10 +83,38 @@ def status(json_out: JsonFlag = False, no_cache: NoCache = False) -> None:
     cache = None if no_cache else CatalogCache(Repo.open(cfg), cache_path(cfg))
     report = report_from(cfg, gather(cfg, cache, use_cache=not no_cache))
     doc = {**report.to_dict(), "catalog_cache": describe(cache)}
+    down = _repositories(cfg, doc) if len(cfg.all_repositories) > 1 else []
     print_doc(doc, json_out, render_text)
-    if not report.healthy:
+    if not report.healthy or down:
         raise CheckFailed("unhealthy: " + "; ".join(
-            f.message for f in report.findings if f.severity == "critical"))
+            [f.message for f in report.findings if f.severity == "critical"] + down))
+
+
+def _repositories(cfg: Any, doc: dict[str, Any]) -> list[str]:
+    """Each repository's newest WAL and backup into ``doc`` (the rest of the report reads
+    the first); returns a problem per repository that cannot be read."""
+    from datetime import UTC, datetime
+
+    from pitr.catalog_cache import cached_catalog
+    from pitr.errors import PitrError
+    from pitr.monitor.health import repository_doc
+
+    now = datetime.now(UTC)
+    rows, down = [], []
+    for rc in cfg.all_repositories:
+        try:
+            catalog = cached_catalog(cfg.for_repository(rc))[0]
+            rows.append(repository_doc(rc.name, rc.url, catalog, now))
+        except PitrError as exc:
+            message = " ".join(exc.message.split())
+            rows.append(repository_doc(rc.name, rc.url, None, now, message))
+            down.append(f"repository {rc.name} cannot be read: {message}")
+            doc["problems"].append({"name": "repository_unreachable", "severity": "critical",
+                                    "message": f"{rc.name}: {message}"})
+    doc["repositories"] = rows
+    if down:
+        doc["status"] = "unhealthy"
+    return down
 
 
 @app.command("serve", epilog=examples(

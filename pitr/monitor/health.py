@@ -273,3 +273,20 @@ def _gap_findings(catalog: Catalog, warn: Any) -> None:
 
 __all__ = ["CRITICAL", "WARNING", "Finding", "HealthReport", "Thresholds",
            "evaluate"]
+
+
+def repository_doc(name: str, url: str, catalog: Catalog | None, now: datetime,
+                   error: str | None = None) -> dict[str, Any]:
+    """PURE: one repository's line of `pitr status` with several repositories
+    (docs/multiple-repositories.md): its newest WAL and backup, or why it cannot say."""
+    if catalog is None:
+        return {"name": name, "url": url, "reachable": False, "error": error}
+    newest_seg = _newest_segment(catalog)
+    return {
+        "name": name, "url": url, "reachable": True,
+        "last_archived": newest_seg[0] if newest_seg else None,
+        "last_archived_age_seconds": _age(now, newest_seg[1]) if newest_seg else None,
+        "last_backup": catalog.backups[-1].id if catalog.backups else None,
+        "last_backup_age_seconds": _age(now, catalog.backups[-1].stop_time)
+        if catalog.backups else None,
+    }

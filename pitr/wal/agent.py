@@ -207,10 +207,10 @@ class Agent:
         self.idle_exit = float(cfg.archive.agent_idle_exit) if on_demand else 0.0
         self.exit_reason: str | None = None
         self._last_cleanup = 0.0
-        self._storage: Any = None
+        self._storage: list[Any] | None = None  # one client per repository
         self._keyring: Keyring | None = None
         self._storage_lock = threading.Lock()
-        self._identity = IdentityCache()
+        self._identity = [IdentityCache() for _ in cfg.all_repositories]
 
     # -- lifecycle ----------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -353,7 +353,7 @@ class Agent:
 
     def _load_receipts(self) -> None:
         """Receipts from an earlier run still count, if they still prove their file."""
-        url = self.cfg.repository.url
+        url = self.cfg.archive_target
         for name, _ in self.ready_names():
             try:
                 st = os.stat(self.wal_dir / name)
@@ -384,26 +384,31 @@ class Agent:
         rotate_if_big(self.spool.agent_log)  # on-demand agents append their output to it
 
     # -- workers ------------------------------------------------------------
-    def _make_repo(self) -> Repo:
-        """A worker's repository handle around the agent's one warm storage client.
+    def _make_repo(self) -> list[Repo]:
+        """A worker's repository handles around the agent's warm storage clients, one per
+        repository (a segment gets its receipt once it is durable in all of them).
 
         boto3 clients are thread-safe and pool their connections (32), while
         building one costs ~120 ms of CPU (each loads the S3 service model), so
-        the workers share one client (and one repo.json check).
+        the workers share one client (and one repo.json check) per repository.
         """
         from pitr.condwrites import require_conditional_writes
         from pitr.storage import open_storage
 
         with self._storage_lock:
             if self._storage is None:
-                storage = open_storage(self.cfg.repository)
-                require_conditional_writes(self.cfg, storage)
+                storages = []
+                for rc in self.cfg.all_repositories:
+                    storage = open_storage(rc)
+                    require_conditional_writes(self.cfg.for_repository(rc), storage)
+                    storages.append(storage)
                 self._keyring = open_keyring(self.cfg)  # a key_command runs once
-                self._storage = storage
-            return WarmRepo(self._storage, self.cfg.stanza, self._identity, self._keyring)
+                self._storage = storages
+            return [WarmRepo(s, self.cfg.stanza, c, self._keyring)
+                    for s, c in zip(self._storage, self._identity, strict=True)]
 
     def _worker(self) -> None:
-        repo: Repo | None = None
+        repo: list[Repo] | None = None
         while True:
             name = self.queue.get()
             if name == _STOP:
@@ -435,7 +440,7 @@ class Agent:
                     self.state.queued.discard(name)
                 self.wake.set()
 
-    def push_one(self, repo: Repo, name: str) -> None:
+    def push_one(self, repo: list[Repo], name: str) -> None:
         from pitr.wal.push import push_wal
 
         path = self.wal_dir / name
@@ -459,7 +464,7 @@ class Agent:
             event(log, logging.WARNING, f"{name} changed while it was pushed; no receipt")
             return
         self.spool.write_receipt(Receipt(
-            name=name, repository=self.cfg.repository.url, identity=ident,
+            name=name, repository=self.cfg.archive_target, identity=ident,
             sha256=result.sha256, stored_at=time.time(),
             already_archived=result.status == "already-archived"))
         with self.state.lock:

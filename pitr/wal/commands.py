@@ -47,9 +47,12 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
         check_command_user("archive-push", cfg.postgres.pgdata)
         from pitr.condwrites import require_conditional_writes
 
-        repo = Repo.open(cfg)
-        require_conditional_writes(cfg, repo.storage)  # remembered: a stat() per segment
-        push_wal(repo, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
+        repos = []
+        for rc in cfg.all_repositories:  # durable in every one before 0
+            one = cfg.for_repository(rc)
+            repos.append(Repo.open(one))
+            require_conditional_writes(one, repos[-1].storage)  # remembered: a stat() per segment
+        push_wal(repos, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
         return 0
     except BaseException as exc:  # the boundary: every outcome gets a code
         err = _as_pitr_error(exc, debug)
@@ -59,8 +62,11 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
 
 def archive_get_main(config_path: str | None, walname: str, dest: str, *,
                      debug: bool = False, log_format: str | None = None,
-                     stop_after: str | None = None) -> int:
-    """restore_command: 0 restored, 1 confirmed absent, >125 stop recovery."""
+                     stop_after: str | None = None, prefer: str | None = None) -> int:
+    """restore_command: 0 restored, 1 confirmed absent, >125 stop recovery.
+
+    ``prefer``: the repository the restore plan chose: asked first, the others follow in
+    config order, and its proven absence answers "absent" (docs/multiple-repositories.md)."""
     pgdata = ""
     try:
         if stop_after is not None and past_bound(walname, stop_after):
@@ -73,9 +79,13 @@ def archive_get_main(config_path: str | None, walname: str, dest: str, *,
         cfg = _load(config_path, "archive-get", debug, log_format)
         pgdata = cfg.postgres.pgdata
         check_command_user("archive-get", pgdata)
-        repo = Repo.open(cfg)
-        archive_get(repo, walname, Path(dest), datadir=data_dir_of(Path(dest), pgdata),
-                    budget=cfg.repository.timeout)
+        rcs = list(cfg.all_repositories)
+        if prefer is not None:
+            first = cfg.repository_named(prefer)
+            rcs = [first, *(rc for rc in rcs if rc is not first)]
+        repos = [Repo.open(cfg.for_repository(rc)) for rc in rcs]
+        archive_get(repos, walname, Path(dest), datadir=data_dir_of(Path(dest), pgdata),
+                    budget=cfg.repository.timeout, planned=prefer is not None)
         return 0
     except BaseException as exc:  # none may escape as an accidental 1..125
         err = _as_pitr_error(exc, debug)

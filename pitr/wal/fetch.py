@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,10 +99,49 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
     return FetchResult(name, header.sha256, len(raw), len(blob), seconds)
 
 
-def archive_get(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
-                budget: float) -> FetchResult:
-    """restore_command's whole answer: ``dest`` written and proven, or WalNotFound only
-    when the absence is proven (docs/exit-codes.md, archive-get).
+def archive_get(repos: Repo | Sequence[Repo], name: str, dest: Path, *,
+                datadir: Path | None, budget: float, planned: bool = False) -> FetchResult:
+    """restore_command's answer from several repositories (docs/multiple-repositories.md):
+    the first that has ``name`` serves it, in order; WalNotFound only when every one of
+    them proved the absence. A repository that cannot answer (down, wrong stanza, a
+    damaged object) is passed over for the others, and when none has the file its
+    failure is the answer: "unknown", never "absent".
+
+    ``planned``: the first of ``repos`` is the one a restore plan chose (``archive-get
+    --repo``) and its proven absence is the answer even while another repository cannot
+    answer. Sound because archive-push exits 0 only once a segment is durable in every
+    repository: what the chosen one proves absent, PostgreSQL never saw archived."""
+    targets = list(repos) if isinstance(repos, Sequence) else [repos]
+    failure: PitrError | None = None
+    authority_absent = False
+    for i, repo in enumerate(targets):
+        try:
+            return _archive_get_one(repo, name, dest, datadir=datadir, budget=budget)
+        except WalNotFound:
+            if len(targets) == 1:
+                raise
+            authority_absent = authority_absent or (planned and i == 0)
+            continue
+        except PitrError as exc:
+            if len(targets) == 1:
+                raise
+            event(log, logging.WARNING, f"archive-get {name}: {repo.storage.url} cannot "
+                  "answer; trying the other repositories", error=exc.message)
+            failure = failure or exc
+    if failure is not None and not authority_absent:
+        raise failure
+    if failure is not None:
+        raise WalNotFound(f"{name}: not in {targets[0].storage.url}, the repository the "
+                          f"restore plan chose, proven this cluster's (another repository "
+                          f"could not answer: {' '.join(failure.message.split())})")
+    raise WalNotFound(f"{name}: in none of the {len(targets)} repositories, each proven "
+                      f"this cluster's ({', '.join(r.storage.url for r in targets)})")
+
+
+def _archive_get_one(repo: Repo, name: str, dest: Path, *, datadir: Path | None,
+                     budget: float) -> FetchResult:
+    """restore_command's whole answer from one repository: ``dest`` written and proven, or
+    WalNotFound only when the absence is proven (docs/exit-codes.md, archive-get).
 
     ``datadir`` is the cluster being recovered; its pg_control names the system
     identifier every fetched segment must carry and the stanza's repo.json must

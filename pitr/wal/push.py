@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -42,6 +43,7 @@ from pitr.errors import (
     DecryptionFailed,
     IntegrityError,
     NotFound,
+    PitrError,
     TransientStorageError,
     UsageError,
     WalConflict,
@@ -112,31 +114,59 @@ def _written_at(path: Path) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def push_wal(repo: Repo, path: Path, *, level: int, budget: float) -> PushResult:
-    """Store the WAL file at ``path``; return only once it is durable in the repository."""
+def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
+             budget: float) -> PushResult:
+    """Store the WAL file at ``path``; return only once it is durable in the repository,
+    or in every one of ``repos`` (docs/multiple-repositories.md).
+
+    The file is read and compressed once. Each repository gets a budget of its own, and
+    one that fails does not stop the others from being tried: what they stored answers
+    "already archived" when PostgreSQL retries. The first failure is raised."""
     started = time.monotonic()
-    deadline = _Deadline(budget)
+    targets = list(repos) if isinstance(repos, Sequence) else [repos]
     name, kind, raw = read_wal_file(path)
     extra: dict[str, Any] = {"name": name}
+    ident: dict[str, Any] | None = None
     if kind in (WalKind.SEGMENT, WalKind.PARTIAL):
         ident = _check_segment(name, kind, raw)
-        call_with_budget(
-            lambda: repo.ensure_identity(ident["system_id"], ident["pg_version"],
-                                         ident["seg_size"]),
-            budget=deadline.left(), what=f"archive-push {name}: reading repo.json")
         extra["system_id"] = str(ident["system_id"])
     elif kind is WalKind.HISTORY:
         extra["written_at"] = _written_at(path)
 
     blob, digest = codec.compress_blob(raw, level, **extra)
-    key = repo.wal_key(name)
-    status: Literal["stored", "already-archived"] = "stored"
-    if not _put_if_absent(repo, key, blob, deadline, name):
-        status = _settle_taken_name(repo, key, blob, digest, deadline, name)
+    statuses: list[Literal["stored", "already-archived"]] = []
+    failure: PitrError | None = None
+    for repo in targets:
+        try:
+            statuses.append(_store(repo, name, ident, blob, digest, _Deadline(budget)))
+        except PitrError as exc:
+            if len(targets) == 1:
+                raise
+            event(log, logging.WARNING, f"{name} not archived in {repo.storage.url}",
+                  error=exc.message)
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    status: Literal["stored", "already-archived"] = (
+        "stored" if "stored" in statuses else "already-archived")
     seconds = time.monotonic() - started
     event(log, logging.DEBUG, f"archived {name}", status=status, raw_bytes=len(raw),
           stored_bytes=len(blob), seconds=round(seconds, 3))
     return PushResult(name, status, digest, len(raw), len(blob), seconds)
+
+
+def _store(repo: Repo, name: str, ident: dict[str, Any] | None, blob: bytes, digest: str,
+           deadline: _Deadline) -> Literal["stored", "already-archived"]:
+    """One repository's part of :func:`push_wal`: its repo.json, then the object."""
+    if ident is not None:
+        call_with_budget(
+            lambda: repo.ensure_identity(ident["system_id"], ident["pg_version"],
+                                         ident["seg_size"]),
+            budget=deadline.left(), what=f"archive-push {name}: reading repo.json")
+    key = repo.wal_key(name)
+    if _put_if_absent(repo, key, blob, deadline, name):
+        return "stored"
+    return _settle_taken_name(repo, key, blob, digest, deadline, name)
 
 
 def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name: str) -> bool:

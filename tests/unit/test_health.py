@@ -215,3 +215,18 @@ def test_conditional_writes_off_is_a_standing_warning() -> None:
     assert [f.severity for f in r.findings] == ["warning"]
     assert "stanza lock" in r.findings[0].message
     assert not evaluate(healthy_catalog(), None, ok, TH, NOW).findings
+
+
+def test_repository_doc_says_newest_wal_and_backup_or_why_not() -> None:
+    """`pitr status` with several repositories: one line each (pitr/monitor/health.py)."""
+    from pitr.catalog import Catalog
+    from pitr.monitor.health import repository_doc
+
+    now = datetime(2025, 2, 15, 12, tzinfo=UTC)
+    empty = repository_doc("usb", "file:///mnt/usb", Catalog(stanza="s", system_id="1"), now)
+    assert empty == {"name": "usb", "url": "file:///mnt/usb", "reachable": True,
+                     "last_archived": None, "last_archived_age_seconds": None,
+                     "last_backup": None, "last_backup_age_seconds": None}
+    down = repository_doc("offsite", "s3://b/p", None, now, "gave up after 60s")
+    assert down == {"name": "offsite", "url": "s3://b/p", "reachable": False,
+                    "error": "gave up after 60s"}

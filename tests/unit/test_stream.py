@@ -246,3 +246,39 @@ def test_a_chunked_length_changing_stage_plugs_in(size: int, chunk: int) -> None
     assert digest.sha256 == hashlib.sha256(raw).hexdigest()
     with pytest.raises(IntegrityError, match="cut off"):
         stream.run(sealed[:-1], [_Open()])
+
+
+def test_sinks_get_exactly_the_main_streams_bytes() -> None:
+    """`pitr backup` into several repositories: each Tee branch ending in a Sink
+    reads the very bytes the main stream yields, in one pass."""
+    data = bytes(range(256)) * 4099
+    got: list[bytes] = [b"", b""]
+
+    def keep(i: int, reader: stream.Readable) -> None:
+        got[i] = reader.read()
+
+    out = stream.Pipeline(data, [stream.ZstdCompress(1),
+                                 stream.Tee([stream.Sink(lambda r: keep(0, r))]),
+                                 stream.Tee([stream.Sink(lambda r: keep(1, r))])]).read()
+    assert got == [out, out] and stream.run(out, [stream.ZstdDecompress()]) == data
+
+
+def test_an_abandoned_stream_fails_its_sinks() -> None:
+    """A branch never takes the part it saw for the whole stream (a truncated upload)."""
+    seen: list[BaseException] = []
+
+    def consume(reader: stream.Readable) -> None:
+        try:
+            while reader.read(1 << 16):
+                pass
+        except BrokenPipeError as exc:
+            seen.append(exc)
+            raise
+
+    pipe = stream.Pipeline(b"x" * (1 << 22), [stream.Tee([stream.Sink(consume)], depth=1)])
+    assert pipe.read(1 << 16)
+    pipe.close()
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen
