@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pitr import __version__, chains, codec, stream
+from pitr import __version__, chains, codec, stream, tiers
 from pitr import manifest as manifest_mod
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
@@ -445,7 +445,8 @@ def _stream(repo: Repo, backup_id: str, opts: pgbb.BaseBackupOptions, cfg: Confi
                    stored, stored_hash]
     try:
         with stream.Pipeline(pgbb.ProcessStdout(proc), filters) as pipe:
-            repo.storage.put(key, pipe, if_absent=True)
+            repo.storage.put(key, pipe, if_absent=True,
+                             storage_class=repo.upload_class(tiers.BACKUP))
         rc = proc.wait()
         if rc != 0:
             raise proc.failure(rc)
@@ -473,7 +474,8 @@ def _store_pg_manifest(repo: Repo, backup_id: str, raw: bytes, level: int) -> Ba
     the whole backup."""
     blob, raw_sha = codec.compress_blob(raw, level)
     key = repo.backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
-    put_bytes(repo.storage, key, blob, if_absent=True)
+    put_bytes(repo.storage, key, blob, if_absent=True,
+              storage_class=repo.upload_class(tiers.BACKUP))
     stored = stream.Hash()
     stream.run(blob, [stored])
     return BackupObject(chains.BACKUP_MANIFEST_OBJECT, key, len(raw), len(blob),

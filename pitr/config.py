@@ -51,6 +51,11 @@ def parse_duration(value: object) -> Duration:
     return Duration(float(m.group(1)) * _UNIT[m.group(2)])
 
 
+# S3 storage classes pitr can put objects in (docs/storage-tiers.md); "" is the default.
+STORAGE_CLASSES = ("", "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                   "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
+
+
 @dataclass(frozen=True)
 class RepositoryConfig:
     url: str = _f("file:///var/lib/pitr/repo",
@@ -66,6 +71,19 @@ class RepositoryConfig:
     verify_tls: bool = _f(True, "verify the S3 server's TLS certificate")
     ca_bundle: str = _f("", "path of a CA bundle to verify the S3 server's certificate with")
     storage_class: str = _f("", "S3 storage class for new objects (empty: the bucket default)")
+    wal_storage_class: str = _f("", "S3 storage class of WAL objects (empty: storage_class); "
+                                "see docs/storage-tiers.md", choices=STORAGE_CLASSES)
+    backup_storage_class: str = _f("", "S3 storage class of backup data (the tar and its "
+                                   "backup_manifest copy; manifest.json stays in "
+                                   "storage_class, every listing reads it; empty: "
+                                   "storage_class)", choices=STORAGE_CLASSES)
+    monthly_storage_class: str = _f("", "S3 storage class that backup data kept only by the "
+                                    "monthly tier moves to, by the rule `pitr lifecycle` "
+                                    "writes (tag pitr-tier=monthly; empty: no transition)",
+                                    choices=STORAGE_CLASSES)
+    abort_multipart_days: int = _f(7, "`pitr lifecycle`: abort multipart uploads left "
+                                   "unfinished this many days (longer than any backup's "
+                                   "upload)")
     sse: str = _f("", "S3 server-side encryption", choices=("", "AES256", "aws:kms"))
     sse_kms_key_id: str = _f("", "KMS key id when sse = 'aws:kms'")
     timeout: Duration = _f(Duration(60), "retry budget of one repository operation before "
@@ -305,6 +323,8 @@ def _validate(cfg: Config) -> list[str]:
         problems.append(f"compression.level: must be 1..22, got {cfg.compression.level}")
     if not 5 <= cfg.repository.part_size_mib <= 5120:
         problems.append("repository.part_size_mib: must be 5..5120")
+    if cfg.repository.abort_multipart_days < 1:
+        problems.append("repository.abort_multipart_days: must be at least 1")
     if cfg.repository.timeout <= 0:
         problems.append("repository.timeout: must be positive")
     if (cfg.repository.access_key_id == "") != (cfg.repository.secret_access_key == ""):

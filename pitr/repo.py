@@ -21,6 +21,7 @@ Every WAL object is compressed with the header from :mod:`pitr.codec`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -126,19 +127,33 @@ class Layout:
         return f"{self.stanza}/check/{kind}-{token}"
 
 
+def upload_classes(cfg: Config) -> dict[str, str]:
+    """Storage class per object kind for :class:`Repo` (pitr.tiers.upload_class)."""
+    from pitr import tiers
+
+    return {k: tiers.upload_class(cfg.repository, k) for k in (tiers.WAL, tiers.BACKUP)}
+
+
 class Repo(Layout):
     """Keys and identity of one stanza inside a storage."""
 
-    def __init__(self, storage: Storage, stanza: str) -> None:
+    def __init__(self, storage: Storage, stanza: str,
+                 classes: Mapping[str, str] | None = None) -> None:
         super().__init__(stanza)
         self.storage = storage
+        # object kind (pitr.tiers.WAL, BACKUP) -> S3 storage class at upload ("" = default)
+        self.classes: Mapping[str, str] = classes or {}
 
     @classmethod
     def open(cls, cfg: Config) -> Repo:
         """The configured stanza in the configured repository (the one way to open it)."""
         from pitr.storage import open_storage
 
-        return cls(open_storage(cfg.repository), cfg.stanza)
+        return cls(open_storage(cfg.repository), cfg.stanza, upload_classes(cfg))
+
+    def upload_class(self, kind: str) -> str:
+        """The storage class a new object of ``kind`` is put in (docs/storage-tiers.md)."""
+        return self.classes.get(kind, "")
 
     # -- identity ---------------------------------------------------------
     def read_identity(self) -> RepoIdentity | None:

@@ -45,7 +45,7 @@ from pitr.config import Config
 from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageError
 from pitr.log import event
 from pitr.pg.walname import is_wal_name
-from pitr.repo import Repo, RepoIdentity
+from pitr.repo import Repo, RepoIdentity, upload_classes
 from pitr.wal.spool import FileIdentity, Receipt, Spool, rotate_if_big, try_lock
 from pitr.wal.status import AgentStatus
 
@@ -131,8 +131,9 @@ class WarmRepo(Repo):
     retry with backoff).
     """
 
-    def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None) -> None:
-        super().__init__(storage, stanza)
+    def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None,
+                 classes: dict[str, str] | None = None) -> None:
+        super().__init__(storage, stanza, classes)
         self._cache = cache or IdentityCache()
 
     def ensure_identity(self, system_id: int, pg_version: int | None,
@@ -394,7 +395,8 @@ class Agent:
                 storage = open_storage(self.cfg.repository)
                 require_conditional_writes(self.cfg, storage)
                 self._storage = storage
-            return WarmRepo(self._storage, self.cfg.stanza, self._identity)
+            return WarmRepo(self._storage, self.cfg.stanza, self._identity,
+                            upload_classes(self.cfg))
 
     def _worker(self) -> None:
         repo: Repo | None = None
