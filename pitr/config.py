@@ -81,7 +81,7 @@ class RepositoryConfig:
                                     "monthly tier moves to, by the rule `pitr lifecycle` "
                                     "writes (tag pitr-tier=monthly; empty: no transition)",
                                     choices=STORAGE_CLASSES)
-    abort_multipart_days: int = _f(7, "`pitr lifecycle`: abort multipart uploads left "
+    abort_multipart_days: int = _f(3, "`pitr lifecycle`: abort multipart uploads left "
                                    "unfinished this many days (longer than any backup's "
                                    "upload)")
     sse: str = _f("", "S3 server-side encryption", choices=("", "AES256", "aws:kms"))

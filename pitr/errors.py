@@ -31,6 +31,11 @@ code class                         meaning
                                   restore plan promised
 20   IncrementalError             an incremental backup cannot be taken or
                                   rebuilt (no usable parent, WAL summaries)
+25   ArchivedObject               an object a restore reads sits in an archive
+                                  storage class (GLACIER, DEEP_ARCHIVE): run
+                                  `pitr restore --thaw`
+26   ThawTimeout                  `pitr restore --thaw`: archived objects were
+                                  not readable within --thaw-timeout
 70   InternalError                a bug: please report it (with --debug)
 ==== ============================ ==============================================
 
@@ -157,6 +162,28 @@ class IncrementalError(PitrError):
     """
 
     exit_code = 20
+
+
+class ArchivedObject(StorageError):
+    """An object a restore reads sits in an archive storage class: restore it first.
+
+    GLACIER and DEEP_ARCHIVE objects cannot be read until a restore request made them
+    readable; `pitr restore --thaw` makes the requests and waits (docs/storage-tiers.md).
+    """
+
+    exit_code = 25
+    default_hint = ("run `pitr plan` to see what is archived and the estimated wait, then "
+                    "`pitr restore --thaw ...` (docs/storage-tiers.md)")
+
+
+class ThawTimeout(PitrError):
+    """`pitr restore --thaw`: archived objects were not readable within --thaw-timeout.
+
+    The restore requests keep running in S3: running the same command again waits for
+    them without asking twice (docs/storage-tiers.md).
+    """
+
+    exit_code = 26
 
 
 class WalNotFound(NotFound):

@@ -116,7 +116,7 @@ class TieredStorage(Protocol):
     * ``request_thaw``: ask for a readable copy of an archive-class object for ``days``
       with retrieval ``tier``; a request already running is not an error.
     * ``get_lifecycle`` / ``put_lifecycle``: the bucket's lifecycle rules ([] when none);
-      ``put_lifecycle`` replaces them all.
+      ``put_lifecycle`` replaces them all with a non-empty list.
     """
 
     key_prefix: str

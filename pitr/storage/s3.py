@@ -31,7 +31,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
-from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
+from pitr.errors import (
+    AlreadyExists,
+    ArchivedObject,
+    NotFound,
+    StorageError,
+    TransientStorageError,
+)
 from pitr.storage.base import ObjectInfo, in_key_order, server_start_after
 from pitr.stream import Readable
 
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     from pitr.config import RepositoryConfig
 
 T = TypeVar("T")
+_Rules = list[dict[str, Any]]  # lifecycle rules (S3's JSON shape); `list` is a method below
 
 MIB = 1 << 20
 MIN_PART = 5 * MIB  # S3's minimum for every part but the last
@@ -503,7 +510,7 @@ class S3Storage:
                              "the object is not in GLACIER or DEEP_ARCHIVE") from None
             raise self._translate(exc, key, "restore") from None
 
-    def get_lifecycle(self) -> list[dict[str, Any]]:
+    def get_lifecycle(self) -> _Rules:
         try:
             resp = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
         except Exception as exc:
@@ -515,13 +522,10 @@ class S3Storage:
             raise self._translate(exc, "/", "get lifecycle") from None
         return [dict(r) for r in resp.get("Rules", ())]
 
-    def put_lifecycle(self, rules: list[dict[str, Any]]) -> None:
+    def put_lifecycle(self, rules: _Rules) -> None:
         try:
-            if rules:
-                self._client.put_bucket_lifecycle_configuration(
-                    Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
-            else:
-                self._client.delete_bucket_lifecycle(Bucket=self.bucket)
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
         except Exception as exc:
             from botocore import exceptions as bx
 
@@ -642,6 +646,11 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
                                                     "InvalidRequest"):
             return StorageError(text, hint="this S3 server does not take x-amz-checksum-crc32: "
                                            "set repository.upload_checksum = \"md5\"")
+        if code == "InvalidObjectState":
+            # GetObject on a GLACIER / DEEP_ARCHIVE object that is not restored (a 403,
+            # which must not read as "access denied": docs/storage-tiers.md)
+            return ArchivedObject(f"{key}: the object is in an archive storage class and "
+                                  f"must be restored before it can be read ({where})")
         if code == "RequestTimeTooSkewed":
             return StorageError(text, hint="the clock of this host is off: run NTP")
         if code in _AUTH or status in (401, 403):
