@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from pitr.errors import StorageError, ThawTimeout, UsageError
 from pitr.log import event
+from pitr.progress import human_age
 from pitr.storage.base import Storage, TieredStorage
 from pitr.tiers import ThawState, describe_wait, thaw_estimate, thaw_state
 
@@ -79,7 +80,7 @@ def thaw(storage: Storage, cold: tuple[tuple[str, str], ...], opts: ThawOptions,
         elapsed = clock() - started
         done = result.objects - len(pending)
         report(f"thaw: {done}/{result.objects} readable, {len(pending)} being restored "
-               f"({result.requested} request(s) made), {elapsed / 60:.0f} min elapsed")
+               f"({result.requested} request(s) made), {human_age(elapsed)} elapsed")
         event(log, logging.INFO, "thaw progress", readable=done, pending=len(pending),
               requested=result.requested, seconds=round(elapsed, 1))
         if not pending:
@@ -88,7 +89,7 @@ def thaw(storage: Storage, cold: tuple[tuple[str, str], ...], opts: ThawOptions,
         if elapsed + opts.poll > timeout:
             raise ThawTimeout(
                 f"{len(pending)} of {result.objects} archived object(s) are still being "
-                f"restored after {elapsed / 60:.0f} min (--thaw-timeout), e.g. {pending[0]}",
+                f"restored after {human_age(elapsed)} (--thaw-timeout), e.g. {pending[0]}",
                 hint="the requests keep running in S3: run the same command again later; it "
                      "waits for them without asking again")
         sleep(opts.poll)

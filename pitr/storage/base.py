@@ -41,7 +41,8 @@ class ObjectInfo:
     # timezone-aware UTC; never earlier than the moment the object was stored (drivers
     # with coarse clocks round up), so it is a safe upper bound of the writer's times
     mtime: datetime
-    # the storage class the listing reports ("" when the driver has none: local files);
+    # the storage class the listing reports ("" for the default class, STANDARD, and
+    # when the driver has none: local files);
     # GLACIER / DEEP_ARCHIVE need a restore request before a read (docs/storage-tiers.md)
     storage_class: str = ""
 

@@ -544,8 +544,10 @@ class S3Storage:
 
 
 def _class_of(resp: dict[str, Any]) -> str:
-    """The object's storage class: S3 leaves it out of a HEAD for STANDARD."""
-    return str(resp.get("StorageClass") or "STANDARD")
+    """The object's storage class, "" for STANDARD (S3 leaves it out of a HEAD then), so
+    every driver reports the default class alike (ObjectInfo.storage_class)."""
+    found = str(resp.get("StorageClass") or "")
+    return "" if found == "STANDARD" else found
 
 
 class _Chunker:

@@ -23,6 +23,8 @@ from support import walbytes
 
 from pitr import manifest, tiers
 from pitr.backup import _store_pg_manifest
+from pitr.catalog import load_catalog
+from pitr.catalog_cache import CatalogCache
 from pitr.config import Config, Duration, RepositoryConfig
 from pitr.errors import NotFound, StorageError
 from pitr.expire import expire, render
@@ -81,10 +83,10 @@ def test_each_kind_of_object_is_uploaded_in_its_class(s3_repo: dict[str, Any],
     put_bytes(repo.storage, repo.manifest_key("b1"), b"{}")
     listed = _classes(repo, "")
     assert listed[repo.wal_key(name)] == "GLACIER"
-    assert listed[repo.identity_key] == "STANDARD"
+    assert listed[repo.identity_key] == ""  # STANDARD, like a local file
     assert listed[repo.backup_prefix("b1") + "backup_manifest.zst"] == "STANDARD_IA"
     assert listed[repo.backup_prefix("b1") + "base.tar.zst"] == "STANDARD_IA"
-    assert listed[repo.manifest_key("b1")] == "STANDARD"  # every listing reads it
+    assert listed[repo.manifest_key("b1")] == ""  # STANDARD: every listing reads it
     assert repo.storage.stat(repo.wal_key(name)).storage_class == "GLACIER"
     # the agent's warm repository uploads in the same classes
     assert upload_classes(cfg) == {tiers.WAL: "GLACIER", tiers.BACKUP: "STANDARD_IA"}
@@ -160,6 +162,14 @@ def test_plan_reports_glacier_objects_and_restore_refuses_before_writing(
     _backup(repo, "b1", stop, 1, data_class="GLACIER")
     cold_seg = _push(frozen_wal, tmp_path, 2)
     _push(repo, tmp_path, 3)
+
+    full = load_catalog(repo)
+    assert full.cold_objects == {"b1": ((repo.backup_prefix("b1") + "base.tar.zst",
+                                         "GLACIER"),)}
+    assert [s.storage_class for s in full.segments[1]] == ["", "GLACIER", ""]
+    # the catalog cache (list, status, monitoring) carries the classes too
+    assert CatalogCache(repo, tmp_path / "cache.json").refresh() == full
+    assert CatalogCache(repo, tmp_path / "cache.json").refresh() == full  # from the file
 
     doc = json.loads(run_pitr(path, "plan", "--latest", "--json").stdout)
     assert doc["backup"]["id"] == "b1"
