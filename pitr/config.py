@@ -71,8 +71,10 @@ class RepositoryConfig:
     verify_tls: bool = _f(True, "verify the S3 server's TLS certificate")
     ca_bundle: str = _f("", "path of a CA bundle to verify the S3 server's certificate with")
     storage_class: str = _f("", "S3 storage class for new objects (empty: the bucket default)")
-    wal_storage_class: str = _f("", "S3 storage class of WAL objects (empty: storage_class); "
-                                "see docs/storage-tiers.md", choices=STORAGE_CLASSES)
+    wal_storage_class: str = _f("", "S3 storage class of WAL segments and .partial files "
+                                "(history and .backup files stay in storage_class, plans "
+                                "read them; empty: storage_class); see "
+                                "docs/storage-tiers.md", choices=STORAGE_CLASSES)
     backup_storage_class: str = _f("", "S3 storage class of backup data (the tar and its "
                                    "backup_manifest copy; manifest.json stays in "
                                    "storage_class, every listing reads it; empty: "

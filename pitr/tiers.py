@@ -42,6 +42,15 @@ BACKUP = "backup"
 OTHER = "other"  # repo.json, manifests, pins, locks, claims, verify reports
 
 
+def wal_kind(name: str) -> str:
+    """The kind of a WAL file name for :func:`upload_class`: segments and ``.partial``
+    files are WAL; history and ``.backup`` files are read by every catalog load and
+    plan, so they stay with the control objects."""
+    from pitr.pg.names import WalKind, classify
+
+    return WAL if classify(name) in (WalKind.SEGMENT, WalKind.PARTIAL) else OTHER
+
+
 def upload_class(repository: Any, kind: str) -> str:
     """The storage class an object of ``kind`` is uploaded with ("" = bucket default).
 

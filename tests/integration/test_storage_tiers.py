@@ -76,6 +76,9 @@ def test_each_kind_of_object_is_uploaded_in_its_class(s3_repo: dict[str, Any],
                backup_storage_class="STANDARD_IA")
     repo = Repo.open(cfg)
     name = _push(repo, tmp_path, 1)  # repo.json on the way: a control object
+    history = tmp_path / "00000002.history"
+    history.write_text("1\t0/1000000\tpromoted\n")
+    push_wal(repo, history, level=1, budget=30)
     _store_pg_manifest(repo, "b1", b"{}", 1)  # backup data, single PUT
     big = os.urandom(7 * 1024 * 1024)  # multipart: CreateMultipartUpload carries the class
     repo.storage.put(repo.backup_prefix("b1") + "base.tar.zst", _Reader(big),
@@ -84,6 +87,7 @@ def test_each_kind_of_object_is_uploaded_in_its_class(s3_repo: dict[str, Any],
     listed = _classes(repo, "")
     assert listed[repo.wal_key(name)] == "GLACIER"
     assert listed[repo.identity_key] == ""  # STANDARD, like a local file
+    assert listed[repo.wal_key("00000002.history")] == ""  # every plan reads it
     assert listed[repo.backup_prefix("b1") + "backup_manifest.zst"] == "STANDARD_IA"
     assert listed[repo.backup_prefix("b1") + "base.tar.zst"] == "STANDARD_IA"
     assert listed[repo.manifest_key("b1")] == ""  # STANDARD: every listing reads it

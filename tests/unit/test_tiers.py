@@ -48,6 +48,13 @@ def test_each_kind_gets_its_class_and_falls_back_to_storage_class() -> None:
     assert tiers.upload_class(cfg, tiers.BACKUP) == "GLACIER"
 
 
+def test_history_and_backup_files_stay_with_the_control_objects() -> None:
+    assert tiers.wal_kind("000000010000000000000003") == tiers.WAL
+    assert tiers.wal_kind("000000010000000000000003.partial") == tiers.WAL
+    assert tiers.wal_kind("00000002.history") == tiers.OTHER
+    assert tiers.wal_kind("000000010000000000000003.00000028.backup") == tiers.OTHER
+
+
 def test_an_unknown_class_is_a_config_error(tmp_path: Any) -> None:
     from pitr import config as config_mod
     from pitr.errors import ConfigError
