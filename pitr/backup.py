@@ -474,8 +474,8 @@ def _store_pg_manifest(repo: Repo, backup_id: str, raw: bytes, level: int) -> Ba
     the whole backup."""
     blob, raw_sha = codec.compress_blob(raw, level)
     key = repo.backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
-    put_bytes(repo.storage, key, blob, if_absent=True,
-              storage_class=repo.upload_class(tiers.BACKUP))
+    # in storage_class, not backup_storage_class: the next incremental backup reads it
+    put_bytes(repo.storage, key, blob, if_absent=True)
     stored = stream.Hash()
     stream.run(blob, [stored])
     return BackupObject(chains.BACKUP_MANIFEST_OBJECT, key, len(raw), len(blob),

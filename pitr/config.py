@@ -75,10 +75,10 @@ class RepositoryConfig:
                                 "(history and .backup files stay in storage_class, plans "
                                 "read them; empty: storage_class); see "
                                 "docs/storage-tiers.md", choices=STORAGE_CLASSES)
-    backup_storage_class: str = _f("", "S3 storage class of backup data (the tar and its "
-                                   "backup_manifest copy; manifest.json stays in "
-                                   "storage_class, every listing reads it; empty: "
-                                   "storage_class)", choices=STORAGE_CLASSES)
+    backup_storage_class: str = _f("", "S3 storage class of backup data, the tar (its "
+                                   "manifest.json and backup_manifest copy stay in "
+                                   "storage_class: listings and incremental backups read "
+                                   "them; empty: storage_class)", choices=STORAGE_CLASSES)
     monthly_storage_class: str = _f("", "S3 storage class that backup data kept only by the "
                                     "monthly tier moves to, by the rule `pitr lifecycle` "
                                     "writes (tag pitr-tier=monthly; empty: no transition)",

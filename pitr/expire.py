@@ -166,8 +166,8 @@ def _retag(repo: Repo, d: RetentionDecision, backup_objects: dict[str, list[Obje
            dry_run: bool) -> list[tuple[str, str, str, str]]:
     """Keep each kept backup's ``pitr-tier`` tag current (docs/storage-tiers.md).
 
-    Only the data objects carry it: manifest.json is read by every listing and must
-    never move to an archive class, so the lifecycle rule cannot match it. A tag is
+    Only the data objects carry it (:func:`pitr.tiers.is_backup_data`): manifest.json is
+    read by every listing, so the lifecycle rule must never match it. A tag is
     written only when it differs, after one GET per object; a storage without
     classes (the local driver) has no tags."""
     storage = repo.storage
@@ -176,9 +176,8 @@ def _retag(repo: Repo, d: RetentionDecision, backup_objects: dict[str, list[Obje
     changed: list[tuple[str, str, str, str]] = []
     for kept in d.kept:
         tier = tiers.tier_of(kept.reasons)
-        manifest = repo.manifest_key(kept.backup.id)
         for obj in backup_objects.get(kept.backup.id, ()):
-            if obj.key == manifest:
+            if not tiers.is_backup_data(obj.key):
                 continue
             tags = storage.get_tags(obj.key)
             old = tags.get(tiers.TAG_KEY, "")

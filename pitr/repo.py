@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 REPO_FORMAT = 1
 WAL_SUFFIX = ".zst"
+MANIFEST_OBJECT = "manifest.json"  # a backup's record, written last
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Layout:
         return f"{self.backups_prefix}{backup_id}/"
 
     def manifest_key(self, backup_id: str) -> str:
-        return f"{self.backup_prefix(backup_id)}manifest.json"
+        return f"{self.backup_prefix(backup_id)}{MANIFEST_OBJECT}"
 
     def backup_id_of(self, key: str) -> tuple[str, bool] | None:
         """(backup id, whether ``key`` is its manifest) for a key under backups/."""
@@ -101,7 +102,7 @@ class Layout:
         parts = key[len(self.backups_prefix):].split("/")
         if len(parts) < 2 or not parts[0]:
             return None
-        return parts[0], parts[1:] == ["manifest.json"]
+        return parts[0], parts[1:] == [MANIFEST_OBJECT]
 
     @property
     def pins_prefix(self) -> str:

@@ -51,6 +51,17 @@ def wal_kind(name: str) -> str:
     return WAL if classify(name) in (WalKind.SEGMENT, WalKind.PARTIAL) else OTHER
 
 
+def is_backup_data(key: str) -> bool:
+    """Whether a key under a backup's prefix is its data (the tar): what
+    ``backup_storage_class`` applies to and what carries the ``pitr-tier`` tag. The
+    manifest every listing reads and the backup_manifest copy the next incremental
+    backup reads stay with the control objects."""
+    from pitr.chains import BACKUP_MANIFEST_OBJECT
+    from pitr.repo import MANIFEST_OBJECT
+
+    return key.rsplit("/", 1)[-1] not in (BACKUP_MANIFEST_OBJECT, MANIFEST_OBJECT)
+
+
 def upload_class(repository: Any, kind: str) -> str:
     """The storage class an object of ``kind`` is uploaded with ("" = bucket default).
 

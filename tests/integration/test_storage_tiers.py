@@ -67,6 +67,7 @@ def _backup(repo: Repo, bid: str, stop: datetime, segno: int, data_class: str = 
                        db_size=10, raw_bytes=10, stored_bytes=7)
     put_bytes(repo.storage, repo.backup_prefix(bid) + "base.tar.zst", b"1234567",
               storage_class=data_class)
+    put_bytes(repo.storage, repo.backup_prefix(bid) + "backup_manifest.zst", b"{}")
     put_bytes(repo.storage, repo.manifest_key(bid), manifest.encode(rec))
 
 
@@ -79,7 +80,7 @@ def test_each_kind_of_object_is_uploaded_in_its_class(s3_repo: dict[str, Any],
     history = tmp_path / "00000002.history"
     history.write_text("1\t0/1000000\tpromoted\n")
     push_wal(repo, history, level=1, budget=30)
-    _store_pg_manifest(repo, "b1", b"{}", 1)  # backup data, single PUT
+    _store_pg_manifest(repo, "b1", b"{}", 1)
     big = os.urandom(7 * 1024 * 1024)  # multipart: CreateMultipartUpload carries the class
     repo.storage.put(repo.backup_prefix("b1") + "base.tar.zst", _Reader(big),
                      storage_class=repo.upload_class(tiers.BACKUP))
@@ -88,7 +89,8 @@ def test_each_kind_of_object_is_uploaded_in_its_class(s3_repo: dict[str, Any],
     assert listed[repo.wal_key(name)] == "GLACIER"
     assert listed[repo.identity_key] == ""  # STANDARD, like a local file
     assert listed[repo.wal_key("00000002.history")] == ""  # every plan reads it
-    assert listed[repo.backup_prefix("b1") + "backup_manifest.zst"] == "STANDARD_IA"
+    # the next incremental backup reads the backup_manifest copy: not in the data's class
+    assert listed[repo.backup_prefix("b1") + "backup_manifest.zst"] == ""
     assert listed[repo.backup_prefix("b1") + "base.tar.zst"] == "STANDARD_IA"
     assert listed[repo.manifest_key("b1")] == ""  # STANDARD: every listing reads it
     assert repo.storage.stat(repo.wal_key(name)).storage_class == "GLACIER"
@@ -223,7 +225,9 @@ def test_expire_tags_follow_the_retention_tier(s3_repo: dict[str, Any]) -> None:
     expire(repo, policy, now=datetime(2025, 4, 2, 12, tzinfo=UTC))
     assert (tag("march"), tag("april1"), tag("april2")) == ("monthly", "recent", "recent")
     assert isinstance(repo.storage, TieredStorage)
-    assert repo.storage.get_tags(repo.manifest_key("march")) == {}  # never archived
+    for control in (repo.manifest_key("march"), repo.backup_prefix("march")
+                    + "backup_manifest.zst"):
+        assert repo.storage.get_tags(control) == {}  # never archived
 
     # a week later April 1st is kept by the monthly tier alone: its tag cools down
     later = expire(repo, policy, now=datetime(2025, 4, 9, 12, tzinfo=UTC))

@@ -55,6 +55,12 @@ def test_history_and_backup_files_stay_with_the_control_objects() -> None:
     assert tiers.wal_kind("000000010000000000000003.00000028.backup") == tiers.OTHER
 
 
+def test_only_the_tar_is_backup_data() -> None:
+    assert tiers.is_backup_data("s/backups/b1/base.tar.zst")
+    assert not tiers.is_backup_data("s/backups/b1/manifest.json")
+    assert not tiers.is_backup_data("s/backups/b1/backup_manifest.zst")
+
+
 def test_an_unknown_class_is_a_config_error(tmp_path: Any) -> None:
     from pitr import config as config_mod
     from pitr.errors import ConfigError
