@@ -201,6 +201,12 @@ def test_plan_reports_glacier_objects_and_restore_refuses_before_writing(
     assert "refused to restore" in thawing.stderr and "MethodNotAllowed" in thawing.stderr
     assert not dest.exists()
     assert list(repo.storage.list(repo.claims_prefix)) == []  # the claim was released
+    # the restore drill fails its check before it builds a scratch cluster
+    drill = run_pitr(path, "verify", "--json", check=False)
+    assert drill.returncode == 14, drill.stderr
+    checks = json.loads(drill.stdout)["checks"]
+    assert any(not c["ok"] and "drill cannot read archived objects" in c["detail"]
+               for c in checks), checks
 
 
 def test_expire_tags_follow_the_retention_tier(s3_repo: dict[str, Any]) -> None:
