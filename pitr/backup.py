@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from pitr import __version__, chains, codec, stream
+from pitr import __version__, chains, codec, stream, tiers
 from pitr import manifest as manifest_mod
 from pitr.condwrites import require_conditional_writes
 from pitr.config import Config
@@ -534,7 +534,8 @@ def _stream(repos: list[Repo], backup_id: str, opts: pgbb.BaseBackupOptions, cfg
     filters += _copies(repos[1:], key)
     try:
         with stream.Pipeline(pgbb.ProcessStdout(proc), filters) as pipe:
-            repo.storage.put(key, pipe, if_absent=True)
+            repo.storage.put(key, pipe, if_absent=True,
+                             storage_class=repo.upload_class(tiers.BACKUP))
         rc = proc.wait()
         if rc != 0:
             raise proc.failure(rc)
@@ -617,7 +618,8 @@ def stream_with_tablespaces(repos: list[Repo], backup_id: str, opts: pgbb.BaseBa
                 filters += _copies(repos[1:], key)
                 try:
                     with stream.Pipeline(reader, filters) as pipe:
-                        repo.storage.put(key, pipe, if_absent=True)
+                        repo.storage.put(key, pipe, if_absent=True,
+                                         storage_class=repo.upload_class(tiers.BACKUP))
                 except IntegrityError as exc:
                     if not server:
                         raise
@@ -672,7 +674,7 @@ def _copies(others: list[Repo], key: str) -> list[stream.Filter]:
 
 
 def _upload(repo: Repo, key: str, reader: stream.Readable) -> None:
-    repo.storage.put(key, reader, if_absent=True)
+    repo.storage.put(key, reader, if_absent=True, storage_class=repo.upload_class(tiers.BACKUP))
 
 
 # -- PostgreSQL's backup_manifest: what the next incremental backup is taken against ----
@@ -684,6 +686,7 @@ def _store_pg_manifest(repos: list[Repo], backup_id: str, raw: bytes,
     the whole backup."""
     blob, raw_sha = codec.compress_blob(raw, level)
     key = repos[0].backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
+    # in storage_class, not backup_storage_class: the next incremental backup reads it
     for repo in repos:  # the same bytes in each: one record describes them all
         put_bytes(repo.storage, key, blob, if_absent=True)
     stored = stream.Hash()

@@ -33,6 +33,7 @@ from pitr.pg.names import (
     parse_history,
     parse_segment_name,
 )
+from pitr.tiers import COLD_CLASSES
 
 if TYPE_CHECKING:
     from pitr.repo import Repo
@@ -47,6 +48,7 @@ class WalSegment:
     stored_bytes: int
     archived_at: datetime  # when the object was stored: an upper bound of its commit times
     key: str = ""
+    storage_class: str = ""  # as listed; "" when unknown (docs/storage-tiers.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,9 @@ class Catalog:
     backup_history_files: tuple[str, ...] = ()  # archived *.backup names
     partial_files: tuple[str, ...] = ()
     damaged_backups: tuple[str, ...] = ()  # ids whose manifest cannot be read (never chosen)
+    # backup id -> (key, storage class) of its objects in an archive class (GLACIER,
+    # DEEP_ARCHIVE): a restore must thaw them first (docs/storage-tiers.md)
+    cold_objects: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def ranges(self, tli: int | None = None) -> list[WalRange]:
         tlis = [tli] if tli is not None else sorted(self.segments)
@@ -186,6 +191,7 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
     manifests: dict[str, str] = {}  # backup id -> manifest key
     backup_ids: set[str] = set()
     pinned: set[str] = set()
+    cold: dict[str, list[tuple[str, str]]] = {}
     wal: list[tuple[str, ObjectInfo]] = []
     has_identity = False
     for obj in objects:
@@ -201,6 +207,8 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
                 backup_ids.add(owner[0])
                 if owner[1]:
                     manifests[owner[0]] = obj.key
+                if obj.storage_class in COLD_CLASSES:
+                    cold.setdefault(owner[0], []).append((obj.key, obj.storage_class))
         elif obj.key.startswith(layout.pins_prefix):
             pinned.add(obj.key[len(layout.pins_prefix):])
 
@@ -218,7 +226,7 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
         if kind is WalKind.SEGMENT:
             tli, segno = parse_segment_name(name, seg_size)
             segments.setdefault(tli, []).append(
-                WalSegment(tli, segno, obj.size, obj.mtime, obj.key))
+                WalSegment(tli, segno, obj.size, obj.mtime, obj.key, obj.storage_class))
         elif kind is WalKind.HISTORY:
             history_keys[int(name[:8], 16)] = (name, obj)
         elif kind is WalKind.BACKUP:
@@ -240,6 +248,7 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
         backup_history_files=tuple(sorted(backup_files)),
         partial_files=tuple(sorted(partials)),
         damaged_backups=tuple(sorted(damaged)),
+        cold_objects={i: tuple(sorted(v)) for i, v in sorted(cold.items())},
     )
 
 

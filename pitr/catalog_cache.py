@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pitr.catalog_cache")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: rows may carry a storage class
 CACHE_PREFIX = "catalog-"
 SWEEP_EVERY = 3600.0  # older timelines are listed after their last key at least this often
 REBUILD_EVERY = 86400.0  # and the whole stanza at least this often (deletions by hand)
@@ -79,7 +79,11 @@ def _time(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-Row = list[Any]  # [key or name, size, mtime in µs since the epoch]
+# [key or name, size, mtime in µs since the epoch] and, for an object outside the default
+# storage class, the class as listed (docs/storage-tiers.md). A lifecycle transition does
+# not change an object's mtime, so WAL rows keep the class of their first listing; the
+# planner never reads this cache (it lists what it needs).
+Row = list[Any]
 
 
 @dataclass
@@ -258,7 +262,7 @@ class CatalogCache:
             if classify(name) is WalKind.SEGMENT:
                 _tli, segno = parse_segment_name(name, seg_size)
                 rows = state.segments.setdefault(tli, [])
-                row = [segno, obj.size, _us(obj.mtime)]
+                row = [segno, obj.size, _us(obj.mtime), *_class(obj)]
                 if tail:
                     rows.append(row)
                 else:  # re-listed after a gap: insert what landed late
@@ -304,7 +308,7 @@ class CatalogCache:
     def head_objects(self, prefix: str) -> list[ObjectInfo]:
         """Objects under ``prefix`` (before ``<stanza>/wal``) as last listed."""
         assert self.state is not None
-        return [ObjectInfo(k, s, _time(m)) for k, s, m in self.state.head if k.startswith(prefix)]
+        return [o for o in _objects(self.state.head) if o.key.startswith(prefix)]
 
     # -- catalog ----------------------------------------------------------------
 
@@ -326,7 +330,7 @@ class CatalogCache:
             timelines={t: timelines[t] for t in sorted(timelines)},
             incomplete_backups=base.incomplete_backups,
             backup_history_files=base.backup_history_files, partial_files=base.partial_files,
-            damaged_backups=base.damaged_backups)
+            damaged_backups=base.damaged_backups, cold_objects=base.cold_objects)
 
 
 def cached_catalog(cfg: Config, repo: Repo | None = None) -> tuple[Catalog, CatalogCache]:
@@ -351,19 +355,24 @@ def describe(cache: CatalogCache | None, now: float | None = None) -> dict[str, 
             "rebuild_every_seconds": REBUILD_EVERY}
 
 
+def _class(obj: ObjectInfo) -> list[str]:
+    return [obj.storage_class] if obj.storage_class else []
+
+
 def _row(obj: ObjectInfo) -> Row:
-    return [obj.key, obj.size, _us(obj.mtime)]
+    return [obj.key, obj.size, _us(obj.mtime), *_class(obj)]
 
 
 def _objects(rows: Iterable[Row]) -> Iterator[ObjectInfo]:
-    for key, size, us in rows:
-        yield ObjectInfo(key, size, _time(us))
+    for key, size, us, *cls in rows:
+        yield ObjectInfo(key, size, _time(us), cls[0] if cls else "")
 
 
 def _segments(repo: Repo, tli: int, rows: list[Row], seg_size: int) -> Iterator[WalSegment]:
-    for segno, size, us in rows:
+    for segno, size, us, *cls in rows:
         yield WalSegment(tli, segno, size, _time(us),
-                         repo.segment_key(segment_name(tli, segno, seg_size)))
+                         repo.segment_key(segment_name(tli, segno, seg_size)),
+                         cls[0] if cls else "")
 
 
 def _deleted_since(state: CacheState, head: list[Row], stanza: str) -> bool:

@@ -154,7 +154,7 @@ def _path_wal(repo: Repo, base: Catalog, path: tuple[planner.PathStep, ...], sta
             tli, segno = parse_segment_name(name, size)
             if hi is not None and segno >= hi:
                 break
-            seg = WalSegment(tli, segno, obj.size, obj.mtime, obj.key)
+            seg = WalSegment(tli, segno, obj.size, obj.mtime, obj.key, obj.storage_class)
             out.setdefault(tli, []).append(seg)
             if covered is not None and segno > covered:
                 return {t: tuple(v) for t, v in out.items()}

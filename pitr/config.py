@@ -51,6 +51,11 @@ def parse_duration(value: object) -> Duration:
     return Duration(float(m.group(1)) * _UNIT[m.group(2)])
 
 
+# S3 storage classes pitr can put objects in (docs/storage-tiers.md); "" is the default.
+STORAGE_CLASSES = ("", "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                   "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
+
+
 @dataclass(frozen=True)
 class RepositoryConfig:
     name: str = _f("repo1", "name of this repository in messages, `--repo NAME`, status and "
@@ -69,6 +74,21 @@ class RepositoryConfig:
     verify_tls: bool = _f(True, "verify the S3 server's TLS certificate")
     ca_bundle: str = _f("", "path of a CA bundle to verify the S3 server's certificate with")
     storage_class: str = _f("", "S3 storage class for new objects (empty: the bucket default)")
+    wal_storage_class: str = _f("", "S3 storage class of WAL segments and .partial files "
+                                "(history and .backup files stay in storage_class, plans "
+                                "read them; empty: storage_class); see "
+                                "docs/storage-tiers.md", choices=STORAGE_CLASSES)
+    backup_storage_class: str = _f("", "S3 storage class of backup data, the tar (its "
+                                   "manifest.json and backup_manifest copy stay in "
+                                   "storage_class: listings and incremental backups read "
+                                   "them; empty: storage_class)", choices=STORAGE_CLASSES)
+    monthly_storage_class: str = _f("", "S3 storage class that backup data kept only by the "
+                                    "monthly tier moves to, by the rule `pitr lifecycle` "
+                                    "writes (tag pitr-tier=monthly; empty: no transition)",
+                                    choices=STORAGE_CLASSES)
+    abort_multipart_days: int = _f(3, "`pitr lifecycle`: abort multipart uploads left "
+                                   "unfinished this many days (longer than any backup's "
+                                   "upload)")
     sse: str = _f("", "S3 server-side encryption", choices=("", "AES256", "aws:kms"))
     sse_kms_key_id: str = _f("", "KMS key id when sse = 'aws:kms'")
     timeout: Duration = _f(Duration(60), "retry budget of one repository operation before "
@@ -354,6 +374,8 @@ def _validate_repository(where: str, rc: RepositoryConfig) -> list[str]:
                         f"got {rc.name!r}")
     if not 5 <= rc.part_size_mib <= 5120:
         problems.append(f"{where}.part_size_mib: must be 5..5120")
+    if rc.abort_multipart_days < 1:
+        problems.append(f"{where}.abort_multipart_days: must be at least 1")
     if rc.timeout <= 0:
         problems.append(f"{where}.timeout: must be positive")
     if (rc.access_key_id == "") != (rc.secret_access_key == ""):

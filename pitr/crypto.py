@@ -527,12 +527,13 @@ class SealedStorage:
         return plain if self.sealing() is None else sealed_size(plain)
 
     # -- the Storage protocol ----------------------------------------------
-    def put(self, key: str, src: stream.Readable, *, if_absent: bool = False) -> int:
+    def put(self, key: str, src: stream.Readable, *, if_absent: bool = False,
+            storage_class: str = "") -> int:
         keyring = None if self._plain_key(key) else self.sealing()
         if keyring is None:
-            return self.inner.put(key, src, if_absent=if_absent)
+            return self.inner.put(key, src, if_absent=if_absent, storage_class=storage_class)
         with stream.Pipeline(src, [Encrypt(keyring, key)]) as pipe:
-            return self.inner.put(key, pipe, if_absent=if_absent)
+            return self.inner.put(key, pipe, if_absent=if_absent, storage_class=storage_class)
 
     def open(self, key: str) -> BinaryIO:
         src = self.inner.open(key)

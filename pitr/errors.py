@@ -39,6 +39,11 @@ code class                         meaning
                                   stanza, or the reverse, refused
 24   KeySourceError               the configured key file/command/variable
                                   gives no usable key
+25   ArchivedObject               an object a restore reads sits in an archive
+                                  storage class (GLACIER, DEEP_ARCHIVE): run
+                                  `pitr restore --thaw`
+26   ThawTimeout                  `pitr restore --thaw`: archived objects were
+                                  not readable within --thaw-timeout
 31   TablespaceError              a tablespace cannot be restored where asked
                                   (bad --tablespace-map, location not empty)
 70   InternalError                a bug: please report it (with --debug)
@@ -204,6 +209,28 @@ class KeySourceError(PitrError):
     """The configured key file, key command or PITR_ENCRYPTION_KEY gives no usable key."""
 
     exit_code = 24
+
+
+class ArchivedObject(StorageError):
+    """An object a restore reads sits in an archive storage class: restore it first.
+
+    GLACIER and DEEP_ARCHIVE objects cannot be read until a restore request made them
+    readable; `pitr restore --thaw` makes the requests and waits (docs/storage-tiers.md).
+    """
+
+    exit_code = 25
+    default_hint = ("run `pitr plan` to see what is archived and the estimated wait, then "
+                    "`pitr restore --thaw ...` (docs/storage-tiers.md)")
+
+
+class ThawTimeout(PitrError):
+    """`pitr restore --thaw`: archived objects were not readable within --thaw-timeout.
+
+    The restore requests keep running in S3: running the same command again waits for
+    them without asking twice (docs/storage-tiers.md).
+    """
+
+    exit_code = 26
 
 
 class WalNotFound(NotFound):

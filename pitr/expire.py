@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pitr import tiers
 from pitr.catalog import Catalog, load_catalog
 from pitr.claims import load_claims
 from pitr.condwrites import require_conditional_writes
@@ -39,7 +40,7 @@ from pitr.log import event
 from pitr.pg.names import history_name, segment_name
 from pitr.repo import Repo
 from pitr.retention import Policy, RetentionDecision, decide
-from pitr.storage.base import ObjectInfo, put_bytes, read_bytes
+from pitr.storage.base import ObjectInfo, TieredStorage, put_bytes, read_bytes
 
 log = logging.getLogger("pitr.expire")
 
@@ -57,6 +58,8 @@ class ExpireResult:
     bytes_freed: int = 0  # stored bytes (planned, for a dry run)
     seconds: float = 0.0
     steps: dict[str, int] = field(default_factory=dict)  # objects deleted per step
+    # (backup id, object key, old pitr-tier tag or "", new tag): docs/storage-tiers.md
+    retagged: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         doc = self.decision.to_json(self.segment_size)
@@ -67,6 +70,8 @@ class ExpireResult:
             "bytes_freed": self.bytes_freed,
             "seconds": round(self.seconds, 3),
             "steps": self.steps,
+            "retagged": [{"backup": b, "key": k, "from": old or None, "to": new}
+                         for b, k, old, new in self.retagged],
         })
         return doc
 
@@ -148,12 +153,43 @@ def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: 
             result.steps[step] = _delete(repo, step, [k for k, _ in objs])
             result.deleted_objects += result.steps[step]
         _mark_expiry(repo, "done")
+    result.retagged = _retag(repo, decision, backup_objects, dry_run)
     result.seconds = time.monotonic() - started
     event(log, logging.INFO, "expire " + ("planned" if dry_run else "done"),
           kept=len(decision.kept), deleted_backups=len(decision.deleted),
           wal_segments=len(decision.wal_deleted), bytes_freed=result.bytes_freed,
           seconds=round(result.seconds, 3))
     return result
+
+
+def _retag(repo: Repo, d: RetentionDecision, backup_objects: dict[str, list[ObjectInfo]],
+           dry_run: bool) -> list[tuple[str, str, str, str]]:
+    """Keep each kept backup's ``pitr-tier`` tag current (docs/storage-tiers.md).
+
+    Only the data objects carry it (:func:`pitr.tiers.is_backup_data`): manifest.json is
+    read by every listing, so the lifecycle rule must never match it. A tag is
+    written only when it differs, after one GET per object; a storage without
+    classes (the local driver) has no tags."""
+    storage = repo.storage
+    if not isinstance(storage, TieredStorage):
+        return []
+    changed: list[tuple[str, str, str, str]] = []
+    for kept in d.kept:
+        tier = tiers.tier_of(kept.reasons)
+        for obj in backup_objects.get(kept.backup.id, ()):
+            if not tiers.is_backup_data(obj.key):
+                continue
+            tags = storage.get_tags(obj.key)
+            old = tags.get(tiers.TAG_KEY, "")
+            if old == tier:
+                continue
+            if not dry_run:
+                storage.set_tags(obj.key, {**tags, tiers.TAG_KEY: tier})
+            changed.append((kept.backup.id, obj.key, old, tier))
+    if changed:
+        event(log, logging.INFO, "expire: tiers " + ("planned" if dry_run else "tagged"),
+              objects=len(changed))
+    return changed
 
 
 def _mark_expiry(repo: Repo, state: str) -> None:
@@ -269,6 +305,9 @@ def render(result: ExpireResult) -> str:
         lines.append("  delete  " + ", ".join(history_name(t) for t in d.history_deleted)
                      + " (no kept backup or WAL on these timelines)")
     lines.append(f"  keep    {d.wal_kept} WAL segment(s)")
+    for bid, key, old, new in result.retagged:
+        lines.append(f"  tag     {bid:<22} {key.rsplit('/', 1)[-1]}: {tiers.TAG_KEY} "
+                     f"{old or '(none)'} -> {new}")
     lines.extend(f"  note    {n}" for n in d.notes)
     if d.restorable_from is not None:
         lines.append(f"restorable afterwards: any time from {_t(d.restorable_from)} (oldest "

@@ -25,9 +25,11 @@ target was reached"; the planner says how far behind instead.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from pitr import tiers
 from pitr.catalog import Catalog, WalSegment
 from pitr.chains import chain_of
 from pitr.errors import PlanError
@@ -68,6 +70,14 @@ class RestorePlan:
     # the backups pg_combinebackup rebuilds ``backup`` from, full backup first, ``backup``
     # last (docs/incremental-backups.md); empty: ``backup`` alone (a full backup)
     chain: tuple[BackupRecord, ...] = field(default=())
+    # (key, storage class) of the objects this restore reads that sit in an archive class
+    # (GLACIER, DEEP_ARCHIVE): `pitr restore --thaw` restores them first (docs/storage-tiers.md)
+    cold: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def thaw_estimate(self) -> tuple[float, float] | None:
+        """Hours until the cold objects are readable with Standard retrieval."""
+        return tiers.thaw_estimate((c for _, c in self.cold), "Standard")
 
     @property
     def segment_count(self) -> int:
@@ -104,6 +114,9 @@ class RestorePlan:
             "notes": list(self.notes),
             "chain": [{"id": c.id, "type": "incremental" if c.parent else "full",
                        "stored_bytes": c.stored_bytes} for c in self.backups],
+            "archived_objects": [{"key": k, "storage_class": c} for k, c in self.cold],
+            "thaw_estimate_hours": (list(self.thaw_estimate) if self.thaw_estimate
+                                    else None),
         }
 
 
@@ -389,6 +402,9 @@ def plan(catalog: Catalog, target: Target, now: datetime,
                      "after the target in it, else PostgreSQL stops with \"recovery ended "
                      "before configured recovery target was reached\" (archive more WAL, "
                      "or use --latest)")
+    cold = cold_objects(catalog, chain.backups, chosen)
+    if cold:
+        notes.append(cold_note(cold))
     return RestorePlan(
         backup=backup, target=target, timeline=tli, path=path,
         segments=tuple(segment_name(s.timeline, s.segno, size) for s in chosen),
@@ -398,7 +414,27 @@ def plan(catalog: Catalog, target: Target, now: datetime,
         replay_until=(max(backup.stop_lsn, last.segno * size + 1)
                       if target.kind is TargetKind.LATEST else backup.stop_lsn),
         wal_end_time=last.archived_at, notes=tuple(notes),
-        chain=chain.backups if len(chain.backups) > 1 else ())
+        chain=chain.backups if len(chain.backups) > 1 else (), cold=cold)
+
+
+def cold_objects(catalog: Catalog, backups: tuple[BackupRecord, ...],
+                 segments: list[WalSegment]) -> tuple[tuple[str, str], ...]:
+    """The objects of ``backups`` and ``segments`` that sit in an archive storage class."""
+    out = [kc for b in backups for kc in catalog.cold_objects.get(b.id, ())]
+    out += [(s.key, s.storage_class) for s in segments if s.storage_class in tiers.COLD_CLASSES]
+    return tuple(out)
+
+
+def cold_note(cold: tuple[tuple[str, str], ...]) -> str:
+    """What plan says about archived objects: how many, which classes, how long."""
+    by_class = Counter(c for _, c in cold)
+    span = tiers.thaw_estimate(by_class, "Standard")
+    assert span is not None
+    classes = ", ".join(f"{n} in {c}" for c, n in sorted(by_class.items()))
+    return (f"{len(cold)} object(s) this restore reads are in an archive storage class "
+            f"({classes}) and cannot be read until restored: `pitr restore --thaw` requests "
+            f"that and waits, estimated {tiers.describe_wait(span)} with Standard retrieval "
+            "(docs/storage-tiers.md)")
 
 
 def _covers(seg: WalSegment, segno: int, target: Target, size: int) -> bool:

@@ -24,6 +24,7 @@ encrypted: the repository handle carries its own keys (docs/encryption.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 REPO_FORMAT = 1
 WAL_SUFFIX = ".zst"
+MANIFEST_OBJECT = "manifest.json"  # a backup's record, written last
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class Layout:
         return f"{self.backups_prefix}{backup_id}/"
 
     def manifest_key(self, backup_id: str) -> str:
-        return f"{self.backup_prefix(backup_id)}manifest.json"
+        return f"{self.backup_prefix(backup_id)}{MANIFEST_OBJECT}"
 
     def backup_id_of(self, key: str) -> tuple[str, bool] | None:
         """(backup id, whether ``key`` is its manifest) for a key under backups/."""
@@ -115,7 +117,7 @@ class Layout:
         parts = key[len(self.backups_prefix):].split("/")
         if len(parts) < 2 or not parts[0]:
             return None
-        return parts[0], parts[1:] == ["manifest.json"]
+        return parts[0], parts[1:] == [MANIFEST_OBJECT]
 
     @property
     def pins_prefix(self) -> str:
@@ -141,13 +143,23 @@ class Layout:
         return f"{self.stanza}/check/{kind}-{token}"
 
 
+def upload_classes(cfg: Config) -> dict[str, str]:
+    """Storage class per object kind for :class:`Repo` (pitr.tiers.upload_class)."""
+    from pitr import tiers
+
+    return {k: tiers.upload_class(cfg.repository, k) for k in (tiers.WAL, tiers.BACKUP)}
+
+
 class Repo(Layout):
     """Keys and identity of one stanza inside a storage."""
 
-    def __init__(self, storage: Storage, stanza: str, keyring: Keyring | None = None) -> None:
+    def __init__(self, storage: Storage, stanza: str, keyring: Keyring | None = None,
+                 classes: Mapping[str, str] | None = None) -> None:
         super().__init__(stanza)
         self.sealed = SealedStorage(storage, keyring, stanza)
         self.storage: Storage = self.sealed
+        # object kind (pitr.tiers.WAL, BACKUP) -> S3 storage class at upload ("" = default)
+        self.classes: Mapping[str, str] = classes or {}
 
     @classmethod
     def open(cls, cfg: Config) -> Repo:
@@ -155,11 +167,16 @@ class Repo(Layout):
         with this configuration's encryption keys."""
         from pitr.storage import open_storage
 
-        return cls(open_storage(cfg.repository), cfg.stanza, open_keyring(cfg))
+        return cls(open_storage(cfg.repository), cfg.stanza, open_keyring(cfg),
+                   upload_classes(cfg))
 
     def stored_size(self, plain: int) -> int:
         """The size ``plain`` bytes written now take in the repository (sealed or not)."""
         return self.sealed.stored_size(plain)
+
+    def upload_class(self, kind: str) -> str:
+        """The storage class a new object of ``kind`` is put in (docs/storage-tiers.md)."""
+        return self.classes.get(kind, "")
 
     # -- identity ---------------------------------------------------------
     def read_identity(self) -> RepoIdentity | None:

@@ -330,6 +330,11 @@ def _drill(cfg: Config, opts: DrillOptions, repo: Repo, catalog: Catalog, target
     report.plan = plan_doc
     report.checks.append(DrillCheck("plan", True, f"backup {plan.backup.id}, "
                                      f"{plan.segment_count} WAL segments to {target}"))
+    if plan.cold:  # fail before the scratch cluster, not halfway (docs/storage-tiers.md)
+        from pitr.errors import ArchivedObject
+        from pitr.planner import cold_note
+
+        raise ArchivedObject(f"the drill cannot read archived objects: {cold_note(plan.cold)}")
     start_seg = lsn_to_segno(plan.backup.start_lsn, catalog.segment_size)
     if target.kind is TargetKind.LATEST:
         # The planner proves the WAL up to an explicit target; "latest" stops quietly

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pitr.repo import Repo
     from pitr.restore import RestoreResult
     from pitr.targets import Target
+    from pitr.thaw import ThawOptions
 
 To = Annotated[str | None, typer.Option(
     "--to", help="recover to this time: ISO 8601; a time without a zone is read in the "
@@ -135,13 +136,25 @@ def restore_cmd(
         help="restore the tablespace at OLD (its location when the backup was taken) into "
              "the empty or new directory NEW instead; repeatable (docs/tablespaces.md)",
         show_default=False)] = None,
+    thaw: Annotated[bool, typer.Option(
+        "--thaw", help="objects the plan reads are in GLACIER/DEEP_ARCHIVE: request their "
+                       "restore first and wait, with progress (docs/storage-tiers.md)")] = False,
+    thaw_tier: Annotated[str, typer.Option(
+        "--thaw-tier", help="S3 retrieval tier: Expedited, Standard or Bulk")] = "Standard",
+    thaw_days: Annotated[int, typer.Option(
+        "--thaw-days", help="days S3 keeps the restored copies (through restore and "
+                            "replay)")] = 2,
+    thaw_timeout: Annotated[float | None, typer.Option(
+        "--thaw-timeout", help="seconds to wait for the thaw (default: twice the estimate's "
+                               "upper bound, at least an hour)", show_default=False)] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Restore the cluster into DIR as of the target: backup + WAL + recovery settings."""
     from pitr.restore import RestoreOptions, parse_tablespace_map, restore
+    from pitr.thaw import thaw as thaw_objects
 
     spaces = parse_tablespace_map(tablespace_map or [])
-
+    thaw_opts = _thaw_options(thaw_tier, thaw_days, thaw_timeout)
     cfg, repo, plan, answers = _plan(to, lsn, xid, name, immediate, latest, timeline, backup,
                                      exclusive, "restore", repo_name)
     if not json_out:
@@ -156,9 +169,18 @@ def restore_cmd(
                           tablespace_map=spaces, repo=chosen)
     from pitr.claims import claim_backup
 
+    if plan.cold and not thaw:
+        from pitr.errors import ArchivedObject
+        from pitr.planner import cold_note
+
+        raise ArchivedObject(f"nothing restored: {cold_note(plan.cold)}",
+                             hint="add --thaw to request their restore and wait")
     claim = claim_backup(repo, plan.backup.id, command="pitr restore",
                          lease=2 * cfg.backup.lock_lease)
     try:
+        if plan.cold:
+            thaw_objects(repo.storage, plan.cold, thaw_opts,
+                         report=lambda line: typer.echo(line, err=True))
         result = restore(cfg, repo, plan, opts, config_path=OPTS.config_path,
                          confirm=_confirm)
     except BaseException:
@@ -175,6 +197,20 @@ def restore_cmd(
                     **({"repositories": answers} if answers else {})})
     else:
         _print_result(result)
+
+
+def _thaw_options(tier: str, days: int, timeout: float | None) -> ThawOptions:
+    from pitr.errors import UsageError
+    from pitr.thaw import ThawOptions
+    from pitr.tiers import THAW_TIERS
+
+    if tier not in THAW_TIERS:
+        raise UsageError(f"--thaw-tier must be one of {', '.join(THAW_TIERS)}, got {tier!r}")
+    if days < 1:
+        raise UsageError("--thaw-days must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--thaw-timeout must be positive")
+    return ThawOptions(tier=tier, days=days, timeout=timeout)
 
 
 def _confirm(question: str) -> bool:

@@ -15,7 +15,7 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
 from pitr.stream import Readable
@@ -26,6 +26,7 @@ __all__ = [
     "ObjectInfo",
     "Storage",
     "StorageError",
+    "TieredStorage",
     "TransientStorageError",
     "in_key_order",
     "put_bytes",
@@ -40,6 +41,10 @@ class ObjectInfo:
     # timezone-aware UTC; never earlier than the moment the object was stored (drivers
     # with coarse clocks round up), so it is a safe upper bound of the writer's times
     mtime: datetime
+    # the storage class the listing reports ("" for the default class, STANDARD, and
+    # when the driver has none: local files);
+    # GLACIER / DEEP_ARCHIVE need a restore request before a read (docs/storage-tiers.md)
+    storage_class: str = ""
 
 
 @runtime_checkable
@@ -48,7 +53,8 @@ class Storage(Protocol):
 
     Contract (tested by tests/integration/test_storage_contract.py for every driver):
 
-    * ``put`` reads ``src`` to EOF and stores it under ``key``. It returns only
+    * ``put`` reads ``src`` to EOF and stores it under ``key``, in ``storage_class``
+      when it is not empty (drivers without classes ignore it). It returns only
       once the object is durable. With ``if_absent=True`` it raises
       :class:`AlreadyExists` when the key exists and leaves the old object untouched;
       otherwise it replaces atomically. Readers never see a partial object.
@@ -78,7 +84,8 @@ class Storage(Protocol):
 
     url: str
 
-    def put(self, key: str, src: Readable, *, if_absent: bool = False) -> int: ...
+    def put(self, key: str, src: Readable, *, if_absent: bool = False,
+            storage_class: str = "") -> int: ...
 
     def open(self, key: str) -> BinaryIO: ...
 
@@ -96,8 +103,41 @@ class Storage(Protocol):
     def put_if_match(self, key: str, data: bytes, etag: str) -> int: ...
 
 
-def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False) -> int:
-    return storage.put(key, io.BytesIO(data), if_absent=if_absent)
+@runtime_checkable
+class TieredStorage(Protocol):
+    """What a driver with storage classes offers besides :class:`Storage` (the S3
+    driver; the local one has no classes, so tiers do not apply to it). Used by
+    docs/storage-tiers.md's features; errors translated like :class:`Storage`'s.
+
+    * ``key_prefix``: the bucket key every repository key is put under ("" or ending
+      in '/'), which lifecycle rules filter on.
+    * ``get_tags`` / ``set_tags``: the object's tags (``set_tags`` replaces them all);
+      :class:`NotFound` if absent.
+    * ``thaw_status``: (storage class, the ``x-amz-restore`` header or None) from a HEAD.
+    * ``request_thaw``: ask for a readable copy of an archive-class object for ``days``
+      with retrieval ``tier``; a request already running is not an error.
+    * ``get_lifecycle`` / ``put_lifecycle``: the bucket's lifecycle rules ([] when none);
+      ``put_lifecycle`` replaces them all with a non-empty list.
+    """
+
+    key_prefix: str
+
+    def get_tags(self, key: str) -> dict[str, str]: ...
+
+    def set_tags(self, key: str, tags: dict[str, str]) -> None: ...
+
+    def thaw_status(self, key: str) -> tuple[str, str | None]: ...
+
+    def request_thaw(self, key: str, days: int, tier: str) -> None: ...
+
+    def get_lifecycle(self) -> list[dict[str, Any]]: ...
+
+    def put_lifecycle(self, rules: list[dict[str, Any]]) -> None: ...
+
+
+def put_bytes(storage: Storage, key: str, data: bytes, *, if_absent: bool = False,
+              storage_class: str = "") -> int:
+    return storage.put(key, io.BytesIO(data), if_absent=if_absent, storage_class=storage_class)
 
 
 def read_bytes(storage: Storage, key: str, limit: int = -1) -> bytes:

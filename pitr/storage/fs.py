@@ -81,7 +81,9 @@ class FsStorage:
         for made in reversed(missing):
             _fsync_dir(made.parent)
 
-    def put(self, key: str, src: Readable, *, if_absent: bool = False) -> int:
+    def put(self, key: str, src: Readable, *, if_absent: bool = False,
+            storage_class: str = "") -> int:
+        # storage_class: local files have none (docs/storage-tiers.md)
         dest = self._path(key)
         try:
             self._makedirs(dest.parent)

@@ -31,7 +31,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
-from pitr.errors import AlreadyExists, NotFound, StorageError, TransientStorageError
+from pitr.errors import (
+    AlreadyExists,
+    ArchivedObject,
+    NotFound,
+    StorageError,
+    TransientStorageError,
+)
 from pitr.storage.base import ObjectInfo, in_key_order, server_start_after
 from pitr.stream import Readable
 
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     from pitr.config import RepositoryConfig
 
 T = TypeVar("T")
+_Rules = list[dict[str, Any]]  # lifecycle rules (S3's JSON shape); `list` is a method below
 
 MIB = 1 << 20
 MIN_PART = 5 * MIB  # S3's minimum for every part but the last
@@ -247,12 +254,14 @@ class S3Storage:
     # If-None-Match is the server's to enforce: pitr.condwrites proves it does.
     conditional_by_server = True
 
-    def put(self, key: str, src: Readable, *, if_absent: bool = False) -> int:
+    def put(self, key: str, src: Readable, *, if_absent: bool = False,
+            storage_class: str = "") -> int:
         full = self._full(key)
+        args = self._args_with(storage_class)
         reader = _Chunker(src)
         head = reader.take(self.part_size + SINGLE_PUT_SLACK)
         if len(head) < self.part_size + SINGLE_PUT_SLACK:
-            self._put_single(key, full, head, if_absent)
+            self._put_single(key, full, head, if_absent, args)
             return len(head)
         if if_absent:
             # Cheap early refusal before uploading gigabytes; the conditional
@@ -265,12 +274,19 @@ class S3Storage:
         # Handed over in a list the callee empties, so no frame here pins a part in memory.
         first = [head]
         del head
-        return self._put_multipart(key, full, first, reader, if_absent)
+        return self._put_multipart(key, full, first, reader, if_absent, args)
 
-    def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool) -> None:
+    def _args_with(self, storage_class: str) -> dict[str, str]:
+        """PutObject/CreateMultipartUpload arguments; a class given per object (WAL,
+        backup data: pitr.tiers.upload_class) wins over repository.storage_class."""
+        return {**self._put_args, "StorageClass": storage_class} if storage_class \
+            else self._put_args
+
+    def _put_single(self, key: str, full: str, data: bytearray, if_absent: bool,
+                    args: dict[str, str]) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         self._call("put", key, self._client.put_object, Bucket=self.bucket, Key=full,
-                   Body=data, **self._put_args, **extra, **self._checksum(data))
+                   Body=data, **args, **extra, **self._checksum(data))
 
     def _checksum(self, data: bytes | bytearray) -> dict[str, str]:
         """The checksum header the server verifies the body against (see content_md5)."""
@@ -279,9 +295,9 @@ class S3Storage:
         return {"ContentMD5": content_md5(data)}
 
     def _put_multipart(self, key: str, full: str, first: list[bytearray], reader: _Chunker,
-                       if_absent: bool) -> int:
+                       if_absent: bool, args: dict[str, str]) -> int:
         upload = self._call("put", key, self._client.create_multipart_upload,
-                            Bucket=self.bucket, Key=full, **self._put_args)
+                            Bucket=self.bucket, Key=full, **args)
         upload_id: str = upload["UploadId"]
         etags: dict[int, str] = {}
         total = 0
@@ -363,7 +379,8 @@ class S3Storage:
     def stat(self, key: str) -> ObjectInfo:
         resp = self._call("stat", key, self._client.head_object, Bucket=self.bucket,
                           Key=self._full(key))
-        return ObjectInfo(key, int(resp["ContentLength"]), stored_by(resp["LastModified"]))
+        return ObjectInfo(key, int(resp["ContentLength"]), stored_by(resp["LastModified"]),
+                          _class_of(resp))
 
     def list(self, prefix: str = "", *, start_after: str | None = None,
              end_before: str | None = None) -> Iterator[ObjectInfo]:
@@ -391,7 +408,8 @@ class S3Storage:
                 name: str = obj["Key"]
                 if name.endswith("/"):
                     continue  # a "directory" marker some tools create, not an object
-                yield ObjectInfo(name[cut:], int(obj["Size"]), stored_by(obj["LastModified"]))
+                yield ObjectInfo(name[cut:], int(obj["Size"]), stored_by(obj["LastModified"]),
+                                 _class_of(obj))
 
     def delete(self, keys: Iterable[str]) -> int:
         """Delete in batches of 1000. Returns how many keys were processed: S3 does not say
@@ -451,6 +469,89 @@ class S3Storage:
                            Key=full, UploadId=upload_id)
                 removed += 1
         return removed
+
+
+    # -- storage tiers (TieredStorage, docs/storage-tiers.md) -------------------------
+
+    @property
+    def key_prefix(self) -> str:
+        return self._prefix
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        resp = self._call("get tags", key, self._client.get_object_tagging,
+                          Bucket=self.bucket, Key=self._full(key))
+        return {str(t["Key"]): str(t["Value"]) for t in resp.get("TagSet", ())}
+
+    def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        self._call("set tags", key, self._client.put_object_tagging, Bucket=self.bucket,
+                   Key=self._full(key),
+                   Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]})
+
+    def thaw_status(self, key: str) -> tuple[str, str | None]:
+        resp = self._call("stat", key, self._client.head_object, Bucket=self.bucket,
+                          Key=self._full(key))
+        restore = resp.get("Restore")
+        return _class_of(resp), None if restore is None else str(restore)
+
+    def request_thaw(self, key: str, days: int, tier: str) -> None:
+        try:
+            self._client.restore_object(
+                Bucket=self.bucket, Key=self._full(key),
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+        except Exception as exc:
+            from botocore import exceptions as bx
+
+            if isinstance(exc, bx.ClientError):
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code == "RestoreAlreadyInProgress":
+                    return  # asked before: the running request serves us
+                if code in ("MethodNotAllowed", "NotImplemented", "InvalidObjectState"):
+                    raise StorageError(
+                        f"{key}: the S3 server refused to restore it from its archive class "
+                        f"({code})",
+                        hint="this server may not support RestoreObject (SeaweedFS, MinIO "
+                             "read every class directly); on AWS, InvalidObjectState means "
+                             "the object is not in GLACIER or DEEP_ARCHIVE") from None
+            raise self._translate(exc, key, "restore") from None
+
+    def get_lifecycle(self) -> _Rules:
+        try:
+            resp = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except Exception as exc:
+            from botocore import exceptions as bx
+
+            if isinstance(exc, bx.ClientError) and exc.response.get("Error", {}).get(
+                    "Code") == "NoSuchLifecycleConfiguration":
+                return []
+            raise self._translate(exc, "/", "get lifecycle") from None
+        return [dict(r) for r in resp.get("Rules", ())]
+
+    def put_lifecycle(self, rules: _Rules) -> None:
+        try:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
+        except Exception as exc:
+            from botocore import exceptions as bx
+
+            if isinstance(exc, bx.ClientError) and exc.response.get("Error", {}).get(
+                    "Code") in ("NotImplemented", "MalformedXML", "InvalidRequest",
+                                "InvalidArgument"):
+                err = exc.response["Error"]
+                raise StorageError(
+                    self._scrub(f"the S3 server refused the lifecycle rules of bucket "
+                                f"{self.bucket}: {err.get('Code')} {err.get('Message', '')}"
+                                .strip()),
+                    hint="this server may not support these rules (SeaweedFS has no "
+                         "transitions); `pitr lifecycle --json` prints them to set up "
+                         "elsewhere") from None
+            raise self._translate(exc, "/", "put lifecycle") from None
+
+
+def _class_of(resp: dict[str, Any]) -> str:
+    """The object's storage class, "" for STANDARD (S3 leaves it out of a HEAD then), so
+    every driver reports the default class alike (ObjectInfo.storage_class)."""
+    found = str(resp.get("StorageClass") or "")
+    return "" if found == "STANDARD" else found
 
 
 class _Chunker:
@@ -551,6 +652,11 @@ def _classify(exc: BaseException, key: str, op: str, where: str) -> StorageError
                                                     "InvalidRequest"):
             return StorageError(text, hint="this S3 server does not take x-amz-checksum-crc32: "
                                            "set repository.upload_checksum = \"md5\"")
+        if code == "InvalidObjectState":
+            # GetObject on a GLACIER / DEEP_ARCHIVE object that is not restored (a 403,
+            # which must not read as "access denied": docs/storage-tiers.md)
+            return ArchivedObject(f"{key}: the object is in an archive storage class and "
+                                  f"must be restored before it can be read ({where})")
         if code == "RequestTimeTooSkewed":
             return StorageError(text, hint="the clock of this host is off: run NTP")
         if code in _AUTH or status in (401, 403):

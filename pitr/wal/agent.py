@@ -46,7 +46,7 @@ from pitr.crypto import Keyring
 from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageError
 from pitr.log import event
 from pitr.pg.walname import is_wal_name
-from pitr.repo import Repo, RepoIdentity, open_keyring
+from pitr.repo import Repo, RepoIdentity, open_keyring, upload_classes
 from pitr.wal.spool import FileIdentity, Receipt, Spool, rotate_if_big, try_lock
 from pitr.wal.status import AgentStatus
 
@@ -133,8 +133,9 @@ class WarmRepo(Repo):
     """
 
     def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None,
-                 keyring: Keyring | None = None) -> None:
-        super().__init__(storage, stanza, keyring)
+                 keyring: Keyring | None = None,
+                 classes: dict[str, str] | None = None) -> None:
+        super().__init__(storage, stanza, keyring, classes)
         self._cache = cache or IdentityCache()
 
     def ensure_identity(self, system_id: int, pg_version: int | None,
@@ -404,8 +405,10 @@ class Agent:
                     storages.append(storage)
                 self._keyring = open_keyring(self.cfg)  # a key_command runs once
                 self._storage = storages
-            return [WarmRepo(s, self.cfg.stanza, c, self._keyring)
-                    for s, c in zip(self._storage, self._identity, strict=True)]
+            return [WarmRepo(s, self.cfg.stanza, c, self._keyring,
+                             upload_classes(self.cfg.for_repository(rc)))
+                    for s, c, rc in zip(self._storage, self._identity,
+                                        self.cfg.all_repositories, strict=True)]
 
     def _worker(self) -> None:
         repo: list[Repo] | None = None

@@ -54,6 +54,7 @@ from pitr.pg.walheader import check_segment
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
 from pitr.storage.base import put_bytes
+from pitr.tiers import wal_kind
 
 log = logging.getLogger("pitr.wal.push")
 
@@ -172,7 +173,8 @@ def _store(repo: Repo, name: str, ident: dict[str, Any] | None, blob: bytes, dig
 def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name: str) -> bool:
     """Store ``blob`` under ``key`` unless the name is taken; False when it is."""
     try:
-        call_with_budget(lambda: put_bytes(repo.storage, key, blob, if_absent=True),
+        call_with_budget(lambda: put_bytes(repo.storage, key, blob, if_absent=True,
+                                           storage_class=repo.upload_class(wal_kind(name))),
                          budget=deadline.left(), what=f"archive-push {name}: storing")
     except AlreadyExists:
         return False

@@ -262,8 +262,9 @@ class _FailingStorage:
             raise TransientStorageError("simulated outage during expire")
         return self.inner.delete(keys)
 
-    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
-        return self.inner.put(key, src, if_absent=if_absent)
+    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False,
+            storage_class: str = "") -> int:
+        return self.inner.put(key, src, if_absent=if_absent, storage_class=storage_class)
 
     def open(self, key: str) -> BinaryIO:
         return self.inner.open(key)

@@ -291,6 +291,12 @@ S3_ACTIONS = {
     "delete_object": "s3:DeleteObject",
     "list_multipart_uploads": "s3:ListBucketMultipartUploads",
     "list_parts": "s3:ListMultipartUploadParts",
+    # storage tiers (docs/storage-tiers.md)
+    "get_object_tagging": "s3:GetObjectTagging",
+    "put_object_tagging": "s3:PutObjectTagging",
+    "restore_object": "s3:RestoreObject",
+    "get_bucket_lifecycle_configuration": "s3:GetLifecycleConfiguration",
+    "put_bucket_lifecycle_configuration": "s3:PutLifecycleConfiguration",
 }
 
 

@@ -275,9 +275,10 @@ class FlakyStorage(FsStorage):
         if self.calls <= self.failures:
             raise TransientStorageError("simulated timeout")
 
-    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False) -> int:
+    def put(self, key: str, src: BinaryIO, *, if_absent: bool = False,
+            storage_class: str = "") -> int:
         self._maybe_fail()
-        return super().put(key, src, if_absent=if_absent)
+        return super().put(key, src, if_absent=if_absent, storage_class=storage_class)
 
     def open(self, key: str) -> BinaryIO:
         self._maybe_fail()

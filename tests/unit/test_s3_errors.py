@@ -13,6 +13,7 @@ from botocore import exceptions as bx
 from pitr.config import RepositoryConfig
 from pitr.errors import (
     AlreadyExists,
+    ArchivedObject,
     NotFound,
     StorageError,
     TransientStorageError,
@@ -38,6 +39,8 @@ def client_error(code: str, status: int, message: str = "msg") -> bx.ClientError
     ("Whatever", 502, TransientStorageError),
     ("TooManyRequests", 429, TransientStorageError),
     ("BadDigest", 400, TransientStorageError),  # damaged in transit: send it again
+    # a GLACIER object not restored: not "access denied" (docs/storage-tiers.md)
+    ("InvalidObjectState", 403, ArchivedObject),
 ])
 def test_client_errors(code: str, status: int, expected: type[StorageError]) -> None:
     err = _classify(client_error(code, status), "k", "put", "s3://b/p/")
