@@ -27,7 +27,7 @@ def test_check_passes_on_an_archiving_cluster(pg_factory: Any, pitr_exe: Path,
     proc = run_pitr(cfg, "check")
     lines = proc.stdout.splitlines()
     names = [line.split()[0] for line in lines if line.strip()]
-    assert names == ["config", "repository", "postgres", "version", "wal_level",
+    assert names == ["config", "repository", "encryption", "postgres", "version", "wal_level",
                      "archive_mode", "archive_command", "archiving_mode", "archive"], proc.stdout
     assert all(line.split()[1] == "ok" for line in lines), proc.stdout
 

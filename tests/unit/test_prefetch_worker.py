@@ -137,7 +137,8 @@ def test_requests_keep_the_worker_alive_past_idle_exit(
         cfg: Config, workers: list[Worker]) -> None:
     spool = restore_spool(cfg)
     ask(spool, seg(1))
-    idle_exit = 1.0
+    # well above the 0.3 s between requests even when a loaded host delays a sleep
+    idle_exit = 3.0
     w = Worker(cfg, idle_exit=idle_exit, absent_retry=0.2)
     workers.append(w)
     # Replay: archive-get asks for 1, 2, 3, then keeps asking for 3 (a standby
