@@ -153,7 +153,7 @@ def upload_classes(cfg: Config) -> dict[str, str]:
 class Repo(Layout):
     """Keys and identity of one stanza inside a storage."""
 
-    def __init__(self, storage: Storage, stanza: str, keyring: Keyring | None = None,
+    def __init__(self, storage: Storage, stanza: str, keyring: Keyring | None = None, *,
                  classes: Mapping[str, str] | None = None) -> None:
         super().__init__(stanza)
         self.sealed = SealedStorage(storage, keyring, stanza)
@@ -168,7 +168,7 @@ class Repo(Layout):
         from pitr.storage import open_storage
 
         return cls(open_storage(cfg.repository), cfg.stanza, open_keyring(cfg),
-                   upload_classes(cfg))
+                   classes=upload_classes(cfg))
 
     def stored_size(self, plain: int) -> int:
         """The size ``plain`` bytes written now take in the repository (sealed or not)."""

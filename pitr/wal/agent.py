@@ -135,7 +135,7 @@ class WarmRepo(Repo):
     def __init__(self, storage: Any, stanza: str, cache: IdentityCache | None = None,
                  keyring: Keyring | None = None,
                  classes: dict[str, str] | None = None) -> None:
-        super().__init__(storage, stanza, keyring, classes)
+        super().__init__(storage, stanza, keyring, classes=classes)
         self._cache = cache or IdentityCache()
 
     def ensure_identity(self, system_id: int, pg_version: int | None,

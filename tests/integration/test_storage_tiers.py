@@ -80,7 +80,7 @@ def test_each_kind_of_object_is_uploaded_in_its_class(s3_repo: dict[str, Any],
     history = tmp_path / "00000002.history"
     history.write_text("1\t0/1000000\tpromoted\n")
     push_wal(repo, history, level=1, budget=30)
-    _store_pg_manifest(repo, "b1", b"{}", 1)
+    _store_pg_manifest([repo], "b1", b"{}", 1)
     big = os.urandom(7 * 1024 * 1024)  # multipart: CreateMultipartUpload carries the class
     repo.storage.put(repo.backup_prefix("b1") + "base.tar.zst", _Reader(big),
                      storage_class=repo.upload_class(tiers.BACKUP))
@@ -161,8 +161,8 @@ def test_plan_reports_glacier_objects_and_restore_refuses_before_writing(
         s3_repo: dict[str, Any], pitr_config: Any, testdir: Path, tmp_path: Path) -> None:
     path = pitr_config(repository=s3_repo)
     cfg = _cfg(s3_repo)
-    repo = Repo(Repo.open(cfg).storage, "test", {tiers.WAL: ""})
-    frozen_wal = Repo(repo.storage, "test", {tiers.WAL: "GLACIER"})
+    repo = Repo(Repo.open(cfg).sealed.inner, "test", classes={tiers.WAL: ""})
+    frozen_wal = Repo(repo.sealed.inner, "test", classes={tiers.WAL: "GLACIER"})
     stop = datetime.now(UTC) - timedelta(hours=1)
     _push(repo, tmp_path, 1)
     _backup(repo, "b1", stop, 1, data_class="GLACIER")

@@ -225,7 +225,7 @@ def test_a_tablespace_created_during_the_backup_fails_it(source: Source) -> None
         opts = pgbb.BaseBackupOptions(bindir=str(source.cluster.bindir), dsn=cfg.postgres.dsn,
                                       label=f"pitr {backup_id}")
         with pytest.raises(BackupError) as caught:
-            backup_mod.stream_with_tablespaces(repo, backup_id, opts, cfg, None, listed)
+            backup_mod.stream_with_tablespaces([repo], backup_id, opts, cfg, None, listed)
         message = caught.value.message
         assert "a tablespace was created" in message and f"{oid}.tar" in message, message
         assert "File too large" in str(caught.value.__cause__), caught.value.__cause__
