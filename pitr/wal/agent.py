@@ -215,6 +215,8 @@ class Agent:
         self._keyring: Keyring | None = None
         self._storage_lock = threading.Lock()
         self._identity = [IdentityCache() for _ in cfg.all_repositories]
+        # catch_up repositories (by index) whose conditional writes are not proven yet
+        self._unproven: set[int] = set()
 
     # -- lifecycle ----------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -410,10 +412,15 @@ class Agent:
         with self._storage_lock:
             if self._storage is None:
                 storages = []
-                for rc in self.cfg.all_repositories:
+                for i, rc in enumerate(self.cfg.all_repositories):
                     storage = open_storage(rc)
-                    require_conditional_writes(self.cfg.for_repository(rc), storage)
                     storages.append(storage)
+                    if rc.mode == "catch_up":
+                        # one that is down must not stop archiving: unproven, it takes
+                        # nothing inline and the catch-up thread proves it again later
+                        self._unproven.add(i)
+                        continue
+                    require_conditional_writes(self.cfg.for_repository(rc), storage)
                 self._keyring = open_keyring(self.cfg)  # a key_command runs once
                 self._storage = storages
             return [WarmRepo(s, self.cfg.stanza, c, self._keyring,
@@ -497,14 +504,18 @@ class Agent:
             if c.last_stored is None or name > c.last_stored:
                 c.last_stored, c.last_stored_at = name, time.time()
 
-    def _split(self, repo: list[Repo]) -> tuple[list[Repo], list[tuple[Repo, Backlog]]]:
+    def _split(self, repo: list[Repo]) -> tuple[list[Repo], list[tuple[Repo | None, Backlog]]]:
         """The handles of the required repositories, and the catch_up ones with their
-        backlogs (docs/multiple-repositories.md), in config order."""
+        backlogs (docs/multiple-repositories.md), in config order; None for a catch_up
+        one not proven yet (it gets nothing but backlog entries)."""
         required: list[Repo] = []
-        catch_up: list[tuple[Repo, Backlog]] = []
-        for r, rc in zip(repo, self.cfg.all_repositories, strict=True):
+        catch_up: list[tuple[Repo | None, Backlog]] = []
+        with self._storage_lock:
+            unproven = set(self._unproven)
+        for i, (r, rc) in enumerate(zip(repo, self.cfg.all_repositories, strict=True)):
             if rc.mode == "catch_up":
-                catch_up.append((r, Backlog(self.spool.base, rc.name)))
+                catch_up.append((None if i in unproven else r,
+                                 Backlog(self.spool.base, rc.name)))
             else:
                 required.append(r)
         return required, catch_up
@@ -522,17 +533,38 @@ class Agent:
             try:
                 if repo is None:
                     repo = self._make_repo()
+                self._prove_catch_up(repo)
                 required, catch_up = self._split(repo)
                 for target, backlog in catch_up:
                     if self.stop.is_set():
                         break
-                    if backlog.entries() and drain(backlog, required, target).error:
+                    if not backlog.entries():
+                        continue
+                    if target is None or drain(backlog, required, target).error:
                         failed = True
             except Exception as exc:  # the thread must survive anything; archiving goes on
                 event(log, logging.WARNING, "agent: catching up failed", error=str(exc))
                 failed, repo = True, None
             wait = min(wait * 2, CATCH_UP_MAX_WAIT) if failed else CATCH_UP_MIN_WAIT
             self.stop.wait(wait)
+
+    def _prove_catch_up(self, repo: list[Repo]) -> None:
+        """Prove the conditional writes of catch_up repositories not proven yet (a
+        remembered proof costs a stat: docs/design-fast-path.md)."""
+        from pitr.condwrites import require_conditional_writes
+
+        with self._storage_lock:
+            unproven = sorted(self._unproven)
+        for i in unproven:
+            rc = self.cfg.all_repositories[i]
+            try:
+                require_conditional_writes(self.cfg.for_repository(rc), repo[i].storage)
+            except PitrError as exc:
+                event(log, logging.WARNING, f"agent: catch_up repository {rc.name} not "
+                      "usable yet", error=exc.message)
+                continue
+            with self._storage_lock:
+                self._unproven.discard(i)
 
     def _failed(self, name: str, message: str, *, transient: bool = False) -> None:
         with contextlib.suppress(OSError):

@@ -21,12 +21,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pitr.atomic import atomic_write
-from pitr.errors import PitrError, TransientStorageError
+from pitr.errors import NotFound, PitrError, TransientStorageError
 from pitr.log import event
 from pitr.pg.names import classify
 
@@ -152,6 +152,9 @@ class Backlog:
 class DrainResult:
     copied: int = 0
     error: str | None = None  # why the drain stopped early (the repository is still down)
+    # in no required repository any more (expired there while this one was behind): left
+    # in the backlog, so the lag shows them; `pitr copy` cannot bring them back either
+    missing: list[str] = field(default_factory=list)
 
 
 def copy_segment(sources: Sequence[Repo], target: Repo, name: str) -> None:
@@ -161,6 +164,7 @@ def copy_segment(sources: Sequence[Repo], target: Repo, name: str) -> None:
     from pitr.copy import CopyResult, copy_wal
 
     failure: PitrError | None = None
+    absent = 0
     for src in sources:
         try:
             ident = src.read_identity()
@@ -169,8 +173,13 @@ def copy_segment(sources: Sequence[Repo], target: Repo, name: str) -> None:
                                        ident.segment_size)
             copy_wal(src, target, src.wal_key(name), name, None, CopyResult())
             return
+        except NotFound as exc:
+            absent += 1
+            failure = failure or exc
         except PitrError as exc:
             failure = failure or exc
+    if sources and absent == len(sources):
+        raise NotFound(f"{name}: in none of the required repositories any more")
     raise failure or TransientStorageError(f"{name}: no required repository to copy from")
 
 
@@ -186,6 +195,12 @@ def drain(backlog: Backlog, sources: Sequence[Repo], target: Repo, *,
             break
         try:
             copy_segment(sources, target, name)
+        except NotFound as exc:
+            if name not in res.missing:
+                event(log, logging.ERROR, f"catch-up of {backlog.repository}: {name} cannot "
+                      "be copied", error=exc.message)
+            res.missing.append(name)
+            continue
         except PitrError as exc:
             res.error = exc.message
             event(log, logging.WARNING, f"catch-up of {backlog.repository} stopped at {name}",

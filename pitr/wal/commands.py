@@ -52,14 +52,20 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
             one = cfg.for_repository(rc)
             repos.append(Repo.open(one))
             require_conditional_writes(one, repos[-1].storage)  # remembered: a stat() per segment
-        catch_up = []
+        catch_up: list[tuple[Repo | None, Any]] = []
         if cfg.catch_up_repositories:
             from pitr.wal.catchup import Backlog
             from pitr.wal.spool import Spool
 
             base = Spool(cfg.archive.spool_dir, cfg.stanza).base
-            catch_up = [(Repo.open(cfg.for_repository(rc)), Backlog(base, rc.name))
-                        for rc in cfg.catch_up_repositories]
+            for rc in cfg.catch_up_repositories:
+                one = cfg.for_repository(rc)
+                handle: Repo | None = Repo.open(one)
+                try:  # unproven (down?): nothing inline, the backlog takes the segment
+                    require_conditional_writes(one, handle.storage)  # type: ignore[union-attr]
+                except PitrError:
+                    handle = None
+                catch_up.append((handle, Backlog(base, rc.name)))
         push_wal(repos, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout,
                  catch_up=catch_up, catch_up_budget=cfg.catch_up_budget)
         if catch_up:
@@ -78,16 +84,16 @@ def _drain_opportunistically(cfg: Config, repos: list[Any],
     Nothing here changes the exit code: the segment is durable in every required one."""
     import time
 
-    from pitr.condwrites import require_conditional_writes
     from pitr.wal.catchup import SYNC_DRAIN_BUDGET, SYNC_DRAIN_INTERVAL, drain, drain_due
 
     for repo, backlog in catch_up:
+        if repo is None:
+            continue
         try:
             if not backlog.entries() or not drain_due(backlog.last_try(), time.time(),
                                                       SYNC_DRAIN_INTERVAL):
                 continue
             backlog.mark_try()
-            require_conditional_writes(cfg.for_repository(backlog.repository), repo.storage)
             drain(backlog, repos, repo, deadline=time.monotonic() + SYNC_DRAIN_BUDGET)
         except Exception as exc:  # the segment is archived; catching up is best effort here
             import logging

@@ -117,7 +117,7 @@ def _written_at(path: Path) -> str:
 
 
 def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
-             budget: float, catch_up: Sequence[tuple[Repo, Backlog]] = (),
+             budget: float, catch_up: Sequence[tuple[Repo | None, Backlog]] = (),
              catch_up_budget: float | None = None) -> PushResult:
     """Store the WAL file at ``path``; return only once it is durable in the repository,
     or in every one of ``repos`` (docs/multiple-repositories.md).
@@ -128,7 +128,8 @@ def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
 
     ``catch_up``: repositories that need not hold the segment before this returns
     (mode = "catch_up"), each with its backlog. Once every one of ``repos`` holds it, each
-    is offered the segment unless it is behind already; one that did not take it gets the
+    is offered the segment unless it is behind already (or None: not usable now); one
+    that did not take it gets the
     name recorded durably in its backlog, for the drain to copy it later from ``repos``
     (pitr/wal/catchup.py), each offer bounded by ``catch_up_budget`` (default ``budget``).
     A backlog that cannot be written fails the push."""
@@ -157,14 +158,14 @@ def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
             failure = failure or exc
     if failure is not None:
         raise failure
-    for repo, backlog in catch_up:
-        if try_inline(len(backlog.entries())):
+    for later, backlog in catch_up:
+        if later is not None and try_inline(len(backlog.entries())):
             try:
-                _store(repo, name, ident, blob, digest,
+                _store(later, name, ident, blob, digest,
                        _Deadline(budget if catch_up_budget is None else catch_up_budget))
                 continue
             except PitrError as exc:
-                event(log, logging.WARNING, f"{name} not archived in {repo.storage.url} "
+                event(log, logging.WARNING, f"{name} not archived in {later.storage.url} "
                       "(catch_up): queued for later", error=exc.message)
         backlog.add(name, now=time.time())
     status: Literal["stored", "already-archived"] = (

@@ -247,3 +247,17 @@ def test_health_metrics_and_alerts_report_the_lag() -> None:
     watcher.observe(late)
     watcher.observe(ok)
     assert "catch_up_lag" in sent and "catch_up_lag_resolved" in sent
+
+
+def test_a_segment_gone_from_every_required_repository_does_not_block_the_rest(
+        tmp_path: Path) -> None:
+    req, cu = fs_repo(tmp_path / "req"), fs_repo(tmp_path / "cu")
+    backlog = Backlog(tmp_path / "spool", "cu")
+    for name in NAMES[:2]:
+        push_wal([req], segment(tmp_path, name), level=1, budget=1)
+        backlog.add(name, now=1.0)
+    req.storage.delete([req.wal_key(NAMES[0])])  # expired while cu was behind
+    res = drain(backlog, [req], cu)
+    assert res.missing == [NAMES[0]] and res.copied == 1 and res.error is None
+    assert [n for n, _ in backlog.entries()] == [NAMES[0]]  # still reported as lag
+    assert holds(cu, NAMES[1]) and not holds(cu, NAMES[0])
