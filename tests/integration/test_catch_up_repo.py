@@ -27,19 +27,28 @@ from pitr.wal.spool import Spool
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
 
+def wait_drained(backlog: Backlog, testdir: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while backlog.entries():
+        assert time.monotonic() < deadline, (testdir / "agent.log").read_text()[-3000:]
+        time.sleep(0.1)
+
+
 def test_a_burst_while_the_catch_up_repository_is_down_is_filled_later(
         pg_factory: Any, pitr_exe: Path, pitr_config: Any, s3_server_private: Any,
         testdir: Path, agents: list[AgentProc]) -> None:  # noqa: F811
     offsite = {**s3_repo_for(s3_server_private), "name": "offsite", "mode": "catch_up",
                "timeout": 4, "request_timeout": 1}
-    cfg = pitr_config(repository={"name": "local"},  # the local directory: required
-                      repositories=[offsite],
-                      archive={"agent_idle_exit": 0, "fast_path_wait": 10, "prefetch": 0},
-                      postgres={"pgdata": str(testdir / "pg" / "data")},
-                      monitor={"port": 0, "max_catch_up_lag": 3600})
+    cfg = testdir / "pitr.toml"
     pg: PgCluster = pg_factory("pg", conf={
         "archive_mode": "on", "wal_keep_size": "1GB",
         "archive_command": f"{pitr_exe} --config {cfg} archive-push %p"})
+    assert cfg == pitr_config(repository={"name": "local"},  # the local directory: required
+                              repositories=[offsite],
+                              archive={"agent_idle_exit": 0, "fast_path_wait": 10,
+                                       "prefetch": 0},
+                              postgres={"pgdata": str(pg.pgdata), "dsn": pg.dsn},
+                              monitor={"port": 0, "max_catch_up_lag": 3600})
     c = config.load(cfg, env={})
     spool = Spool(c.archive.spool_dir, c.stanza)
     backlog = Backlog(spool.base, "offsite")
@@ -49,8 +58,10 @@ def test_a_burst_while_the_catch_up_repository_is_down_is_filled_later(
 
     before = make_segments(pg, 2)
     pg.wait_until(f"select last_archived_wal >= '{before[-1]}' from pg_stat_archiver")
+    # (a segment pushed before the agent proved the catch_up repository goes through
+    # the backlog: drained within a second)
+    wait_drained(backlog, testdir, 30)
     assert all(has(repos["offsite"], n) for n in before)
-    assert backlog.entries() == []
 
     s3_server_private.pause()
     try:
@@ -79,16 +90,21 @@ def test_a_burst_while_the_catch_up_repository_is_down_is_filled_later(
         got = run_pitr(cfg, "archive-get", "0000000100000000000000F0",
                        str(datadir / "pg_wal" / "RECOVERYXLOG"), check=False)
         assert got.returncode == 1, got.stderr
+        # `pitr check`: the catch_up repository fails its own line, while the archive
+        # check (a switched segment durable in every required repository) passes
+        proc = run_pitr(cfg, "check", "--json", check=False)
+        checks = {r["name"]: r["status"] for r in json.loads(proc.stdout)["checks"]}
+        assert checks["repository local"] == "ok", checks
+        assert checks["repository offsite"] != "ok", checks
+        assert checks["archive"] == "ok", checks
     finally:
         s3_server_private.resume()
     back = time.monotonic()
-    deadline = back + 120
-    while backlog.entries():
-        assert time.monotonic() < deadline, (testdir / "agent.log").read_text()[-3000:]
-        time.sleep(0.1)
+    waiting = len(backlog.entries())  # the burst and the segment `pitr check` switched
+    wait_drained(backlog, testdir, 120)
     catch_up_lag = time.monotonic() - back
     print(f"\ncatch-up lag: {catch_up_lag:.2f}s from the repository's return to lag 0 "
-          f"({len(burst)} segments)")
+          f"({waiting} segments)")
     for name in [*before, *burst]:
         original = (pg.pgdata / "pg_wal" / name).read_bytes()
         assert fetch_to_bytes(repos["offsite"], name, budget=10) == original, name
