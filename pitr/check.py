@@ -242,9 +242,12 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         results.append(CheckResult("config_file_mode", "WARN", detail, "chmod" + hint))
 
     # Every repository on its own (docs/multiple-repositories.md): one that is down fails
-    # its own line; archive-push needs all of them, so the archive check then is skipped.
+    # its own line; archive-push needs every required one, so the archive check then is
+    # skipped (a catch_up repository is filled later: the archive check does not wait
+    # for it).
     several = len(cfg.all_repositories) > 1
     repos: list[Repo] = []
+    required = {rc.name for rc in cfg.required_repositories}
     for rc in cfg.all_repositories:
         name = f"repository {rc.name}" if several else "repository"
         try:
@@ -259,9 +262,9 @@ def run_checks(load: Callable[[], Config], *, archive_timeout: float) -> list[Ch
         enc = check_encryption(one)
         results.append(dataclasses.replace(
             enc, name=f"encryption {rc.name}" if several else enc.name))
-        if enc.status == "ok":
+        if enc.status == "ok" and rc.name in required:
             repos.append(one)
-    repo_ok = len(repos) == len(cfg.all_repositories)
+    repo_ok = len(repos) == len(required)
     repo = repos[0] if repos else None
 
     try:

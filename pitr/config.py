@@ -101,6 +101,11 @@ class RepositoryConfig:
                               "(Content-MD5, for servers that do not know the former); "
                               "multipart parts always carry Content-MD5",
                               choices=("crc32", "md5"))
+    mode: str = _f("required", "required: archive-push exits 0 only once a segment is durable "
+                   "here; catch_up: one this repository did not take is queued in the spool "
+                   "and copied here later from a required repository; at least one is "
+                   "required (see docs/multiple-repositories.md)",
+                   choices=("required", "catch_up"))
     conditional_writes: bool = _f(True, "require proof that the S3 server refuses a second "
                                   "conditional write (If-None-Match); false runs on a server "
                                   "that ignores it, without never-overwrite and the stanza "
@@ -194,6 +199,9 @@ class MonitorConfig:
                                    "for archiving (agent), else the newest archived one, is older")
     max_backlog: int = _f(64, "unhealthy (and alert) when more WAL segments than this wait "
                           "to be archived")
+    max_catch_up_lag: Duration = _f(Duration(3600), "unhealthy (and alert) when the oldest "
+                                    "WAL segment waiting for a catch_up repository is older "
+                                    "(docs/multiple-repositories.md)")
     max_archive_failures: int = _f(3, "unhealthy (and alert) after this many archive attempts "
                                    "in a row failed (0: never)")
     max_verify_age: Duration = _f(Duration(35 * 86400), "warn when the last restore drill is "
@@ -268,11 +276,28 @@ class Config:
         return dataclasses.replace(self, repository=rc, repositories=())
 
     @property
+    def required_repositories(self) -> tuple[RepositoryConfig, ...]:
+        """The repositories a segment must be durable in before archive-push exits 0."""
+        return tuple(rc for rc in self.all_repositories if rc.mode == "required")
+
+    @property
+    def catch_up_repositories(self) -> tuple[RepositoryConfig, ...]:
+        """The repositories filled later from the spool's backlog when they missed a segment."""
+        return tuple(rc for rc in self.all_repositories if rc.mode == "catch_up")
+
+    @property
+    def catch_up_budget(self) -> float:
+        """How long archive-push offers a segment to the catch_up repositories: the
+        longest of their own ``timeout``s (0 without any)."""
+        return max((float(rc.timeout) for rc in self.catch_up_repositories), default=0.0)
+
+    @property
     def archive_target(self) -> str:
         """What an agent's receipt and proof vouch for: the repository URL, or with several
         repositories every URL a segment must be durable in before archive-push exits 0, so
-        a proof made for another set of repositories never answers (docs/design-fast-path.md)."""
-        return "\n".join(rc.url for rc in self.all_repositories)
+        a proof made for another set of repositories never answers (docs/design-fast-path.md).
+        A catch_up repository is not in it: its share is the backlog's, not the receipt's."""
+        return "\n".join(rc.url for rc in self.required_repositories)
 
 
 _NOT_SECTIONS = ("stanza", "sources", "repositories")
@@ -396,6 +421,10 @@ def _validate(cfg: Config) -> list[str]:
                 problems.append(f"{where}: the same {what} as {seen[key]}; each repository "
                                 "must be its own place with its own name")
             seen[key] = where
+    if not any(rc.mode == "required" for rc in cfg.all_repositories):
+        problems.append("repositories: every repository is mode = \"catch_up\"; at least one "
+                        "must be required, or archive-push would vouch for a segment no "
+                        "repository holds")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", cfg.stanza):
         problems.append(f"stanza: use letters, digits, '-', '_' or '.', got {cfg.stanza!r}")
     if not 1 <= cfg.compression.level <= 22:

@@ -76,7 +76,7 @@ def copy_repository(src: Repo, dst: Repo, *, backup_ids: list[str] | None = None
         name = Repo.wal_name_of(obj.key)
         if name is None:
             continue
-        _copy_wal(src, dst, obj.key, name, have.get(obj.key), res)
+        copy_wal(src, dst, obj.key, name, have.get(obj.key), res)
     dst_manifests = {o.key for o in dst.storage.list(dst.backups_prefix)
                      if o.key.endswith("/manifest.json")}
     for record in wanted:
@@ -88,7 +88,7 @@ def copy_repository(src: Repo, dst: Repo, *, backup_ids: list[str] | None = None
     return res
 
 
-def _copy_wal(src: Repo, dst: Repo, key: str, name: str, dst_size: int | None,
+def copy_wal(src: Repo, dst: Repo, key: str, name: str, dst_size: int | None,
               res: CopyResult) -> None:
     blob = read_bytes(src.storage, key)
     header, _raw = codec.verify_blob(blob, name)  # never copy a damaged object

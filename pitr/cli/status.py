@@ -63,6 +63,10 @@ def render_text(doc: dict[str, Any]) -> str:
             f"last WAL {r['last_archived'] or '-'}, last backup {r['last_backup'] or '-'}"
             + (f" ({r['last_backup_age_seconds']:.0f}s ago)" if r["last_backup"] else ""))
             if r["reachable"] else f"UNREACHABLE: {r['error']}"))
+    for lag in doc.get("catch_up", ()):
+        out.append(_line(f"catch-up {lag['repository']}", "up to date" if not lag["segments"]
+                         else f"{lag['segments']} WAL segment(s) waiting, the oldest "
+                              f"{lag['oldest']} for {lag['oldest_age']:.0f}s"))
     for p in doc["problems"]:
         out.append(f"{p['severity'].upper():<8} {p['name']}: {p['message']}")
     return "\n".join(out)
@@ -108,8 +112,12 @@ def _repositories(cfg: Any, doc: dict[str, Any]) -> list[str]:
         except PitrError as exc:
             message = " ".join(exc.message.split())
             rows.append(repository_doc(rc.name, rc.url, None, now, message))
-            down.append(f"repository {rc.name} cannot be read: {message}")
-            doc["problems"].append({"name": "repository_unreachable", "severity": "critical",
+            # a catch_up repository that is down costs nothing until its lag is too old
+            # (the catch_up_lag finding): a warning, not unhealthy
+            severity = "warning" if rc.mode == "catch_up" else "critical"
+            if severity == "critical":
+                down.append(f"repository {rc.name} cannot be read: {message}")
+            doc["problems"].append({"name": "repository_unreachable", "severity": severity,
                                     "message": f"{rc.name}: {message}"})
     doc["repositories"] = rows
     if down:

@@ -7,6 +7,7 @@ often embeds a token) is never logged.
 
 Events (the ``event`` argument, also sent as ``pitr.event`` in the body):
 ``backup_failed``, ``verify_failed``, ``archive_failing``, ``archive_backlog``,
+``catch_up_lag`` (a catch_up repository behind, docs/multiple-repositories.md),
 plus ``*_resolved`` when the watcher sees a condition clear.
 """
 

@@ -23,6 +23,7 @@ from pitr.monitor.health import HealthReport, Thresholds, evaluate
 from pitr.repo import Repo
 from pitr.storage import ObjectInfo, read_bytes
 from pitr.verify_report import DrillReport
+from pitr.wal.catchup import Backlog, Lag
 from pitr.wal.status import AgentStatus
 
 logger = logging.getLogger("pitr.monitor")
@@ -78,6 +79,16 @@ def read_last_verify(repo: Repo, listed: list[ObjectInfo] | None = None,
     return None
 
 
+def read_catch_up(cfg: Config, now: float | None = None) -> list[Lag]:
+    """Each catch_up repository's lag, from its backlog in the local spool (cheap: read
+    on every request, like the agent's status)."""
+    from pitr.wal.spool import Spool
+
+    base = Spool(cfg.archive.spool_dir, cfg.stanza).base
+    at = time.time() if now is None else now
+    return [Backlog(base, rc.name).lag(at) for rc in cfg.catch_up_repositories]
+
+
 def gather(cfg: Config, cache: CatalogCache | None = None, *, use_cache: bool = True) -> Inputs:
     """``cache``: a long-lived one (the server's) keeps its state in memory between
     refreshes; without it the cache file is read (docs/catalog-cache.md).
@@ -105,7 +116,8 @@ def report_from(cfg: Config, inputs: Inputs, now: datetime | None = None) -> Hea
                     Thresholds.from_config(cfg.monitor), now or datetime.now(UTC),
                     location=location(cfg), retention=asdict(cfg.retention),
                     conditional_writes=cfg.repository.conditional_writes,
-                    archive_mode=mode)
+                    archive_mode=mode,
+                    catch_up=read_catch_up(cfg, now.timestamp() if now else None))
 
 
 def health_report(cfg: Config, now: datetime | None = None) -> HealthReport:

@@ -12,6 +12,7 @@ idle cluster grows without anything being wrong (set ``archive_timeout``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from pitr.manifest import BackupRecord
 from pitr.pg.names import lsn_to_segno, segment_name
 from pitr.progress import human_age
 from pitr.verify_report import DrillReport
+from pitr.wal.catchup import Lag, lag_problem
 from pitr.wal.status import AgentStatus
 from pitr.window import recovery_window
 
@@ -35,12 +37,13 @@ class Thresholds:
     max_backlog: int  # segments waiting to be archived
     max_archive_failures: int  # consecutive failed attempts
     max_verify_age: float  # seconds; 0 disables the "drill overdue" warning
+    max_catch_up_lag: float = 3600.0  # seconds the oldest segment may wait for a catch_up repo
 
     @classmethod
     def from_config(cls, monitor: Any) -> Thresholds:
         return cls(float(monitor.max_backup_age), float(monitor.max_archive_lag),
                    int(monitor.max_backlog), int(monitor.max_archive_failures),
-                   float(monitor.max_verify_age))
+                   float(monitor.max_verify_age), float(monitor.max_catch_up_lag))
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class HealthReport:
     recovery_window: dict[str, Any] | None
     location: str = ""
     retention: dict[str, Any] = field(default_factory=dict)
+    # per catch_up repository: its backlog (pitr.wal.catchup.Lag.to_json)
+    catch_up: tuple[dict[str, Any], ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -86,6 +91,7 @@ class HealthReport:
             "wal": self.wal,
             "archive": self.archive,
             "last_verify": self.verify,
+            "catch_up": list(self.catch_up),
         }
 
 
@@ -132,12 +138,15 @@ def evaluate(
     retention: dict[str, Any] | None = None,
     conditional_writes: bool = True,
     archive_mode: dict[str, Any] | None = None,
+    catch_up: Sequence[Lag] = (),
 ) -> HealthReport:
     """Decide health. ``now`` is timezone-aware UTC, as are all catalog times.
 
     ``conditional_writes``: repository.conditional_writes; false is a standing warning
     (the repository is used without never-overwrite and the stanza lock).
     ``archive_mode``: :func:`pitr.wal.modes.current`, reported as ``archive.mode``.
+    ``catch_up``: each catch_up repository's lag (docs/multiple-repositories.md);
+    critical past ``max_catch_up_lag``.
     """
     findings: list[Finding] = []
     crit = lambda n, m: findings.append(Finding(n, CRITICAL, m))  # noqa: E731
@@ -174,6 +183,10 @@ def evaluate(
         archive["mode"] = archive_mode
     if wal["gaps"] and catalog.backups:
         _gap_findings(catalog, warn)
+    for lag in catch_up:
+        problem = lag_problem(lag, thresholds.max_catch_up_lag)
+        if problem:
+            crit("catch_up_lag", problem)
 
     verify_doc = None
     if last_verify is not None:
@@ -212,6 +225,7 @@ def evaluate(
                          "end": _iso(window.latest.time)} if window else None,
         location=location,
         retention=retention or {},
+        catch_up=tuple(lag.to_json() for lag in catch_up),
     )
 
 

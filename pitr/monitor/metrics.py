@@ -78,6 +78,15 @@ def render(report: HealthReport) -> bytes:
         if value is None:
             continue
         Gauge(name, help_text, ["stanza"], registry=registry).labels(report.stanza).set(value)
+    lag_segments = Gauge("pitr_repository_wal_lag_segments", "WAL segments a catch_up "
+                         "repository has not taken yet (its backlog)", ["stanza", "repo"],
+                         registry=registry)
+    lag_seconds = Gauge("pitr_repository_wal_lag_seconds", "age of the oldest WAL segment "
+                        "waiting for a catch_up repository (0: none waiting)",
+                        ["stanza", "repo"], registry=registry)
+    for lag in doc.get("catch_up", ()):
+        lag_segments.labels(report.stanza, lag["repository"]).set(lag["segments"])
+        lag_seconds.labels(report.stanza, lag["repository"]).set(lag["oldest_age"] or 0)
     problems = Gauge("pitr_problem", "1 for each current health finding",
                      ["stanza", "name", "severity"], registry=registry)
     for f in report.findings:

@@ -16,7 +16,8 @@ from pitr.monitor.health import HealthReport
 
 # Conditions a periodic check alerts on. Backup and verify failures are alerted
 # by the commands themselves, at the moment they fail.
-WATCHED = ("archive_failing", "archive_backlog", "archive_lag", "backup_age", "no_backup")
+WATCHED = ("archive_failing", "archive_backlog", "archive_lag", "backup_age", "no_backup",
+           "catch_up_lag")
 
 
 def transitions(active: set[str], report: HealthReport) -> tuple[list[str], list[str]]:

@@ -47,6 +47,7 @@ from pitr.errors import ConfigError, LockedError, PitrError, TransientStorageErr
 from pitr.log import event
 from pitr.pg.walname import is_wal_name
 from pitr.repo import Repo, RepoIdentity, open_keyring, upload_classes
+from pitr.wal.catchup import Backlog
 from pitr.wal.spool import FileIdentity, Receipt, Spool, rotate_if_big, try_lock
 from pitr.wal.status import AgentStatus
 
@@ -55,6 +56,8 @@ log = logging.getLogger("pitr.wal.agent")
 BACKOFF_FIRST = 1.0  # seconds before the first retry of a failed segment
 BACKOFF_MAX = 60.0
 RECEIPT_KEEP = 30.0  # seconds a receipt outlives its .ready (a crashed archiver may ask again)
+CATCH_UP_MIN_WAIT = 1.0  # seconds between catch-up rounds while catch_up repositories keep up
+CATCH_UP_MAX_WAIT = 10.0  # ... and at most between rounds while one stays down
 TAKEOVER_WAIT = 30.0  # seconds a service agent waits for an on-demand agent to hand over
 _STOP = "~stop"  # sorts after every WAL name, so workers finish queued work first
 
@@ -212,6 +215,8 @@ class Agent:
         self._keyring: Keyring | None = None
         self._storage_lock = threading.Lock()
         self._identity = [IdentityCache() for _ in cfg.all_repositories]
+        # catch_up repositories (by index) whose conditional writes are not proven yet
+        self._unproven: set[int] = set()
 
     # -- lifecycle ----------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -263,6 +268,9 @@ class Agent:
         observer = self._watch()
         threads = [threading.Thread(target=self._worker, name=f"push-{i}", daemon=True)
                    for i in range(self.workers)]
+        if self.cfg.catch_up_repositories:
+            threads.append(threading.Thread(target=self._catch_up, name="catch-up",
+                                            daemon=True))
         for t in threads:
             t.start()
         event(log, logging.INFO, "agent started", pgdata=str(self.wal_dir.parent),
@@ -273,7 +281,7 @@ class Agent:
                 self.wake.clear()
                 ready = self.scan()
                 now = time.monotonic()
-                if ready or self.busy():
+                if ready or self.busy() or self.catching_up():
                     idle_since = None
                 elif idle_since is None:
                     idle_since = now
@@ -301,6 +309,11 @@ class Agent:
     def busy(self) -> bool:
         with self.state.lock:
             return bool(self.state.queued or self.state.in_flight)
+
+    def catching_up(self) -> bool:
+        """A catch_up repository still has a backlog: an on-demand agent stays for it."""
+        return any(Backlog(self.spool.base, rc.name).entries()
+                   for rc in self.cfg.catch_up_repositories)
 
     def _watch(self) -> Any:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -399,10 +412,15 @@ class Agent:
         with self._storage_lock:
             if self._storage is None:
                 storages = []
-                for rc in self.cfg.all_repositories:
+                for i, rc in enumerate(self.cfg.all_repositories):
                     storage = open_storage(rc)
-                    require_conditional_writes(self.cfg.for_repository(rc), storage)
                     storages.append(storage)
+                    if rc.mode == "catch_up":
+                        # one that is down must not stop archiving: unproven, it takes
+                        # nothing inline and the catch-up thread proves it again later
+                        self._unproven.add(i)
+                        continue
+                    require_conditional_writes(self.cfg.for_repository(rc), storage)
                 self._keyring = open_keyring(self.cfg)  # a key_command runs once
                 self._storage = storages
             return [WarmRepo(s, self.cfg.stanza, c, self._keyring,
@@ -453,7 +471,9 @@ class Agent:
             return  # archived by PostgreSQL's own archive-push and already recycled
         try:
             level = adaptive_level(path, self.cfg.compression.level)
-            result = push_wal(repo, path, level=level, budget=self.budget)
+            required, catch_up = self._split(repo)
+            result = push_wal(required, path, level=level, budget=self.budget,
+                              catch_up=catch_up, catch_up_budget=self.cfg.catch_up_budget)
         except PitrError as exc:
             if not (self.status_dir / f"{name}.ready").exists():
                 return  # PostgreSQL finished with it meanwhile (e.g. the file was recycled)
@@ -483,6 +503,68 @@ class Agent:
             c.bytes_out += result.stored_bytes
             if c.last_stored is None or name > c.last_stored:
                 c.last_stored, c.last_stored_at = name, time.time()
+
+    def _split(self, repo: list[Repo]) -> tuple[list[Repo], list[tuple[Repo | None, Backlog]]]:
+        """The handles of the required repositories, and the catch_up ones with their
+        backlogs (docs/multiple-repositories.md), in config order; None for a catch_up
+        one not proven yet (it gets nothing but backlog entries)."""
+        required: list[Repo] = []
+        catch_up: list[tuple[Repo | None, Backlog]] = []
+        with self._storage_lock:
+            unproven = set(self._unproven)
+        for i, (r, rc) in enumerate(zip(repo, self.cfg.all_repositories, strict=True)):
+            if rc.mode == "catch_up":
+                catch_up.append((None if i in unproven else r,
+                                 Backlog(self.spool.base, rc.name)))
+            else:
+                required.append(r)
+        return required, catch_up
+
+    def _catch_up(self) -> None:
+        """The catch-up thread: drains every catch_up repository's backlog from the
+        required repositories' copies; after a failed round (the repository is still
+        down) it waits longer, up to CATCH_UP_MAX_WAIT."""
+        from pitr.wal.catchup import drain
+
+        wait = CATCH_UP_MIN_WAIT
+        repo: list[Repo] | None = None
+        while not self.stop.is_set():
+            failed = False
+            try:
+                if repo is None:
+                    repo = self._make_repo()
+                self._prove_catch_up(repo)
+                required, catch_up = self._split(repo)
+                for target, backlog in catch_up:
+                    if self.stop.is_set():
+                        break
+                    if not backlog.entries():
+                        continue
+                    if target is None or drain(backlog, required, target).error:
+                        failed = True
+            except Exception as exc:  # the thread must survive anything; archiving goes on
+                event(log, logging.WARNING, "agent: catching up failed", error=str(exc))
+                failed, repo = True, None
+            wait = min(wait * 2, CATCH_UP_MAX_WAIT) if failed else CATCH_UP_MIN_WAIT
+            self.stop.wait(wait)
+
+    def _prove_catch_up(self, repo: list[Repo]) -> None:
+        """Prove the conditional writes of catch_up repositories not proven yet (a
+        remembered proof costs a stat: docs/design-fast-path.md)."""
+        from pitr.condwrites import require_conditional_writes
+
+        with self._storage_lock:
+            unproven = sorted(self._unproven)
+        for i in unproven:
+            rc = self.cfg.all_repositories[i]
+            try:
+                require_conditional_writes(self.cfg.for_repository(rc), repo[i].storage)
+            except PitrError as exc:
+                event(log, logging.WARNING, f"agent: catch_up repository {rc.name} not "
+                      "usable yet", error=exc.message)
+                continue
+            with self._storage_lock:
+                self._unproven.discard(i)
 
     def _failed(self, name: str, message: str, *, transient: bool = False) -> None:
         with contextlib.suppress(OSError):

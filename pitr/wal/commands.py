@@ -19,7 +19,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pitr import log
 from pitr.errors import (
@@ -48,16 +48,58 @@ def archive_push_main(config_path: str | None, path: str, *, debug: bool = False
         from pitr.condwrites import require_conditional_writes
 
         repos = []
-        for rc in cfg.all_repositories:  # durable in every one before 0
+        for rc in cfg.required_repositories:  # durable in every required one before 0
             one = cfg.for_repository(rc)
             repos.append(Repo.open(one))
             require_conditional_writes(one, repos[-1].storage)  # remembered: a stat() per segment
-        push_wal(repos, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout)
+        catch_up: list[tuple[Repo | None, Any]] = []
+        if cfg.catch_up_repositories:
+            from pitr.wal.catchup import Backlog
+            from pitr.wal.spool import Spool
+
+            base = Spool(cfg.archive.spool_dir, cfg.stanza).base
+            for rc in cfg.catch_up_repositories:
+                one = cfg.for_repository(rc)
+                handle: Repo | None = Repo.open(one)
+                try:  # unproven (down?): nothing inline, the backlog takes the segment
+                    require_conditional_writes(one, handle.storage)  # type: ignore[union-attr]
+                except PitrError:
+                    handle = None
+                catch_up.append((handle, Backlog(base, rc.name)))
+        push_wal(repos, Path(path), level=cfg.compression.level, budget=cfg.repository.timeout,
+                 catch_up=catch_up, catch_up_budget=cfg.catch_up_budget)
+        if catch_up:
+            _drain_opportunistically(cfg, repos, catch_up)
         return 0
     except BaseException as exc:  # the boundary: every outcome gets a code
         err = _as_pitr_error(exc, debug)
         report_error(err, log_format)
         return err.exit_code  # every registered code is <= 125
+
+
+def _drain_opportunistically(cfg: Config, repos: list[Any],
+                             catch_up: list[tuple[Any, Any]]) -> None:
+    """A sync archive-push's share of catching up (docs/multiple-repositories.md): at most
+    every SYNC_DRAIN_INTERVAL and for about SYNC_DRAIN_BUDGET, after the segment is safe.
+    Nothing here changes the exit code: the segment is durable in every required one."""
+    import time
+
+    from pitr.wal.catchup import SYNC_DRAIN_BUDGET, SYNC_DRAIN_INTERVAL, drain, drain_due
+
+    for repo, backlog in catch_up:
+        if repo is None:
+            continue
+        try:
+            if not backlog.entries() or not drain_due(backlog.last_try(), time.time(),
+                                                      SYNC_DRAIN_INTERVAL):
+                continue
+            backlog.mark_try()
+            drain(backlog, repos, repo, deadline=time.monotonic() + SYNC_DRAIN_BUDGET)
+        except Exception as exc:  # the segment is archived; catching up is best effort here
+            import logging
+
+            logging.getLogger("pitr.wal.catchup").warning(
+                "archive-push: catching up %s failed: %s", backlog.repository, exc)
 
 
 def archive_get_main(config_path: str | None, walname: str, dest: str, *,
@@ -85,7 +127,8 @@ def archive_get_main(config_path: str | None, walname: str, dest: str, *,
             rcs = [first, *(rc for rc in rcs if rc is not first)]
         repos = [Repo.open(cfg.for_repository(rc)) for rc in rcs]
         archive_get(repos, walname, Path(dest), datadir=data_dir_of(Path(dest), pgdata),
-                    budget=cfg.repository.timeout, planned=prefer is not None)
+                    budget=cfg.repository.timeout, planned=prefer is not None,
+                    catch_up=[rc.mode == "catch_up" for rc in rcs])
         return 0
     except BaseException as exc:  # none may escape as an accidental 1..125
         err = _as_pitr_error(exc, debug)

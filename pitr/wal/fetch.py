@@ -22,6 +22,7 @@ from pitr.errors import (
     PitrError,
     SystemIdMismatch,
     TargetDirError,
+    TransientStorageError,
     UsageError,
     WalNotFound,
 )
@@ -100,26 +101,40 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
 
 
 def archive_get(repos: Repo | Sequence[Repo], name: str, dest: Path, *,
-                datadir: Path | None, budget: float, planned: bool = False) -> FetchResult:
+                datadir: Path | None, budget: float, planned: bool = False,
+                catch_up: Sequence[bool] = ()) -> FetchResult:
     """restore_command's answer from several repositories (docs/multiple-repositories.md):
-    the first that has ``name`` serves it, in order; WalNotFound only when every one of
-    them proved the absence. A repository that cannot answer (down, wrong stanza, a
+    the first that has ``name`` serves it, in order; WalNotFound only when every required
+    one of them proved the absence. A repository that cannot answer (down, wrong stanza, a
     damaged object) is passed over for the others, and when none has the file its
     failure is the answer: "unknown", never "absent".
 
+    ``catch_up``: per repository of ``repos``, True for a catch_up one. Its absence proves
+    nothing (it may lag behind archive-push's exit 0): it serves what it has, and when no
+    required repository can answer, the answer is "unknown".
+
     ``planned``: the first of ``repos`` is the one a restore plan chose (``archive-get
-    --repo``) and its proven absence is the answer even while another repository cannot
-    answer. Sound because archive-push exits 0 only once a segment is durable in every
-    repository: what the chosen one proves absent, PostgreSQL never saw archived."""
+    --repo``) and, when it is required, its proven absence is the answer even while
+    another repository cannot answer. Sound because archive-push exits 0 only once a
+    segment is durable in every required repository: what the chosen one proves absent,
+    PostgreSQL never saw archived."""
     targets = list(repos) if isinstance(repos, Sequence) else [repos]
+    lagging = [bool(c) for c in catch_up] + [False] * (len(targets) - len(catch_up))
     failure: PitrError | None = None
     authority_absent = False
+    required_absent = 0
     for i, repo in enumerate(targets):
         try:
             return _archive_get_one(repo, name, dest, datadir=datadir, budget=budget)
-        except WalNotFound:
-            if len(targets) == 1:
+        except WalNotFound as exc:
+            if len(targets) == 1 and not lagging[i]:
                 raise
+            if lagging[i]:
+                failure = failure or TransientStorageError(
+                    f"{name}: not in {repo.storage.url}, a catch_up repository whose "
+                    f"absence proves nothing ({' '.join(exc.message.split())})")
+                continue
+            required_absent += 1
             authority_absent = authority_absent or (planned and i == 0)
             continue
         except PitrError as exc:
@@ -128,14 +143,16 @@ def archive_get(repos: Repo | Sequence[Repo], name: str, dest: Path, *,
             event(log, logging.WARNING, f"archive-get {name}: {repo.storage.url} cannot "
                   "answer; trying the other repositories", error=exc.message)
             failure = failure or exc
+    n_required = lagging.count(False)
+    if n_required and required_absent == n_required:
+        raise WalNotFound(f"{name}: in none of the {len(targets)} repositories, each "
+                          "required one proven this cluster's ("
+                          f"{', '.join(r.storage.url for r in targets)})")
     if failure is not None and not authority_absent:
         raise failure
-    if failure is not None:
-        raise WalNotFound(f"{name}: not in {targets[0].storage.url}, the repository the "
-                          f"restore plan chose, proven this cluster's (another repository "
-                          f"could not answer: {' '.join(failure.message.split())})")
-    raise WalNotFound(f"{name}: in none of the {len(targets)} repositories, each proven "
-                      f"this cluster's ({', '.join(r.storage.url for r in targets)})")
+    raise WalNotFound(f"{name}: not in {targets[0].storage.url}, the repository the "
+                      f"restore plan chose, proven this cluster's (another repository "
+                      f"could not answer: {' '.join(failure.message.split()) if failure else ''})")
 
 
 def _archive_get_one(repo: Repo, name: str, dest: Path, *, datadir: Path | None,

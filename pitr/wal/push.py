@@ -55,6 +55,7 @@ from pitr.repo import Repo
 from pitr.retry import call_with_budget
 from pitr.storage.base import put_bytes
 from pitr.tiers import wal_kind
+from pitr.wal.catchup import Backlog, try_inline
 
 log = logging.getLogger("pitr.wal.push")
 
@@ -116,13 +117,22 @@ def _written_at(path: Path) -> str:
 
 
 def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
-             budget: float) -> PushResult:
+             budget: float, catch_up: Sequence[tuple[Repo | None, Backlog]] = (),
+             catch_up_budget: float | None = None) -> PushResult:
     """Store the WAL file at ``path``; return only once it is durable in the repository,
     or in every one of ``repos`` (docs/multiple-repositories.md).
 
     The file is read and compressed once. Each repository gets a budget of its own, and
     one that fails does not stop the others from being tried: what they stored answers
-    "already archived" when PostgreSQL retries. The first failure is raised."""
+    "already archived" when PostgreSQL retries. The first failure is raised.
+
+    ``catch_up``: repositories that need not hold the segment before this returns
+    (mode = "catch_up"), each with its backlog. Once every one of ``repos`` holds it, each
+    is offered the segment unless it is behind already (or None: not usable now); one
+    that did not take it gets the
+    name recorded durably in its backlog, for the drain to copy it later from ``repos``
+    (pitr/wal/catchup.py), each offer bounded by ``catch_up_budget`` (default ``budget``).
+    A backlog that cannot be written fails the push."""
     started = time.monotonic()
     targets = list(repos) if isinstance(repos, Sequence) else [repos]
     name, kind, raw = read_wal_file(path)
@@ -148,6 +158,16 @@ def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
             failure = failure or exc
     if failure is not None:
         raise failure
+    for later, backlog in catch_up:
+        if later is not None and try_inline(len(backlog.entries())):
+            try:
+                _store(later, name, ident, blob, digest,
+                       _Deadline(budget if catch_up_budget is None else catch_up_budget))
+                continue
+            except PitrError as exc:
+                event(log, logging.WARNING, f"{name} not archived in {later.storage.url} "
+                      "(catch_up): queued for later", error=exc.message)
+        backlog.add(name, now=time.time())
     status: Literal["stored", "already-archived"] = (
         "stored" if "stored" in statuses else "already-archived")
     seconds = time.monotonic() - started
