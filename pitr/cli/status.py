@@ -87,42 +87,10 @@ def status(json_out: JsonFlag = False, no_cache: NoCache = False) -> None:
     cache = None if no_cache else CatalogCache(Repo.open(cfg), cache_path(cfg))
     report = report_from(cfg, gather(cfg, cache, use_cache=not no_cache))
     doc = {**report.to_dict(), "catalog_cache": describe(cache)}
-    down = _repositories(cfg, doc) if len(cfg.all_repositories) > 1 else []
     print_doc(doc, json_out, render_text)
-    if not report.healthy or down:
+    if not report.healthy:
         raise CheckFailed("unhealthy: " + "; ".join(
-            [f.message for f in report.findings if f.severity == "critical"] + down))
-
-
-def _repositories(cfg: Any, doc: dict[str, Any]) -> list[str]:
-    """Each repository's newest WAL and backup into ``doc`` (the rest of the report reads
-    the first); returns a problem per repository that cannot be read."""
-    from datetime import UTC, datetime
-
-    from pitr.catalog_cache import cached_catalog
-    from pitr.errors import PitrError
-    from pitr.monitor.health import repository_doc
-
-    now = datetime.now(UTC)
-    rows, down = [], []
-    for rc in cfg.all_repositories:
-        try:
-            catalog = cached_catalog(cfg.for_repository(rc))[0]
-            rows.append(repository_doc(rc.name, rc.url, catalog, now))
-        except PitrError as exc:
-            message = " ".join(exc.message.split())
-            rows.append(repository_doc(rc.name, rc.url, None, now, message))
-            # a catch_up repository that is down costs nothing until its lag is too old
-            # (the catch_up_lag finding): a warning, not unhealthy
-            severity = "warning" if rc.mode == "catch_up" else "critical"
-            if severity == "critical":
-                down.append(f"repository {rc.name} cannot be read: {message}")
-            doc["problems"].append({"name": "repository_unreachable", "severity": severity,
-                                    "message": f"{rc.name}: {message}"})
-    doc["repositories"] = rows
-    if down:
-        doc["status"] = "unhealthy"
-    return down
+            f.message for f in report.findings if f.severity == "critical"))
 
 
 @app.command("serve", epilog=examples(

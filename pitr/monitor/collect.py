@@ -18,8 +18,9 @@ from pitr import log
 from pitr.catalog import Catalog
 from pitr.catalog_cache import CatalogCache, cache_path
 from pitr.config import Config
+from pitr.errors import PitrError
 from pitr.monitor.alerts import safe_url
-from pitr.monitor.health import HealthReport, Thresholds, evaluate
+from pitr.monitor.health import HealthReport, RepositoryState, Thresholds, evaluate
 from pitr.repo import Repo
 from pitr.storage import ObjectInfo, read_bytes
 from pitr.verify_report import DrillReport
@@ -34,6 +35,7 @@ class Inputs:
     catalog: Catalog
     agent: AgentStatus | None
     last_verify: DrillReport | None
+    repositories: tuple[RepositoryState, ...] = ()  # several repositories only
 
 
 def location(cfg: Config) -> str:
@@ -98,13 +100,38 @@ def gather(cfg: Config, cache: CatalogCache | None = None, *, use_cache: bool = 
         from pitr.catalog import load_catalog
 
         repo = Repo.open(cfg)
-        return Inputs(load_catalog(repo), read_agent_status(cfg), read_last_verify(repo))
+        catalog = load_catalog(repo)
+        return Inputs(catalog, read_agent_status(cfg), read_last_verify(repo),
+                      read_repositories(cfg, catalog, use_cache=False))
     if cache is None:
         cache = CatalogCache(Repo.open(cfg), cache_path(cfg))
     catalog = cache.refresh()
     verify = read_last_verify(cache.repo, cache.head_objects(cache.repo.verify_prefix),
                               cache.read)
-    return Inputs(catalog, read_agent_status(cfg), verify)
+    return Inputs(catalog, read_agent_status(cfg), verify, read_repositories(cfg, catalog))
+
+
+def read_repositories(cfg: Config, first: Catalog, *, use_cache: bool = True
+                      ) -> tuple[RepositoryState, ...]:
+    """With several repositories, each one's catalog (the first's is ``first``), each
+    through its own catalog cache: an idle refresh costs each one its two requests
+    (docs/catalog-cache.md). With one repository: nothing."""
+    from pitr.catalog import load_catalog
+    from pitr.catalog_cache import cached_catalog
+
+    if len(cfg.all_repositories) < 2:
+        return ()
+    out = [RepositoryState(cfg.repository.name, cfg.repository.url, cfg.repository.mode,
+                           first)]
+    for rc in cfg.repositories:
+        one = cfg.for_repository(rc)
+        try:
+            catalog = cached_catalog(one)[0] if use_cache else load_catalog(Repo.open(one))
+            out.append(RepositoryState(rc.name, rc.url, rc.mode, catalog))
+        except PitrError as exc:
+            out.append(RepositoryState(rc.name, rc.url, rc.mode, None,
+                                       " ".join(exc.message.split())))
+    return tuple(out)
 
 
 def report_from(cfg: Config, inputs: Inputs, now: datetime | None = None) -> HealthReport:
@@ -117,7 +144,8 @@ def report_from(cfg: Config, inputs: Inputs, now: datetime | None = None) -> Hea
                     location=location(cfg), retention=asdict(cfg.retention),
                     conditional_writes=cfg.repository.conditional_writes,
                     archive_mode=mode,
-                    catch_up=read_catch_up(cfg, now.timestamp() if now else None))
+                    catch_up=read_catch_up(cfg, now.timestamp() if now else None),
+                    repositories=inputs.repositories)
 
 
 def health_report(cfg: Config, now: datetime | None = None) -> HealthReport:

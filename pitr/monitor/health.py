@@ -68,6 +68,8 @@ class HealthReport:
     retention: dict[str, Any] = field(default_factory=dict)
     # per catch_up repository: its backlog (pitr.wal.catchup.Lag.to_json)
     catch_up: tuple[dict[str, Any], ...] = ()
+    # with several repositories, one row each (repository_doc); empty with one
+    repositories: tuple[dict[str, Any], ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -92,6 +94,7 @@ class HealthReport:
             "archive": self.archive,
             "last_verify": self.verify,
             "catch_up": list(self.catch_up),
+            **({"repositories": list(self.repositories)} if self.repositories else {}),
         }
 
 
@@ -139,6 +142,7 @@ def evaluate(
     conditional_writes: bool = True,
     archive_mode: dict[str, Any] | None = None,
     catch_up: Sequence[Lag] = (),
+    repositories: Sequence[RepositoryState] = (),
 ) -> HealthReport:
     """Decide health. ``now`` is timezone-aware UTC, as are all catalog times.
 
@@ -187,6 +191,15 @@ def evaluate(
         problem = lag_problem(lag, thresholds.max_catch_up_lag)
         if problem:
             crit("catch_up_lag", problem)
+    rows = []
+    for r in repositories:
+        rows.append(repository_doc(r.name, r.url, r.catalog, now, r.error))
+        if r.catalog is None:
+            # a catch_up repository that is down costs nothing until its lag is too old
+            # (the catch_up_lag finding above): a warning; a required one is critical,
+            # since archive-push waits for it (docs/multiple-repositories.md)
+            (warn if r.mode == "catch_up" else crit)(
+                "repository_unreachable", f"{r.name}: {r.error or 'cannot be read'}")
 
     verify_doc = None
     if last_verify is not None:
@@ -226,6 +239,7 @@ def evaluate(
         location=location,
         retention=retention or {},
         catch_up=tuple(lag.to_json() for lag in catch_up),
+        repositories=tuple(rows),
     )
 
 
@@ -287,6 +301,17 @@ def _gap_findings(catalog: Catalog, warn: Any) -> None:
 
 __all__ = ["CRITICAL", "WARNING", "Finding", "HealthReport", "Thresholds",
            "evaluate"]
+
+
+@dataclass(frozen=True)
+class RepositoryState:
+    """One of several repositories as a refresh found it: its catalog, or why not."""
+
+    name: str
+    url: str
+    mode: str  # "required" | "catch_up"
+    catalog: Catalog | None
+    error: str | None = None
 
 
 def repository_doc(name: str, url: str, catalog: Catalog | None, now: datetime,

@@ -87,6 +87,22 @@ def render(report: HealthReport) -> bytes:
     for lag in doc.get("catch_up", ()):
         lag_segments.labels(report.stanza, lag["repository"]).set(lag["segments"])
         lag_seconds.labels(report.stanza, lag["repository"]).set(lag["oldest_age"] or 0)
+    # several repositories: each one's reachability and freshness
+    # (docs/multiple-repositories.md, "Monitoring")
+    per_repo = [
+        Gauge("pitr_repository_up", "1 when the repository could be read at the last "
+              "refresh, 0 when not", ["stanza", "repo"], registry=registry),
+        Gauge("pitr_repository_last_archive_age_seconds", "age of the newest WAL segment "
+              "in the repository", ["stanza", "repo"], registry=registry),
+        Gauge("pitr_repository_last_backup_age_seconds", "age of the newest backup in the "
+              "repository", ["stanza", "repo"], registry=registry),
+    ]
+    for row in doc.get("repositories", ()):
+        values = (1 if row["reachable"] else 0, row.get("last_archived_age_seconds"),
+                  row.get("last_backup_age_seconds"))
+        for gauge, value in zip(per_repo, values, strict=True):
+            if value is not None:  # no sample rather than a made-up 0 for what is unknown
+                gauge.labels(report.stanza, row["name"]).set(value)
     problems = Gauge("pitr_problem", "1 for each current health finding",
                      ["stanza", "name", "severity"], registry=registry)
     for f in report.findings:

@@ -230,3 +230,32 @@ def test_repository_doc_says_newest_wal_and_backup_or_why_not() -> None:
     down = repository_doc("offsite", "s3://b/p", None, now, "gave up after 60s")
     assert down == {"name": "offsite", "url": "s3://b/p", "reachable": False,
                     "error": "gave up after 60s"}
+
+
+def test_several_repositories_in_health_and_metrics() -> None:
+    """/health/backup and /metrics show every repository (docs/multiple-repositories.md
+    "Monitoring every repository"): a required one that cannot be read is critical, a
+    catch_up one a warning; one repository adds nothing."""
+    from pitr.monitor.health import RepositoryState
+    from pitr.monitor.metrics import render
+
+    ok = drill(NOW - timedelta(days=3), True, "b1", 42.0)
+    cat = healthy_catalog()
+    assert "repositories" not in evaluate(cat, None, ok, TH, NOW).to_dict()
+    states = [RepositoryState("repo1", "file:///a", "required", cat),
+              RepositoryState("offsite", "s3://b/p", "catch_up", None, "timed out"),
+              RepositoryState("usb", "file:///mnt/usb", "required", None, "no such directory")]
+    r = evaluate(cat, None, ok, TH, NOW, repositories=states)
+    doc = r.to_dict()
+    assert [row["name"] for row in doc["repositories"]] == ["repo1", "offsite", "usb"]
+    assert doc["repositories"][0]["reachable"] and not doc["repositories"][2]["reachable"]
+    found = {(f.name, f.severity, f.message) for f in r.findings
+             if f.name == "repository_unreachable"}
+    assert found == {("repository_unreachable", "warning", "offsite: timed out"),
+                     ("repository_unreachable", CRITICAL, "usb: no such directory")}
+    assert not r.healthy
+    text = render(r).decode()
+    assert 'pitr_repository_up{repo="repo1",stanza="main"} 1.0' in text
+    assert 'pitr_repository_up{repo="usb",stanza="main"} 0.0' in text
+    assert 'pitr_repository_last_backup_age_seconds{repo="repo1",stanza="main"}' in text
+    assert 'pitr_repository_last_backup_age_seconds{repo="usb"' not in text
