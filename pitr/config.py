@@ -250,6 +250,10 @@ class Config:
     repositories: tuple[RepositoryConfig, ...] = ()
     # key ("stanza", "repository.url") -> where its value came from
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # a further repository's own [retention] / [encryption] keys, by repository name
+    # (``[repositories.retention]`` inside its table): docs/multiple-repositories.md
+    repository_sections: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @property
     def spool_path(self) -> Path:
@@ -273,7 +277,10 @@ class Config:
         (Repo.open, the catalog cache, the conditional-write memo) then serves ``rc``."""
         if isinstance(rc, str):
             rc = self.repository_named(rc)
-        return dataclasses.replace(self, repository=rc, repositories=())
+        own = self.repository_sections.get(rc.name, {}) if rc != self.repository else {}
+        changed = {s: dataclasses.replace(getattr(self, s), **kw) for s, kw in own.items()}
+        return dataclasses.replace(self, repository=rc, repositories=(),
+                                   repository_sections={}, **changed)
 
     @property
     def required_repositories(self) -> tuple[RepositoryConfig, ...]:
@@ -300,7 +307,7 @@ class Config:
         return "\n".join(rc.url for rc in self.required_repositories)
 
 
-_NOT_SECTIONS = ("stanza", "sources", "repositories")
+_NOT_SECTIONS = ("stanza", "sources", "repositories", "repository_sections")
 SECTIONS: dict[str, type] = {
     f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
@@ -334,7 +341,7 @@ def schema() -> list[KeyInfo]:
     keys: list[KeyInfo] = []
     top_hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        if f.name in ("sources", "repositories"):
+        if f.name in ("sources", "repositories", "repository_sections"):
             continue
         if f.name in SECTIONS:
             cls = SECTIONS[f.name]
@@ -384,6 +391,9 @@ def _coerce(info: KeyInfo, raw: Any, from_text: bool) -> Any:
         return tuple(raw)
     raise ValueError(f"unsupported type {t!r}")  # pragma: no cover - schema bug
 
+
+# sections a further repository may set for itself ([[repositories]] sub-tables)
+PER_REPOSITORY_SECTIONS = ("retention", "encryption")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
 
@@ -446,8 +456,11 @@ def _validate(cfg: Config) -> list[str]:
 
 def _further_repositories(raw: Any, by_section: Mapping[tuple[str, str], KeyInfo],
                           source_name: str, problems: list[str],
-                          sources: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
-    """The ``[[repositories]]`` tables: the keys of ``[repository]``, each table named.
+                          sources: dict[str, str],
+                          sections: dict[str, dict[str, dict[str, Any]]]
+                          ) -> list[tuple[str, dict[str, Any]]]:
+    """The ``[[repositories]]`` tables: the keys of ``[repository]``, each table named,
+    and the repository's own ``retention`` / ``encryption`` sub-tables (into ``sections``).
 
     File only: environment variables and flags set the first repository's keys; the
     further ones take credentials from the file or the AWS credential chain."""
@@ -462,6 +475,22 @@ def _further_repositories(raw: Any, by_section: Mapping[tuple[str, str], KeyInfo
             continue
         kwargs: dict[str, Any] = {}
         for key, sub in table.items():
+            if key in PER_REPOSITORY_SECTIONS and isinstance(sub, dict):
+                own = sections.setdefault(name, {}).setdefault(str(key), {})
+                for k, v in sub.items():
+                    info = by_section.get((str(key), str(k)))
+                    where = f"repositories.{name}.{key}.{k}"
+                    if info is None:
+                        problems.append(f"{where} ({source_name}): unknown key")
+                        continue
+                    try:
+                        own[str(k)] = _coerce(info, v, False)
+                    except ValueError as exc:
+                        shown = "invalid value (not shown: secret)" if info.secret else exc
+                        problems.append(f"{where} ({source_name}): {shown}")
+                        continue
+                    sources[where] = source_name
+                continue
             info = by_section.get(("repository", str(key)))
             where = f"repositories.{name}.{key}"
             if info is None:
@@ -533,9 +562,11 @@ def load(
         sources[info.dotted] = origin
 
     extra: list[tuple[str, dict[str, Any]]] = []
+    own_sections: dict[str, dict[str, dict[str, Any]]] = {}
     for name, raw in data.items():
         if name == "repositories":
-            extra = _further_repositories(raw, by_section, source_name, problems, sources)
+            extra = _further_repositories(raw, by_section, source_name, problems, sources,
+                                          own_sections)
         elif isinstance(raw, dict) and name in SECTIONS:
             for key, sub in raw.items():
                 key = _ALIASES.get((name, str(key)), str(key))
@@ -576,8 +607,13 @@ def load(
         (section_kwargs[section] if section else top_kwargs)[name] = value
     cfg = Config(**top_kwargs, **{s: SECTIONS[s](**kw) for s, kw in section_kwargs.items()},
                  repositories=tuple(RepositoryConfig(**kw) for _, kw in extra),
-                 sources=sources)
+                 sources=sources, repository_sections=own_sections)
     problems.extend(_validate(cfg))
+    for rc in cfg.repositories:  # a repository's own retention is checked like [retention]
+        if rc.name in own_sections:
+            mine = _validate(cfg.for_repository(rc))
+            problems.extend(f"repositories.{rc.name}: {p}" for p in mine
+                            if p.split(".", 1)[0] in own_sections[rc.name])
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -593,6 +629,12 @@ def effective(cfg: Config, *, reveal: bool = False) -> list[tuple[str, Any, str]
             value = MASK
         rows.append((info.dotted, value, cfg.sources.get(info.dotted, "default")))
     for rc in cfg.repositories:
+        for section, kw in cfg.repository_sections.get(rc.name, {}).items():
+            for name, value in kw.items():
+                info = next(i for i in schema() if (i.section, i.name) == (section, name))
+                dotted = f"repositories.{rc.name}.{section}.{name}"
+                rows.append((dotted, MASK if info.secret and value and not reveal else value,
+                             cfg.sources.get(dotted, "default")))
         for info in schema():
             if info.section != "repository":
                 continue
@@ -612,6 +654,8 @@ def secrets_of(cfg: Config) -> list[str]:
             sections = cfg.all_repositories if info.section == "repository" else (
                 getattr(cfg, info.section) if info.section else cfg,)
             out.extend(str(v) for v in (getattr(s, info.name) for s in sections) if v)
+            out.extend(str(kw[info.name]) for own in cfg.repository_sections.values()
+                       if (kw := own.get(info.section, {})).get(info.name))
     from pitr.security import dsn_passwords  # a password inside postgres.dsn is one too
 
     out.extend(dsn_passwords(cfg.postgres.dsn))

@@ -212,7 +212,7 @@ class Agent:
         self.exit_reason: str | None = None
         self._last_cleanup = 0.0
         self._storage: list[Any] | None = None  # one client per repository
-        self._keyring: Keyring | None = None
+        self._keyrings: list[Keyring | None] = []
         self._storage_lock = threading.Lock()
         self._identity = [IdentityCache() for _ in cfg.all_repositories]
         # catch_up repositories (by index) whose conditional writes are not proven yet
@@ -421,12 +421,15 @@ class Agent:
                         self._unproven.add(i)
                         continue
                     require_conditional_writes(self.cfg.for_repository(rc), storage)
-                self._keyring = open_keyring(self.cfg)  # a key_command runs once
+                # each repository's own key (docs/multiple-repositories.md); a
+                # key_command runs once per repository
+                self._keyrings = [open_keyring(self.cfg.for_repository(rc))
+                                  for rc in self.cfg.all_repositories]
                 self._storage = storages
-            return [WarmRepo(s, self.cfg.stanza, c, self._keyring,
+            return [WarmRepo(s, self.cfg.stanza, c, k,
                              upload_classes(self.cfg.for_repository(rc)))
-                    for s, c, rc in zip(self._storage, self._identity,
-                                        self.cfg.all_repositories, strict=True)]
+                    for s, c, k, rc in zip(self._storage, self._identity, self._keyrings,
+                                           self.cfg.all_repositories, strict=True)]
 
     def _worker(self) -> None:
         repo: list[Repo] | None = None

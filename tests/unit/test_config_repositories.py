@@ -116,3 +116,53 @@ part_size_mib = 1
 def test_repositories_must_be_tables(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"expected \[\[repositories\]\] tables"):
         load(write(tmp_path, 'repositories = "s3://x"\n'), env={})
+
+
+OWN = f"""
+[repository]
+url = "file:///srv/first"
+
+[retention]
+daily = 7
+monthly = 12
+
+[encryption]
+key = "{'A' * 43}="
+
+[[repositories]]
+name = "offsite"
+url = "file:///srv/offsite"
+[repositories.retention]
+daily = 30
+monthly = 0
+[repositories.encryption]
+key = "{'B' * 43}="
+"""
+
+
+def test_a_repository_may_have_its_own_retention_and_key(tmp_path: Path) -> None:
+    """docs/multiple-repositories.md "Each repository's own retention and key"."""
+    cfg = load(write(tmp_path, OWN), env={})
+    first, offsite = cfg.for_repository("repo1"), cfg.for_repository("offsite")
+    assert (first.retention.daily, first.retention.monthly) == (7, 12)
+    assert (offsite.retention.daily, offsite.retention.monthly) == (30, 0)
+    assert offsite.retention.weekly == cfg.retention.weekly  # the rest from [retention]
+    assert first.encryption.key.startswith("A") and offsite.encryption.key.startswith("B")
+    # the per-repository key is a secret like the top-level one
+    assert any(s.startswith("B") for s in config.secrets_of(cfg))
+    rows = {k: v for k, v, _ in config.effective(cfg)}
+    assert rows["repositories.offsite.retention.daily"] == 30
+    assert rows["repositories.offsite.encryption.key"] == MASK
+    # one repository's config carries no overrides left for anybody else
+    assert offsite.repository_sections == {} and offsite.repositories == ()
+
+
+def test_a_repositorys_own_sections_are_checked(tmp_path: Path) -> None:
+    bad = OWN.replace("daily = 30", "daily = -1")
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, bad), env={})
+    text = "; ".join(caught.value.problems)
+    assert "repositories.offsite: retention.daily: must be >= 0" in text
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, OWN.replace("daily = 30", "dayly = 30")), env={})
+    assert "repositories.offsite.retention.dayly" in "; ".join(caught.value.problems)

@@ -78,3 +78,42 @@ def test_archive_get_falls_back_and_says_absent_only_when_all_prove_it(
     with pytest.raises(PitrError) as err:
         archive_get([down, a, b], later, dest, datadir=d, budget=1, planned=True)
     assert not isinstance(err.value, WalNotFound)
+
+
+def test_each_repository_seals_with_its_own_key(tmp_path: Path) -> None:
+    """[[repositories]] with its own [repositories.encryption] key
+    (docs/multiple-repositories.md): each repository's objects open with its key alone."""
+    import base64
+    import os
+
+    from pitr.config import load
+    from pitr.crypto import HEADER_SIZE, SealedHeader, key_id
+    from pitr.errors import KeyNotConfigured
+
+    ka, kb = os.urandom(32), os.urandom(32)
+    conf = tmp_path / "pitr.toml"
+    conf.write_text(f"""
+stanza = "t"
+[repository]
+url = "file://{tmp_path / 'first'}"
+[encryption]
+key = "{base64.b64encode(ka).decode()}"
+[[repositories]]
+name = "offsite"
+url = "file://{tmp_path / 'offsite'}"
+[repositories.encryption]
+key = "{base64.b64encode(kb).decode()}"
+""")
+    cfg = load(conf, env={})
+    repos = [Repo.open(cfg.for_repository(rc)) for rc in cfg.all_repositories]
+    push_wal(repos, segment(tmp_path), level=1, budget=30)
+    for repo, key in zip(repos, (ka, kb), strict=True):
+        head = (tmp_path / repo.storage.url.removeprefix("file://") / repo.wal_key(NAME)
+                ).read_bytes()[:HEADER_SIZE]
+        assert SealedHeader.decode(head, repo.wal_key(NAME)).key_id == key_id(key)
+    # the offsite copy opens with the offsite key, never with the first repository's
+    assert fetch_to_bytes(repos[1], NAME, budget=30) == segment(tmp_path).read_bytes()
+    wrong = Repo.open(cfg.for_repository("repo1"))
+    wrong.sealed.inner = repos[1].sealed.inner  # the first key against offsite's objects
+    with pytest.raises(KeyNotConfigured):
+        fetch_to_bytes(wrong, NAME, budget=30)
