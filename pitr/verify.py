@@ -281,16 +281,14 @@ def run_verify(cfg: Config, opts: DrillOptions, *, config_path: str | None) -> D
 
 
 def _run_verify(cfg: Config, opts: DrillOptions, config_path: str | None) -> DrillReport:
-    from pitr.catalog_cache import cached_catalog
+    from pitr.catalog import load_catalog
 
     t0 = time.monotonic()
     report = DrillReport(cfg.stanza, datetime.now(UTC))
     repo = Repo.open(cfg)
     interrupted: Interrupted | None = None
     try:
-        # through the catalog cache (docs/catalog-cache.md): WAL the cache still shows but
-        # the repository lost fails the drill's restore, so it cannot make a drill pass
-        catalog = cached_catalog(cfg, repo)[0]
+        catalog = load_catalog(repo)
         target = _choose_target(cfg, repo, catalog, opts, report)
         report.target = target.to_json()
         _drill(cfg, opts, repo, catalog, target, report, t0, config_path)
