@@ -11,15 +11,17 @@ and reads only the small objects it must: manifests and history files.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, overload
 
 from pitr.errors import IntegrityError, KeyNotConfigured, PitrError, TransientStorageError
 from pitr.manifest import BackupRecord
@@ -32,11 +34,12 @@ from pitr.pg.names import (
     lsn_to_segno,
     parse_history,
     parse_segment_name,
+    segment_name,
 )
 from pitr.tiers import COLD_CLASSES
 
 if TYPE_CHECKING:
-    from pitr.repo import Repo
+    from pitr.repo import Layout, Repo
     from pitr.storage.base import ObjectInfo
 
 log = logging.getLogger("pitr.catalog")
@@ -76,6 +79,174 @@ class WalGap:
     last: int
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_us(t: datetime) -> int:
+    """Microseconds since the epoch: how WAL times are held in columns and the cache."""
+    return (t - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+class SegmentList(Sequence[WalSegment]):
+    """One timeline's archived segments, by segno, held as columns of numbers.
+
+    A year of WAL is half a million segments; as objects they cost seconds to build
+    and hundreds of MB, while ``list``, ``status`` and monitoring need only ranges,
+    membership and the newest one (docs/catalog-cache.md). So segments are kept as
+    arrays and a :class:`WalSegment` is made only for one that is asked for.
+    Segment numbers are unique and ascending.
+    """
+
+    __slots__ = ("_keys", "_layout", "_ranges", "_size", "_stanza", "classes", "mtimes",
+                 "segnos", "sizes", "tli")
+
+    def __init__(self, tli: int, segnos: Iterable[int], sizes: Iterable[int],
+                 mtimes: Iterable[int], *, stanza: str = "", segment_size: int = 0,
+                 classes: dict[int, str] | None = None,
+                 keys: Sequence[str] | None = None) -> None:
+        self.tli = tli
+        self.segnos = _column(segnos)
+        self.sizes = _column(sizes)
+        self.mtimes = _column(mtimes)  # µs since the epoch (:func:`to_us`)
+        self.classes = classes or {}  # segno -> storage class, only where one was listed
+        self._stanza = stanza
+        self._size = segment_size
+        self._keys = keys  # explicit keys (catalogs built in memory); else from the layout
+        self._layout: Layout | None = None
+        self._ranges: list[WalRange] | None = None
+        if not (len(self.segnos) == len(self.sizes) == len(self.mtimes)):
+            raise ValueError("segment columns differ in length")
+
+    @classmethod
+    def of(cls, tli: int, segments: Iterable[WalSegment]) -> SegmentList:
+        segs = sorted(segments, key=lambda s: s.segno)
+        return cls(tli, (s.segno for s in segs), (s.stored_bytes for s in segs),
+                   (to_us(s.archived_at) for s in segs),
+                   classes={s.segno: s.storage_class for s in segs if s.storage_class},
+                   keys=[s.key for s in segs])
+
+    def __len__(self) -> int:
+        return len(self.segnos)
+
+    @overload
+    def __getitem__(self, i: int) -> WalSegment: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[WalSegment, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> WalSegment | tuple[WalSegment, ...]:
+        if isinstance(i, slice):
+            return tuple(self._make(j) for j in range(*i.indices(len(self))))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._make(i)
+
+    def __iter__(self) -> Iterator[WalSegment]:
+        return (self._make(j) for j in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SegmentList):
+            return (self.tli, self.segnos, self.sizes, self.mtimes, self.classes) == (
+                other.tli, other.segnos, other.sizes, other.mtimes, other.classes) and \
+                self.keys() == other.keys()
+        if isinstance(other, Sequence):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SegmentList(tli={self.tli}, {len(self)} segments, {self.ranges()})"
+
+    def key(self, j: int) -> str:
+        if self._keys is not None:
+            return self._keys[j]
+        if not self._stanza:
+            return ""
+        if self._layout is None:
+            from pitr.repo import Layout
+
+            self._layout = Layout(self._stanza)
+        return self._layout.segment_key(segment_name(self.tli, self.segnos[j], self._size))
+
+    def keys(self) -> list[str]:
+        return [self.key(j) for j in range(len(self))]
+
+    def _make(self, j: int) -> WalSegment:
+        n = self.segnos[j]
+        return WalSegment(self.tli, n, self.sizes[j], from_us(self.mtimes[j]), self.key(j),
+                          self.classes.get(n, ""))
+
+    def get(self, segno: int) -> WalSegment | None:
+        """The segment numbered ``segno``, if archived."""
+        j = bisect.bisect_left(self.segnos, segno)
+        return self._make(j) if j < len(self) and self.segnos[j] == segno else None
+
+    def has_all(self, first: int, last: int) -> bool:
+        """Whether every segment ``first``..``last`` is archived (numbers are unique and
+        ascending, so the run is whole when its two ends are ``last - first`` apart)."""
+        if last < first:
+            return True
+        j = bisect.bisect_left(self.segnos, first)
+        k = j + (last - first)
+        return k < len(self) and self.segnos[j] == first and self.segnos[k] == last
+
+    def newest(self) -> WalSegment | None:
+        """The segment stored last (greatest archived_at; the first such by segno)."""
+        if not self.mtimes:
+            return None
+        return self._make(self.mtimes.index(max(self.mtimes)))
+
+    def ranges(self) -> list[WalRange]:
+        """Contiguous runs, computed once."""
+        if self._ranges is None:
+            out: list[WalRange] = []
+            segnos, n = self.segnos, len(self.segnos)
+            a = 0
+            while a < n:
+                # jump to the run's end: a run of k segments ends where segnos[a+k-1]
+                # equals segnos[a]+k-1 (gallop, then bisect; runs are usually long)
+                step = 1
+                while a + step < n and segnos[a + step] == segnos[a] + step:
+                    step *= 2
+                lo, hi = a + step // 2, min(a + step, n - 1)
+                while lo < hi:  # last index b in [lo, hi] with segnos[b] - segnos[a] == b - a
+                    mid = (lo + hi + 1) // 2
+                    if segnos[mid] - segnos[a] == mid - a:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                b = lo
+                out.append(WalRange(self.tli, segnos[a], segnos[b], from_us(self.mtimes[a]),
+                                    from_us(max(self.mtimes[a:b + 1])),
+                                    sum(self.sizes[a:b + 1])))
+                a = b + 1
+            self._ranges = out
+        return self._ranges
+
+    def without(self, gone: Collection[int]) -> SegmentList:
+        """A copy without the segments numbered in ``gone``."""
+        keep = [j for j in range(len(self)) if self.segnos[j] not in gone]
+        return SegmentList(self.tli, (self.segnos[j] for j in keep),
+                           (self.sizes[j] for j in keep), (self.mtimes[j] for j in keep),
+                           stanza=self._stanza, segment_size=self._size,
+                           classes={n: c for n, c in self.classes.items() if n not in gone},
+                           keys=None if self._keys is None else [self._keys[j] for j in keep])
+
+
+def _column(values: Iterable[int]) -> array[int]:
+    """An int64 array: one given is taken as it is (the caller hands it over)."""
+    if isinstance(values, array) and values.typecode == "q":
+        return values
+    return array("q", values)
+
+
 @dataclass(frozen=True)
 class Timeline:
     tli: int
@@ -101,7 +272,8 @@ class Catalog:
     system_id: str | None
     segment_size: int = DEFAULT_SEGMENT_SIZE
     backups: tuple[BackupRecord, ...] = ()  # completed only, sorted by stop_time
-    segments: dict[int, tuple[WalSegment, ...]] = field(default_factory=dict)  # by tli, by segno
+    # by tli; any sequence of WalSegment given is held as a SegmentList (by segno)
+    segments: Mapping[int, SegmentList] = field(default_factory=dict)
     timelines: dict[int, Timeline] = field(default_factory=dict)
     incomplete_backups: tuple[str, ...] = ()  # ids with objects but no manifest
     backup_history_files: tuple[str, ...] = ()  # archived *.backup names
@@ -111,16 +283,25 @@ class Catalog:
     # DEEP_ARCHIVE): a restore must thaw them first (docs/storage-tiers.md)
     cold_objects: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        segs: dict[int, SegmentList] = {}
+        for t, v in sorted(self.segments.items()):
+            segs[t] = v if isinstance(v, SegmentList) else SegmentList.of(t, v)
+        object.__setattr__(self, "segments", segs)
+
     def ranges(self, tli: int | None = None) -> list[WalRange]:
         tlis = [tli] if tli is not None else sorted(self.segments)
         out: list[WalRange] = []
         for t in tlis:
-            out.extend(contiguous_ranges(self.segments.get(t, ())))
+            if t in self.segments:
+                out.extend(self.segments[t].ranges())
         return out
 
     def range_holding(self, tli: int, segno: int) -> WalRange | None:
         """The unbroken run of archived WAL on ``tli`` that holds ``segno``, if any."""
-        return next((r for r in self.ranges(tli) if r.first <= segno <= r.last), None)
+        rs = self.ranges(tli)
+        i = bisect.bisect_right(rs, segno, key=lambda r: r.first) - 1
+        return rs[i] if i >= 0 and rs[i].last >= segno else None
 
     def gaps(self, tli: int | None = None) -> list[WalGap]:
         out: list[WalGap] = []
@@ -128,25 +309,6 @@ class Catalog:
             rs = self.ranges(t)
             out.extend(WalGap(t, a.last + 1, b.first - 1) for a, b in itertools.pairwise(rs))
         return out
-
-
-def contiguous_ranges(segments: tuple[WalSegment, ...] | list[WalSegment]) -> list[WalRange]:
-    """Group one timeline's segments (sorted by segno) into contiguous ranges."""
-    out: list[WalRange] = []
-    run: list[WalSegment] = []
-    for seg in segments:
-        if run and seg.segno != run[-1].segno + 1:
-            out.append(_range_of(run))
-            run = []
-        run.append(seg)
-    if run:
-        out.append(_range_of(run))
-    return out
-
-
-def _range_of(run: list[WalSegment]) -> WalRange:
-    return WalRange(run[0].timeline, run[0].segno, run[-1].segno, run[0].archived_at,
-                    max(s.archived_at for s in run), sum(s.stored_bytes for s in run))
 
 
 # -- loading ------------------------------------------------------------------------
@@ -217,7 +379,7 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
     if has_identity:
         system_id, seg_size = identity_fields(read(identity_key), identity_key)
 
-    segments: dict[int, list[WalSegment]] = {}
+    columns: dict[int, list[tuple[int, int, int, str]]] = {}  # tli -> (segno, size, µs, class)
     history_keys: dict[int, tuple[str, ObjectInfo]] = {}
     backup_files: list[str] = []
     partials: list[str] = []
@@ -225,8 +387,8 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
         kind = classify(name)
         if kind is WalKind.SEGMENT:
             tli, segno = parse_segment_name(name, seg_size)
-            segments.setdefault(tli, []).append(
-                WalSegment(tli, segno, obj.size, obj.mtime, obj.key, obj.storage_class))
+            columns.setdefault(tli, []).append((segno, obj.size, to_us(obj.mtime),
+                                                obj.storage_class))
         elif kind is WalKind.HISTORY:
             history_keys[int(name[:8], 16)] = (name, obj)
         elif kind is WalKind.BACKUP:
@@ -234,6 +396,8 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
         else:
             partials.append(name)
 
+    segments = {tli: segment_list(stanza, tli, rows, seg_size)
+                for tli, rows in sorted(columns.items())}
     texts = _read_many(read, [*manifests.values(), *(o.key for _, o in history_keys.values())])
     backups, damaged = _decode_manifests(manifests, texts, pinned)
     timelines = _timelines(segments, history_keys, texts)
@@ -242,7 +406,7 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
         system_id=system_id,
         segment_size=seg_size,
         backups=tuple(sorted(backups, key=lambda b: (b.stop_time, b.id))),
-        segments={t: tuple(sorted(v, key=lambda s: s.segno)) for t, v in sorted(segments.items())},
+        segments=segments,
         timelines=timelines,
         incomplete_backups=tuple(sorted(backup_ids - set(manifests))),
         backup_history_files=tuple(sorted(backup_files)),
@@ -250,6 +414,16 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
         damaged_backups=tuple(sorted(damaged)),
         cold_objects={i: tuple(sorted(v)) for i, v in sorted(cold.items())},
     )
+
+
+def segment_list(stanza: str, tli: int, rows: list[tuple[int, int, int, str]],
+                 seg_size: int) -> SegmentList:
+    """One timeline's :class:`SegmentList` from (segno, size, µs, class) rows in any
+    order; keys follow the layout (the listing's keys are the layout's own)."""
+    rows.sort()
+    return SegmentList(tli, (r[0] for r in rows), (r[1] for r in rows), (r[2] for r in rows),
+                       stanza=stanza, segment_size=seg_size,
+                       classes={r[0]: r[3] for r in rows if r[3]})
 
 
 def _read_many(read: Callable[[str], bytes], keys: list[str]) -> dict[str, bytes | Exception]:
@@ -292,7 +466,7 @@ def _decode_manifests(manifests: dict[str, str], texts: dict[str, bytes | Except
     return backups, damaged
 
 
-def _timelines(segments: dict[int, list[WalSegment]],
+def _timelines(segments: Mapping[int, SegmentList],
                history_keys: dict[int, tuple[str, ObjectInfo]],
                texts: dict[str, bytes | Exception]) -> dict[int, Timeline]:
     from pitr.codec import decompress_blob
@@ -329,21 +503,14 @@ def _history_written_at(blob: bytes, name: str) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
-def segno_sets(cat: Catalog) -> dict[int, frozenset[int]]:
-    """Archived segment numbers per timeline, for many :func:`wal_present` calls."""
-    return {t: frozenset(s.segno for s in segs) for t, segs in cat.segments.items()}
-
-
-def wal_present(cat: Catalog, tli: int, start_lsn: int, end_lsn: int,
-                have: dict[int, frozenset[int]] | None = None) -> bool:
+def wal_present(cat: Catalog, tli: int, start_lsn: int, end_lsn: int) -> bool:
     """Whether every segment holding WAL in [start_lsn, end_lsn) is archived on ``tli``."""
-    segnos = (have or segno_sets(cat)).get(tli, frozenset())
+    segs = cat.segments.get(tli)
     first = lsn_to_segno(start_lsn, cat.segment_size)
     last = lsn_to_segno(max(end_lsn - 1, start_lsn), cat.segment_size)
-    return all(n in segnos for n in range(first, last + 1))
+    return segs is not None and segs.has_all(first, last)
 
 
-def backup_restorable(cat: Catalog, backup: BackupRecord,
-                      have: dict[int, frozenset[int]] | None = None) -> bool:
+def backup_restorable(cat: Catalog, backup: BackupRecord) -> bool:
     """A backup is usable when the WAL from its start to its stop LSN is archived."""
-    return wal_present(cat, backup.timeline, backup.start_lsn, backup.stop_lsn, have)
+    return wal_present(cat, backup.timeline, backup.start_lsn, backup.stop_lsn)

@@ -32,14 +32,25 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
+import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog, identity_fields
+from pitr.catalog import (
+    Catalog,
+    SegmentList,
+    Timeline,
+    build_catalog,
+    from_us,
+    identity_fields,
+    to_us,
+)
 from pitr.errors import IntegrityError
 from pitr.pg.names import WalKind, classify, parse_segment_name, segment_name
 from pitr.storage.base import ObjectInfo, read_bytes
@@ -50,14 +61,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pitr.catalog_cache")
 
-CACHE_FORMAT = 2  # 2: rows may carry a storage class
+CACHE_FORMAT = 3  # 2: rows may carry a storage class; 3: segments as columns
 CACHE_PREFIX = "catalog-"
 SWEEP_EVERY = 3600.0  # older timelines are listed after their last key at least this often
 REBUILD_EVERY = 86400.0  # and the whole stanza at least this often (deletions by hand)
 SETTLE = 900.0  # a gap among segments stored this recently is listed again (see _resume_after)
 EXPIRE_MARKER = "expire.json"  # <stanza>/expire.json: rewritten by `pitr expire`
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 def expire_marker_key(stanza: str) -> str:
@@ -71,12 +80,7 @@ def cache_path(cfg: Config) -> Path:
     return Path(cfg.archive.spool_dir) / cfg.stanza / f"{CACHE_PREFIX}{tag}.json"
 
 
-def _us(t: datetime) -> int:
-    return (t - _EPOCH) // _US
-
-
-def _time(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+_us, _time = to_us, from_us
 
 
 # [key or name, size, mtime in µs since the epoch] and, for an object outside the default
@@ -84,6 +88,81 @@ def _time(us: int) -> datetime:
 # not change an object's mtime, so WAL rows keep the class of their first listing; the
 # planner never reads this cache (it lists what it needs).
 Row = list[Any]
+
+
+class Columns:
+    """One timeline's segments in the cache: numbers, sizes and times as arrays, by segno.
+
+    A year of WAL as JSON rows took seconds to parse and hundreds of MB; as columns
+    it is three arrays, stored compressed (docs/catalog-cache.md).
+    """
+
+    __slots__ = ("classes", "mtimes", "segnos", "sizes")
+
+    def __init__(self) -> None:
+        self.segnos = array("q")
+        self.sizes = array("q")
+        self.mtimes = array("q")  # µs since the epoch
+        self.classes: dict[int, str] = {}  # segno -> storage class where one was listed
+
+    def __len__(self) -> int:
+        return len(self.segnos)
+
+    def add(self, segno: int, size: int, us: int, cls: str) -> None:
+        """Append, or insert one that landed late; one already known is left as it is."""
+        at = len(self.segnos)
+        if at and self.segnos[-1] >= segno:
+            at = bisect.bisect_left(self.segnos, segno)
+            if self.segnos[at] == segno:
+                return
+        self.segnos.insert(at, segno)
+        self.sizes.insert(at, size)
+        self.mtimes.insert(at, us)
+        if cls:
+            self.classes[segno] = cls
+
+    def remove(self, gone: set[int]) -> None:
+        keep = [j for j, n in enumerate(self.segnos) if n not in gone]
+        self.segnos, self.sizes, self.mtimes = (
+            array("q", (col[j] for j in keep)) for col in (self.segnos, self.sizes, self.mtimes))
+        self.classes = {n: c for n, c in self.classes.items() if n not in gone}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": len(self), "segnos": _pack(self.segnos), "sizes": _pack(self.sizes),
+                "mtimes": _pack(self.mtimes),
+                "classes": {str(n): c for n, c in self.classes.items()}}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Columns:
+        out = cls()
+        out.segnos, out.sizes, out.mtimes = (_unpack(doc[k]) for k in ("segnos", "sizes",
+                                                                        "mtimes"))
+        out.classes = {int(n): str(c) for n, c in doc["classes"].items()}
+        n = int(doc["n"])
+        if not (len(out.segnos) == len(out.sizes) == len(out.mtimes) == n):
+            raise ValueError("segment columns differ in length")
+        return out
+
+    def segment_list(self, stanza: str, tli: int, seg_size: int) -> SegmentList:
+        """A copy as the catalog holds it (later refreshes go on changing this one)."""
+        return SegmentList(tli, self.segnos[:], self.sizes[:], self.mtimes[:], stanza=stanza,
+                           segment_size=seg_size, classes=dict(self.classes))
+
+
+def _pack(a: array[int]) -> str:
+    # little-endian on disk whatever the machine (arrays are native)
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is
+        a = a[:]
+        a.byteswap()
+    return base64.b64encode(zlib.compress(a.tobytes(), 1)).decode()
+
+
+def _unpack(text: str) -> array[int]:
+    a = array("q")
+    a.frombytes(zlib.decompress(base64.b64decode(text)))
+    if sys.byteorder != "little":  # pragma: no cover
+        a.byteswap()
+    return a
 
 
 @dataclass
@@ -95,8 +174,8 @@ class CacheState:
     built_at: float  # epoch seconds of the last full listing
     swept_at: float  # ... of the last listing of every timeline after its last key
     head: list[Row] = field(default_factory=list)  # [key, size, µs] before <stanza>/wal
-    # timeline (8 hex digits) -> [segno, size, µs] of its segments, by segno
-    segments: dict[str, list[Row]] = field(default_factory=dict)
+    # timeline (8 hex digits) -> its segments (stored as Columns.to_json)
+    segments: dict[str, Columns] = field(default_factory=dict)
     wal_other: list[Row] = field(default_factory=list)  # history/.backup/.partial [key, ..]
     last_key: dict[str, str] = field(default_factory=dict)  # timeline -> greatest key
     # timeline -> epoch seconds it was last listed (after its resume point); a file
@@ -113,12 +192,16 @@ class CacheState:
         for name in ("head", "wal_other", "segments", "last_key", "blobs", "listed_at"):
             if not isinstance(getattr(state, name), list | dict):
                 raise ValueError(f"{name}: wrong type")
+        raw: dict[str, Any] = doc["segments"]
+        state.segments = {str(t): Columns.from_json(c) for t, c in raw.items()}
         return state
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every row, seconds for a year of
         # segments (docs/benchmarks.md, "Scale: a year of WAL"); json.dumps only reads.
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["segments"] = {t: c.to_json() for t, c in self.segments.items()}
+        return doc
 
 
 def read_state(path: Path, url: str, stanza: str) -> CacheState | None:
@@ -134,7 +217,7 @@ def read_state(path: Path, url: str, stanza: str) -> CacheState | None:
         state = CacheState.from_json(json.loads(body))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
         log.warning("catalog cache %s is unreadable (%s): rebuilding it", path, exc)
         return None
     if state.url != url or state.stanza != stanza:
@@ -227,8 +310,8 @@ class CatalogCache:
         listing, not from now: refreshes an hour apart still look again)."""
         if tli is None or tli not in state.last_key:
             return None
-        rows = state.segments.get(tli, [])
-        if not rows:
+        cols = state.segments.get(tli)
+        if not cols:
             # only its history file so far: resume just below the timeline's own keys
             # (after every segment directory of the timeline before it), never at the
             # history key, which no server can take as a marker (server_start_after)
@@ -236,12 +319,13 @@ class CatalogCache:
                 else None
         since = min(state.listed_at.get(tli, now), now)
         recent = _us(datetime.fromtimestamp(since, UTC)) - int(SETTLE * 1e6)
-        i = len(rows) - 1
-        while i > 0 and rows[i][2] >= recent:
+        segnos, mtimes = cols.segnos, cols.mtimes
+        i = len(segnos) - 1
+        while i > 0 and mtimes[i] >= recent:
             i -= 1
-        for j in range(max(i, 0), len(rows) - 1):
-            if rows[j + 1][0] != rows[j][0] + 1:
-                return self.repo.wal_key(segment_name(int(tli, 16), rows[j][0],
+        for j in range(max(i, 0), len(segnos) - 1):
+            if segnos[j + 1] != segnos[j] + 1:
+                return self.repo.wal_key(segment_name(int(tli, 16), segnos[j],
                                                       self._seg_size))
         return state.last_key[tli]
 
@@ -261,14 +345,9 @@ class CatalogCache:
                 state.last_key[tli] = obj.key
             if classify(name) is WalKind.SEGMENT:
                 _tli, segno = parse_segment_name(name, seg_size)
-                rows = state.segments.setdefault(tli, [])
-                row = [segno, obj.size, _us(obj.mtime), *_class(obj)]
-                if tail:
-                    rows.append(row)
-                else:  # re-listed after a gap: insert what landed late
-                    at = bisect.bisect_left(rows, segno, key=lambda r: r[0])
-                    if at == len(rows) or rows[at][0] != segno:
-                        rows.insert(at, row)
+                # appended in key order; one re-listed after a gap is inserted
+                state.segments.setdefault(tli, Columns()).add(
+                    segno, obj.size, _us(obj.mtime), obj.storage_class)
             elif obj.key not in others:
                 state.wal_other.append(_row(obj))
                 others.add(obj.key)
@@ -283,6 +362,40 @@ class CatalogCache:
             return identity_fields(self.read(ident_key), ident_key)[1]
         except IntegrityError:
             return DEFAULT_SEGMENT_SIZE  # build_catalog reports the damaged identity
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop objects this process has just deleted, and take the stanza's head as
+        listed now (one request).
+
+        `pitr expire` calls it after its last deletion: it rewrote the expire marker, which
+        would otherwise make the next refresh list the whole stanza again. Only keys whose
+        deletion the repository confirmed may be passed (docs/catalog-cache.md)."""
+        from pitr.repo import Repo
+
+        assert self.state is not None
+        state, repo = self.state, self.repo
+        segments: dict[str, set[int]] = {}
+        others: set[str] = set()
+        for key in keys:
+            name = Repo.wal_name_of(key)
+            if name is None:
+                continue  # under backups/: the head listed below no longer shows it
+            if classify(name) is WalKind.SEGMENT:
+                segno = parse_segment_name(name, self._seg_size)[1]
+                segments.setdefault(name[:8], set()).add(segno)
+            else:
+                others.add(key)
+        for tli, gone in segments.items():
+            cols = state.segments.get(tli)
+            if cols is not None:
+                cols.remove(gone)
+                if not cols:
+                    del state.segments[tli]
+        state.wal_other = [r for r in state.wal_other if r[0] not in others]
+        state.head = [_row(o) for o in repo.storage.list(f"{repo.stanza}/",
+                                                         end_before=f"{repo.stanza}/wal")]
+        self._index = None
+        write_state(self.path, state)
 
     # -- small objects ----------------------------------------------------------
 
@@ -317,10 +430,12 @@ class CatalogCache:
         keep = self._entries()
         state.blobs = {k: v for k, v in state.blobs.items() if k in keep}
         base = build_catalog(self.repo.stanza, _objects(listed), self.read)
-        segments: dict[int, tuple[WalSegment, ...]] = {}
-        for tli_hex, rows in sorted(state.segments.items()):
+        segments: dict[int, SegmentList] = {}
+        for tli_hex, cols in sorted(state.segments.items()):
+            if not cols:
+                continue
             tli = int(tli_hex, 16)
-            segments[tli] = tuple(_segments(self.repo, tli, rows, base.segment_size))
+            segments[tli] = cols.segment_list(self.repo.stanza, tli, base.segment_size)
         timelines = dict(base.timelines)
         for tli in segments:
             timelines.setdefault(tli, Timeline(tli))
@@ -366,13 +481,6 @@ def _row(obj: ObjectInfo) -> Row:
 def _objects(rows: Iterable[Row]) -> Iterator[ObjectInfo]:
     for key, size, us, *cls in rows:
         yield ObjectInfo(key, size, _time(us), cls[0] if cls else "")
-
-
-def _segments(repo: Repo, tli: int, rows: list[Row], seg_size: int) -> Iterator[WalSegment]:
-    for segno, size, us, *cls in rows:
-        yield WalSegment(tli, segno, size, _time(us),
-                         repo.segment_key(segment_name(tli, segno, seg_size)),
-                         cls[0] if cls else "")
 
 
 def _deleted_since(state: CacheState, head: list[Row], stanza: str) -> bool:

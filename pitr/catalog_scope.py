@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from pitr import planner
-from pitr.catalog import Catalog, Timeline, WalSegment, build_catalog
+from pitr.catalog import Catalog, SegmentList, Timeline, WalSegment, build_catalog
 from pitr.errors import PlanError
 from pitr.pg.names import WalKind, classify, lsn_to_segno, parse_segment_name, segment_name
 from pitr.repo import Repo
@@ -94,7 +94,7 @@ def scoped_plan(repo: Repo, base: Catalog, target: Target, now: datetime,
     timelines = dict(base.timelines)
     for t in segs:
         timelines.setdefault(t, Timeline(t))
-    cat = dataclasses.replace(base, segments=segs,
+    cat = dataclasses.replace(base, segments={t: SegmentList.of(t, v) for t, v in segs.items()},
                               timelines={t: timelines[t] for t in sorted(timelines)})
     loaded = planner._path_segments(cat, path)
     if target.timeline is None and target.kind is TargetKind.TIME:

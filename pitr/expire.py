@@ -25,9 +25,10 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pitr import tiers
 from pitr.catalog import Catalog, load_catalog
@@ -41,6 +42,9 @@ from pitr.pg.names import history_name, segment_name
 from pitr.repo import Repo
 from pitr.retention import Policy, RetentionDecision, decide
 from pitr.storage.base import ObjectInfo, TieredStorage, put_bytes, read_bytes
+
+if TYPE_CHECKING:
+    from pitr.catalog_cache import CatalogCache
 
 log = logging.getLogger("pitr.expire")
 
@@ -81,17 +85,23 @@ def run_expire(cfg: Config, *, dry_run: bool = False, now: datetime | None = Non
 
     The entry point of `pitr expire` and of `pitr backup` with ``backup.expire_after``.
     """
+    from pitr.catalog_cache import CatalogCache, cache_path
+
     repo = Repo.open(cfg)
     policy = Policy.from_config(cfg.retention)
+    # The catalog through its cache (docs/catalog-cache.md): retention decides on backups,
+    # which the cache lists afresh each time; its WAL only says which keys to delete, so
+    # a cache behind the repository deletes less, never more.
+    cache = CatalogCache(repo, cache_path(cfg))
     if dry_run:
         since = _running_since(repo, cfg.backup.lock_stale_after)
-        return expire(repo, policy, now=now, dry_run=True, busy_since=since)
+        return expire(repo, policy, now=now, dry_run=True, busy_since=since, cache=cache)
     require_conditional_writes(cfg, repo.storage)  # the lock rests on it
     lock = StanzaLock(repo, LOCK_NAME, command="pitr expire",
                       stale_after=cfg.backup.lock_stale_after, what="backup or expire",
                       lease=cfg.backup.lock_lease)
     with lock as held:
-        return expire(repo, policy, now=now, busy_since=held.started_at)
+        return expire(repo, policy, now=now, busy_since=held.started_at, cache=cache)
 
 
 def expire_after_backup(cfg: Config, backup_id: str) -> tuple[dict[str, Any], PitrError | None]:
@@ -120,17 +130,23 @@ def expire_after_backup(cfg: Config, backup_id: str) -> tuple[dict[str, Any], Pi
 
 
 def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: bool = False,
-           busy_since: datetime | None = None) -> ExpireResult:
+           busy_since: datetime | None = None, cache: CatalogCache | None = None
+           ) -> ExpireResult:
     """Decide and (unless ``dry_run``) delete. Call it holding the stanza lock.
 
     ``busy_since``: incomplete backups with an object stored at or after this time may
     belong to a run that is still writing (one that took over a lock it thought stale),
-    so they are spared.
+    so they are spared. ``cache``: the stanza's catalog cache, read instead of a full
+    listing and told afterwards what was deleted.
     """
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    catalog = load_catalog(repo)
-    backup_objects = _backup_objects(repo)
+    if cache is not None:
+        catalog = cache.refresh()
+        backup_objects = _by_backup(repo, cache.head_objects(repo.backups_prefix))
+    else:
+        catalog = load_catalog(repo)
+        backup_objects = _by_backup(repo, repo.storage.list(repo.backups_prefix))
     in_progress = {i for i in catalog.incomplete_backups
                    if busy_since is not None
                    and any(o.mtime >= busy_since for o in backup_objects.get(i, ()))}
@@ -153,6 +169,10 @@ def expire(repo: Repo, policy: Policy, *, now: datetime | None = None, dry_run: 
             result.steps[step] = _delete(repo, step, [k for k, _ in objs])
             result.deleted_objects += result.steps[step]
         _mark_expiry(repo, "done")
+        if cache is not None:
+            # every deletion succeeded: the cache drops exactly those keys instead of
+            # listing the stanza again for the marker it sees changed
+            cache.forget(k for objs in plan.values() for k, _ in objs)
     result.retagged = _retag(repo, decision, backup_objects, dry_run)
     result.seconds = time.monotonic() - started
     event(log, logging.INFO, "expire " + ("planned" if dry_run else "done"),
@@ -238,9 +258,9 @@ def _size(objects: dict[str, list[ObjectInfo]], backup_id: str, key: str) -> int
     return next((o.size for o in objects.get(backup_id, ()) if o.key == key), 0)
 
 
-def _backup_objects(repo: Repo) -> dict[str, list[ObjectInfo]]:
+def _by_backup(repo: Repo, objects: Iterable[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
     out: dict[str, list[ObjectInfo]] = {}
-    for obj in repo.storage.list(repo.backups_prefix):
+    for obj in objects:
         backup_id = obj.key[len(repo.backups_prefix):].split("/", 1)[0]
         out.setdefault(backup_id, []).append(obj)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pitr.catalog import Catalog, WalRange, backup_restorable, segno_sets
+from pitr.catalog import Catalog, WalRange, backup_restorable
 from pitr.chains import Chain, chains
 from pitr.manifest import BackupRecord
 from pitr.pg.names import format_lsn, segment_name, segno_to_lsn
@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 
 # -- JSON ---------------------------------------------------------------------------
 
-def _backup_doc(cat: Catalog, b: BackupRecord, have: dict[int, frozenset[int]],
+def _backup_doc(cat: Catalog, b: BackupRecord,
                 chain: Chain) -> dict[str, Any]:
     return {
         "id": b.id,
@@ -39,7 +39,7 @@ def _backup_doc(cat: Catalog, b: BackupRecord, have: dict[int, frozenset[int]],
         "stored_bytes": b.stored_bytes,
         "compression_ratio": round(b.compression_ratio, 2),
         "pinned": b.pinned,
-        "wal_complete": backup_restorable(cat, b, have),
+        "wal_complete": backup_restorable(cat, b),
         # docs/incremental-backups.md: an incremental names its parent; "chain" lists the
         # backups a restore combines, full backup first, this one last
         "type": "incremental" if b.parent else "full",
@@ -84,13 +84,12 @@ def report(cat: Catalog) -> dict[str, Any]:
                       "segments": g.last - g.first + 1} for g in cat.gaps(tli)],
         })
     window = recovery_window(cat)
-    have = segno_sets(cat)
     every = chains(cat.backups, cat)
     return {
         "schema_version": SCHEMA_VERSION,
         "stanza": cat.stanza,
         "system_id": cat.system_id,
-        "backups": [_backup_doc(cat, b, have, every[b.id]) for b in cat.backups],
+        "backups": [_backup_doc(cat, b, every[b.id]) for b in cat.backups],
         "wal": timelines,
         "recovery_window": None if window is None else {
             "earliest": _edge_doc(window.earliest), "latest": _edge_doc(window.latest)},

@@ -25,12 +25,13 @@ target was reached"; the planner says how far behind instead.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from pitr import tiers
-from pitr.catalog import Catalog, WalSegment
+from pitr.catalog import Catalog, WalSegment, from_us
 from pitr.chains import chain_of
 from pitr.errors import PlanError
 from pitr.manifest import BackupRecord
@@ -156,8 +157,8 @@ def _created_at(catalog: Catalog, tli: int) -> datetime | None:
     tl = catalog.timelines.get(tli)
     if tl is not None and tl.created_at is not None:
         return tl.created_at
-    segs = catalog.segments.get(tli, ())
-    return min((s.archived_at for s in segs), default=None)
+    segs = catalog.segments.get(tli)
+    return from_us(min(segs.mtimes)) if segs else None
 
 
 def cluster_timezone(catalog: Catalog, backup_id: str | None = None) -> str | None:
@@ -186,9 +187,14 @@ def _path_segments(catalog: Catalog, path: tuple[PathStep, ...]) -> dict[int, Wa
     for i, step in enumerate(path):
         lo = lsn_to_segno(step.begin_lsn, size)
         hi = lsn_to_segno(path[i + 1].begin_lsn, size) if i + 1 < len(path) else None
-        for seg in catalog.segments.get(step.tli, ()):
-            if seg.segno >= lo and (hi is None or seg.segno < hi):
-                out[seg.segno] = seg
+        segs = catalog.segments.get(step.tli)
+        if segs is None:
+            continue
+        j0 = bisect.bisect_left(segs.segnos, lo)
+        j1 = len(segs) if hi is None else bisect.bisect_left(segs.segnos, hi)
+        for j in range(j0, j1):
+            seg = segs[j]
+            out[seg.segno] = seg
     return out
 
 

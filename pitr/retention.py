@@ -84,12 +84,12 @@ Incomplete backups (objects, no manifest) are deleted unless named in
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from pitr.catalog import Catalog, WalRange, WalSegment, contiguous_ranges
+from pitr.catalog import Catalog, SegmentList, WalRange, WalSegment
 from pitr.chains import ancestors, whole_chain_backups
 from pitr.chains import chains as chains_of
 from pitr.manifest import BackupRecord
@@ -172,7 +172,7 @@ class RetentionDecision:
         by_tli: dict[int, list[WalSegment]] = {}
         for s in self.wal_deleted:
             by_tli.setdefault(s.timeline, []).append(s)
-        return [r for t in sorted(by_tli) for r in contiguous_ranges(by_tli[t])]
+        return [r for t in sorted(by_tli) for r in SegmentList.of(t, by_tli[t]).ranges()]
 
     def to_json(self, segment_size: int) -> dict[str, Any]:
         def seg(tli: int, n: int) -> str:
@@ -361,28 +361,48 @@ def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 class _WalKeeper:
-    """Answers "is segment (tli, segno) kept?" for one decision."""
+    """Answers "is segment (tli, segno) kept?" for one decision.
+
+    Every rule is an interval of segment numbers per timeline (what a kept backup
+    restores through, everything from the newest backup's start on, and from the
+    oldest kept start on for a timeline of unknown ancestry), merged once; a segment
+    is kept when it falls in one. Many segments at once are answered by bisecting
+    their sorted numbers (:meth:`deleted`), so a year of WAL costs a few bisections.
+    """
 
     def __init__(self, catalog: Catalog, kept: list[BackupRecord], newest: BackupRecord) -> None:
         seg = catalog.segment_size
-        self.intervals = needed_intervals(catalog, kept)
-        self.starts = {t: [lo for lo, _ in iv] for t, iv in self.intervals.items()}
-        self.guard = lsn_to_segno(newest.start_lsn, seg)
-        self.oldest_start = min(lsn_to_segno(b.start_lsn, seg) for b in kept)
+        needed = needed_intervals(catalog, kept)
+        guard = lsn_to_segno(newest.start_lsn, seg)
+        oldest_start = min(lsn_to_segno(b.start_lsn, seg) for b in kept)
         # Timelines > 1 whose history is missing or unreadable: their ancestry is unknown.
-        self.rootless = {t for t in set(catalog.segments) | {b.timeline for b in kept}
-                         if t > 1 and not (t in catalog.timelines and catalog.timelines[t].history)}
+        rootless = {t for t in set(catalog.segments) | {b.timeline for b in kept}
+                    if t > 1 and not (t in catalog.timelines and catalog.timelines[t].history)}
+        self._default = [(guard, _INF)]
+        self.kept: dict[int, list[tuple[int, int]]] = {}
+        for t in set(needed) | rootless:
+            extra = [(oldest_start, _INF)] if t in rootless else []
+            self.kept[t] = _merge([*needed.get(t, []), *self._default, *extra])
+        self._starts = {t: [lo for lo, _ in iv] for t, iv in self.kept.items()}
+
+    def _intervals(self, tli: int) -> list[tuple[int, int]]:
+        return self.kept.get(tli, self._default)
 
     def keeps(self, tli: int, segno: int) -> bool:
-        if segno >= self.guard:
-            return True
-        if tli in self.rootless and segno >= self.oldest_start:
-            return True
-        iv = self.intervals.get(tli)
-        if not iv:
-            return False
-        i = bisect.bisect_right(self.starts[tli], segno) - 1
+        iv = self._intervals(tli)
+        i = bisect.bisect_right(self._starts.get(tli, [iv[0][0]]), segno) - 1
         return i >= 0 and segno <= iv[i][1]
+
+    def deleted(self, tli: int, segnos: Sequence[int]) -> list[int]:
+        """Indexes into ``segnos`` (ascending) of the segments not kept."""
+        out: list[int] = []
+        j = 0
+        for lo, hi in self._intervals(tli):
+            k = bisect.bisect_left(segnos, lo, j)
+            out.extend(range(j, k))
+            j = max(k, bisect.bisect_right(segnos, hi, k))
+        out.extend(range(j, len(segnos)))
+        return out
 
 
 # -- the decision ----------------------------------------------------------------
@@ -427,13 +447,14 @@ def decide(catalog: Catalog, policy: Policy, now: datetime, *,
     wal_deleted: list[WalSegment] = []
     wal_kept = 0
     kept_tlis: set[int] = set()
-    for tli in sorted(catalog.segments):
-        for s in catalog.segments[tli]:
-            if keeper.keeps(tli, s.segno):
-                wal_kept += 1
-                kept_tlis.add(tli)
-            else:
-                wal_deleted.append(s)
+    for tli, segs in sorted(catalog.segments.items()):
+        # by number first: a year of WAL is half a million segments, and only those
+        # deleted need to be objects (docs/catalog-cache.md)
+        gone = keeper.deleted(tli, segs.segnos)
+        wal_deleted.extend(segs[j] for j in gone)
+        if len(gone) < len(segs):
+            wal_kept += len(segs) - len(gone)
+            kept_tlis.add(tli)
 
     partial_deleted = []
     for name in catalog.partial_files:
@@ -485,9 +506,10 @@ def apply_to_catalog(catalog: Catalog, decision: RetentionDecision) -> Catalog:
     """The catalog as it will be once ``decision`` is applied (for tests and dry runs)."""
     from dataclasses import replace
 
-    gone = {(s.timeline, s.segno) for s in decision.wal_deleted}
-    segments = {t: tuple(s for s in segs if (t, s.segno) not in gone)
-                for t, segs in catalog.segments.items()}
+    gone: dict[int, set[int]] = {}
+    for s in decision.wal_deleted:
+        gone.setdefault(s.timeline, set()).add(s.segno)
+    segments = {t: segs.without(gone.get(t, set())) for t, segs in catalog.segments.items()}
     return replace(
         catalog,
         backups=tuple(b for b in catalog.backups if b.id not in decision.deleted_ids),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pitr.catalog import Catalog, backup_restorable, segno_sets
+from pitr.catalog import Catalog, backup_restorable
 from pitr.chains import chains
 from pitr.pg.names import lsn_to_segno, segno_to_lsn
 
@@ -59,9 +59,8 @@ def _follow(cat: Catalog, tli: int, from_segno: int) -> tuple[int, int] | None:
 
 
 def recovery_window(cat: Catalog) -> RecoveryWindow | None:
-    have = segno_sets(cat)
     every = chains(cat.backups, cat)  # an incremental restores only with its whole chain
-    usable = [b for b in cat.backups if backup_restorable(cat, b, have) and every[b.id].whole]
+    usable = [b for b in cat.backups if backup_restorable(cat, b) and every[b.id].whole]
     if not usable:
         return None
     oldest = min(usable, key=lambda b: b.stop_time)
@@ -70,7 +69,8 @@ def recovery_window(cat: Catalog) -> RecoveryWindow | None:
     reached = _follow(cat, newest.timeline, lsn_to_segno(newest.start_lsn, cat.segment_size))
     assert reached is not None  # restorable implies its start segment is archived
     tli, last = reached
-    seg = next(s for s in cat.segments[tli] if s.segno == last)
+    seg = cat.segments[tli].get(last)
+    assert seg is not None  # the end of an archived range
     end_lsn = segno_to_lsn(last + 1, cat.segment_size)
     latest = WindowEdge(max(seg.archived_at, newest.stop_time), end_lsn, tli)
     return RecoveryWindow(earliest, latest)

@@ -109,9 +109,9 @@ def _age(now: datetime, t: datetime | None) -> float | None:
 def _newest_segment(catalog: Catalog) -> tuple[str, datetime] | None:
     best: tuple[str, datetime] | None = None
     for tli, segs in catalog.segments.items():
-        for s in segs:
-            if best is None or s.archived_at > best[1]:
-                best = (segment_name(tli, s.segno, catalog.segment_size), s.archived_at)
+        s = segs.newest()
+        if s is not None and (best is None or s.archived_at > best[1]):
+            best = (segment_name(tli, s.segno, catalog.segment_size), s.archived_at)
     return best
 
 

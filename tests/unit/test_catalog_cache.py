@@ -6,6 +6,7 @@ refresh, and the catalog it returns must equal the one a full listing builds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pitr.catalog import load_catalog
 from pitr.catalog_cache import SWEEP_EVERY, CatalogCache, read_state
 from pitr.catalog_scope import Scope
 from pitr.codec import compress_blob
+from pitr.errors import TransientStorageError
 from pitr.expire import expire
 from pitr.manifest import BackupObject, BackupRecord
 from pitr.pg.names import format_lsn, segment_name, segno_to_lsn
@@ -86,15 +88,15 @@ class World:
         self.next_segno[tli] = at
         self.append(tli, 1)
 
-    def expire(self) -> None:
+    def expire(self, cache: CatalogCache | None = None) -> None:
         expire(self.repo, Policy(daily=1, weekly=0, monthly=0, min_backups=1),
-               now=T0 + timedelta(days=self.backups + 1))
+               now=T0 + timedelta(days=self.backups + 1), cache=cache)
 
 
 STEPS = st.one_of(
     st.tuples(st.just("append"), st.integers(1, 3), st.integers(1, 12)),
-    st.tuples(st.sampled_from(["backup", "expire", "timeline", "drop_cache", "corrupt_cache",
-                               "foreign_cache", "idle"])),
+    st.tuples(st.sampled_from(["backup", "expire", "expire_cached", "timeline", "drop_cache",
+                               "corrupt_cache", "foreign_cache", "idle"])),
 )
 
 
@@ -114,6 +116,8 @@ def test_the_cached_catalog_is_the_full_listings(steps: list[tuple[Any, ...]]) -
                 w.backup()
             elif kind == "expire":
                 w.expire()
+            elif kind == "expire_cached":  # as `pitr expire` runs: through the cache
+                w.expire(w.cache())
             elif kind == "timeline":
                 w.new_timeline()
             elif kind == "drop_cache":
@@ -295,3 +299,75 @@ def test_a_scoped_plan_answers_for_the_usual_targets(tmp_path: Path) -> None:
                    Target.at_time(mid), Target(TargetKind.IMMEDIATE)):
         got = scoped_plan(w.repo, base, target, now)
         assert got is not None and got == planner.plan(full, target, now), target
+
+
+def test_expire_through_the_cache_leaves_it_current_without_a_full_listing(
+        tmp_path: Path) -> None:
+    """`pitr expire` decides from the cache and then tells it what it deleted: the next
+    refresh costs two listings, not the whole stanza, and equals a full listing."""
+    w = World(tmp_path)
+    for _ in range(4):
+        w.append(1, 6)
+        w.backup()
+    w.new_timeline()
+    w.append(2, 5)
+    w.backup()
+    w.cache().refresh()
+    before = load_catalog(w.repo)
+    w.clock += 60
+    w.expire(w.cache())
+    after = load_catalog(w.repo)
+    assert sum(map(len, after.segments.values())) < sum(map(len, before.segments.values()))
+    assert len(after.backups) < len(before.backups)
+
+    cache = w.cache()
+    seen: list[str] = []
+    inner = w.repo.storage.list
+
+    def spy(prefix: str = "", **bounds: str | None) -> Any:
+        seen.append(prefix)
+        return inner(prefix, **bounds)
+
+    w.repo.storage.list = spy  # type: ignore[method-assign]
+    w.clock += 60
+    assert cache.refresh() == after and not cache.rebuilt
+    assert seen == ["s/", "s/wal/"]
+
+
+def test_expire_that_fails_midway_makes_the_cache_list_everything_again(
+        tmp_path: Path) -> None:
+    """Only a run whose every deletion succeeded patches the cache; otherwise the expire
+    marker it left changed makes the next refresh a full listing."""
+    w = World(tmp_path)
+    for _ in range(3):
+        w.append(1, 4)
+        w.backup()
+    w.cache().refresh()
+    inner = w.repo.storage.delete
+    calls = 0
+
+    def failing(keys: list[str]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise TransientStorageError("injected: the repository went away")
+        inner(keys)
+
+    w.repo.storage.delete = failing  # type: ignore[method-assign]
+    with contextlib.suppress(TransientStorageError):
+        w.expire(w.cache())
+    w.repo.storage.delete = inner  # type: ignore[method-assign]
+    cache = w.cache()
+    w.clock += 60
+    assert cache.refresh() == load_catalog(w.repo) and cache.rebuilt
+
+
+def test_the_cache_file_holds_segments_as_compact_columns(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.append(1, 3000)
+    w.cache().refresh()
+    # as JSON rows a segment took ~30 bytes; as columns at most 8 bytes per column
+    assert w.cache_file.stat().st_size < 3000 * 10
+    state = read_state(w.cache_file, w.repo.storage.url, "s")
+    assert state is not None and list(state.segments["00000001"].segnos) == list(
+        range(250, 3250))
