@@ -33,8 +33,8 @@ from pitr.pg.names import (
     classify,
     lsn_to_segno,
     parse_history,
-    parse_segment_name,
     segment_name,
+    segno_of,
 )
 from pitr.tiers import COLD_CLASSES
 
@@ -354,15 +354,32 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
     backup_ids: set[str] = set()
     pinned: set[str] = set()
     cold: dict[str, list[tuple[str, str]]] = {}
-    wal: list[tuple[str, ObjectInfo]] = []
+    # Segments go straight into columns: a year of them as listing entries held until
+    # the end took ~300 MB (docs/catalog-cache.md). Their numbers need the segment
+    # size from repo.json, read after the listing: the name's two halves wait in
+    # the columns instead.
+    halves: dict[int, _RawColumns] = {}
+    history_keys: dict[int, tuple[str, ObjectInfo]] = {}
+    backup_files: list[str] = []
+    partials: list[str] = []
     has_identity = False
     for obj in objects:
         if obj.key == identity_key:
             has_identity = True
         elif obj.key.startswith(layout.wal_prefix):
             name = layout.wal_name_of(obj.key)
-            if name is not None:
-                wal.append((name, obj))
+            if name is None:
+                continue
+            kind = classify(name)
+            if kind is WalKind.SEGMENT:
+                tli = int(name[:8], 16)
+                (halves.get(tli) or halves.setdefault(tli, _RawColumns())).add(name, obj)
+            elif kind is WalKind.HISTORY:
+                history_keys[int(name[:8], 16)] = (name, obj)
+            elif kind is WalKind.BACKUP:
+                backup_files.append(name)
+            else:
+                partials.append(name)
         elif obj.key.startswith(layout.backups_prefix):
             owner = layout.backup_id_of(obj.key)
             if owner is not None:
@@ -379,25 +396,8 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
     if has_identity:
         system_id, seg_size = identity_fields(read(identity_key), identity_key)
 
-    columns: dict[int, list[tuple[int, int, int, str]]] = {}  # tli -> (segno, size, µs, class)
-    history_keys: dict[int, tuple[str, ObjectInfo]] = {}
-    backup_files: list[str] = []
-    partials: list[str] = []
-    for name, obj in wal:
-        kind = classify(name)
-        if kind is WalKind.SEGMENT:
-            tli, segno = parse_segment_name(name, seg_size)
-            columns.setdefault(tli, []).append((segno, obj.size, to_us(obj.mtime),
-                                                obj.storage_class))
-        elif kind is WalKind.HISTORY:
-            history_keys[int(name[:8], 16)] = (name, obj)
-        elif kind is WalKind.BACKUP:
-            backup_files.append(name)
-        else:
-            partials.append(name)
-
-    segments = {tli: segment_list(stanza, tli, rows, seg_size)
-                for tli, rows in sorted(columns.items())}
+    segments = {tli: raw.segment_list(stanza, tli, seg_size)
+                for tli, raw in sorted(halves.items())}
     texts = _read_many(read, [*manifests.values(), *(o.key for _, o in history_keys.values())])
     backups, damaged = _decode_manifests(manifests, texts, pinned)
     timelines = _timelines(segments, history_keys, texts)
@@ -416,14 +416,37 @@ def build_catalog(stanza: str, objects: Iterable[ObjectInfo],
     )
 
 
-def segment_list(stanza: str, tli: int, rows: list[tuple[int, int, int, str]],
-                 seg_size: int) -> SegmentList:
-    """One timeline's :class:`SegmentList` from (segno, size, µs, class) rows in any
-    order; keys follow the layout (the listing's keys are the layout's own)."""
-    rows.sort()
-    return SegmentList(tli, (r[0] for r in rows), (r[1] for r in rows), (r[2] for r in rows),
-                       stanza=stanza, segment_size=seg_size,
-                       classes={r[0]: r[3] for r in rows if r[3]})
+class _RawColumns:
+    """One timeline's listed segments before the segment size is known."""
+
+    __slots__ = ("classes", "highs", "lows", "mtimes", "sizes")
+
+    def __init__(self) -> None:
+        self.highs, self.lows, self.sizes, self.mtimes = (array("q") for _ in range(4))
+        self.classes: dict[tuple[int, int], str] = {}
+
+    def add(self, name: str, obj: ObjectInfo) -> None:
+        high, low = int(name[8:16], 16), int(name[16:24], 16)
+        self.highs.append(high)
+        self.lows.append(low)
+        self.sizes.append(obj.size)
+        self.mtimes.append(to_us(obj.mtime))
+        if obj.storage_class:
+            self.classes[(high, low)] = obj.storage_class
+
+    def segment_list(self, stanza: str, tli: int, seg_size: int) -> SegmentList:
+        """By segment number (listings come in key order, which is that order; any other
+        is sorted); keys follow the layout, as the listing's keys do."""
+        segnos = array("q", (segno_of(h, lo, seg_size, tli) for h, lo in zip(
+            self.highs, self.lows, strict=True)))
+        classes = {segno_of(h, lo, seg_size, tli): c for (h, lo), c in self.classes.items()}
+        sizes, mtimes = self.sizes, self.mtimes
+        if any(b <= a for a, b in itertools.pairwise(segnos)):
+            order = sorted(range(len(segnos)), key=segnos.__getitem__)
+            segnos, sizes, mtimes = (array("q", (col[j] for j in order))
+                                     for col in (segnos, sizes, mtimes))
+        return SegmentList(tli, segnos, sizes, mtimes, stanza=stanza, segment_size=seg_size,
+                           classes=classes)
 
 
 def _read_many(read: Callable[[str], bytes], keys: list[str]) -> dict[str, bytes | Exception]:

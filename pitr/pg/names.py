@@ -76,10 +76,16 @@ def parse_segment_name(name: str, seg_size: int = DEFAULT_SEGMENT_SIZE) -> tuple
     if not is_segment_name(name):
         raise ValueError(f"not a WAL segment name: {name!r}")
     tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:], 16)
+    return tli, segno_of(log, seg, seg_size, tli)
+
+
+def segno_of(log: int, seg: int, seg_size: int, tli: int = 1) -> int:
+    """The segment number a name's second and third 8 hex digits spell (``log``, ``seg``);
+    ValueError for a ``seg`` the segment size cannot have, or timeline 0."""
     per = segments_per_log(seg_size)
     if tli == 0 or seg >= per:
-        raise ValueError(f"not a WAL segment name: {name!r}")
-    return tli, log * per + seg
+        raise ValueError(f"not a WAL segment name: {tli:08X}{log:08X}{seg:08X}")
+    return log * per + seg
 
 
 def history_name(tli: int) -> str:

@@ -119,3 +119,34 @@ def test_retention_deletes_by_bisection_what_it_would_one_by_one(
             n >= guard or (tli == 1 and any(lo <= n <= lo + k for lo, k in raw)))]
         assert by_one == expect
 
+
+
+@given(st.permutations(list(range(250, 262))), st.sampled_from([16 << 20, 1 << 20]))
+def test_a_listing_in_any_order_builds_the_same_columns(order: list[int], seg_size: int) -> None:
+    """build_catalog takes segment names' halves into columns before repo.json gives the
+    segment size; any listing order (a server that lists differently) ends sorted."""
+    import json
+
+    from pitr.catalog import build_catalog
+    from pitr.storage.base import ObjectInfo
+
+    layout = Layout("s")
+
+    def listing(numbers: list[int]) -> list[ObjectInfo]:
+        out = [ObjectInfo(layout.identity_key, 1, T0)]
+        for n in numbers:
+            out.append(ObjectInfo(layout.segment_key(segment_name(1, n, seg_size)), n,
+                                  T0 + timedelta(minutes=n), "STANDARD_IA" if n % 5 else ""))
+        return out
+
+    def read(key: str) -> bytes:
+        return json.dumps({"system_id": "7", "segment_size": seg_size}).encode()
+
+    cat = build_catalog("s", listing(order), read)
+    assert cat == build_catalog("s", listing(sorted(order)), read)
+    segs = list(cat.segments[1])
+    assert [s.segno for s in segs] == list(range(250, 262))
+    assert all(s.stored_bytes == s.segno for s in segs)
+    assert [s.storage_class for s in segs] == ["STANDARD_IA" if n % 5 else ""
+                                               for n in range(250, 262)]
+    assert segs[3].key == layout.segment_key(segment_name(1, 253, seg_size))
