@@ -106,7 +106,10 @@ def child(op: str, config: str, arg: str) -> None:
            "rss_mb": round(hwm_kb / 1024, 1)}
     if op == "plan" and code == 0:
         plan = json.loads(out.getvalue())
-        doc["plan"] = {"backup": plan["backup"]["id"], "wal_count": plan["wal"]["count"]}
+        doc["extra"] = {"backup": plan["backup"]["id"], "wal_count": plan["wal"]["count"]}
+    if op == "status":  # why it exits 14, if it does
+        doc["extra"] = {"problems": [f"{p['severity']} {p['name']}"
+                                    for p in json.loads(out.getvalue())["problems"]]}
     print(json.dumps(doc))
 
 
@@ -126,7 +129,7 @@ def measure(op: str, config: Path, arg: str = "") -> dict[str, Any]:
             "rss_mb": doc.get("rss_mb", round(usage.ru_maxrss / 1024, 1)),
             "requests": doc["requests"],
             "total_requests": sum(doc["requests"].values()), "exit": doc["code"],
-            **doc.get("plan", {})}
+            **doc.get("extra", {})}
 
 
 # -- building the archive -------------------------------------------------------------
@@ -258,6 +261,8 @@ def build(server: Any, bucket: str, layout: Layout, work: Path,
         raise SystemExit(f"fs.meta.load did not report {count} files:\n{out[-3000:]}")
     wal_objects = count - (2 * concurrency + 2)
 
+    # a new client: the server has closed the first one's connection during the load
+    client = server.client(read_timeout=120)
     client.put_object(Bucket=bucket, Key=f"{pre}{STANZA}/repo.json", Body=json.dumps(
         {"system_id": "7001", "pg_version": 15, "segment_size": SEG, "format": 1,
          "created": layout.t0.isoformat()}).encode())
@@ -436,6 +441,8 @@ def main() -> None:
             other = ("" if r.get("backup") == r["expected_backup"]
                      else f" (expected {r['expected_backup']})")
             extra = f"; backup {r.get('backup')}{other}, {r.get('wal_count')} segments"
+        if r.get("problems"):
+            extra = "; " + ", ".join(r["problems"])
         print(f"{label:<42}{r['cache']:<10}{r['wall_s']:>7}{r['rss_mb'] or '-':>7}"
               f"{r['total_requests']:>6}{r.get('in_range', ''):>7}{r.get('bound', ''):>6}"
               f"  {met} exit {r['exit']}; {kinds}{extra}")
