@@ -18,7 +18,7 @@ backup's start to the target ("range") with the request bound range/1000 + 20. G
 bound; RSS < 300 MB; an idle monitoring refresh <= 2 requests.
 
     /opt/pitr-venv/bin/python bench/scale.py --quick [--json] [--segments N]
-    /opt/pitr-venv/bin/python bench/scale.py --data-dir /work/scale-data [--reuse]
+    /opt/pitr-venv/bin/python bench/scale.py --data-dir /work/scale-data [--reuse] [--ops plan,list]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 SEG = 16 << 20
 STANZA = "bench"
 GOAL_WARM_S, GOAL_PLAN_S, GOAL_RSS_MB, GOAL_IDLE = 2.0, 10.0, 300.0, 2
+OPS = ("plan", "list", "status", "refresh", "expire", "refresh-idle")
 
 
 # -- the child: one operation, counted ------------------------------------------------
@@ -342,12 +343,17 @@ def main() -> None:
     ap.add_argument("--load-concurrency", type=int, default=8,
                     help="parallel entry creations of fs.meta.load")
     ap.add_argument("--plans", type=int, default=3, help="random plan targets")
+    ap.add_argument("--ops", default=",".join(OPS),
+                    help=f"comma-separated operations to measure (default: {','.join(OPS)})")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(*args.child)
         return
+    ops = [op for op in args.ops.split(",") if op]
+    if unknown := set(ops) - set(OPS):
+        raise SystemExit(f"--ops: unknown {', '.join(sorted(unknown))} (known: {', '.join(OPS)})")
     from support.s3server import S3Server, find_weed
 
     if find_weed() is None:
@@ -406,7 +412,7 @@ def main() -> None:
             for f in spool.glob(f"{STANZA}/catalog-*.json"):
                 f.unlink()
 
-        for target in targets:
+        for target in targets if "plan" in ops else []:
             backup, in_range = layout.in_range(target)
             scope = {"expected_backup": backup, "in_range": in_range,
                      "bound": in_range // 1000 + 20}
@@ -414,11 +420,12 @@ def main() -> None:
             for cache in ("cold", "warm"):
                 rows.append({**measure("plan", config, target.isoformat()), "cache": cache,
                              **scope})
-        for op in ("list", "status", "refresh", "expire"):
+        for op in (op for op in OPS[1:-1] if op in ops):
             drop_cache()
             rows.append({**measure(op, config), "cache": "cold"})
             rows.append({**measure(op, config), "cache": "warm"})
-        rows.append({**measure("refresh-idle", config), "cache": "in memory"})
+        if "refresh-idle" in ops:
+            rows.append({**measure("refresh-idle", config), "cache": "in memory"})
     for r in rows:
         r["goals"] = goals(r)
     machine = {"cpus": os.cpu_count(), "load": [round(x, 1) for x in os.getloadavg()]}
