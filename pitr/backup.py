@@ -96,12 +96,29 @@ def new_backup_id(now: datetime, taken: set[str]) -> str:
     >>> new_backup_id(datetime(2025, 2, 15, 1, 30, tzinfo=UTC), {'20250215T013000Z'})
     '20250215T013000Z-2'
     """
-    base = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = now.astimezone(UTC).strftime(_ID_FORMAT)
     candidate, n = base, 1
     while candidate in taken:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+_ID_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def id_time(backup_id: str) -> datetime | None:
+    """When the backup named ``backup_id`` was begun, to the second, as
+    :func:`new_backup_id` wrote it (before pg_basebackup started, so at or before the
+    manifest's start_time); None for a name it did not write.
+
+    >>> id_time('20250215T013000Z-2')
+    datetime.datetime(2025, 2, 15, 1, 30, tzinfo=datetime.timezone.utc)
+    """
+    try:
+        return datetime.strptime(backup_id.split("-", 1)[0], _ID_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def backup_command(cfg: Config, *, label: str = "manual", pin: bool = False,

@@ -16,44 +16,116 @@ so every error message stays the full planner's.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 
 from pitr import planner
 from pitr.catalog import Catalog, SegmentList, Timeline, WalSegment, build_catalog
 from pitr.errors import PlanError
 from pitr.pg.names import WalKind, classify, lsn_to_segno, parse_segment_name, segment_name
-from pitr.repo import Repo
+from pitr.repo import Layout, Repo
 from pitr.storage.base import ObjectInfo, read_bytes
 from pitr.targets import Target, TargetKind
 
 
 class Scope:
-    """One plan's listings: :attr:`base` first; :meth:`full` only when the plan needs it.
+    """One plan's listings: the stanza's keys before ``<stanza>/wal`` and each timeline's
+    history file, listed once; manifests are read as they are needed.
 
-    The fallback to the full catalog reuses the head listing and the small objects
-    already read (manifests, history files, ``repo.json``), so it adds only the WAL
-    listing instead of listing and reading the whole stanza again.
+    :attr:`base` reads every manifest; :meth:`base_for` only those a time target needs.
+    The fallback to the full catalog (:meth:`full`) reuses the head listing and the
+    small objects already read (manifests, history files, ``repo.json``), so it adds
+    only the WAL listing instead of listing and reading the whole stanza again.
     """
 
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
         stanza = repo.stanza
         self._head = list(repo.storage.list(f"{stanza}/", end_before=f"{stanza}/wal"))
+        self._history = list(_history_objects(repo))
         self._blobs: dict[str, bytes] = {}
-        # Backups, identity and timelines (history files), without any WAL segment.
-        self.base = build_catalog(stanza, [*self._head, *_history_objects(repo)], self._read)
+        self._base: Catalog | None = None
+        layout = Layout(stanza)
+        self._owner: dict[str, str] = {}  # key under backups/ -> its backup id
+        complete = set()  # ids with a manifest
+        for o in self._head:
+            owner = layout.backup_id_of(o.key)
+            if owner is not None:
+                self._owner[o.key] = owner[0]
+                if owner[1]:
+                    complete.add(owner[0])
+        self._complete = sorted(complete)
+        self._complete_set = complete
 
     def _read(self, key: str) -> bytes:
         if key not in self._blobs:
             self._blobs[key] = read_bytes(self.repo.storage, key)
         return self._blobs[key]
 
+    @property
+    def base(self) -> Catalog:
+        """Backups (every manifest read), identity and timelines, without any WAL segment."""
+        if self._base is None:
+            self._base = build_catalog(self.repo.stanza, [*self._head, *self._history],
+                                       self._read)
+        return self._base
+
+    def base_of(self, ids: Collection[str]) -> Catalog:
+        """:attr:`base` with only the completed backups ``ids`` (incomplete ones stay: a
+        chain's problem names them)."""
+        done = self._complete_set
+        head = [o for o in self._head if o.key not in self._owner
+                or self._owner[o.key] in ids or self._owner[o.key] not in done]
+        return build_catalog(self.repo.stanza, [*head, *self._history], self._read)
+
+    def base_for(self, target: Target) -> Catalog:
+        """What :func:`scoped_plan` needs for ``target``: for a time target, the manifests of
+        the newest backups begun before it, read newest first until one of them can be
+        restored to it (with the backups its chain needs); for any other, :attr:`base`.
+
+        A backup's id is when it was begun, under the stanza lock it holds until its
+        manifest is written (pitr/backup.py), so a backup begun earlier also finished
+        earlier: the planner, which takes the newest backup it can, never wants one of
+        those left unread. Names pitr did not write, or no such backup: :attr:`base`.
+        """
+        from pitr.backup import id_time
+
+        if self._base is not None or target.kind is not TargetKind.TIME:
+            return self.base
+        assert target.time is not None
+        times = {i: id_time(i) for i in self._complete}
+        if any(t is None for t in times.values()):
+            return self.base
+        history = self.base_of(())
+        try:
+            tli = _timeline(history, target, None)
+            if tli is None:
+                return self.base
+            path = planner.timeline_path(history, tli)
+        except PlanError:
+            return self.base  # the planner says why, from every backup
+        before = sorted((i for i, t in times.items() if t is not None and t <= target.time),
+                        reverse=True)
+        loaded: set[str] = set()
+        for at in range(0, len(before), _BATCH):
+            loaded.update(before[at:at + _BATCH])
+            cat = self.base_of(loaded)
+            while missing := {b.parent for b in cat.backups if b.parent
+                              and b.parent not in loaded and b.parent in times}:
+                loaded |= missing
+                cat = self.base_of(loaded)
+            if any(planner.restores_to(cat, b, target, path) for b in cat.backups):
+                return cat
+        return self.base
+
     def full(self) -> Catalog:
         """The full catalog (what :func:`pitr.catalog.load_catalog` builds)."""
         repo = self.repo
         return build_catalog(repo.stanza, [*self._head, *repo.storage.list(repo.wal_prefix)],
                              self._read)
+
+
+_BATCH = 4  # manifests read at a time (in parallel) while looking for a time target's backup
 
 
 def base_catalog(repo: Repo) -> Catalog:
@@ -79,9 +151,11 @@ def _history_objects(repo: Repo) -> Iterator[ObjectInfo]:
         after = f"{repo.wal_prefix}{name[:8]}G/"
 
 
-def scoped_plan(repo: Repo, base: Catalog, target: Target, now: datetime,
+def scoped_plan(scope: Scope, target: Target, now: datetime,
                 backup_id: str | None = None) -> planner.RestorePlan | None:
     """The full planner's plan, from the WAL of one backup's path; None: plan in full."""
+    repo = scope.repo
+    base = scope.base if backup_id is not None else scope.base_for(target)
     try:
         tli = _timeline(base, target, backup_id)
         if tli is None:

@@ -245,6 +245,13 @@ def _backup_before(b: BackupRecord, target: Target) -> bool:
     return True
 
 
+def restores_to(catalog: Catalog, b: BackupRecord, target: Target,
+                path: tuple[PathStep, ...]) -> bool:
+    """Whether :func:`choose_backup` can take ``b`` for ``target`` on ``path``."""
+    return _on_path(b, path) and _backup_before(b, target) and chain_of(
+        b, {x.id: x for x in catalog.backups}, catalog).whole
+
+
 def choose_backup(catalog: Catalog, target: Target, tli: int, path: tuple[PathStep, ...],
                   backup_id: str | None = None,
                   notes: list[str] | None = None) -> BackupRecord:

@@ -32,15 +32,16 @@ class Candidate:
     name: str
     url: str
     repo: Repo | None = None
-    base: Catalog | None = None  # backups and timelines, no WAL
-    scope: Scope | None = None  # the listings behind base, reused by a full-catalog plan
+    # the stanza's listings (backups, timelines; manifests read as a plan needs them),
+    # reused by a full-catalog plan; None: the repository did not answer
+    scope: Scope | None = None
     plan: RestorePlan | None = None
     error: PitrError | None = None
 
     def to_json(self, chosen: bool) -> dict[str, Any]:
         if self.plan is not None:
             state = "chosen" if chosen else "can reach the target"
-        elif self.base is None:
+        elif self.scope is None:
             state = "unreachable"
         elif self.error is not None:
             state = "cannot reach the target"
@@ -67,7 +68,6 @@ def open_candidates(cfg: Config, repo_name: str | None) -> list[Candidate]:
         try:
             cand.repo = Repo.open(cfg.for_repository(rc))
             cand.scope = Scope(cand.repo)
-            cand.base = cand.scope.base
         except PitrError as exc:
             if len(rcs) == 1:
                 raise
@@ -79,8 +79,8 @@ def open_candidates(cfg: Config, repo_name: str | None) -> list[Candidate]:
 def first_base(cands: list[Candidate]) -> Catalog:
     """The first reachable repository's base catalog (what a zone-less target is read by)."""
     for c in cands:
-        if c.base is not None:
-            return c.base
+        if c.scope is not None:
+            return c.scope.base
     raise _none_reachable(cands)
 
 
@@ -101,7 +101,7 @@ def choose(cands: list[Candidate], target: Target, now: datetime,
     for c in cands:
         if c.plan is not None:
             return c
-    if all(c.base is None for c in cands):
+    if all(c.scope is None for c in cands):
         raise _none_reachable(cands)
     reasons = "; ".join(f"{c.name}: {' '.join(c.error.message.split())}"
                         for c in cands if c.error is not None)

@@ -53,7 +53,7 @@ def _plan_one(scope: Scope, target: Target, now: datetime, backup: str | None) -
     from pitr import planner
     from pitr.catalog_scope import scoped_plan
 
-    plan = scoped_plan(scope.repo, scope.base, target, now, backup)
+    plan = scoped_plan(scope, target, now, backup)
     if plan is None:  # not decided by the path's WAL alone: the full catalog decides
         plan = planner.plan(scope.full(), target, now, backup_id=backup)
     return plan

@@ -97,20 +97,17 @@ def test_cache_equals_full_listing_at_counted_requests(s3_repo: dict[str, Any],
     # only the path's WAL from the backup on (here: 1,100 segments on timeline 1 -> 2
     # pages, then timelines 2 and 3): far below a full listing's pages plus reads
     from pitr import planner
-    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.catalog_scope import Scope, scoped_plan
     from pitr.targets import Target
 
     now = datetime.now(UTC)
-    (_base, plan), n = counted(lambda: (b := base_catalog(repo),
-                                       scoped_plan(repo, b, Target.latest(), now)))
+    plan, n = counted(lambda: scoped_plan(Scope(repo), Target.latest(), now))
     assert plan is not None and plan == planner.plan(load_catalog(repo), Target.latest(), now)
     assert n["ListObjectsV2"] <= 1 + 4 + 4 and n["GetObject"] == 4
 
     # a plan that falls back to the full catalog adds only the WAL listing: the head
     # listing and the small objects read for the base are not listed or read again
-    from pitr.catalog_scope import Scope
-
-    scope, n_base = counted(lambda: Scope(repo))
+    scope, n_base = counted(lambda: (s := Scope(repo), s.base)[0])
     full, n_full = counted(scope.full)
     _, n_wal = counted(lambda: list(storage.list(repo.wal_prefix)))
     assert full == load_catalog(repo)

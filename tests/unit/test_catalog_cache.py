@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pitr import manifest
+from pitr.backup import new_backup_id
 from pitr.catalog import load_catalog
 from pitr.catalog_cache import SWEEP_EVERY, CatalogCache, read_state
 from pitr.catalog_scope import Scope
@@ -66,8 +67,8 @@ class World:
         start = self.next_segno[tli]
         self.append(tli, 2)
         self.backups += 1
-        bid = f"2025030{self.backups % 10}T0000{self.backups:02d}Z"
         when = T0 + timedelta(days=self.backups)
+        bid = new_backup_id(when, set())  # named by when it began, as pitr names them
         rec = BackupRecord(
             id=bid, label="manual", start_lsn=segno_to_lsn(start, SEG),
             stop_lsn=segno_to_lsn(start + 1, SEG) + 100, start_time=when,
@@ -244,7 +245,7 @@ def test_a_scoped_plan_is_the_full_planners(steps: list[tuple[Any, ...]],
     """Planning from one backup's path of WAL gives the full catalog's plan, or defers
     to it (None); never another answer."""
     from pitr import planner
-    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.catalog_scope import scoped_plan
     from pitr.errors import PlanError
     from pitr.targets import Target
 
@@ -262,7 +263,6 @@ def test_a_scoped_plan_is_the_full_planners(steps: list[tuple[Any, ...]],
             else:  # a hole in the newest timeline
                 w.next_segno[max(w.next_segno)] += 1
         full_cat = load_catalog(w.repo)
-        base = base_catalog(w.repo)
         now = datetime.now(UTC)
         segs = sorted(s.archived_at for v in full_cat.segments.values() for s in v)
         for kind, pick, tli in asks:
@@ -278,13 +278,13 @@ def test_a_scoped_plan_is_the_full_planners(steps: list[tuple[Any, ...]],
                 want: Any = planner.plan(full_cat, target, now)
             except PlanError as exc:
                 want = exc.message
-            got = scoped_plan(w.repo, base, target, now)
+            got = scoped_plan(Scope(w.repo), target, now)
             assert got is None or got == want, (target, got, want)
 
 
 def test_a_scoped_plan_answers_for_the_usual_targets(tmp_path: Path) -> None:
     from pitr import planner
-    from pitr.catalog_scope import base_catalog, scoped_plan
+    from pitr.catalog_scope import scoped_plan
     from pitr.targets import Target
 
     w = World(tmp_path)
@@ -293,11 +293,11 @@ def test_a_scoped_plan_answers_for_the_usual_targets(tmp_path: Path) -> None:
     w.append(1, 30)
     w.new_timeline()
     w.append(2, 30)
-    full, base, now = load_catalog(w.repo), base_catalog(w.repo), datetime.now(UTC)
+    full, now = load_catalog(w.repo), datetime.now(UTC)
     mid = full.segments[2][10].archived_at
     for target in (Target.latest(), Target.at_lsn(segno_to_lsn(300, SEG)),
                    Target.at_time(mid), Target(TargetKind.IMMEDIATE)):
-        got = scoped_plan(w.repo, base, target, now)
+        got = scoped_plan(Scope(w.repo), target, now)
         assert got is not None and got == planner.plan(full, target, now), target
 
 
@@ -371,3 +371,40 @@ def test_the_cache_file_holds_segments_as_compact_columns(tmp_path: Path) -> Non
     state = read_state(w.cache_file, w.repo.storage.url, "s")
     assert state is not None and list(state.segments["00000001"].segnos) == list(
         range(250, 3250))
+
+
+def test_a_time_target_reads_only_the_manifests_it_needs(tmp_path: Path) -> None:
+    """Backups are named by when they began, under the lock they hold until their manifest
+    is written: a plan to a time reads the newest manifests begun before it, a few at a
+    time, until one can be restored, and plans as the full catalog does."""
+    from pitr import planner
+    from pitr.catalog_scope import scoped_plan
+    from pitr.targets import Target
+
+    w = World(tmp_path)
+    for _ in range(12):
+        w.append(1, 3)
+        w.backup()
+    w.append(1, 5)
+    full, now = load_catalog(w.repo), datetime.now(UTC)
+    reads: list[str] = []
+    inner = w.repo.storage.open
+
+    def spy(key: str) -> Any:
+        reads.append(key)
+        return inner(key)
+
+    w.repo.storage.open = spy  # type: ignore[method-assign]
+    newest = full.segments[1][-1].archived_at
+    for target in (Target.at_time(newest), Target.at_time(full.backups[5].stop_time)):
+        reads.clear()
+        got = scoped_plan(Scope(w.repo), target, now)
+        assert got is not None and got == planner.plan(full, target, now)
+        manifests = [k for k in reads if k.endswith("manifest.json")]
+        assert 1 <= len(manifests) <= 4, manifests
+        assert got.backup.id in "".join(manifests)
+    # before the first backup: every manifest is read, and the answer is the full one's
+    reads.clear()
+    early = Target.at_time(full.backups[0].start_time)
+    assert scoped_plan(Scope(w.repo), early, now) is None
+    assert len([k for k in reads if k.endswith("manifest.json")]) == 12
