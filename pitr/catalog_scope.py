@@ -6,7 +6,9 @@ path from the chosen backup's start to the first segment that covers the target
 (and one more, which tells whether that segment is the newest). :func:`scoped_plan`
 lists just that, streamed per timeline prefix from S3 StartAfter on.
 
-It answers only when that answer is the full catalog's answer (docs/catalog-cache.md):
+It answers only when that answer is the full catalog's answer (docs/catalog-cache.md;
+the one exception, a backup whose stale lock was taken over while it ran, is described
+there):
 the choice of timeline and backup must follow from what was listed, and the planner
 must succeed on it. Anything else (a gap, an unknown timeline creation time, a
 target past the archive) returns None and the caller plans from the full catalog,
