@@ -7,11 +7,12 @@ the single process simulates a hung server, SIGTERM + start an outage.
 
 Capacity (docs/development.md, "The test S3 server"): every bucket is a SeaweedFS
 collection with volumes of its own, and ``weed mini`` left to itself sizes volumes from
-the disk (1 GiB on a disk over ~100 GB) and allows only as many as the free space holds
-(free space / volume size, e.g. 51 on a disk with 54 GB free), so a session-shared server
-refused every PUT into a new bucket (``InternalError``, "no free volumes left") once a
-few dozen tests had made theirs. We pin a small volume size and an explicit volume
-count, so the number of buckets is bounded by neither; only real disk space is.
+the disk (disk size / 100, capped at 1 GiB: 1 GiB on any disk over ~50 GB) and allows only
+as many as the free space holds (51 on a disk with 54 GB free), so a session-shared
+server refused every PUT into a new bucket (``InternalError``; "no free volumes left" in
+its log) once a few dozen tests had made theirs. We pin a small volume size and an
+explicit volume count, so the number of buckets is bounded by neither; only real disk
+space is.
 """
 
 from __future__ import annotations
