@@ -210,15 +210,16 @@ def run_pitr(config: Path, *args: str, user: str | None = PG_USER, check: bool =
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A failed S3 test's report carries the state and log tail of every running test S3
-    server of this worker: the servers' data dirs (logs included) go away with the
-    session, and a server that ran out of room otherwise shows only as InternalError."""
+    """A failed S3 test's report carries the state and log tail of every started test S3
+    server of this worker (a crashed one too): the servers' data dirs (logs included) go
+    away with the session, and a server that ran out of room otherwise shows only as
+    InternalError (docs/development.md, "The test S3 server")."""
     report = yield
     if report.failed and (item.get_closest_marker("s3") is not None
                           or any(n.startswith("s3") for n in getattr(item, "fixturenames", ()))):
-        from support.s3server import live_servers
+        from support.s3server import started_servers
 
-        for server in live_servers():
+        for server in started_servers():
             report.sections.append((f"weed mini {server.endpoint}", server.diagnostics()))
     return report
 

@@ -50,12 +50,12 @@ VOLUME_SIZE_MB = 64
 MAX_VOLUMES = 1000
 
 # Every started server in this process, for the failure report (tests/conftest.py).
-_LIVE: weakref.WeakSet[S3Server] = weakref.WeakSet()
+_STARTED: weakref.WeakSet[S3Server] = weakref.WeakSet()
 
 
-def live_servers() -> list[S3Server]:
-    """The servers of this process that are running now."""
-    return [s for s in list(_LIVE) if s.running]
+def started_servers() -> list[S3Server]:
+    """The servers of this process started and not stopped since (a crashed one too)."""
+    return [s for s in list(_STARTED) if s._proc is not None]
 
 
 class S3ServerError(RuntimeError):
@@ -228,7 +228,7 @@ class S3Server:
             self._paused = False
             try:
                 self._wait_ready(timeout)
-                _LIVE.add(self)
+                _STARTED.add(self)
                 return
             except S3ServerError:
                 self.stop()
