@@ -220,7 +220,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         from support.s3server import started_servers
 
         for server in started_servers():
-            report.sections.append((f"weed mini {server.endpoint}", server.diagnostics()))
+            try:
+                text = server.diagnostics()
+            except Exception as exc:  # the report must not fail over its appendix
+                text = f"(no diagnostics: {exc!r})"
+            report.sections.append((f"weed mini {server.endpoint}", text))
     return report
 
 

@@ -277,8 +277,11 @@ class S3Server:
             f"exited ({self._proc.returncode})" if self._proc is not None else "stopped")
         slots = self.volume_slots() if self.running and not self._paused else None
         usage = shutil.disk_usage(self.data_dir) if self.data_dir.exists() else None
-        data = sum(f.stat().st_blocks * 512 for f in (self.data_dir / "data").rglob("*")
-                   if f.is_file()) if (self.data_dir / "data").exists() else 0
+        data = 0
+        with contextlib.suppress(OSError):  # files come and go while the server runs
+            for f in (self.data_dir / "data").rglob("*"):
+                with contextlib.suppress(OSError):
+                    data += f.stat().st_blocks * 512 if f.is_file() else 0
         return "\n".join([
             f"weed mini {self.endpoint} pid {self.pid}: {state}",
             "volume slots: " + (f"{slots[1]} free of {slots[0]}" if slots else "unknown"),
