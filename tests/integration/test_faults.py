@@ -367,6 +367,38 @@ def _kill9_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=60)
 
 
+def _postmasters_of(pgdata: Path) -> list[int]:
+    """Live processes started with ``-D pgdata`` (a postmaster still starting has no
+    postmaster.pid yet, so pg_ctl cannot see it)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(pgdata).encode() in argv and b"-D" in argv:
+                out.append(int(entry.name))
+    return out
+
+
+def _stop_every_postmaster_of(cluster: PgCluster) -> None:
+    """Stop what a killed `restore --start` had started, also a postmaster caught while
+    it was still starting (pg_ctl stop would miss it and the rerun rightly refuses)."""
+    deadline = time.monotonic() + 30
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 2 and time.monotonic() < deadline:
+        cluster.stop("immediate")
+        pids = _postmasters_of(cluster.pgdata)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)  # immediate shutdown
+        if pids:
+            quiet_since = time.monotonic()
+        time.sleep(0.2)
+    assert not _postmasters_of(cluster.pgdata), "a postmaster of the killed restore survived"
+
+
 def test_kill9_of_the_agent_then_a_rerun(lab: Lab, src: Source) -> None:
     rng = random.Random(SEED)
     c = config_mod.load(src.config, env={})
@@ -408,7 +440,7 @@ def test_kill9_of_a_restore_then_a_rerun_is_exact(lab: Lab, src: Source) -> None
                            str(target.port)], src.base / "restore-killed.log")
     time.sleep(rng.uniform(0.2, 4.0))
     _kill9_group(proc)
-    target.stop("immediate")  # whatever it had started: the operator stops it first
+    _stop_every_postmaster_of(target)  # whatever it had started: the operator stops it first
     restored, _ = src.restore("killed-restore-rerun", "--force", pgdata=target.pgdata)
     assert_exact(restored, src, expected)
     restored.stop("immediate")
