@@ -161,6 +161,96 @@ def parse_timestamp(value: str | int | float) -> datetime:
     return slow(value)  # type: ignore[arg-type]  # it takes numbers too
 
 
+_LIST_TEXT = frozenset({"Name", "Prefix", "Delimiter", "EncodingType", "ContinuationToken",
+                        "NextContinuationToken", "StartAfter"})
+_ENTRY_TEXT = frozenset({"Key", "ETag", "StorageClass", "ChecksumType"})
+
+
+def _tag(el: Any) -> str:
+    return str(el.tag).rpartition("}")[2]
+
+
+def read_listing(body: bytes, timestamp: Callable[[str], datetime]) -> dict[str, Any] | None:
+    """A ListObjectsV2 page's body as botocore's parser reads it, for the elements pitr
+    knows; None for anything else (botocore's parser then reads the page).
+
+    botocore reads every element through its generic model walk, about 40 ms a page of
+    1,000 keys here, most of a plan's client time (docs/benchmarks.md).
+    """
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    if _tag(root) != "ListBucketResult":
+        return None
+    out: dict[str, Any] = {}
+    contents: list[dict[str, Any]] = []
+    prefixes: list[dict[str, Any]] = []
+    for el in root:
+        tag = _tag(el)
+        if tag == "Contents":
+            entry: dict[str, Any] = {}
+            for f in el:
+                t = _tag(f)
+                if t in _ENTRY_TEXT:
+                    entry[t] = f.text or ""
+                elif t == "Size":
+                    entry[t] = int(f.text or "")
+                elif t == "LastModified":
+                    entry[t] = timestamp(f.text or "")
+                elif t == "ChecksumAlgorithm":
+                    entry.setdefault(t, []).append(f.text or "")
+                else:
+                    return None  # Owner, RestoreStatus, ...: botocore reads them
+            contents.append(entry)
+        elif tag == "CommonPrefixes":
+            if [_tag(f) for f in el] != ["Prefix"]:
+                return None
+            prefixes.append({"Prefix": el[0].text or ""})
+        elif tag in _LIST_TEXT:
+            out[tag] = el.text or ""
+        elif tag in ("MaxKeys", "KeyCount"):
+            out[tag] = int(el.text or "")
+        elif tag == "IsTruncated":
+            out[tag] = el.text == "true"
+        else:
+            return None
+    if contents:
+        out["Contents"] = contents
+    if prefixes:
+        out["CommonPrefixes"] = prefixes
+    return out
+
+
+def listing_parser_factory() -> Any:
+    """botocore's response parser factory whose REST-XML parser reads ListObjectsV2 pages
+    with :func:`read_listing` (every other response, and any page it does not know,
+    the usual way)."""
+    from botocore import parsers
+
+    class ListingParser(parsers.RestXMLParser):
+        def _parse_payload(self, response: Any, shape: Any, member_shapes: Any,
+                           final_parsed: Any) -> None:
+            if shape is not None and shape.name == "ListObjectsV2Output" \
+                    and response.get("body"):
+                fast = read_listing(response["body"], self._timestamp_parser)  # type: ignore[attr-defined]
+                if fast is not None:
+                    final_parsed.update(fast)
+                    return
+            super()._parse_payload(  # type: ignore[misc]  # untyped in the stubs
+                response, shape, member_shapes, final_parsed)
+
+    class Factory(parsers.ResponseParserFactory):
+        def create_parser(self, protocol_name: str) -> Any:
+            if protocol_name == "rest-xml":
+                return ListingParser(**self._defaults)  # type: ignore[attr-defined]
+            return super().create_parser(protocol_name)
+
+    return Factory()
+
+
 class S3Storage:
     def __init__(self, cfg: RepositoryConfig) -> None:
         self.url = cfg.url
@@ -201,10 +291,12 @@ class S3Storage:
         # (docs/benchmarks.md, "The synchronous archive-push"). A private session: a
         # shared one is not thread-safe to create clients from.
         session = botocore.session.Session()
-        # A listing page of 1,000 keys spent most of its client time in dateutil reading
-        # the LastModified of each entry (docs/benchmarks.md, "Scale: a year of WAL").
-        session.get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=parse_timestamp)
+        # A listing page of 1,000 keys spent most of its client time in botocore's
+        # generic reader and in dateutil reading each LastModified (docs/benchmarks.md,
+        # "Scale: a year of WAL").
+        factory = listing_parser_factory()
+        factory.set_parser_defaults(timestamp_parser=parse_timestamp)
+        session.register_component("response_parser_factory", factory)
         region = cfg.region or session.get_config_variable("region") or "us-east-1"
         timeout = float(cfg.request_timeout)
         config = Config(
