@@ -80,9 +80,6 @@ def cache_path(cfg: Config) -> Path:
     return Path(cfg.archive.spool_dir) / cfg.stanza / f"{CACHE_PREFIX}{tag}.json"
 
 
-_us, _time = to_us, from_us
-
-
 # [key or name, size, mtime in µs since the epoch] and, for an object outside the default
 # storage class, the class as listed (docs/storage-tiers.md). A lifecycle transition does
 # not change an object's mtime, so WAL rows keep the class of their first listing; the
@@ -318,7 +315,7 @@ class CatalogCache:
             return f"{self.repo.wal_prefix}{int(tli, 16) - 1:08X}G/" if tli > "00000001" \
                 else None
         since = min(state.listed_at.get(tli, now), now)
-        recent = _us(datetime.fromtimestamp(since, UTC)) - int(SETTLE * 1e6)
+        recent = to_us(datetime.fromtimestamp(since, UTC)) - int(SETTLE * 1e6)
         segnos, mtimes = cols.segnos, cols.mtimes
         i = len(segnos) - 1
         while i > 0 and mtimes[i] >= recent:
@@ -347,7 +344,7 @@ class CatalogCache:
                 _tli, segno = parse_segment_name(name, seg_size)
                 # appended in key order; one re-listed after a gap is inserted
                 state.segments.setdefault(tli, Columns()).add(
-                    segno, obj.size, _us(obj.mtime), obj.storage_class)
+                    segno, obj.size, to_us(obj.mtime), obj.storage_class)
             elif obj.key not in others:
                 state.wal_other.append(_row(obj))
                 others.add(obj.key)
@@ -475,12 +472,12 @@ def _class(obj: ObjectInfo) -> list[str]:
 
 
 def _row(obj: ObjectInfo) -> Row:
-    return [obj.key, obj.size, _us(obj.mtime), *_class(obj)]
+    return [obj.key, obj.size, to_us(obj.mtime), *_class(obj)]
 
 
 def _objects(rows: Iterable[Row]) -> Iterator[ObjectInfo]:
     for key, size, us, *cls in rows:
-        yield ObjectInfo(key, size, _time(us), cls[0] if cls else "")
+        yield ObjectInfo(key, size, from_us(us), cls[0] if cls else "")
 
 
 def _deleted_since(state: CacheState, head: list[Row], stanza: str) -> bool:

@@ -56,8 +56,7 @@ class Scope:
                 self._owner[o.key] = owner[0]
                 if owner[1]:
                     complete.add(owner[0])
-        self._complete = sorted(complete)
-        self._complete_set = complete
+        self._complete = complete
 
     def _read(self, key: str) -> bytes:
         if key not in self._blobs:
@@ -75,7 +74,7 @@ class Scope:
     def base_of(self, ids: Collection[str]) -> Catalog:
         """:attr:`base` with only the completed backups ``ids`` (incomplete ones stay: a
         chain's problem names them)."""
-        done = self._complete_set
+        done = self._complete
         head = [o for o in self._head if o.key not in self._owner
                 or self._owner[o.key] in ids or self._owner[o.key] not in done]
         return build_catalog(self.repo.stanza, [*head, *self._history], self._read)

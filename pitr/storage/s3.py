@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import threading
@@ -228,6 +229,12 @@ def listing_parser_factory() -> Any:
     """botocore's response parser factory whose REST-XML parser reads ListObjectsV2 pages
     with :func:`read_listing` (every other response, and any page it does not know,
     the usual way)."""
+    return _listing_factory_class()()
+
+
+@functools.cache
+def _listing_factory_class() -> Any:
+    """Made once per process (after botocore is imported, as the client needs it)."""
     from botocore import parsers
 
     class ListingParser(parsers.RestXMLParser):
@@ -248,7 +255,7 @@ def listing_parser_factory() -> Any:
                 return ListingParser(**self._defaults)  # type: ignore[attr-defined]
             return super().create_parser(protocol_name)
 
-    return Factory()
+    return Factory
 
 
 class S3Storage:
