@@ -33,7 +33,7 @@ from support.walbytes import segment_bytes  # noqa: E402
 from pitr.repo import Repo  # noqa: E402
 from pitr.storage import open_storage  # noqa: E402
 from pitr.storage.base import read_bytes  # noqa: E402
-from pitr.wal.push import push_wal, stored_damage  # noqa: E402
+from pitr.wal.push import prove_stored, push_wal  # noqa: E402
 
 SEG = 16 << 20
 
@@ -71,7 +71,7 @@ def run(repo: Repo, tmp: Path, kind: str, n: int, base: int) -> dict[str, float]
         header.append(time.perf_counter() - t)
         t = time.perf_counter()
         stored, _etag = repo.storage.read_with_etag(repo.wal_key(name))
-        assert stored_damage(stored, name) is None
+        assert not isinstance(prove_stored(stored, name), str)
         proof.append(time.perf_counter() - t)
         path.unlink()
     return {"first_push_ms": ms(first), "duplicate_push_ms": ms(dup),

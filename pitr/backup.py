@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -701,7 +702,8 @@ def _store_pg_manifest(repos: list[Repo], backup_id: str, raw: bytes,
     """Keep a copy of the backup_manifest beside the tar (docs/incremental-backups.md
     "Where the manifest is kept"): a later incremental needs it without downloading
     the whole backup."""
-    blob, raw_sha = codec.compress_blob(raw, level)
+    blob, _header = codec.compress_blob(raw, level)
+    raw_sha = hashlib.sha256(raw).hexdigest()  # what the record says it holds
     key = repos[0].backup_prefix(backup_id) + chains.BACKUP_MANIFEST_OBJECT
     # in storage_class, not backup_storage_class: the next incremental backup reads it
     for repo in repos:  # the same bytes in each: one record describes them all
@@ -717,10 +719,10 @@ def read_parent_manifest(repo: Repo, parent: BackupRecord) -> bytes:
     obj = next(o for o in parent.objects if o.name == chains.BACKUP_MANIFEST_OBJECT)
     try:
         blob = read_bytes(repo.storage, obj.key)
-        # the whole object proven (one frame, nothing after it, its own sha256), and
+        # the whole object proven (one frame, nothing after it, its own checksum), and
         # what it holds is what the parent's record says it stored
-        header, raw = codec.verify_blob(blob, obj.key)
-        if header.sha256 != obj.raw_sha256 or len(raw) != obj.raw_bytes:
+        _header, raw = codec.verify_blob(blob, obj.key)
+        if hashlib.sha256(raw).hexdigest() != obj.raw_sha256 or len(raw) != obj.raw_bytes:
             raise IntegrityError(f"{obj.key}: checksum mismatch with backup {parent.id}'s "
                                  "manifest")
         problem = chains.manifest_checksum_problem(raw)

@@ -8,11 +8,11 @@ interrupted copy leaves no backup the catalog would show, and its objects are fo
 again by the next run.
 
 Verified: each WAL object is proven on its own terms before it is stored (header,
-one complete zstd frame, the sha256 of what it decompresses to: codec.verify_blob);
+one complete zstd frame, the checksum of what it decompresses to: codec.verify_blob);
 each backup object is hashed while it streams and must match its manifest's size
 and sha256 before the manifest is written. Resumable: what the destination already
 holds is not copied again but proven the same way (a WAL object: its own check and
-the source's sha256; a backup object: read back and hashed against the manifest).
+the same raw bytes as the source's; a backup object: read back and hashed against the manifest).
 Nothing in the destination is ever overwritten: a different object under a name
 stops the copy with an error naming it.
 
@@ -91,7 +91,7 @@ def copy_repository(src: Repo, dst: Repo, *, backup_ids: list[str] | None = None
 def copy_wal(src: Repo, dst: Repo, key: str, name: str, dst_size: int | None,
               res: CopyResult) -> None:
     blob = read_bytes(src.storage, key)
-    header, _raw = codec.verify_blob(blob, name)  # never copy a damaged object
+    header, raw = codec.verify_blob(blob, name)  # never copy a damaged object
     if dst_size is None:
         try:
             put_bytes(dst.storage, key, blob, if_absent=True)
@@ -100,11 +100,12 @@ def copy_wal(src: Repo, dst: Repo, key: str, name: str, dst_size: int | None,
             return
         except AlreadyExists:
             pass  # stored meanwhile (archive-push into both): prove it below
-    theirs, _ = codec.verify_blob(read_bytes(dst.storage, key), name)
-    if theirs.sha256 != header.sha256:
+    theirs, their_raw = codec.verify_blob(read_bytes(dst.storage, key), name)
+    if their_raw != raw:  # the content itself decides, never a checksum (pitr/codec.py)
         raise IntegrityError(
-            f"{name}: {dst.storage.url} holds other content under this name (sha256 "
-            f"{theirs.sha256}, {src.storage.url} has {header.sha256}); nothing was overwritten",
+            f"{name}: {dst.storage.url} holds other content under this name "
+            f"({theirs.content_id}, {src.storage.url} has {header.content_id}); nothing "
+            "was overwritten",
             hint="the two repositories disagree: find out which one is this cluster's "
                  "before removing anything")
     res.wal_present += 1

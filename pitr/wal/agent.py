@@ -66,9 +66,10 @@ def _utc(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts else None
 
 
-INCOMPRESSIBLE = 0.9  # sampled size ratio above which a segment is treated as random data
-FAST_LEVEL = -1  # zstd's fast mode: same format, ~4x less CPU on data that will not shrink
-SAMPLE = 256 << 10
+# agent-status.json is rewritten once a second (docs/design.md, "The spool"): it is for
+# people and monitoring. Written on every wake instead (each .ready file created or
+# renamed, each push done: ~3 a segment), it cost the agent a fifth of its CPU in a burst.
+STATUS_INTERVAL = 1.0
 
 
 def idle_exit_due(*, now: float, idle_since: float | None, idle_exit: float) -> bool:
@@ -78,28 +79,10 @@ def idle_exit_due(*, now: float, idle_since: float | None, idle_exit: float) -> 
     return idle_exit > 0 and idle_since is not None and now - idle_since >= idle_exit
 
 
-def adaptive_level(path: Path, level: int) -> int:
-    """``level``, or zstd's fast level when samples show the segment will not compress.
-
-    WAL full of random bytes (encrypted or compressed columns) costs zstd level 3
-    about 4x the CPU of level -1 for the same (no) gain, CPU the S3 upload needs
-    on a small machine. Three 256 KiB samples (start, middle, end) decide.
-    """
-    import zstandard
-
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            samples = []
-            for offset in (0, size // 2, max(0, size - SAMPLE)):
-                fh.seek(offset)
-                samples.append(fh.read(SAMPLE))
-    except OSError:
-        return level  # push_wal reports it
-    comp = zstandard.ZstdCompressor(level=1)
-    raw = sum(len(s) for s in samples)
-    packed = sum(len(comp.compress(s)) for s in samples)
-    return FAST_LEVEL if raw and packed / raw > INCOMPRESSIBLE else level
+def status_wait(*, now: float, written_at: float | None, interval: float) -> float:
+    """PURE: seconds until the running agent's status file is due again; 0: write it now.
+    ``written_at``: when it was last written (None: never)."""
+    return 0.0 if written_at is None else max(0.0, written_at + interval - now)
 
 
 def _unlink_if_older(entry: os.DirEntry[str], cutoff: float) -> bool:
@@ -276,6 +259,7 @@ class Agent:
         event(log, logging.INFO, "agent started", pgdata=str(self.wal_dir.parent),
               workers=self.workers, spool=str(self.spool.base))
         idle_since: float | None = None
+        status_written: float | None = None
         try:
             while not self.stop.is_set():
                 self.wake.clear()
@@ -290,8 +274,12 @@ class Agent:
                     event(log, logging.INFO, "agent idle: exiting",
                           idle_exit=self.idle_exit)
                     break
-                self.write_status("running")
-                self.wake.wait(self.rescan_interval)
+                due = status_wait(now=now, written_at=status_written,
+                                  interval=STATUS_INTERVAL)
+                if due == 0.0:
+                    self.write_status("running")
+                    status_written, due = now, STATUS_INTERVAL
+                self.wake.wait(min(self.rescan_interval, due))
         finally:
             observer.stop()
             for _ in threads:
@@ -473,9 +461,9 @@ class Agent:
         except FileNotFoundError:
             return  # archived by PostgreSQL's own archive-push and already recycled
         try:
-            level = adaptive_level(path, self.cfg.compression.level)
             required, catch_up = self._split(repo)
-            result = push_wal(required, path, level=level, budget=self.budget,
+            result = push_wal(required, path, level=self.cfg.compression.level,
+                              budget=self.budget,
                               catch_up=catch_up, catch_up_budget=self.cfg.catch_up_budget)
         except PitrError as exc:
             if not (self.status_dir / f"{name}.ready").exists():
@@ -491,7 +479,7 @@ class Agent:
             return
         self.spool.write_receipt(Receipt(
             name=name, repository=self.cfg.archive_target, identity=ident,
-            sha256=result.sha256, stored_at=time.time(),
+            checksum=result.checksum, stored_at=time.time(),
             already_archived=result.status == "already-archived"))
         with self.state.lock:
             self.state.stored.add(name)

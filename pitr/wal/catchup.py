@@ -6,7 +6,7 @@ So what a catch_up repository did not take is recorded here as a NAME only (one 
 file per segment, fsynced with its directory before archive-push returns), and the
 drain copies the segment repository-to-repository from a required repository's copy,
 proven on the way like ``pitr copy`` does (pitr/copy.py): its header, one whole zstd
-frame, the sha256 of its content. Never the WAL bytes from pg_wal: they may be gone.
+frame, the checksum of its content. Never the WAL bytes from pg_wal: they may be gone.
 
 Layout: ``<spool>/<stanza>/catch-up/<repository name>/<segment name>``, the file holding
 ``{"queued_at": <unix time>}``. The lag of a repository is the number of these files

@@ -8,6 +8,7 @@ PostgreSQL never replays a half-written or corrupt segment.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ log = logging.getLogger("pitr.wal.fetch")
 @dataclass(frozen=True)
 class FetchResult:
     name: str
-    sha256: str  # of the raw bytes written
+    sha256: str | None  # of the raw bytes written, when asked for (fetch_wal's ``sha256``)
     raw_bytes: int
     stored_bytes: int
     seconds: float
@@ -74,14 +75,16 @@ def fetch_to_bytes(repo: Repo, name: str, *, budget: float) -> bytes:
 
 
 def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
-              system_id: int | None = None) -> FetchResult:
+              system_id: int | None = None, sha256: bool = False) -> FetchResult:
     """Fetch ``name`` into ``dest`` (restore_command's %p), proven before it is written.
 
-    Proven: the sha256 and size of the decompressed bytes (the stored header), the
+    Proven: the checksum and size of the decompressed bytes (the stored header), the
     name (the header records it; a segment's first page names its own LSN), and,
     when ``system_id`` is given, the system identifier in a segment's page header.
     WalNotFound here means only "no object under this key": :func:`archive_get`
-    owns the proof that this is the end of the archive.
+    owns the proof that this is the end of the archive. ``sha256``: also return the
+    sha256 of the bytes written (the prefetch worker's local proof), which a version 1
+    header holds and a version 2 object costs a hash for.
     """
     started = time.monotonic()
     blob = fetch_object(repo, name, budget=budget)
@@ -97,7 +100,8 @@ def fetch_wal(repo: Repo, name: str, dest: Path, *, budget: float,
     seconds = time.monotonic() - started
     event(log, logging.DEBUG, f"restored {name}", raw_bytes=len(raw), stored_bytes=len(blob),
           seconds=round(seconds, 3))
-    return FetchResult(name, header.sha256, len(raw), len(blob), seconds)
+    digest = (header.sha256 or hashlib.sha256(raw).hexdigest()) if sha256 else None
+    return FetchResult(name, digest, len(raw), len(blob), seconds)
 
 
 def archive_get(repos: Repo | Sequence[Repo], name: str, dest: Path, *,

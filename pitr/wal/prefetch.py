@@ -6,9 +6,9 @@ during every download. ``archive-get NAME`` (in :mod:`pitr.entry`) records NAME
 in ``<spool>/<stanza>/restore-<key>/prefetch.want`` and starts this worker
 detached if none runs. The worker keeps ``NAME+1 .. NAME+k`` (same timeline, k =
 ``archive.prefetch``) in ``<spool>/<stanza>/restore-<key>/prefetch/``, each
-fetched with :func:`pitr.wal.fetch.fetch_wal` (sha256-verified, decompressed,
+fetched with :func:`pitr.wal.fetch.fetch_wal` (checksum-verified, decompressed,
 fsynced and renamed into place only when complete, after ``<name>.sha256``
-records the checksum the repository gave), several in parallel with one warm
+records the sha256 of those verified bytes), several in parallel with one warm
 client per thread. A later request for a prefetched segment is a hash check and
 a rename.
 
@@ -266,8 +266,8 @@ class Prefetcher:
             # Verified into a temp name, its checksum recorded, then renamed into place:
             # archive-get hashes the file against that record when it hands it over.
             part = self.spool.prefetch_dir / f".{name}.part"
-            result = fetch_wal(self._repo(), name, part, budget=self.budget)
-            atomic_write(self.spool.checksum(name), result.sha256 + "\n")
+            result = fetch_wal(self._repo(), name, part, budget=self.budget, sha256=True)
+            atomic_write(self.spool.checksum(name), f"{result.sha256}\n")
             os.replace(part, self.spool.prefetched(name))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.spool.missing(name))

@@ -6,7 +6,8 @@ by the first push), so two clusters can never mix WAL under one name. The
 object is written with a conditional put. When the name is taken, the stored
 object is read WHOLE and proven against itself (docs/archiving.md, "What archive-push
 guarantees"): its header, one complete zstd frame and nothing after it, the
-size and sha256 of what it decompresses to. Only then does its sha256 decide:
+size and checksum of what it decompresses to. Only then do its raw bytes decide,
+compared byte for byte with this file's (never a checksum: pitr/codec.py):
 
 * the same as this file: "already archived" (a retry, or a standby pushing
   the same bytes): success. PostgreSQL will recycle its copy, so a damaged
@@ -64,7 +65,7 @@ log = logging.getLogger("pitr.wal.push")
 class PushResult:
     name: str
     status: Literal["stored", "already-archived"]
-    sha256: str  # of the raw (uncompressed) bytes
+    checksum: str  # how the stored header names the content (codec.Header.content_id)
     raw_bytes: int
     stored_bytes: int
     seconds: float
@@ -144,12 +145,12 @@ def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
     elif kind is WalKind.HISTORY:
         extra["written_at"] = _written_at(path)
 
-    blob, digest = codec.compress_blob(raw, level, **extra)
+    blob, header = codec.compress_blob(raw, codec.choose_level(raw, level), **extra)
     statuses: list[Literal["stored", "already-archived"]] = []
     failure: PitrError | None = None
     for repo in targets:
         try:
-            statuses.append(_store(repo, name, ident, blob, digest, _Deadline(budget)))
+            statuses.append(_store(repo, name, ident, blob, raw, _Deadline(budget)))
         except PitrError as exc:
             if len(targets) == 1:
                 raise
@@ -161,7 +162,7 @@ def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
     for later, backlog in catch_up:
         if later is not None and try_inline(len(backlog.entries())):
             try:
-                _store(later, name, ident, blob, digest,
+                _store(later, name, ident, blob, raw,
                        _Deadline(budget if catch_up_budget is None else catch_up_budget))
                 continue
             except PitrError as exc:
@@ -173,10 +174,10 @@ def push_wal(repos: Repo | Sequence[Repo], path: Path, *, level: int,
     seconds = time.monotonic() - started
     event(log, logging.DEBUG, f"archived {name}", status=status, raw_bytes=len(raw),
           stored_bytes=len(blob), seconds=round(seconds, 3))
-    return PushResult(name, status, digest, len(raw), len(blob), seconds)
+    return PushResult(name, status, header.content_id, len(raw), len(blob), seconds)
 
 
-def _store(repo: Repo, name: str, ident: dict[str, Any] | None, blob: bytes, digest: str,
+def _store(repo: Repo, name: str, ident: dict[str, Any] | None, blob: bytes, raw: bytes,
            deadline: _Deadline) -> Literal["stored", "already-archived"]:
     """One repository's part of :func:`push_wal`: its repo.json, then the object."""
     if ident is not None:
@@ -187,7 +188,7 @@ def _store(repo: Repo, name: str, ident: dict[str, Any] | None, blob: bytes, dig
     key = repo.wal_key(name)
     if _put_if_absent(repo, key, blob, deadline, name):
         return "stored"
-    return _settle_taken_name(repo, key, blob, digest, deadline, name)
+    return _settle_taken_name(repo, key, blob, raw, deadline, name)
 
 
 def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name: str) -> bool:
@@ -206,7 +207,7 @@ def _put_if_absent(repo: Repo, key: str, blob: bytes, deadline: _Deadline, name:
 SETTLE_ROUNDS = 4
 
 
-def _settle_taken_name(repo: Repo, key: str, blob: bytes, digest: str, deadline: _Deadline,
+def _settle_taken_name(repo: Repo, key: str, blob: bytes, raw: bytes, deadline: _Deadline,
                        name: str) -> Literal["stored", "already-archived"]:
     """The name is taken: answer only from a proven stored object (see the module doc)."""
     for _ in range(SETTLE_ROUNDS):
@@ -222,18 +223,19 @@ def _settle_taken_name(repo: Repo, key: str, blob: bytes, digest: str, deadline:
             continue
         try:
             stored = repo.sealed.unseal_bytes(key, stored)
-            damage = stored_damage(stored, name)
+            proven = prove_stored(stored, name)
         except DecryptionFailed as exc:
-            damage = f"{len(stored)} bytes: {exc.message.removeprefix(f'{key}: ')}"
-        if damage is None:
-            theirs = codec.decode_header(stored, name)[0]
-            if theirs.sha256 == digest and theirs.extra.get("name", name) == name:
+            proven = f"{len(stored)} bytes: {exc.message.removeprefix(f'{key}: ')}"
+        if not isinstance(proven, str):
+            theirs, their_raw = proven
+            if their_raw == raw and theirs.extra.get("name", name) == name:
                 event(log, logging.WARNING, f"{name} was already archived with the same content",
-                      sha256=digest)
+                      checksum=theirs.content_id)
                 return "already-archived"
             raise WalConflict(
-                f"{name} is already archived with different content: repository sha256 "
-                f"{theirs.sha256}, this file sha256 {digest}",
+                f"{name} is already archived with different content: the repository's copy "
+                f"({theirs.content_id}, {theirs.size} bytes) differs from this file "
+                f"({len(raw)} bytes){_first_difference(their_raw, raw)}",
                 hint="the archived copy was left untouched. Two clusters may share this "
                      "stanza, or a restored cluster reused the timeline; inspect both "
                      "before removing anything")
@@ -243,7 +245,7 @@ def _settle_taken_name(repo: Repo, key: str, blob: bytes, digest: str, deadline:
         except (AlreadyExists, NotFound):
             continue  # another writer replaced it since we read it: prove that one
         if stored:
-            event(log, logging.ERROR, f"{name}: the archived object was damaged ({damage}); "
+            event(log, logging.ERROR, f"{name}: the archived object was damaged ({proven}); "
                   "replaced it with this file", key=key, stored_bytes=len(stored), etag=etag)
         else:
             event(log, logging.WARNING, f"{name}: replaced an empty object under its name, left "
@@ -254,12 +256,22 @@ def _settle_taken_name(repo: Repo, key: str, blob: bytes, digest: str, deadline:
                                 f"({SETTLE_ROUNDS} rounds); PostgreSQL will retry the segment")
 
 
-def stored_damage(stored: bytes, name: str) -> str | None:
-    """What is wrong with a stored WAL object on its own terms; None when it is whole."""
+def prove_stored(stored: bytes, name: str) -> tuple[codec.Header, bytes] | str:
+    """A stored WAL object proven on its own terms (its header and raw bytes), or what is
+    wrong with it."""
     if not stored:
         return "empty"
     try:
-        codec.verify_blob(stored, name)
+        return codec.verify_blob(stored, name)
     except IntegrityError as exc:
         return f"{len(stored)} bytes: {exc.message.removeprefix(f'{name}: ')}"
-    return None
+
+
+def _first_difference(a: bytes, b: bytes) -> str:
+    """Where two contents first differ, for the conflict message."""
+    common = min(len(a), len(b))
+    at = next((i for i in range(0, common, 8192) if a[i:i + 8192] != b[i:i + 8192]), None)
+    if at is None:
+        return ""  # one is a prefix of the other: the sizes say it
+    at = next((j for j in range(at, min(at + 8192, common)) if a[j] != b[j]), common)
+    return f", first at byte {at}"

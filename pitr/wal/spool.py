@@ -18,8 +18,8 @@ Layout below ``archive.spool_dir`` (never inside ``pg_wal``)::
     <spool>/<stanza>/restore-<key>/prefetch.want   the newest segment restore_command asked for
     <spool>/<stanza>/restore-<key>/prefetch.log    hit/miss/fetched lines (proof prefetch works)
     <spool>/<stanza>/restore-<key>/prefetch/<name>          verified, decompressed segment
-    <spool>/<stanza>/restore-<key>/prefetch/<name>.sha256   its sha256 as the repository
-                                         recorded it, checked again when it is handed over
+    <spool>/<stanza>/restore-<key>/prefetch/<name>.sha256   the sha256 of the verified bytes,
+                                         checked again when it is handed over
     <spool>/<stanza>/restore-<key>/prefetch/<name>.missing  the worker could not fetch <name>
 
 Why a proof may answer archive-push. A proof (and its receipt) is written only
@@ -43,7 +43,7 @@ The proof. What archive-push checks (the Python fast path, this module and
 ``<name>_<dev>_<ino>_<size>_<mtime>_<ctime>`` in the proof directory of the
 configured repository: the receipt's name, identity and repository, spelled as
 a path that one stat(1) call can build. The agent creates it right after the
-receipt (which stays as the record of the sha256 and when it was stored, and
+receipt (which stays as the record of the content checksum and when it was stored, and
 proves nothing by itself) and removes it with the receipt. The soundness
 argument in full: docs/design-fast-path.md.
 
@@ -94,7 +94,7 @@ class Receipt:
     name: str
     repository: str
     identity: FileIdentity
-    sha256: str
+    checksum: str  # the stored header's name for the content (pitr/codec.py, content_id)
     stored_at: float  # unix time the repository acknowledged the object
     already_archived: bool = False
 
@@ -109,6 +109,8 @@ class Receipt:
         if doc.pop("format", None) != RECEIPT_FORMAT:
             raise ValueError("unknown receipt format")
         doc["identity"] = FileIdentity(**doc["identity"])
+        if "sha256" in doc:  # written before version 2 objects (pitr/codec.py)
+            doc["checksum"] = f"sha256:{doc.pop('sha256')}"
         return cls(**doc)
 
 

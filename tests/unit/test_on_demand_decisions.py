@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pitr.fastpath import RESPAWN_AFTER, SPAWN_GRACE, spawn_due, starting_left
-from pitr.wal.agent import idle_exit_due
+from pitr.wal.agent import idle_exit_due, status_wait
 from pitr.wal.modes import ON_DEMAND, SYNCHRONOUS, SYSTEMD, UNKNOWN, archiving_mode
 
 NOW = 1_000_000.0
@@ -54,6 +54,13 @@ def test_idle_exit_after_the_configured_time_only() -> None:
     assert not idle_exit_due(now=NOW, idle_since=NOW - 4.9, idle_exit=5)
     assert idle_exit_due(now=NOW, idle_since=NOW - 5, idle_exit=5)
     assert not idle_exit_due(now=NOW, idle_since=NOW - 1e6, idle_exit=0)  # a service agent
+
+
+def test_the_status_file_is_written_at_most_once_an_interval() -> None:
+    assert status_wait(now=NOW, written_at=None, interval=1.0) == 0.0  # the first at once
+    assert status_wait(now=NOW, written_at=NOW - 0.25, interval=1.0) == 0.75
+    assert status_wait(now=NOW, written_at=NOW - 1.0, interval=1.0) == 0.0
+    assert status_wait(now=NOW, written_at=NOW - 9.0, interval=1.0) == 0.0
 
 
 def mode(**kw: object) -> str:

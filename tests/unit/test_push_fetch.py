@@ -3,6 +3,7 @@ against the real local-directory driver (S3 runs in tests/integration)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from pitr.errors import (
 )
 from pitr.repo import Repo
 from pitr.retry import call_with_budget
+from pitr.storage.base import put_bytes
 from pitr.storage.fs import FsStorage
 from pitr.wal.commands import archive_get_exit_code, is_standby
 from pitr.wal.fetch import fetch_to_bytes, fetch_wal
@@ -63,8 +65,10 @@ def test_push_then_fetch_round_trip(repo: Repo, tmp_path: Path) -> None:
     assert ident is not None and ident.system_id == str(SYSID) and ident.pg_version == 15
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     dest.parent.mkdir()
-    got = fetch_wal(repo, name, dest, budget=5)
-    assert dest.read_bytes() == data and got.sha256 == res.sha256
+    got = fetch_wal(repo, name, dest, budget=5, sha256=True)
+    assert dest.read_bytes() == data and got.sha256 == hashlib.sha256(data).hexdigest()
+    assert res.checksum.startswith("zstd:")  # a version 2 object: no sha256 computed
+    assert fetch_wal(repo, name, dest, budget=5).sha256 is None
     assert fetch_to_bytes(repo, name, budget=5) == data
     assert [p.name for p in dest.parent.iterdir()] == ["RECOVERYXLOG"]  # no temp left
 
@@ -75,8 +79,30 @@ def test_duplicate_push_same_bytes_is_success(repo: Repo, tmp_path: Path,
     p = write_wal(tmp_path / "wal", name, segment_bytes(name))
     first = push_wal(repo, p, level=3, budget=5)
     again = push_wal(repo, p, level=9, budget=5)  # another level: same raw bytes still match
-    assert again.status == "already-archived" and again.sha256 == first.sha256
+    assert again.status == "already-archived" and again.checksum == first.checksum
     assert "already archived" in caplog.text
+
+
+def test_a_version_1_object_is_compared_by_content(repo: Repo, tmp_path: Path) -> None:
+    """An archive written before version 2 objects: a re-push of the same bytes is
+    "already archived", other bytes a conflict, whatever the header version."""
+    name = "000000010000000000000007"
+    data = segment_bytes(name, fill=b"v1")
+    old = zstandard.ZstdCompressor(level=3, write_checksum=False,
+                                   write_content_size=True).compress(data)
+    v1 = codec.encode_header(codec.Header(SEG, sha256=hashlib.sha256(data).hexdigest(),
+                                          extra={"name": name, "system_id": str(SYSID)},
+                                          version=1)) + old
+    push_wal(repo, write_wal(tmp_path / "seed", "000000010000000000000001",
+                             segment_bytes("000000010000000000000001")), level=3, budget=5)
+    put_bytes(repo.storage, repo.wal_key(name), v1)
+    same = push_wal(repo, write_wal(tmp_path / "a", name, data), level=3, budget=5)
+    assert same.status == "already-archived"
+    with pytest.raises(WalConflict) as err:
+        push_wal(repo, write_wal(tmp_path / "b", name, segment_bytes(name, fill=b"v2")),
+                 level=3, budget=5)
+    assert "sha256:" + hashlib.sha256(data).hexdigest() in err.value.message
+    assert repo.storage.root.joinpath(repo.wal_key(name)).read_bytes() == v1  # type: ignore[attr-defined]
 
 
 def _damage(blob: bytes, how: str) -> bytes:
@@ -87,7 +113,7 @@ def _damage(blob: bytes, how: str) -> bytes:
         i = header_len + (len(blob) - header_len) // 2
         return blob[:i] + bytes([blob[i] ^ 0x10]) + blob[i + 1:]
     if how == "bit flipped in the header":
-        i = blob.index(b'"sha256":"') + 12  # inside the recorded checksum
+        i = blob.index(b'"frame_checksum":"') + 20  # inside the recorded checksum
         return blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1:]
     if how == "bytes appended":
         return blob + b"\x00" * 100
@@ -167,7 +193,7 @@ def test_conflicting_push_fails_and_keeps_original(repo: Repo, tmp_path: Path) -
     other = write_wal(tmp_path / "b", name, segment_bytes(name, fill=b"b"))
     with pytest.raises(WalConflict) as err:
         push_wal(repo, other, level=3, budget=5)
-    assert first.sha256 in err.value.message
+    assert first.checksum in err.value.message
     assert codec.decompress_blob(stored_before, name) == original
     assert (repo.storage.root / repo.wal_key(name)).read_bytes() == stored_before  # type: ignore[attr-defined]
     assert err.value.exit_code <= 125
@@ -246,9 +272,10 @@ def test_fetch_corrupt_object_leaves_no_dest(repo: Repo, tmp_path: Path) -> None
              level=3, budget=5)
     path = repo.storage.root / repo.wal_key(name)  # type: ignore[attr-defined]
     header, offset = codec.decode_header(path.read_bytes(), name)
-    # Same header, other content: only the sha256 check can notice.
-    forged = codec.encode_header(header.sha256, header.size) + zstandard.ZstdCompressor(
-    ).compress(segment_bytes(name, fill=b"xyZ"))
+    # Same header, another valid frame (with its own checksum): only the header's copy
+    # of the frame checksum can notice.
+    forged = codec.encode_header(header) + zstandard.ZstdCompressor(
+        write_checksum=True).compress(segment_bytes(name, fill=b"xyZ"))
     path.write_bytes(forged)
     dest_dir = tmp_path / "pg_wal"
     dest_dir.mkdir()

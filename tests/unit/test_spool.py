@@ -7,6 +7,7 @@ what matters is what that process imports and how it exits.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -40,7 +41,7 @@ HEAVY = ("boto3", "botocore", "zstandard", "typer", "click", "pydantic", "psycop
 
 def receipt_for(path: Path, url: str) -> Receipt:
     return Receipt(name=path.name, repository=url, identity=FileIdentity.of(path.stat()),
-                   sha256="ab" * 32, stored_at=time.time())
+                   checksum="zstd:0a1b2c3d", stored_at=time.time())
 
 
 @pytest.fixture
@@ -449,23 +450,6 @@ def test_archive_get_waits_for_the_worker_and_ignores_a_stale_marker(
     assert spool.prefetch_dir.joinpath(SEG + ".request").exists()  # it asked the worker
 
 
-def test_adaptive_level_only_for_data_that_will_not_compress(tmp_path: Path) -> None:
-    from pitr.wal.agent import FAST_LEVEL, adaptive_level
-
-    random_seg, text_seg = tmp_path / "r", tmp_path / "t"
-    random_seg.write_bytes(os.urandom(2 << 20))
-    text_seg.write_bytes(b"insert into t values (42, 'pgbench row');\n" * 50000)
-    assert adaptive_level(random_seg, 3) == FAST_LEVEL
-    assert adaptive_level(text_seg, 3) == 3
-    assert adaptive_level(tmp_path / "gone", 3) == 3
-    # The fast level writes the same object format: fetch reads it like any other.
-    from pitr import codec
-
-    raw = random_seg.read_bytes()
-    blob, _ = codec.compress_blob(raw, FAST_LEVEL)
-    assert codec.decompress_blob(blob, "000000010000000000000001") == raw
-
-
 def test_agent_status_is_what_the_monitor_reads(tmp_path: Path) -> None:
     from pitr import config as config_mod
     from pitr.wal.agent import Agent
@@ -515,3 +499,13 @@ def test_cleanup_drops_receipts_and_proofs_once_postgresql_is_done(tmp_path: Pat
     agent.cleanup({names[1]}, time.time())  # 08 is still .ready: its proof must stay
     assert [p.name for p in agent.spool.archive_dir.glob("*.ok")] == [f"{names[1]}.ok"]
     assert [p.name.split("_")[0] for p in proofs.iterdir()] == [names[1]]
+
+
+def test_a_receipt_written_before_version_2_objects_is_still_read(tmp_path: Path) -> None:
+    seg = tmp_path / "000000010000000000000001"
+    seg.write_bytes(b"x")
+    old = json.loads(receipt_for(seg, "file:///r").to_json())
+    old["sha256"] = old.pop("checksum").replace("zstd:0a1b2c3d", "ab" * 32)
+    back = Receipt.from_json(json.dumps(old))
+    assert back.checksum == "sha256:" + "ab" * 32 and back.name == seg.name
+    assert Receipt.from_json(back.to_json()) == back
