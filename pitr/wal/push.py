@@ -235,7 +235,8 @@ def _settle_taken_name(repo: Repo, key: str, blob: bytes, raw: bytes, deadline: 
             raise WalConflict(
                 f"{name} is already archived with different content: the repository's copy "
                 f"({theirs.content_id}, {theirs.size} bytes) differs from this file "
-                f"({len(raw)} bytes){_first_difference(their_raw, raw)}",
+                f"({codec.decode_header(blob, name)[0].content_id}, {len(raw)} bytes)"
+                f"{_first_difference(their_raw, raw)}",
                 hint="the archived copy was left untouched. Two clusters may share this "
                      "stanza, or a restored cluster reused the timeline; inspect both "
                      "before removing anything")

@@ -103,7 +103,8 @@ def test_cluster_archives_exact_segments_and_protects_the_stanza(
     chown_user(forged)
     proc = run_pitr(cfg, "archive-push", str(forged), check=False)
     assert proc.returncode == WalConflict.exit_code, proc.stderr
-    assert re.search(r"repository sha256 [0-9a-f]{64}, this file sha256 [0-9a-f]{64}",
+    assert re.search(r"the repository's copy \((zstd|sha256):[0-9a-f]+, \d+ bytes\) differs from "
+                     r"this file \(zstd:[0-9a-f]{8}, \d+ bytes\), first at byte \d+",
                      proc.stderr), proc.stderr
     assert fetch_to_bytes(repo, done[3], budget=10) == seg.read_bytes()
 
