@@ -237,7 +237,7 @@ def run_backup(cfg: Config, *, label: str = "manual", pin: bool = False,
 def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
                  incremental: bool | None) -> tuple[BackupRecord | None, str]:
     """(parent or None for a full backup, why) -- docs/incremental-backups.md."""
-    from pitr.catalog import load_catalog
+    from pitr.catalog_scope import Scope
 
     if incremental is False:
         return None, "full: asked for"
@@ -253,7 +253,9 @@ def _choose_kind(cfg: Config, repo: Repo, cluster: pgbb.ClusterInfo,
         return None, "full: backup.full_interval is 0"
     if incremental is None and cluster.major < chains.MIN_MAJOR:
         return None, f"full: PostgreSQL {cluster.major} has no incremental backups"
-    catalog = load_catalog(repo)
+    # the backups and their manifests only: choosing a parent needs no WAL listing, which
+    # on a year of WAL is 525 LIST requests (docs/catalog-cache.md)
+    catalog = Scope(repo).base
     decision = chains.choose_parent(
         catalog, major=cluster.major, summarize_wal=cluster.summarize_wal,
         server_compression=cfg.backup.server_compression, timeline=cluster.timeline)

@@ -408,3 +408,31 @@ def test_a_time_target_reads_only_the_manifests_it_needs(tmp_path: Path) -> None
     early = Target.at_time(full.backups[0].start_time)
     assert scoped_plan(Scope(w.repo), early, now) is None
     assert len([k for k in reads if k.endswith("manifest.json")]) == 12
+
+
+def test_the_backups_alone_are_read_without_listing_wal(tmp_path: Path) -> None:
+    """`pitr backup` chooses full or incremental from Scope.base (pitr/backup.py): the same
+    backups as the full catalog, and of the WAL only each timeline's first key."""
+    w = World(tmp_path)
+    w.append(1, 40)
+    w.backup()
+    w.append(1, 40)
+    w.backup()
+    w.new_timeline()
+    w.append(2, 40)
+    listed: list[str] = []
+
+    class Counting(FsStorage):
+        def list(self, prefix: str = "", *, start_after: str | None = None,
+                 end_before: str | None = None) -> Any:
+            for o in super().list(prefix, start_after=start_after, end_before=end_before):
+                listed.append(o.key)
+                yield o
+
+    base = Scope(Repo(Counting(tmp_path / "repo"), "s")).base
+    full = load_catalog(w.repo)
+    assert base.backups == full.backups and len(base.backups) == 2
+    assert (base.damaged_backups, base.incomplete_backups) == (
+        full.damaged_backups, full.incomplete_backups)
+    wal = [k for k in listed if k.startswith("s/wal/")]
+    assert len(wal) <= 2 * len(full.timelines)  # a timeline's first key, not its 80 segments
