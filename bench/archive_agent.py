@@ -452,6 +452,11 @@ def fast_path_latency(workdir: Path,
     return out
 
 
+# docs/benchmarks.md: the agent must archive at least this many times as fast as
+# pgBackRest's async mode on both WAL kinds, at no more CPU per GiB, in the same run.
+THROUGHPUT_GOAL = 1.5
+
+
 def summary(results: list[Any]) -> dict[str, Any]:
     """Medians over repeated runs (list a mode twice in --modes to interleave repeats)."""
     runs: dict[tuple[str, str, str], list[float]] = {}
@@ -479,6 +484,20 @@ def summary(results: list[Any]) -> dict[str, Any]:
             v = med.get((wl, "s3", m))
             if v and ceiling:
                 out[f"{wl}_{m}_of_https_ceiling"] = round(v / ceiling, 2)
+        # issue 14's goals, for the agent as `pitr setup` installs it (archive-push.sh)
+        agent = med.get((wl, "s3", "pitr-agent-sh"))
+        cpu_agent = own.get((wl, "s3", "pitr-agent-sh"))
+        cpu_pgbr = own.get((wl, "s3", "pgbackrest-async"))
+        if agent and pgbr:
+            ratio = agent / pgbr
+            goal: dict[str, Any] = {"throughput_vs_pgbackrest_async": round(ratio, 2),
+                                    "throughput_goal": THROUGHPUT_GOAL,
+                                    "throughput_met": ratio >= THROUGHPUT_GOAL}
+            if cpu_agent and cpu_pgbr:
+                a_cpu, p_cpu = statistics.median(cpu_agent), statistics.median(cpu_pgbr)
+                goal.update(cgroup_cpu_s_per_gib=a_cpu, pgbackrest_cgroup_cpu_s_per_gib=p_cpu,
+                            cpu_met=a_cpu <= p_cpu)
+            out.setdefault("goals", {})[wl] = goal
     return out
 
 
