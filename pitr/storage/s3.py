@@ -274,6 +274,59 @@ def _listing_factory_class() -> Any:
     return Factory
 
 
+@functools.cache
+def _loader_class() -> Any:
+    """botocore's data loader, except that it checks a service name by looking for that
+    service alone: botocore lists every service's directory (about 450) for each model
+    it loads, ~40 ms of CPU in each client made (docs/benchmarks.md, "Scale: a year of
+    WAL"). Made once per process, after botocore is imported."""
+    from botocore import loaders
+    from botocore.exceptions import DataNotFoundError
+
+    class Known:
+        """The services with a ``type_name`` model: membership looks at the one service
+        asked about; listing them (botocore's message for an unknown one) walks all."""
+
+        def __init__(self, loader: loaders.Loader, type_name: str) -> None:
+            self._loader, self._type = loader, type_name
+
+        def __contains__(self, name: object) -> bool:
+            if not isinstance(name, str):
+                return False
+            try:
+                self._loader.list_api_versions(name, self._type)
+            except DataNotFoundError:
+                return False
+            return True
+
+        def _all(self) -> list[str]:
+            return list(loaders.Loader.list_available_services(self._loader, self._type))
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._all())
+
+        def __len__(self) -> int:
+            return len(self._all())
+
+        def __getitem__(self, i: Any) -> Any:
+            return self._all()[i]
+
+    class ServiceLoader(loaders.Loader):
+        def list_available_services(self, type_name: str) -> Any:
+            return Known(self, type_name)
+
+    return ServiceLoader
+
+
+def _data_loader(search_path: str | None) -> Any:
+    """:func:`_loader_class`'s loader on the search path botocore's own would have
+    (``AWS_DATA_PATH``, then its defaults)."""
+    from botocore import loaders
+
+    paths = loaders.create_loader(search_path).search_paths
+    return _loader_class()(extra_search_paths=list(paths), include_default_search_paths=False)
+
+
 _PAGE_TREE = "pitr_page_tree"  # a listing page's parsed body, handed to ListingParser
 
 
@@ -338,6 +391,8 @@ class S3Storage:
         # (docs/benchmarks.md, "The synchronous archive-push"). A private session: a
         # shared one is not thread-safe to create clients from.
         session = botocore.session.Session()
+        session.register_component("data_loader",
+                                   _data_loader(session.get_config_variable("data_path")))
         # A listing page of 1,000 keys spent most of its client time in botocore's
         # generic reader and in dateutil reading each LastModified (docs/benchmarks.md,
         # "Scale: a year of WAL").

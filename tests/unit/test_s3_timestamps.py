@@ -144,3 +144,26 @@ def test_an_error_inside_a_200_response_is_found_as_botocore_finds_it(
         factory.set_parser_defaults(timestamp_parser=parse_timestamp)
         parsed = factory.create_parser("rest-xml").parse(ours, model.output_shape)
         assert parsed == RestXMLParser().parse(theirs, model.output_shape)
+
+
+def test_the_drivers_model_loader_answers_as_botocores() -> None:
+    """The S3 driver's loader looks for the one service it is asked about (botocore's
+    lists all of them): the same models, the same error for an unknown service."""
+    from botocore.exceptions import UnknownServiceError
+    from botocore.loaders import Loader
+
+    from pitr.storage.s3 import _data_loader
+
+    ours, theirs = _data_loader(None), Loader()
+    assert ours.search_paths == theirs.search_paths
+    for name in ("s3", "sts"):
+        assert name in ours.list_available_services("service-2")
+        assert ours.load_service_model(name, "service-2") == \
+            theirs.load_service_model(name, "service-2")
+    assert ours.load_service_model("s3", "endpoint-rule-set-1") == \
+        theirs.load_service_model("s3", "endpoint-rule-set-1")
+    assert list(ours.list_available_services("service-2")) == \
+        theirs.list_available_services("service-2")
+    for loader in (ours, theirs):
+        with pytest.raises(UnknownServiceError, match="s3"):  # the known ones are named
+            loader.load_service_model("no-such-service", "service-2")
