@@ -222,8 +222,10 @@ def _path_wal(repo: Repo, base: Catalog, path: tuple[planner.PathStep, ...], sta
         if hi is not None and lo >= hi:
             continue
         first_key = repo.wal_key(segment_name(step.tli, lo, size))
+        # end_before: the listing asks for no page past this step ahead of need
+        end = repo.wal_key(segment_name(step.tli, hi, size)) if hi is not None else None
         listed = repo.storage.list(f"{repo.wal_prefix}{step.tli:08X}",
-                                   start_after=first_key[:-len(".zst")])
+                                   start_after=first_key[:-len(".zst")], end_before=end)
         for obj in listed:
             name = Repo.wal_name_of(obj.key)
             if name is None or not is_segment_name(name):  # classify(name) is SEGMENT

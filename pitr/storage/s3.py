@@ -39,7 +39,7 @@ from pitr.errors import (
     StorageError,
     TransientStorageError,
 )
-from pitr.storage.base import ObjectInfo, in_key_order, server_start_after
+from pitr.storage.base import ObjectInfo, in_key_order, listed_past, server_start_after
 from pitr.stream import Readable
 
 if TYPE_CHECKING:
@@ -609,17 +609,19 @@ class S3Storage:
         # caller that stops early (or an ``end_before``) saves the remaining requests.
         # in_key_order restores byte order from servers that list in tree order.
         yield from in_key_order(
-            self._list_unsorted(prefix, server_start_after(prefix, start_after)), prefix,
-            start_after=start_after, end_before=end_before)
+            self._list_unsorted(prefix, server_start_after(prefix, start_after), end_before),
+            prefix, start_after=start_after, end_before=end_before)
 
-    def _list_unsorted(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+    def _list_unsorted(self, prefix: str, start_after: str | None,
+                       end_before: str | None = None) -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` after ``start_after``, page by page.
 
         From the second page on, the next page is asked for while the caller reads this
         one: a long listing (a plan's WAL path, a full catalog) then waits on the server
         and works on the pages it has at the same time (docs/benchmarks.md, "Scale: a
         year of WAL"). A caller that stops after the first page never costs a request
-        more; one that stops later, at most one.
+        more; one that stops later, at most one; a page past ``end_before`` is never
+        asked for ahead.
         """
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix}
         if start_after:
@@ -645,7 +647,10 @@ class S3Storage:
                         raise StorageError(f"{where}: the S3 server repeated a listing's "
                                            "continuation token")
                     seen.add(token)
-                    if len(seen) > 1:  # the caller is reading on: ask for the next page now
+                    contents = page.get("Contents") or ()
+                    if len(seen) > 1 and not (  # the caller reads on: ask for the next page now
+                            end_before is not None and contents and listed_past(
+                                contents[-1]["Key"][cut:], len(prefix)) >= end_before):
                         pool = pool or ThreadPoolExecutor(1, thread_name_prefix="pitr-s3-list")
                         ahead = pool.submit(fetch, token)
                 for obj in page.get("Contents", ()):

@@ -293,6 +293,10 @@ def test_list_streams_and_stops_at_end_before(driver: Driver) -> None:
     assert len(list(s.list("st/"))) == len(keys) + 1
     assert counts["ListObjectsV2"] - before == 3  # each page once, read ahead or not
     before = counts["ListObjectsV2"]
+    assert [o.key for o in s.list("st/", end_before="st/06")] == keys[:1800]
+    time.sleep(0.3)  # a page asked for ahead would be counted by now
+    assert counts["ListObjectsV2"] - before == 2  # never ahead past end_before
+    before = counts["ListObjectsV2"]
     it = s.list("st/")
     assert [next(it).key for _ in range(1001)][-1] == keys[1000]  # into the second page
     it.close()
