@@ -25,6 +25,7 @@ from pitr import planner
 from pitr.catalog import Catalog, SegmentList, Timeline, WalSegment, build_catalog
 from pitr.errors import PlanError
 from pitr.pg.names import WalKind, classify, lsn_to_segno, parse_segment_name, segment_name
+from pitr.pg.walname import is_segment_name
 from pitr.repo import Layout, Repo
 from pitr.storage.base import ObjectInfo, read_bytes
 from pitr.targets import Target, TargetKind
@@ -171,14 +172,15 @@ def scoped_plan(scope: Scope, target: Target, now: datetime,
         timelines.setdefault(t, Timeline(t))
     cat = dataclasses.replace(base, segments={t: SegmentList.of(t, v) for t, v in segs.items()},
                               timelines={t: timelines[t] for t in sorted(timelines)})
-    loaded = planner._path_segments(cat, path)
+    # What planner._path_segments(cat, path) would give: _path_wal lists only the path.
+    loaded = [s for v in segs.values() for s in v]
     if target.timeline is None and target.kind is TargetKind.TIME:
         assert target.time is not None
-        if not any(s.archived_at >= target.time for s in loaded.values()):
+        if not any(s.archived_at >= target.time for s in loaded):
             return None  # the full planner might pick another timeline
     if target.timeline is None and target.kind is TargetKind.LSN:
         assert target.lsn is not None
-        if lsn_to_segno(target.lsn, base.segment_size) not in loaded:
+        if lsn_to_segno(target.lsn, base.segment_size) not in {s.segno for s in loaded}:
             return None
     try:
         return planner.plan(cat, target, now, backup_id=backup_id)
@@ -220,11 +222,13 @@ def _path_wal(repo: Repo, base: Catalog, path: tuple[planner.PathStep, ...], sta
         if hi is not None and lo >= hi:
             continue
         first_key = repo.wal_key(segment_name(step.tli, lo, size))
+        # end_before: the listing asks for no page past this step ahead of need
+        end = repo.wal_key(segment_name(step.tli, hi, size)) if hi is not None else None
         listed = repo.storage.list(f"{repo.wal_prefix}{step.tli:08X}",
-                                   start_after=first_key[:-len(".zst")])
+                                   start_after=first_key[:-len(".zst")], end_before=end)
         for obj in listed:
             name = Repo.wal_name_of(obj.key)
-            if name is None or classify(name) is not WalKind.SEGMENT:
+            if name is None or not is_segment_name(name):  # classify(name) is SEGMENT
                 continue
             tli, segno = parse_segment_name(name, size)
             if hi is not None and segno >= hi:

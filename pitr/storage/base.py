@@ -146,6 +146,13 @@ def read_bytes(storage: Storage, key: str, limit: int = -1) -> bytes:
         return f.read(limit) if limit >= 0 else f.read()
 
 
+def listed_past(key: str, plen: int) -> str:
+    """What every key a listing gives after ``key`` is greater than, in byte order, in
+    either listing order (see :func:`in_key_order`); ``plen``: the listed prefix's length."""
+    cut = key.find("/", plen)
+    return key if cut < 0 else key[:cut]
+
+
 def in_key_order(listed: Iterable[ObjectInfo], prefix: str, *, start_after: str | None = None,
                  end_before: str | None = None) -> Iterator[ObjectInfo]:
     """A server listing in byte order, streamed, with ``start_after``/``end_before`` applied.
@@ -164,9 +171,7 @@ def in_key_order(listed: Iterable[ObjectInfo], prefix: str, *, start_after: str 
 
     for n, obj in enumerate(listed):
         key = obj.key
-        cut = key.find("/", plen)
-        # every key still to come is greater than ``bound`` in byte order
-        bound = key if cut < 0 else key[:cut]
+        bound = listed_past(key, plen)
         if end_before is None or key < end_before:
             heapq.heappush(held, (key, n, obj))
         while held and held[0][0] <= bound:

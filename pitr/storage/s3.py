@@ -39,7 +39,7 @@ from pitr.errors import (
     StorageError,
     TransientStorageError,
 )
-from pitr.storage.base import ObjectInfo, in_key_order, server_start_after
+from pitr.storage.base import ObjectInfo, in_key_order, listed_past, server_start_after
 from pitr.stream import Readable
 
 if TYPE_CHECKING:
@@ -178,12 +178,25 @@ def read_listing(body: bytes, timestamp: Callable[[str], datetime]) -> dict[str,
     botocore reads every element through its generic model walk, about 40 ms a page of
     1,000 keys here, most of a plan's client time (docs/benchmarks.md).
     """
+    root = _parse_xml(body)
+    return None if root is None else _read_listing_tree(root, timestamp)
+
+
+def _parse_xml(body: bytes) -> Any:
+    """The body's element tree, as botocore builds it to look for an error; None when
+    it does not parse."""
     from xml.etree import ElementTree
 
     try:
-        root = ElementTree.fromstring(body)
+        parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(), encoding="utf-8")
+        parser.feed(body)
+        return parser.close()
     except ElementTree.ParseError:
         return None
+
+
+def _read_listing_tree(root: Any, timestamp: Callable[[str], datetime]
+                       ) -> dict[str, Any] | None:
     if _tag(root) != "ListBucketResult":
         return None
     out: dict[str, Any] = {}
@@ -242,7 +255,10 @@ def _listing_factory_class() -> Any:
                            final_parsed: Any) -> None:
             if shape is not None and shape.name == "ListObjectsV2Output" \
                     and response.get("body"):
-                fast = read_listing(response["body"], self._timestamp_parser)  # type: ignore[attr-defined]
+                root = response.get(_PAGE_TREE)
+                stamp = self._timestamp_parser  # type: ignore[attr-defined]
+                fast = (read_listing(response["body"], stamp) if root is None
+                        else _read_listing_tree(root, stamp))
                 if fast is not None:
                     final_parsed.update(fast)
                     return
@@ -256,6 +272,83 @@ def _listing_factory_class() -> Any:
             return super().create_parser(protocol_name)
 
     return Factory
+
+
+@functools.cache
+def _loader_class() -> Any:
+    """botocore's data loader, except that it checks a service name by looking for that
+    service alone: botocore lists every service's directory (about 450) for each model
+    it loads, ~40 ms of CPU in each client made (docs/benchmarks.md, "Scale: a year of
+    WAL"). Made once per process, after botocore is imported."""
+    from botocore import loaders
+    from botocore.exceptions import DataNotFoundError
+
+    class Known:
+        """The services with a ``type_name`` model: membership looks at the one service
+        asked about; listing them (botocore's message for an unknown one) walks all."""
+
+        def __init__(self, loader: loaders.Loader, type_name: str) -> None:
+            self._loader, self._type = loader, type_name
+
+        def __contains__(self, name: object) -> bool:
+            if not isinstance(name, str):
+                return False
+            try:
+                self._loader.list_api_versions(name, self._type)
+            except DataNotFoundError:
+                return False
+            return True
+
+        def _all(self) -> list[str]:
+            return list(loaders.Loader.list_available_services(self._loader, self._type))
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._all())
+
+        def __len__(self) -> int:
+            return len(self._all())
+
+        def __getitem__(self, i: Any) -> Any:
+            return self._all()[i]
+
+    class ServiceLoader(loaders.Loader):
+        def list_available_services(self, type_name: str) -> Any:
+            return Known(self, type_name)
+
+    return ServiceLoader
+
+
+def _data_loader(search_path: str | None) -> Any:
+    """:func:`_loader_class`'s loader on the search path botocore's own would have
+    (``AWS_DATA_PATH``, then its defaults)."""
+    from botocore import loaders
+
+    paths = loaders.create_loader(search_path).search_paths
+    return _loader_class()(extra_search_paths=list(paths), include_default_search_paths=False)
+
+
+_PAGE_TREE = "pitr_page_tree"  # a listing page's parsed body, handed to ListingParser
+
+
+def _error_in_200(original: Callable[..., None]) -> Callable[..., None]:
+    """botocore's check for an S3 error inside a 200 response (``original``), which
+    parses the whole body, with a listing page parsed once instead of twice: its tree
+    goes on to :func:`listing_parser_factory`'s parser (docs/benchmarks.md, "Scale: a
+    year of WAL"). Every other response, the original check."""
+
+    def check(operation_model: Any, response_dict: Any, **kwargs: Any) -> None:
+        if operation_model.name != "ListObjectsV2" or not response_dict \
+                or response_dict.get("status_code") != 200 or not response_dict.get("body"):
+            original(operation_model=operation_model, response_dict=response_dict, **kwargs)
+            return
+        root = _parse_xml(response_dict["body"])
+        if root is None or root.tag == "Error":
+            # as botocore: a cut-off body or an error document is a server error (500)
+            response_dict["status_code"] = 500
+            return
+        response_dict[_PAGE_TREE] = root
+
+    return check
 
 
 class S3Storage:
@@ -298,6 +391,8 @@ class S3Storage:
         # (docs/benchmarks.md, "The synchronous archive-push"). A private session: a
         # shared one is not thread-safe to create clients from.
         session = botocore.session.Session()
+        session.register_component("data_loader",
+                                   _data_loader(session.get_config_variable("data_path")))
         # A listing page of 1,000 keys spent most of its client time in botocore's
         # generic reader and in dateutil reading each LastModified (docs/benchmarks.md,
         # "Scale: a year of WAL").
@@ -337,10 +432,17 @@ class S3Storage:
                           aws_secret_access_key=cfg.secret_access_key,
                           aws_session_token=cfg.session_token or None)
         try:
-            return session.create_client("s3", endpoint_url=cfg.endpoint_url or None,
-                                         config=config, verify=verify, **kwargs)
+            client = session.create_client("s3", endpoint_url=cfg.endpoint_url or None,
+                                           config=config, verify=verify, **kwargs)
         except Exception as exc:
             raise self._translate(exc, "", "connect") from None
+        from botocore import handlers
+
+        original = getattr(handlers, "_handle_200_error", None)
+        if original is not None:  # a botocore without it: both checks run, as before
+            client.meta.events.unregister("before-parse.s3.*", original)
+            client.meta.events.register_first("before-parse.s3.*", _error_in_200(original))
+        return client
 
     # -- error boundary ----------------------------------------------------------
 
@@ -507,28 +609,67 @@ class S3Storage:
         # caller that stops early (or an ``end_before``) saves the remaining requests.
         # in_key_order restores byte order from servers that list in tree order.
         yield from in_key_order(
-            self._list_unsorted(prefix, server_start_after(prefix, start_after)), prefix,
-            start_after=start_after, end_before=end_before)
+            self._list_unsorted(prefix, server_start_after(prefix, start_after), end_before),
+            prefix, start_after=start_after, end_before=end_before)
 
-    def _list_unsorted(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
-        paginator = self._client.get_paginator("list_objects_v2")
-        extra = {"StartAfter": self._prefix + start_after} if start_after else {}
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._prefix + prefix, **extra)
+    def _list_unsorted(self, prefix: str, start_after: str | None,
+                       end_before: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` after ``start_after``, page by page.
+
+        From the second page on, the next page is asked for while the caller reads this
+        one: a long listing (a plan's WAL path, a full catalog) then waits on the server
+        and works on the pages it has at the same time (docs/benchmarks.md, "Scale: a
+        year of WAL"). A caller that stops after the first page never costs a request
+        more; one that stops later, at most one; a page past ``end_before`` is never
+        asked for ahead.
+        """
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix}
+        if start_after:
+            args["StartAfter"] = self._prefix + start_after
+        where = prefix or "/"
+
+        def fetch(token: str | None) -> dict[str, Any]:
+            kwargs = {**args, "ContinuationToken": token} if token else args
+            page: dict[str, Any] = self._call("list", where, self._client.list_objects_v2,
+                                              **kwargs)
+            return page
+
         cut = len(self._prefix)
-        it = iter(pages)
-        while True:
-            try:
-                page = next(it)
-            except StopIteration:
-                return
-            except Exception as exc:
-                raise self._translate(exc, prefix or "/", "list") from None
-            for obj in page.get("Contents", ()):
-                name: str = obj["Key"]
-                if name.endswith("/"):
-                    continue  # a "directory" marker some tools create, not an object
-                yield ObjectInfo(name[cut:], int(obj["Size"]), stored_by(obj["LastModified"]),
-                                 _class_of(obj))
+        page = fetch(None)
+        pool: ThreadPoolExecutor | None = None
+        ahead: Future[dict[str, Any]] | None = None
+        seen: set[str] = set()
+        try:
+            while True:
+                token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+                if token is not None:
+                    if token in seen:  # as botocore's paginator: never loop on the server
+                        raise StorageError(f"{where}: the S3 server repeated a listing's "
+                                           "continuation token")
+                    seen.add(token)
+                    contents = page.get("Contents") or ()
+                    if len(seen) > 1 and not (  # the caller reads on: ask for the next page now
+                            end_before is not None and contents and listed_past(
+                                contents[-1]["Key"][cut:], len(prefix)) >= end_before):
+                        pool = pool or ThreadPoolExecutor(1, thread_name_prefix="pitr-s3-list")
+                        ahead = pool.submit(fetch, token)
+                for obj in page.get("Contents", ()):
+                    name: str = obj["Key"]
+                    if name.endswith("/"):
+                        continue  # a "directory" marker some tools create, not an object
+                    yield ObjectInfo(name[cut:], int(obj["Size"]),
+                                     stored_by(obj["LastModified"]), _class_of(obj))
+                if token is None:
+                    return
+                if ahead is not None:
+                    page, ahead = ahead.result(), None
+                else:
+                    page = fetch(token)
+        finally:
+            if pool is not None:
+                if ahead is not None:
+                    ahead.cancel()
+                pool.shutdown(wait=False)
 
     def delete(self, keys: Iterable[str]) -> int:
         """Delete in batches of 1000. Returns how many keys were processed: S3 does not say

@@ -8,7 +8,9 @@ server sends (ISO 8601 in listings, RFC 1123 in headers, epoch numbers).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from botocore.utils import parse_timestamp as botocore_parse
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,3 +96,74 @@ def test_a_listing_page_reads_as_botocore_reads_it(body: bytes) -> None:
     ours = factory.create_parser("rest-xml").parse(dict(response), shape)
     theirs = RestXMLParser().parse(dict(response), shape)  # botocore's defaults throughout
     assert ours == theirs
+
+
+def _driver_events() -> Any:
+    from pitr.config import RepositoryConfig
+    from pitr.storage.s3 import S3Storage
+
+    cfg = RepositoryConfig(url="s3://bucket/pre", endpoint_url="http://127.0.0.1:9",
+                           region="us-east-1", access_key_id="AKID", secret_access_key="s",
+                           request_timeout=1)
+    return S3Storage(cfg)._client.meta.events  # no request is sent
+
+
+PAGE = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazon'
+        b'aws.com/doc/2006-03-01/"><Name>b</Name><Prefix>p/</Prefix><KeyCount>1</KeyCount>'
+        b'<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>p/a</Key>'
+        b'<LastModified>2025-01-02T03:04:05.000Z</LastModified><ETag>"e"</ETag><Size>3</Size>'
+        b'<StorageClass>STANDARD</StorageClass></Contents></ListBucketResult>')
+ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+         b'<Message>We encountered an internal error.</Message></Error>')
+
+
+@pytest.mark.parametrize("operation", ["ListObjectsV2", "CompleteMultipartUpload"])
+@pytest.mark.parametrize("body", [PAGE, ERROR, PAGE[:len(PAGE) // 2], b""])
+def test_an_error_inside_a_200_response_is_found_as_botocore_finds_it(
+        operation: str, body: bytes) -> None:
+    """The driver parses a listing page once (not once more to look for an error, as
+    botocore's own check does), and still turns an error document or a cut-off body
+    into a server error (500) exactly where botocore's check does."""
+    import botocore.session
+    from botocore import handlers
+    from botocore.parsers import RestXMLParser
+
+    from pitr.storage.s3 import listing_parser_factory
+
+    model = botocore.session.Session().get_service_model("s3").operation_model(operation)
+    events = _driver_events()
+    ours: dict[str, Any] = {"body": body, "status_code": 200, "headers": {}}
+    ran = events.emit(f"before-parse.s3.{operation}", operation_model=model,
+                      response_dict=ours, customized_response_dict={})
+    assert handlers._handle_200_error not in [h for h, _ in ran]
+    theirs: dict[str, Any] = {"body": body, "status_code": 200, "headers": {}}
+    handlers._handle_200_error(operation_model=model, response_dict=theirs)
+    assert ours["status_code"] == theirs["status_code"]
+    if ours["status_code"] == 200 and body:
+        factory = listing_parser_factory()
+        factory.set_parser_defaults(timestamp_parser=parse_timestamp)
+        parsed = factory.create_parser("rest-xml").parse(ours, model.output_shape)
+        assert parsed == RestXMLParser().parse(theirs, model.output_shape)
+
+
+def test_the_drivers_model_loader_answers_as_botocores() -> None:
+    """The S3 driver's loader looks for the one service it is asked about (botocore's
+    lists all of them): the same models, the same error for an unknown service."""
+    from botocore.exceptions import UnknownServiceError
+    from botocore.loaders import Loader
+
+    from pitr.storage.s3 import _data_loader
+
+    ours, theirs = _data_loader(None), Loader()
+    assert ours.search_paths == theirs.search_paths
+    for name in ("s3", "sts"):
+        assert name in ours.list_available_services("service-2")
+        assert ours.load_service_model(name, "service-2") == \
+            theirs.load_service_model(name, "service-2")
+    assert ours.load_service_model("s3", "endpoint-rule-set-1") == \
+        theirs.load_service_model("s3", "endpoint-rule-set-1")
+    assert list(ours.list_available_services("service-2")) == \
+        theirs.list_available_services("service-2")
+    for loader in (ours, theirs):
+        with pytest.raises(UnknownServiceError, match="s3"):  # the known ones are named
+            loader.load_service_model("no-such-service", "service-2")
