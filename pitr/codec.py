@@ -80,16 +80,14 @@ def decode_header(prefix: bytes, name: str) -> tuple[Header, int]:
     try:
         doc = json.loads(prefix[_FRAME_HEAD.size:end])
         version = int(doc.get("v", 1))
+        extra = {k: v for k, v in doc.items() if k not in _HEADER_FIELDS}
         if version == 1:
-            header = Header(int(doc["size"]), sha256=str(doc["sha256"]), version=1,
-                            extra={k: v for k, v in doc.items() if k not in _HEADER_FIELDS})
+            header = Header(int(doc["size"]), sha256=str(doc["sha256"]), extra=extra, version=1)
         elif version == 2:
             checksum = str(doc["frame_checksum"])
-            if len(checksum) != 2 * CHECKSUM_BYTES:
+            if len(bytes.fromhex(checksum)) != CHECKSUM_BYTES:
                 raise ValueError(checksum)
-            bytes.fromhex(checksum)
-            header = Header(int(doc["size"]), frame_checksum=checksum, version=2,
-                            extra={k: v for k, v in doc.items() if k not in _HEADER_FIELDS})
+            header = Header(int(doc["size"]), frame_checksum=checksum, extra=extra, version=2)
         else:
             raise IntegrityError(f"{name}: stored object has header version {version}, "
                                  "which this pitr does not know",

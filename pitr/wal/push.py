@@ -65,7 +65,7 @@ log = logging.getLogger("pitr.wal.push")
 class PushResult:
     name: str
     status: Literal["stored", "already-archived"]
-    checksum: str  # how the stored header names the content (codec.Header.content_id)
+    checksum: str  # how this push's header names the content (codec.Header.content_id)
     raw_bytes: int
     stored_bytes: int
     seconds: float

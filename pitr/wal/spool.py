@@ -94,7 +94,7 @@ class Receipt:
     name: str
     repository: str
     identity: FileIdentity
-    checksum: str  # the stored header's name for the content (pitr/codec.py, content_id)
+    checksum: str  # the pushed object's header's name for its content (codec.Header.content_id)
     stored_at: float  # unix time the repository acknowledged the object
     already_archived: bool = False
 
